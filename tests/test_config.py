@@ -1,0 +1,62 @@
+"""Config: YAML + dotted overrides, strict validation with one clear line per problem."""
+
+import pytest
+
+from ampo.cli import DEMO_RECIPE
+from ampo.config import ConfigError, config_key, load_config, parse_overrides
+
+
+def test_defaults_and_demo_recipe_validate():
+    c = load_config()
+    assert c.train.loss == "ampo" and c.select.strategy == "optselect"
+    demo = load_config(DEMO_RECIPE)
+    assert demo.model.lora and demo.rounds >= 1
+
+
+def test_overrides_are_typed_and_nested(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("select:\n  k: 2\ntrain:\n  hparams: {beta: 2}\n")
+    c = load_config(path, ["select.k=5", "train.hparams.gamma=1", "train.learning_rate=1e-5", "generate.n=8"])
+    assert c.select.k == 5
+    assert c.train.hparams == {"beta": 2.0, "gamma": 1.0}
+    assert c.train.learning_rate == 1e-5
+
+
+def test_parse_overrides():
+    assert parse_overrides(["a.b=1", "a.c=x", "d=[1, 2]"]) == {"a": {"b": 1, "c": "x"}, "d": [1, 2]}
+    with pytest.raises(ConfigError, match="expected key=value"):
+        parse_overrides(["nokey"])
+
+
+@pytest.mark.parametrize("overrides,fragment", [
+    (["select.kk=3"], "unknown config key 'select.kk'"),
+    (["bogus=1"], "unknown config key 'bogus'"),
+    (["select.k=three"], "config 'select.k': expected int"),
+    (["model.lora=maybe"], "config 'model.lora': expected bool"),
+    (["train.loss=mrpo"], "needs 2 reference models"),
+    (["train.loss=nope"], "config 'train.loss': unknown 'nope'"),
+    (["select.strategy=nope"], "config 'select.strategy': unknown 'nope'"),
+    (["select.k=8", "generate.n=8"], "config 'select.k': 8 negatives need generate.n >= 9"),
+    (["train.hparams.zeta=1"], "'zeta' is not a hyperparameter of loss 'ampo'"),
+    (["generate.backend=tgi"], "config 'generate.backend'"),
+])
+def test_bad_config_fails_with_one_line(overrides, fragment):
+    with pytest.raises(ConfigError) as e:
+        load_config(overrides=overrides)
+    assert fragment in str(e.value)
+    assert "\n" not in str(e.value)
+
+
+def test_single_reference_losses_need_no_extra_paths():
+    # the round's starting policy is always the first reference
+    assert load_config(overrides=["train.loss=dpo"]).train.loss == "dpo"
+
+
+def test_mrpo_with_extra_reference_is_accepted():
+    c = load_config(overrides=["train.loss=mrpo", "train.extra_references=[/some/model]"])
+    assert c.train.extra_references == ["/some/model"]
+
+
+def test_config_key_is_order_independent_for_dicts():
+    assert config_key({"a": 1, "b": 2}) == config_key({"b": 2, "a": 1})
+    assert config_key({"a": 1}) != config_key({"a": 2})

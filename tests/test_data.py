@@ -1,0 +1,131 @@
+"""Pool files: layouts, validation errors that name file/row/field, atomic writes, TRL export."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ampo.data import (PoolError, PoolRecord, atomic_path, prompt_text, read_pool, read_prompts,
+                       trl_pairs, write_pool)
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+def write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+@pytest.mark.parametrize("name,layout,first_rewards", [
+    ("tiny_pool", "ampo", None),
+    ("multi_response", "multi_response", None),
+    ("ultrafeedback_style", "ultrafeedback", None),
+    ("trl_pairs", "trl_pairs", [1.0, 0.0]),
+])
+def test_published_layouts_are_read(name, layout, first_rewards):
+    recs, got = read_pool(EXAMPLES / f"{name}.jsonl")
+    assert got == layout
+    raw = [json.loads(line) for line in (EXAMPLES / f"{name}.jsonl").read_text().splitlines()]
+    assert len(recs) == len(raw)
+    for rec in recs:
+        assert len(rec.rewards) == len(rec.responses) >= 2
+    if first_rewards:
+        assert recs[0].rewards == first_rewards
+    if layout == "ultrafeedback":
+        assert recs[0].responses == [c["response"] for c in raw[0]["completions"]]
+        assert recs[0].rewards == [c["overall_score"] for c in raw[0]["completions"]]
+
+
+def test_chat_prompt_text_is_last_user_message():
+    msgs = [{"role": "system", "content": "be nice"}, {"role": "user", "content": "hi"},
+            {"role": "assistant", "content": "hello"}, {"role": "user", "content": "how are you?"}]
+    assert prompt_text(msgs) == "how are you?"
+    assert prompt_text("plain") == "plain"
+
+
+@pytest.mark.parametrize("row,fragment", [
+    ({"prompt": "p"}, "field 'prompt'"),  # no responses at all -> only a prompts file
+    ({"prompt": "p", "responses": []}, "field 'responses': empty response list"),
+    ({"prompt": "p", "responses": ["a", 3]}, "field 'responses[1]': must be a string"),
+    ({"prompt": "p", "responses": ["a", "b"], "rewards": [1.0]}, "field 'rewards': has 1 entries but there are 2"),
+    ({"prompt": "p", "responses": ["a", "b"], "rewards": [1.0, float("nan")]}, "field 'rewards[1]': must be finite"),
+    ({"prompt": "p", "responses": ["a", "b"], "rewards": [1.0, "x"]}, "field 'rewards[1]': must be a number"),
+    ({"prompt": 5, "responses": ["a"]}, "field 'prompt'"),
+    ({"prompt": "p", "responses": ["a", "b"], "embeddings": [[1.0, 2.0]]}, "field 'embeddings'"),
+])
+def test_bad_rows_name_file_row_and_field(tmp_path, row, fragment):
+    good = {"prompt": "ok", "responses": ["x", "y"], "rewards": [0.0, 1.0]}
+    path = tmp_path / "pool.jsonl"
+    path.write_text(json.dumps(good) + "\n" + json.dumps(row, allow_nan=True) + "\n")
+    with pytest.raises(PoolError) as e:
+        read_pool(path)
+    msg = str(e.value)
+    assert msg.startswith(f"{path}: row 2")
+    if fragment != "field 'prompt'" or "responses" in row:
+        assert fragment in msg
+
+
+def test_truncated_json_line(tmp_path):
+    path = tmp_path / "pool.jsonl"
+    path.write_text('{"prompt": "a", "responses": ["x"]}\n{"prompt": "b", "respo\n')
+    with pytest.raises(PoolError, match=r"row 2: not valid JSON"):
+        read_pool(path)
+
+
+def test_require_names_missing_field(tmp_path):
+    path = write_jsonl(tmp_path / "p.jsonl", [{"prompt": "a", "responses": ["x", "y"]}])
+    with pytest.raises(PoolError, match=r"row 1: field 'rewards': missing"):
+        read_pool(path, require=("rewards",))
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".parquet"])
+def test_roundtrip(tmp_path, suffix):
+    recs = [PoolRecord(prompt=[{"role": "user", "content": "hi"}], responses=["a", "b", "c"], rewards=[1.0, 0.0, -1.0],
+                       embeddings=np.eye(3, dtype=np.float32), id="x", finished=[True, False, True],
+                       n_tokens=[3, 64, 2], selected=[0, 2])]
+    path = tmp_path / f"pool{suffix}"
+    write_pool(path, recs)
+    back, layout = read_pool(path)
+    assert layout == "ampo"
+    r = back[0]
+    assert (r.prompt, r.responses, r.rewards, r.id, r.finished, r.n_tokens, r.selected) == (
+        recs[0].prompt, ["a", "b", "c"], [1.0, 0.0, -1.0], "x", [True, False, True], [3, 64, 2], [0, 2])
+    np.testing.assert_array_equal(r.embeddings, np.eye(3))
+
+
+def test_atomic_path_leaves_nothing_on_error(tmp_path):
+    target = tmp_path / "out.jsonl"
+    with pytest.raises(RuntimeError):
+        with atomic_path(target) as tmp:
+            tmp.write_text("partial")
+            raise RuntimeError("boom")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_atomic_path_keeps_previous_file_on_error(tmp_path):
+    target = tmp_path / "out.jsonl"
+    target.write_text("old")
+    with pytest.raises(RuntimeError):
+        with atomic_path(target) as tmp:
+            tmp.write_text("new")
+            raise RuntimeError("boom")
+    assert target.read_text() == "old"
+
+
+def test_trl_pairs_export():
+    rec = PoolRecord(prompt="p", responses=["a", "b", "c", "d"], rewards=[0.1, 0.9, -1.0, 0.0], selected=[1, 2, 3])
+    pairs = trl_pairs([rec])
+    assert [(p["chosen"], p["rejected"]) for p in pairs] == [("b", "c"), ("b", "d")]
+    assert pairs[0]["score_chosen"] == 0.9 and pairs[0]["score_rejected"] == -1.0
+
+
+def test_read_prompts(tmp_path):
+    path = write_jsonl(tmp_path / "p.jsonl", [{"id": "a", "prompt": "x"}, {"prompt": "y"}])
+    assert read_prompts(path) == [("a", "x"), ("row2", "y")]
+    txt = tmp_path / "p.txt"
+    txt.write_text("one\n\ntwo\n")
+    assert [p for _, p in read_prompts(txt)] == ["one", "two"]
+    dup = write_jsonl(tmp_path / "d.jsonl", [{"id": "a", "prompt": "x"}, {"id": "a", "prompt": "y"}])
+    with pytest.raises(PoolError, match="duplicate id 'a'"):
+        read_prompts(dup)
