@@ -129,3 +129,11 @@ def test_read_prompts(tmp_path):
     dup = write_jsonl(tmp_path / "d.jsonl", [{"id": "a", "prompt": "x"}, {"id": "a", "prompt": "y"}])
     with pytest.raises(PoolError, match="duplicate id 'a'"):
         read_prompts(dup)
+
+
+def test_parquet_with_mixed_prompt_forms(tmp_path):
+    recs = [PoolRecord(prompt="plain", responses=["a"]),
+            PoolRecord(prompt=[{"role": "user", "content": "chat"}], responses=["b"])]
+    write_pool(tmp_path / "p.parquet", recs)
+    back, _ = read_pool(tmp_path / "p.parquet")
+    assert [prompt_text(r.prompt) for r in back] == ["plain", "chat"]

@@ -318,6 +318,10 @@ def write_rows(path: str | Path, rows: list[dict]) -> None:
             import pyarrow as pa
             import pyarrow.parquet as pq
 
+            if len({isinstance(r.get("prompt"), str) for r in rows}) > 1:
+                # Parquet columns have one type: write plain prompts as one user message (same meaning)
+                rows = [{**r, "prompt": [{"role": "user", "content": r["prompt"]}]} if isinstance(r.get("prompt"), str)
+                        else r for r in rows]
             pq.write_table(pa.Table.from_pylist(rows), tmp)
         else:
             raise ValueError(f"{path}: unknown file type '{suffix}' (use .jsonl or .parquet)")

@@ -1,0 +1,522 @@
+"""Multi-preference objectives over per-response tensors (pure torch).
+
+Every loss reads a :class:`GroupBatch` of ``[B, K]`` tensors in the group layout: slot 0 of each
+group is the positive, ``mask`` False marks an empty slot of a ragged group, ``ref_logps`` is
+``[R, B, K]`` (R reference models) or None. A loss returns ``(per_prompt_loss [B], metrics)``;
+the caller averages. Formulas and section numbers refer to ``spec/algorithms.md``; the choices
+made where the spec is ambiguous are listed in ``docs/losses.md``.
+
+Masked slots never reach the maths: their inputs are replaced by harmless finite values before
+any arithmetic (so NaN/inf garbage there cannot leak into the loss or its gradient), and they are
+filled with a large negative number inside every log-sum-exp.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+Metrics = dict[str, Tensor]
+
+SWEPO_DEVIATIONS = ("signed", "abs", "square")
+
+
+@dataclass
+class GroupBatch:
+    """Per-response tensors of B prompt groups with K slots each (slot 0 = the positive)."""
+
+    logps: Tensor  # [B, K] summed response log-probs under the policy
+    lengths: Tensor  # [B, K] response token counts
+    rewards: Tensor  # [B, K]
+    mask: Tensor  # [B, K] bool, False marks an empty slot in a ragged group
+    ref_logps: Tensor | None = None  # [R, B, K] summed log-probs under R reference models
+
+
+@dataclass(frozen=True)
+class LossSpec:
+    """What a loss computes and what it needs, so callers never branch on loss names."""
+
+    fn: Callable[..., tuple[Tensor, Metrics]]  # fn(batch, **hparams) -> (loss [B], metrics)
+    refs: int  # reference models needed at least (ref_logps[0], ref_logps[1], ...)
+    uses_rewards: bool
+    length_normalized: bool
+    pairwise: bool  # averages over the pairs (0, j), else uses the whole group
+    defaults: dict  # default hyperparameters, named as in the spec
+    description: str  # one line for `ampo --help` and the docs
+
+
+@dataclass
+class _Group:
+    """A validated batch in the compute dtype, with masked slots made harmless."""
+
+    logps: Tensor
+    lengths: Tensor
+    rewards: Tensor
+    mask: Tensor
+    neg: Tensor  # mask without slot 0: the valid negatives
+    refs: Tensor | None
+
+    @property
+    def avg(self) -> Tensor:
+        """Length-normalised log-probs ``lp / |y|``."""
+        return self.logps / self.lengths
+
+
+# ---------------------------------------------------------------------------------------------
+# Validation and masked helpers
+
+
+def _require_refs(batch: GroupBatch, count: int, name: str) -> None:
+    """Refuse a batch that lacks the reference log-probs a loss needs."""
+    if count == 0:
+        return
+    if batch.ref_logps is None:
+        raise ValueError(
+            f"loss {name!r} needs {count} reference model(s) but batch.ref_logps is None; "
+            "compute reference log-probs ([R, B, K]) first"
+        )
+    if batch.ref_logps.dim() != 3 or batch.ref_logps.shape[0] < count:
+        raise ValueError(
+            f"loss {name!r} needs ref_logps of shape [R>={count}, B, K], "
+            f"got {tuple(batch.ref_logps.shape)}"
+        )
+
+
+def _prepare(batch: GroupBatch, name: str, refs: int = 0) -> _Group:
+    """Check shapes and masks, cast to float32 or wider, and neutralise masked slots."""
+    _require_refs(batch, refs, name)
+    shape = batch.logps.shape
+    if batch.logps.dim() != 2 or shape[1] < 2:
+        raise ValueError(f"loss {name!r}: logps must be [B, K] with K >= 2, got {tuple(shape)}")
+    for field in ("lengths", "rewards", "mask"):
+        if getattr(batch, field).shape != shape:
+            raise ValueError(
+                f"loss {name!r}: {field} has shape {tuple(getattr(batch, field).shape)}, "
+                f"logps has {tuple(shape)}"
+            )
+    if batch.ref_logps is not None and refs and batch.ref_logps.shape[1:] != shape:
+        raise ValueError(
+            f"loss {name!r}: ref_logps has shape {tuple(batch.ref_logps.shape)}, "
+            f"expected [R, {shape[0]}, {shape[1]}]"
+        )
+    mask = batch.mask.bool()
+    if not bool(mask[:, 0].all()):
+        raise ValueError(f"loss {name!r}: slot 0 (the positive) is masked in some group")
+    neg = mask.clone()
+    neg[:, 0] = False
+    if not bool(neg.any(-1).all()):
+        raise ValueError(f"loss {name!r}: some group has no valid negative (needs >= 2 responses)")
+    dtype = torch.promote_types(batch.logps.dtype, torch.float32)
+    ref = None
+    if refs:
+        ref = torch.where(mask, batch.ref_logps.to(dtype), 0.0).detach()
+    return _Group(
+        logps=torch.where(mask, batch.logps.to(dtype), 0.0),
+        lengths=torch.where(mask, batch.lengths.to(dtype), 1.0).clamp_min(1.0),
+        rewards=torch.where(mask, batch.rewards.to(dtype), 0.0).detach(),
+        mask=mask,
+        neg=neg,
+        refs=ref,
+    )
+
+
+def _positive(name: str, value: float) -> None:
+    """Refuse a hyperparameter that must be > 0."""
+    if not value > 0:
+        raise ValueError(f"hyperparameter {name} must be > 0, got {value}")
+
+
+def _masked_mean(x: Tensor, mask: Tensor) -> Tensor:
+    """Mean of ``x`` over the True entries of ``mask`` along the last axis."""
+    return torch.where(mask, x, 0.0).sum(-1) / mask.sum(-1)
+
+
+def _masked_fill(x: Tensor, mask: Tensor) -> Tensor:
+    """``x`` with masked entries set to a large negative number (a finite stand-in for -inf)."""
+    return x.masked_fill(~mask, torch.finfo(x.dtype).min)
+
+
+def _masked_lse(x: Tensor, mask: Tensor) -> Tensor:
+    """Log-sum-exp over the True entries of ``mask`` along the last axis."""
+    return torch.logsumexp(_masked_fill(x, mask), dim=-1)
+
+
+def _masked_softmax(x: Tensor, mask: Tensor) -> Tensor:
+    """Softmax over the True entries of ``mask``; masked entries get exactly 0."""
+    return torch.softmax(_masked_fill(x, mask), dim=-1)
+
+
+def _metrics(g: _Group, diff: Tensor, **extra: Tensor) -> Metrics:
+    """Batch-mean metrics from per-slot score differences ``positive - slot`` ([B, K]).
+
+    ``reward_accuracy`` is the fraction of valid negatives scored strictly below the positive,
+    ``margin`` the mean difference; ``extra`` holds per-prompt loss-specific values.
+    """
+    with torch.no_grad():
+        out = {
+            "reward_accuracy": _masked_mean((diff > 0).to(diff.dtype), g.neg).mean(),
+            "margin": _masked_mean(diff, g.neg).mean(),
+            "logp_positive": g.logps[:, 0].mean(),
+            "logp_negative": _masked_mean(g.logps, g.neg).mean(),
+        }
+        out.update({key: value.detach().to(diff.dtype).mean() for key, value in extra.items()})
+    return out
+
+
+def _list_diff(score: Tensor) -> Tensor:
+    """Positive's score minus each slot's score."""
+    return (score[:, :1] - score).detach()
+
+
+# ---------------------------------------------------------------------------------------------
+# Group (list) objectives
+
+
+def ampo_loss(
+    batch: GroupBatch, beta: float = 10.0, gamma: float = 3.0, alpha: float = 0.0
+) -> tuple[Tensor, Metrics]:
+    """AMPO, the recommended implementation of spec 1.3(c) (REFA-1vsK on the selected group).
+
+    ``s = beta*avg + alpha*(r - mean_valid(r))``;
+    ``L = -log( e^{s+} / (e^{s+} + gamma * sum_neg e^{s}) )``. Reference-free. The mean for the
+    alpha term runs over every valid response of the group, the positive included.
+    """
+    _positive("gamma", gamma)
+    g = _prepare(batch, "ampo")
+    policy = beta * g.avg
+    rbar = _masked_mean(g.rewards, g.mask)[:, None]
+    s = policy + alpha * (g.rewards - rbar)
+    weighted = torch.where(g.neg, s + math.log(gamma), s)
+    loss = _masked_lse(weighted, g.mask) - s[:, 0]
+    return loss, _metrics(g, _list_diff(policy))
+
+
+def swepo_loss(
+    batch: GroupBatch, beta: float = 0.1, alpha: float = 1.0, dev_fn: str = "signed"
+) -> tuple[Tensor, Metrics]:
+    """SWEPO / MPO, spec 1.3(a) (REFA Eq. 5); reference ``ref_logps[0]``.
+
+    ``x = beta*h + alpha*dev(r - rbar)`` with ``dev`` signed, abs or square;
+    ``L = -log( sum_{Y+} e^x / sum_{Y+ ∪ Y-} e^x )``, ``Y+ = {r > rbar}`` over the valid responses
+    (slot 0 always counted in Y+, so a group of equal rewards still has a positive).
+    """
+    if dev_fn not in SWEPO_DEVIATIONS:
+        raise ValueError(f"dev_fn must be one of {', '.join(SWEPO_DEVIATIONS)}, got {dev_fn!r}")
+    g = _prepare(batch, "swepo", refs=1)
+    score = beta * (g.logps - g.refs[0])
+    centered = g.rewards - _masked_mean(g.rewards, g.mask)[:, None]
+    deviation = {"signed": centered, "abs": centered.abs(), "square": centered.square()}[dev_fn]
+    x = score + alpha * deviation
+    pos = g.mask & (centered > 0)
+    pos[:, 0] = True
+    loss = _masked_lse(x, g.mask) - _masked_lse(x, pos)
+    return loss, _metrics(g, _list_diff(score), positive_set_size=pos.sum(-1))
+
+
+def infonca_loss(
+    batch: GroupBatch, beta: float = 0.01, temperature: float = 1e-4
+) -> tuple[Tensor, Metrics]:
+    """InfoNCA, spec 4; reference ``ref_logps[0]``.
+
+    ``m = beta*h``, soft labels ``t = softmax(r / temperature)`` over the valid responses,
+    ``L = -sum_i t_i log softmax(m)_i``. Defaults follow the shipped thu-ml QLoRA yaml.
+    """
+    _positive("temperature", temperature)
+    g = _prepare(batch, "infonca", refs=1)
+    m = beta * (g.logps - g.refs[0])
+    targets = _masked_softmax(g.rewards / temperature, g.mask)
+    log_probs = m - _masked_lse(m, g.mask)[:, None]
+    loss = -torch.where(g.mask, targets * log_probs, 0.0).sum(-1)
+    return loss, _metrics(g, _list_diff(m), target_positive=targets[:, 0])
+
+
+def nca_loss(
+    batch: GroupBatch, beta: float = 0.01, temperature: float = 1e-4
+) -> tuple[Tensor, Metrics]:
+    """NCA, spec 4; reference ``ref_logps[0]``.
+
+    ``m = beta*h``, ``t = softmax(r / temperature)``,
+    ``L = -(1/K) sum_i log sigma(-m_i) - sum_i t_i log sigma(m_i)`` with K the valid count.
+    """
+    _positive("temperature", temperature)
+    g = _prepare(batch, "nca", refs=1)
+    m = beta * (g.logps - g.refs[0])
+    targets = _masked_softmax(g.rewards / temperature, g.mask)
+    push_down = -_masked_mean(F.logsigmoid(-m), g.mask)
+    pull_up = -torch.where(g.mask, targets * F.logsigmoid(m), 0.0).sum(-1)
+    return push_down + pull_up, _metrics(g, _list_diff(m), target_positive=targets[:, 0])
+
+
+def pro_loss(batch: GroupBatch, sft_weight: float | None = None) -> tuple[Tensor, Metrics]:
+    """PRO, spec 4: Plackett-Luce over the valid responses sorted by reward, plus SFT.
+
+    ``L_rank = -sum_k log( e^{avg_k} / sum_{i>=k} e^{avg_i} )`` over the reward order (descending,
+    ties keep slot order), ``L = L_rank + sft_weight * NLL(top)`` with the per-token NLL
+    ``-avg(top)``. ``sft_weight=None`` means ``0.05 * (n - 1)^2`` for a group of n responses.
+    """
+    if sft_weight is not None and sft_weight < 0:
+        raise ValueError(f"hyperparameter sft_weight must be >= 0 or None, got {sft_weight}")
+    g = _prepare(batch, "pro")
+    avg = g.avg
+    by_reward = g.rewards.masked_fill(~g.mask, -math.inf)
+    order = torch.sort(by_reward, dim=-1, descending=True, stable=True).indices
+    ranked = avg.gather(-1, order)
+    valid = g.mask.gather(-1, order)  # valid slots come first
+    suffix_lse = torch.logcumsumexp(_masked_fill(ranked, valid).flip(-1), dim=-1).flip(-1)
+    # The last valid position contributes log(1) = 0, so summing over all valid ones is exact.
+    rank_loss = -torch.where(valid, ranked - suffix_lse, 0.0).sum(-1)
+    nll = -ranked[:, 0]
+    n = g.mask.sum(-1).to(avg.dtype)
+    weight = 0.05 * (n - 1) ** 2 if sft_weight is None else torch.full_like(n, float(sft_weight))
+    loss = rank_loss + weight * nll
+    return loss, _metrics(g, _list_diff(avg), rank_loss=rank_loss, sft_loss=nll)
+
+
+def _descending_ranks(score: Tensor) -> Tensor:
+    """1-based rank of each entry when sorted by ``score`` descending (ties keep slot order)."""
+    order = torch.sort(score, dim=-1, descending=True, stable=True).indices
+    return torch.argsort(order, dim=-1) + 1
+
+
+def lipo_loss(
+    batch: GroupBatch, beta: float = 0.1, log_base: float = 2.0
+) -> tuple[Tensor, Metrics]:
+    """LiPO-lambda, spec 4; reference ``ref_logps[0]``, labels ``psi = rewards``.
+
+    ``s = beta*h``; ``L = -sum_{psi_i > psi_j} Delta_ij log sigma(s_i - s_j)`` with
+    ``Delta_ij = |G_i - G_j| * |1/D(tau_i) - 1/D(tau_j)|``, ``G = 2^psi - 1``,
+    ``D(tau) = log_{log_base}(1 + tau)`` and ``tau`` the rank by the current ``s`` (no gradient).
+    """
+    if not log_base > 1:
+        raise ValueError(f"hyperparameter log_base must be > 1, got {log_base}")
+    g = _prepare(batch, "lipo", refs=1)
+    s = beta * (g.logps - g.refs[0])
+    with torch.no_grad():
+        ranks = _descending_ranks(_masked_fill(s, g.mask)).to(s.dtype)
+        inv_discount = math.log(log_base) / torch.log1p(ranks)
+        gain = torch.pow(2.0, g.rewards) - 1
+        delta = (gain[:, :, None] - gain[:, None, :]).abs() * (
+            inv_discount[:, :, None] - inv_discount[:, None, :]
+        ).abs()
+        both_valid = g.mask[:, :, None] & g.mask[:, None, :]
+        better = both_valid & (g.rewards[:, :, None] > g.rewards[:, None, :])
+    pair_loss = -F.logsigmoid(s[:, :, None] - s[:, None, :])
+    loss = torch.where(better, delta * pair_loss, 0.0).sum((-2, -1))
+    return loss, _metrics(g, _list_diff(s))
+
+
+# ---------------------------------------------------------------------------------------------
+# Pairwise objectives: pairs (0, j) for every valid j >= 1, averaged
+
+
+def dpo_loss(batch: GroupBatch, beta: float = 0.1) -> tuple[Tensor, Metrics]:
+    """DPO, spec 4; reference ``ref_logps[0]``: ``-log sigma(beta*(h_w - h_l))`` (summed lp)."""
+    g = _prepare(batch, "dpo", refs=1)
+    score = beta * (g.logps - g.refs[0])
+    diff = score[:, :1] - score
+    return _masked_mean(-F.logsigmoid(diff), g.neg), _metrics(g, diff.detach())
+
+
+def ipo_loss(batch: GroupBatch, beta: float = 0.1) -> tuple[Tensor, Metrics]:
+    """IPO, spec 4; reference ``ref_logps[0]``: ``(h_w - h_l - 1/(2 beta))^2``, summed log-probs.
+
+    ``beta`` is the paper's tau (TRL reuses ``beta`` for it).
+    """
+    _positive("beta", beta)
+    g = _prepare(batch, "ipo", refs=1)
+    h = g.logps - g.refs[0]
+    diff = h[:, :1] - h
+    return _masked_mean((diff - 1 / (2 * beta)) ** 2, g.neg), _metrics(g, diff.detach())
+
+
+def simpo_loss(batch: GroupBatch, beta: float = 2.0, gamma: float = 1.0) -> tuple[Tensor, Metrics]:
+    """SimPO, spec 4; reference-free: ``-log sigma(beta*(avg_w - avg_l) - gamma)``."""
+    g = _prepare(batch, "simpo")
+    score = beta * g.avg
+    diff = score[:, :1] - score
+    return _masked_mean(-F.logsigmoid(diff - gamma), g.neg), _metrics(g, diff.detach())
+
+
+def soft_target(reward_w: Tensor, reward_l: Tensor, gamma: float) -> Tensor:
+    """MMPO's Bradley-Terry soft label ``p = sigmoid(gamma * (r_w - r_l))`` (spec 2)."""
+    return torch.sigmoid(gamma * (reward_w - reward_l))
+
+
+def soft_bt_loss(score_w: Tensor, score_l: Tensor, p: Tensor | float) -> Tensor:
+    """Cross-entropy of ``sigma(score_w - score_l)`` against the soft label ``p`` (spec 2).
+
+    ``-p log sigma(z) - (1 - p) log sigma(-z)`` with ``z = score_w - score_l``; elementwise. It is
+    both the MMPO policy loss (scores ``beta*h``) and the MMPO reward-model loss (RM scores).
+    """
+    z = score_w - score_l
+    return -p * F.logsigmoid(z) - (1 - p) * F.logsigmoid(-z)
+
+
+def mmpo_loss(batch: GroupBatch, beta: float = 0.01, gamma: float = 0.3) -> tuple[Tensor, Metrics]:
+    """MMPO, spec 2; reference ``ref_logps[0]``: DPO against the soft label of the reward margin.
+
+    ``p = sigmoid(gamma*(r_w - r_l))``, ``z = beta*(h_w - h_l)``,
+    ``L = -p log sigma(z) - (1-p) log sigma(-z)``. Defaults: the Gemma-7B UltraFeedback recipe.
+    """
+    g = _prepare(batch, "mmpo", refs=1)
+    score = beta * (g.logps - g.refs[0])
+    p = soft_target(g.rewards[:, :1], g.rewards, gamma)
+    loss = _masked_mean(soft_bt_loss(score[:, :1], score, p), g.neg)
+    diff = (score[:, :1] - score).detach()
+    return loss, _metrics(g, diff, soft_target=_masked_mean(p, g.neg))
+
+
+def _ctro_clip(extra: Tensor, primary: Tensor, eta: Tensor | float) -> Tensor:
+    """Clip an extra reference's log-probs into ``[(1+eta)*primary, (1-eta)*primary]``."""
+    return torch.minimum(torch.maximum(extra, (1 + eta) * primary), (1 - eta) * primary)
+
+
+def _harmonic_reference(extra: Tensor, primary: Tensor, weight: Tensor) -> Tensor:
+    """``log pi~`` with ``1/pi~ = weight/pi_primary + (1-weight)/pi_extra``, via log-sum-exp."""
+    terms = torch.stack([torch.log(weight) + extra, torch.log1p(-weight) + primary])
+    return extra + primary - torch.logsumexp(terms, dim=0)
+
+
+def mrpo_virtual_reference(
+    primary_w: Tensor,
+    primary_l: Tensor,
+    extra_w: Tensor,
+    extra_l: Tensor,
+    eta: float = 0.1,
+    alpha: float = -1.0,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """MRPO's virtual reference for pairs (w, l), spec 3: ARWC weight, CTRO clip, harmonic mean.
+
+    ``primary`` is the spec's ref2 (the initial policy), ``extra`` its ref1; all are summed
+    log-probs. ``alpha < 0`` makes the weight adaptive (ARWC); ``eta > 0`` clips adaptively,
+    ``eta <= 0`` clips at the fixed rate ``|eta|``. Returns ``(ref_w, ref_l, weight)``.
+    """
+    if alpha < 0:
+        a_extra = (extra_w - extra_l).abs()
+        a_primary = (primary_w - primary_l).abs()
+        weight = a_extra / (a_extra + a_primary + 1e-6)
+    else:
+        weight = torch.full_like(extra_w - extra_l, float(alpha))
+    if eta > 0:
+        b_w = ((extra_w + primary_w) / 2).abs()
+        b_l = ((extra_l + primary_l) / 2).abs()
+        share = b_w / (b_w + b_l).clamp_min(torch.finfo(b_w.dtype).tiny)
+        eta_w, eta_l = eta * share, eta * (1 - share)
+    else:
+        eta_w = eta_l = abs(eta)
+    ref_w = _harmonic_reference(_ctro_clip(extra_w, primary_w, eta_w), primary_w, weight)
+    ref_l = _harmonic_reference(_ctro_clip(extra_l, primary_l, eta_l), primary_l, weight)
+    return ref_w, ref_l, weight
+
+
+def mrpo_loss(
+    batch: GroupBatch, beta: float = 0.1, eta: float = 0.1, alpha: float = -1.0
+) -> tuple[Tensor, Metrics]:
+    """MRPO, spec 3: DPO against a virtual reference built from two or more references.
+
+    ``ref_logps[0]`` is the primary reference (the spec's ref2, the initial policy);
+    ``ref_logps[1:]`` are extra references (the spec's ref1). ``L = -log sigma(beta*[(lp_w -
+    ref~_w) - (lp_l - ref~_l)])``. With R > 2 references the two-reference loss is computed with
+    each extra reference and averaged.
+    """
+    if alpha > 1:
+        raise ValueError(f"hyperparameter alpha must be < 0 (adaptive) or in [0, 1], got {alpha}")
+    g = _prepare(batch, "mrpo", refs=2)
+    primary, extra = g.refs[0], g.refs[1:]  # [B, K], [R-1, B, K]
+    ref_w, ref_l, weight = mrpo_virtual_reference(
+        primary[:, :1], primary, extra[:, :, :1], extra, eta=eta, alpha=alpha
+    )
+    z = beta * ((g.logps[:, :1] - ref_w) - (g.logps - ref_l))  # [R-1, B, K]
+    loss = _masked_mean(-F.logsigmoid(z).mean(0), g.neg)
+    diff = z.mean(0).detach()
+    return loss, _metrics(g, diff, alpha=_masked_mean(weight.mean(0), g.neg))
+
+
+# ---------------------------------------------------------------------------------------------
+# The table
+
+
+def _spec(
+    fn: Callable, *, refs: int, rewards: bool, normalized: bool, pairwise: bool, doc: str
+) -> LossSpec:
+    """A LossSpec whose defaults are read from ``fn``'s keyword defaults (one source of truth)."""
+    params = list(inspect.signature(fn).parameters.values())[1:]
+    defaults = {p.name: p.default for p in params}
+    return LossSpec(fn, refs, rewards, normalized, pairwise, defaults, doc)
+
+
+LOSSES: dict[str, LossSpec] = {
+    "ampo": _spec(
+        ampo_loss, refs=0, rewards=True, normalized=True, pairwise=False,
+        doc="AMPO (REFA-1vsK): positive vs gamma-weighted negatives, length-normalised, ref-free",
+    ),
+    "swepo": _spec(
+        swepo_loss, refs=1, rewards=True, normalized=False, pairwise=False,
+        doc="SWEPO/MPO: reward-weighted group contrast of log-ratios, Y+ = above-mean rewards",
+    ),
+    "dpo": _spec(
+        dpo_loss, refs=1, rewards=False, normalized=False, pairwise=True,
+        doc="DPO on the pairs (positive, negative j), summed log-probs",
+    ),
+    "ipo": _spec(
+        ipo_loss, refs=1, rewards=False, normalized=False, pairwise=True,
+        doc="IPO squared loss on the pairs (positive, negative j); beta is IPO's tau",
+    ),
+    "simpo": _spec(
+        simpo_loss, refs=0, rewards=False, normalized=True, pairwise=True,
+        doc="SimPO on the pairs (positive, negative j): length-normalised, margin gamma, ref-free",
+    ),
+    "mmpo": _spec(
+        mmpo_loss, refs=1, rewards=True, normalized=False, pairwise=True,
+        doc="MMPO: DPO against the soft label sigmoid(gamma * reward margin)",
+    ),
+    "mrpo": _spec(
+        mrpo_loss, refs=2, rewards=False, normalized=False, pairwise=True,
+        doc="MRPO: DPO against a virtual reference mixing the initial policy with extra references",
+    ),
+    "infonca": _spec(
+        infonca_loss, refs=1, rewards=True, normalized=False, pairwise=False,
+        doc="InfoNCA: cross-entropy of softmax(beta*h) against softmax(rewards / temperature)",
+    ),
+    "nca": _spec(
+        nca_loss, refs=1, rewards=True, normalized=False, pairwise=False,
+        doc="NCA: per-response sigmoid contrast of beta*h with soft reward labels",
+    ),
+    "pro": _spec(
+        pro_loss, refs=0, rewards=True, normalized=True, pairwise=False,
+        doc="PRO: Plackett-Luce over the reward ranking of length-normalised log-probs, plus SFT",
+    ),
+    "lipo": _spec(
+        lipo_loss, refs=1, rewards=True, normalized=False, pairwise=False,
+        doc="LiPO-lambda: lambda-weighted pairwise logistic loss over the reward-labelled list",
+    ),
+}
+
+
+def resolve_hparams(name: str, hparams: dict) -> dict:
+    """The loss's defaults overridden by ``hparams``; refuses unknown losses and names."""
+    if name not in LOSSES:
+        raise ValueError(f"unknown loss {name!r}; choose one of: {', '.join(LOSSES)}")
+    allowed = LOSSES[name].defaults
+    unknown = sorted(set(hparams) - set(allowed))
+    if unknown:
+        raise ValueError(
+            f"unknown hyperparameter(s) {', '.join(map(repr, unknown))} for loss {name!r}; "
+            f"allowed: {', '.join(sorted(allowed))}"
+        )
+    return {**allowed, **hparams}
+
+
+def compute(name: str, batch: GroupBatch, **hparams) -> tuple[Tensor, Metrics]:
+    """Batch-mean loss and metrics of ``LOSSES[name]`` with validated hyperparameters."""
+    resolved = resolve_hparams(name, hparams)
+    spec = LOSSES[name]
+    _require_refs(batch, spec.refs, name)
+    per_prompt, metrics = spec.fn(batch, **resolved)
+    return per_prompt.mean(), metrics

@@ -1,0 +1,257 @@
+"""Group training: a collator that lays out each prompt's selected group, and a HF `Trainer`
+whose loss is any entry of `ampo.losses.LOSSES`.
+
+Each response of a group is one row and is forwarded once per step (a pairwise trainer forwards
+the positive once per pair). Log-probs come from `ampo.logprobs.sequence_logprobs`, which applies
+the LM head only to completion tokens, in chunks. Optimiser, schedule, clipping, accumulation,
+checkpoints, resume and multi-process (DDP / DeepSpeed / FSDP via accelerate) are the Trainer's.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import Trainer
+
+from .logprobs import build_rows, sequence_logprobs
+from .losses import GroupBatch, compute
+
+
+@dataclass
+class Group:
+    """One training group: the prompt's token ids, then its responses (positive first)."""
+
+    prompt_ids: list[int]
+    response_ids: list[list[int]]
+    rewards: list[float]
+    ref_logps: list[list[float]] | None = None  # [R][K]: per reference model, per response
+
+    def reward_gap(self) -> float:
+        """Positive's reward minus the mean negative's: large = easy (Curry-DPO ordering)."""
+        negs = self.rewards[1:]
+        return self.rewards[0] - sum(negs) / max(len(negs), 1)
+
+
+class GroupDataset(torch.utils.data.Dataset):
+    """A list of `Group`s, optionally ordered easy -> hard for a curriculum."""
+
+    def __init__(self, groups: list[Group], curriculum: bool = False):
+        self.groups = sorted(groups, key=lambda g: -g.reward_gap()) if curriculum else list(groups)
+
+    def __len__(self) -> int:
+        return len(self.groups)
+
+    def __getitem__(self, i: int) -> Group:
+        return self.groups[i]
+
+
+class GroupCollator:
+    """Lay out a batch of groups as rows `[prompt + response]`, group by group.
+
+    With B groups padded to K = the largest group, row r belongs to slot `row_slot[r]` of the
+    flattened `[B, K]` grid; `mask` marks the filled slots. Example: groups of sizes 2 and 3 give
+    5 rows, `row_slot = [0, 1, 3, 4, 5]`, `mask = [[T, T, F], [T, T, T]]`.
+    """
+
+    def __init__(self, pad_id: int):
+        self.pad_id = pad_id
+
+    def __call__(self, groups: list[Group]) -> dict[str, Any]:
+        B, K = len(groups), max(len(g.response_ids) for g in groups)
+        prompts, responses, row_slot = [], [], []
+        mask = torch.zeros(B, K, dtype=torch.bool)
+        rewards = torch.zeros(B, K)
+        for b, g in enumerate(groups):
+            for k, ids in enumerate(g.response_ids):
+                prompts.append(g.prompt_ids)
+                responses.append(ids)
+                row_slot.append(b * K + k)
+                mask[b, k] = True
+                rewards[b, k] = g.rewards[k]
+        input_ids, attention_mask, completion_mask = build_rows(prompts, responses, self.pad_id)
+        batch = {
+            "input_ids": input_ids,
+            "attention_mask": attention_mask,
+            "completion_mask": completion_mask,
+            "row_slot": torch.tensor(row_slot),
+            "mask": mask,
+            "rewards": rewards,
+        }
+        if groups[0].ref_logps is not None:
+            R = len(groups[0].ref_logps)
+            ref = torch.zeros(R, B, K, dtype=torch.float64)
+            for b, g in enumerate(groups):
+                for r in range(R):
+                    ref[r, b, : len(g.ref_logps[r])] = torch.tensor(g.ref_logps[r], dtype=torch.float64)
+            batch["ref_logps"] = ref
+        return batch
+
+
+def group_logps(model, inputs: dict[str, torch.Tensor], chunk_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Policy log-probs and lengths scattered into the `[B, K]` grid (empty slots 0)."""
+    logps, lengths = sequence_logprobs(
+        model, inputs["input_ids"], inputs["attention_mask"], inputs["completion_mask"], chunk_size=chunk_size
+    )
+    B, K = inputs["mask"].shape
+    slot = inputs["row_slot"]
+    grid = torch.zeros(B * K, dtype=logps.dtype, device=logps.device).index_put((slot,), logps)
+    len_grid = torch.zeros(B * K, dtype=logps.dtype, device=logps.device).index_put((slot,), lengths.to(logps.dtype))
+    return grid.view(B, K), len_grid.view(B, K)
+
+
+class GroupTrainer(Trainer):
+    """`transformers.Trainer` whose loss is `LOSSES[loss_name]` over each batch of groups."""
+
+    def __init__(self, *args, loss_name: str, loss_hparams: dict | None = None, logprob_chunk: int = 1024, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.loss_name = loss_name
+        self.loss_hparams = dict(loss_hparams or {})
+        self.logprob_chunk = logprob_chunk
+        self._metrics: dict[str, list[float]] = defaultdict(list)
+        self._tokens = 0
+        self._t0 = time.perf_counter()
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        logps, lengths = group_logps(model, inputs, self.logprob_chunk)
+        mask = inputs["mask"].to(logps.device)
+        ref = inputs.get("ref_logps")
+        batch = GroupBatch(
+            logps=logps,
+            lengths=lengths.clamp(min=1),
+            rewards=inputs["rewards"].to(logps.device, logps.dtype),
+            mask=mask,
+            ref_logps=None if ref is None else ref.to(logps.device, logps.dtype),
+        )
+        loss, metrics = compute(self.loss_name, batch, **self.loss_hparams)
+        self._record(batch, metrics, int(inputs["completion_mask"].sum()))
+        return (loss, {"logps": logps}) if return_outputs else loss
+
+    def _record(self, batch: GroupBatch, metrics: dict[str, torch.Tensor], tokens: int) -> None:
+        """Keep step metrics for `log`: the loss's own, plus positive/negative log-probs."""
+        with torch.no_grad():
+            for name, value in metrics.items():
+                self._metrics[name].append(float(value))
+            neg = batch.mask.clone()
+            neg[:, 0] = False
+            self._metrics["logp_positive"].append(float(batch.logps[:, 0].mean()))
+            if neg.any():
+                self._metrics["logp_negative"].append(float(batch.logps[neg].mean()))
+        self._tokens += tokens
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if self._metrics and "loss" in logs:
+            for name, values in self._metrics.items():
+                logs[name] = sum(values) / len(values)
+            elapsed = time.perf_counter() - self._t0
+            logs["tokens_per_s"] = self._tokens / max(elapsed, 1e-9)
+            self._metrics.clear()
+            self._tokens, self._t0 = 0, time.perf_counter()
+        super().log(logs, start_time)
+
+
+# ---------------------------------------------------------------------------------------------
+# One round of training, as the pipeline runs it
+
+
+def build_groups(tokenizer, pool, ref_rows: list[list[list[float]]] | None = None) -> list[Group]:
+    """Training groups from selected pool records: chat-formatted prompt ids + response ids."""
+    from .logprobs import response_ids
+    from .models import encode_prompt
+
+    groups = []
+    for i, rec in enumerate(pool):
+        if rec.selected is None or rec.rewards is None:
+            raise ValueError(f"record '{rec.id}' needs rewards and a selection to train on")
+        prompt_ids = encode_prompt(tokenizer, rec.prompt)
+        finished = rec.finished or [True] * len(rec.responses)
+        groups.append(Group(
+            prompt_ids=prompt_ids,
+            response_ids=[response_ids(tokenizer, rec.responses[j], finished[j]) for j in rec.selected],
+            rewards=[float(rec.rewards[j]) for j in rec.selected],
+            ref_logps=None if ref_rows is None else ref_rows[i],
+        ))
+    return groups
+
+
+def training_args(c, output_dir: Path, progress: bool = True):
+    """HF `TrainingArguments` from ampo's train config."""
+    from transformers import TrainingArguments
+
+    t = c.train
+    cuda = torch.cuda.is_available()
+    return TrainingArguments(
+        output_dir=str(output_dir),
+        per_device_train_batch_size=t.prompts_per_step,
+        gradient_accumulation_steps=t.grad_accum,
+        learning_rate=t.learning_rate,
+        num_train_epochs=t.epochs,
+        lr_scheduler_type=t.lr_scheduler,
+        warmup_steps=t.warmup_ratio,
+        weight_decay=t.weight_decay,
+        max_grad_norm=t.max_grad_norm,
+        logging_steps=1,
+        save_strategy="steps",
+        save_steps=t.save_steps,
+        save_total_limit=2,
+        report_to=list(t.report_to) or "none",
+        seed=c.seed,
+        data_seed=c.seed,
+        remove_unused_columns=False,
+        train_sampling_strategy="sequential" if t.curriculum else "random",
+        use_cpu=not cuda,
+        bf16=c.model.dtype == "bfloat16",
+        disable_tqdm=not progress,
+        dataloader_num_workers=0,
+    )
+
+
+def train_round(c, model, tokenizer, pool, ref_rows, work_dir: Path, key: str, out: Path, progress: bool = True) -> None:
+    """Train `model` on the round's selected groups and save the result atomically to `out`.
+
+    Trainer checkpoints go to `work_dir` (tagged with the stage key): a rerun with the same key
+    resumes from the last one; a different key starts afresh. With LoRA, `out` holds the adapter.
+    """
+    import shutil
+
+    from .data import write_json
+
+    key_file = work_dir / "KEY"
+    if work_dir.exists() and (not key_file.exists() or key_file.read_text() != key):
+        shutil.rmtree(work_dir)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    key_file.write_text(key)
+
+    if c.model.lora:
+        from peft import LoraConfig, get_peft_model
+
+        model = get_peft_model(model, LoraConfig(
+            r=c.model.lora_r, lora_alpha=c.model.lora_alpha, lora_dropout=c.model.lora_dropout,
+            target_modules=list(c.model.lora_targets), task_type="CAUSAL_LM"))
+    model.train()
+    dataset = GroupDataset(build_groups(tokenizer, pool, ref_rows), curriculum=c.train.curriculum)
+    trainer = GroupTrainer(
+        model=model,
+        args=training_args(c, work_dir, progress),
+        train_dataset=dataset,
+        data_collator=GroupCollator(tokenizer.pad_token_id),
+        loss_name=c.train.loss,
+        loss_hparams=c.train.hparams,
+        logprob_chunk=c.train.logprob_chunk,
+    )
+    resume = any(p.name.startswith("checkpoint-") for p in work_dir.iterdir())
+    trainer.train(resume_from_checkpoint=True if resume else None)
+    if trainer.is_world_process_zero():
+        write_json(work_dir.parent / "train_log.json", trainer.state.log_history)
+        tmp = out.with_name(out.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        trainer.model.save_pretrained(str(tmp), safe_serialization=True)
+        if not c.model.lora:
+            tokenizer.save_pretrained(str(tmp))
+        shutil.rmtree(out, ignore_errors=True)
+        tmp.rename(out)
+    model.eval()

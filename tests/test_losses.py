@@ -1,0 +1,429 @@
+"""Tests for ampo.losses against the worked numbers of spec/algorithms.md (sections 0-4)."""
+
+import math
+
+import pytest
+import torch
+
+from ampo.losses import (
+    LOSSES,
+    GroupBatch,
+    compute,
+    mrpo_virtual_reference,
+    resolve_hparams,
+    soft_bt_loss,
+    soft_target,
+)
+
+# The shared toy prompt of spec section 0.
+TOY_LP = [-40.0, -55.0, -60.0, -80.0]
+TOY_REF = [-42.0, -54.0, -58.0, -75.0]
+TOY_LEN = [40.0, 50.0, 40.0, 64.0]
+TOY_R = [2.0, 1.0, -0.5, -1.5]
+# A second reference for MRPO (ref_logps[1], the spec's ref1); made up, any values work.
+TOY_REF_EXTRA = [-44.0, -53.0, -61.0, -73.0]
+
+PAIRWISE = {"dpo", "ipo", "simpo", "mmpo", "mrpo"}
+DEFAULT_DTYPE = torch.float64
+
+
+def t(rows) -> torch.Tensor:
+    return torch.tensor(rows, dtype=DEFAULT_DTYPE)
+
+
+def toy(slots=(0, 1, 2, 3), lp=TOY_LP) -> GroupBatch:
+    """One group built from the given rows of the toy table (slot order as given)."""
+    pick = lambda col: t([[col[i] for i in slots]])  # noqa: E731
+    refs = torch.stack([pick(TOY_REF), pick(TOY_REF_EXTRA)])
+    return GroupBatch(
+        logps=pick(lp),
+        lengths=pick(TOY_LEN),
+        rewards=pick(TOY_R),
+        mask=torch.ones(1, len(slots), dtype=torch.bool),
+        ref_logps=refs,
+    )
+
+
+def stack(batches: list[GroupBatch]) -> GroupBatch:
+    """Concatenate same-K batches along B."""
+    return GroupBatch(
+        logps=torch.cat([b.logps for b in batches]),
+        lengths=torch.cat([b.lengths for b in batches]),
+        rewards=torch.cat([b.rewards for b in batches]),
+        mask=torch.cat([b.mask for b in batches]),
+        ref_logps=torch.cat([b.ref_logps for b in batches], dim=1),
+    )
+
+
+def loss_of(name: str, batch: GroupBatch, **hparams) -> torch.Tensor:
+    return LOSSES[name].fn(batch, **hparams)[0]
+
+
+def close(value: torch.Tensor, expected: float, tol: float = 1e-5) -> bool:
+    return abs(float(value) - expected) < tol
+
+
+# ---------------------------------------------------------------------------------------------
+# Worked numbers
+
+
+@pytest.mark.parametrize(
+    "beta, gamma, expected", [(2, 1, 1.027167), (2, 3, 1.853078), (10, 3, 0.862935)]
+)
+def test_ampo_toy(beta, gamma, expected):
+    assert close(loss_of("ampo", toy(), beta=beta, gamma=gamma, alpha=0.0), expected)
+
+
+def test_ampo_defaults_are_the_recommended_ones():
+    assert LOSSES["ampo"].defaults == {"beta": 10.0, "gamma": 3.0, "alpha": 0.0}
+    assert close(loss_of("ampo", toy()), 0.862935)
+
+
+def test_ampo_alpha_centres_rewards_on_the_valid_group_mean():
+    # With alpha != 0, s = beta*avg + alpha*(r - rbar); rbar = 0.25 over all four responses.
+    beta, gamma, alpha = 2.0, 3.0, 0.5
+    s = [beta * lp / n + alpha * (r - 0.25) for lp, n, r in zip(TOY_LP, TOY_LEN, TOY_R)]
+    denom = math.exp(s[0]) + gamma * sum(math.exp(x) for x in s[1:])
+    expected = -math.log(math.exp(s[0]) / denom)
+    assert close(loss_of("ampo", toy(), beta=beta, gamma=gamma, alpha=alpha), expected, 1e-9)
+
+
+@pytest.mark.parametrize(
+    "alpha, dev_fn, expected",
+    [(1.0, "signed", 0.053563), (1.0, "abs", 0.459965), (0.0, "signed", 0.513015)],
+)
+def test_swepo_toy(alpha, dev_fn, expected):
+    loss, metrics = LOSSES["swepo"].fn(toy(), beta=0.1, alpha=alpha, dev_fn=dev_fn)
+    assert close(loss, expected)
+    assert float(metrics["positive_set_size"]) == 2  # Y+ = {0, 1}
+
+
+def test_dpo_ipo_simpo_toy_pair():
+    pair = toy(slots=(0, 3))
+    assert close(loss_of("dpo", pair, beta=0.1), 0.403186)
+    assert close(loss_of("dpo", pair, beta=0.01), 0.658760)
+    assert close(loss_of("ipo", pair, beta=0.1), 4.0)
+    assert close(loss_of("simpo", pair, beta=2.0, gamma=1.0), 0.974077)
+
+
+@pytest.mark.parametrize(
+    "gamma, beta, expected",
+    [(0.3, 0.01, 0.676905), (0.3, 0.1, 0.584644), (2.2, 0.1, 0.403503)],
+)
+def test_mmpo_toy(gamma, beta, expected):
+    loss, metrics = LOSSES["mmpo"].fn(toy(slots=(0, 3)), beta=beta, gamma=gamma)
+    assert close(loss, expected)
+    assert close(metrics["soft_target"], float(torch.sigmoid(torch.tensor(gamma * 3.5))))
+
+
+def test_mmpo_soft_target_and_reward_model_loss_toy():
+    p = soft_target(t(2.0), t(-1.5), gamma=0.3)
+    assert close(p, 0.740775)
+    assert close(soft_bt_loss(t(1.3), t(0.4), p), 0.574456)
+    assert close(soft_bt_loss(t(1.3), t(0.4), 1.0), 0.341154)
+
+
+MRPO_LP = [-40.0, -60.0]
+MRPO_PRIMARY = [-42.0, -58.0]  # the spec's ref2 (initial policy) -> ref_logps[0]
+MRPO_EXTRA = [-44.0, -55.0]  # the spec's ref1 (external model) -> ref_logps[1]
+
+
+def mrpo_pair() -> GroupBatch:
+    return GroupBatch(
+        logps=t([MRPO_LP]),
+        lengths=t([[10.0, 10.0]]),
+        rewards=t([[1.0, 0.0]]),
+        mask=torch.ones(1, 2, dtype=torch.bool),
+        ref_logps=t([[MRPO_PRIMARY], [MRPO_EXTRA]]),
+    )
+
+
+def test_mrpo_virtual_reference_toy():
+    (pw, pl), (ew, el) = t(MRPO_PRIMARY), t(MRPO_EXTRA)
+    ref_w, ref_l, weight = mrpo_virtual_reference(pw, pl, ew, el, eta=0.1, alpha=-1.0)
+    assert close(weight, 0.407407)
+    assert close(ref_w, -43.397936)
+    assert close(ref_l, -57.171974)
+
+
+def test_mrpo_loss_toy():
+    loss, metrics = LOSSES["mrpo"].fn(mrpo_pair(), beta=0.1, eta=0.1, alpha=-1.0)
+    assert close(loss, 0.429539)
+    assert close(metrics["alpha"], 0.407407)
+    assert close(metrics["margin"], 0.622596)
+
+
+@pytest.mark.parametrize(
+    "alpha, eta, expected",
+    [
+        (1.0, 0.1, 0.513015),  # all weight on 1/pi_primary: DPO with ref2
+        (0.0, 0.0, 0.513015),  # extra ref clipped onto the primary: DPO with ref2
+        (0.0, -1.0, 0.341154),  # fixed rate 1 leaves the extra ref unclipped: DPO with ref1
+    ],
+)
+def test_mrpo_limits_reduce_to_single_reference_dpo(alpha, eta, expected):
+    assert close(loss_of("mrpo", mrpo_pair(), beta=0.1, eta=eta, alpha=alpha), expected)
+
+
+def test_mrpo_with_three_references_averages_over_extra_references():
+    batch = toy()
+    third = t([[-41.0, -56.0, -57.0, -79.0]])
+    three = GroupBatch(**{**batch.__dict__, "ref_logps": torch.cat([batch.ref_logps, third[None]])})
+    only_third = GroupBatch(
+        **{**batch.__dict__, "ref_logps": torch.stack([batch.ref_logps[0], third])}
+    )
+    expected = (loss_of("mrpo", batch) + loss_of("mrpo", only_third)) / 2
+    assert torch.allclose(loss_of("mrpo", three), expected, atol=1e-12)
+
+
+def test_infonca_nca_toy():
+    assert close(loss_of("infonca", toy(), beta=0.1, temperature=1.0), 1.178396)
+    assert close(loss_of("nca", toy(), beta=0.1, temperature=1.0), 1.281939)
+
+
+def test_pro_toy():
+    assert close(loss_of("pro", toy(), sft_weight=0.0), 2.945504)
+    # Default weight 0.05 * (4-1)^2 = 0.45; the top response has avg = -40/40 = -1, NLL 1.0.
+    assert close(loss_of("pro", toy()), 3.395504)
+    assert close(loss_of("pro", toy(), sft_weight=0.45), 3.395504)
+
+
+def test_pro_ranks_by_reward_not_by_slot():
+    # Slots 1..3 listed in a scrambled order give the same Plackett-Luce loss.
+    assert close(loss_of("pro", toy(slots=(0, 3, 1, 2)), sft_weight=0.0), 2.945504)
+
+
+@pytest.mark.parametrize("log_base, expected", [(2.0, 2.382675), (math.e, 3.437474)])
+def test_lipo_toy(log_base, expected):
+    assert close(loss_of("lipo", toy(), beta=0.1, log_base=log_base), expected)
+
+
+# ---------------------------------------------------------------------------------------------
+# Masks, batching, gradients
+
+
+def padded_with_garbage() -> tuple[GroupBatch, GroupBatch]:
+    """The toy group minus response 2, compact (K=3) and padded to K=5 with garbage slots."""
+    compact = toy(slots=(0, 1, 3))
+    nan, inf = math.nan, math.inf
+    order = [0, None, 1, 2, None]  # compact slot for each padded slot; None = empty
+
+    def pad(x: torch.Tensor, garbage: float) -> torch.Tensor:
+        cols = [x[..., i] if i is not None else torch.full_like(x[..., 0], garbage) for i in order]
+        return torch.stack(cols, dim=-1)
+
+    padded = GroupBatch(
+        logps=pad(compact.logps, nan).index_put_((torch.tensor([0]), torch.tensor([4])), t(inf)),
+        lengths=pad(compact.lengths, 0.0),
+        rewards=pad(compact.rewards, inf),
+        mask=t([[1, 0, 1, 1, 0]]).bool(),
+        ref_logps=pad(compact.ref_logps, nan),
+    )
+    return compact, padded
+
+
+@pytest.mark.parametrize("name", sorted(LOSSES))
+def test_masked_slots_change_nothing(name):
+    compact, padded = padded_with_garbage()
+    compact.logps.requires_grad_(True)
+    padded.logps.requires_grad_(True)
+    loss_c, metrics_c = LOSSES[name].fn(compact)
+    loss_p, metrics_p = LOSSES[name].fn(padded)
+    assert torch.isfinite(loss_p).all()
+    assert torch.allclose(loss_c, loss_p, atol=1e-10)
+    for key in metrics_c:
+        assert torch.allclose(metrics_c[key], metrics_p[key], atol=1e-10), key
+    loss_c.sum().backward()
+    loss_p.sum().backward()
+    grad_p = padded.logps.grad
+    assert torch.isfinite(grad_p).all()
+    assert (grad_p[0, [1, 4]] == 0).all()
+    assert torch.allclose(compact.logps.grad[0], grad_p[0, [0, 2, 3]], atol=1e-10)
+
+
+@pytest.mark.parametrize("name", sorted(LOSSES))
+def test_batch_equals_stacked_single_prompts(name):
+    groups = [toy(), toy(slots=(1, 0, 2, 3)), toy(slots=(0, 2, 1, 3), lp=[-41.0, -50, -61, -70])]
+    groups[1].mask[0, 3] = False  # a ragged group
+    batch = stack(groups)
+    losses, _ = LOSSES[name].fn(batch)
+    singles = torch.cat([LOSSES[name].fn(g)[0] for g in groups])
+    assert losses.shape == (3,)
+    assert torch.allclose(losses, singles, atol=1e-10)
+
+
+@pytest.mark.parametrize("name", sorted(PAIRWISE))
+def test_pairwise_losses_average_over_pairs(name):
+    pairs = [LOSSES[name].fn(toy(slots=(0, j)))[0] for j in (1, 2, 3)]
+    assert torch.allclose(LOSSES[name].fn(toy())[0], torch.stack(pairs).mean(0), atol=1e-10)
+
+
+@pytest.mark.parametrize("name", sorted(LOSSES))
+def test_gradients_push_positive_up_and_worst_down(name):
+    # Start of training: the policy equals the (primary) reference, so h = 0 everywhere.
+    batch = toy(lp=TOY_REF)
+    batch.logps.requires_grad_(True)
+    loss, _ = LOSSES[name].fn(batch)
+    loss.sum().backward()
+    grad = batch.logps.grad[0]
+    assert torch.isfinite(grad).all()
+    assert grad[0] < 0, "the positive's log-prob must go up"
+    assert grad[3] > 0, "the lowest-reward response's log-prob must go down"
+    if LOSSES[name].pairwise or name == "ampo":
+        assert (grad[1:] > 0).all(), "every negative's log-prob must go down"
+
+
+@pytest.mark.parametrize("name", sorted(LOSSES))
+def test_a_gradient_step_lowers_the_loss(name):
+    batch = toy(lp=TOY_REF)
+    batch.logps.requires_grad_(True)
+    loss = LOSSES[name].fn(batch)[0].sum()
+    (grad,) = torch.autograd.grad(loss, batch.logps)
+    stepped = GroupBatch(**{**batch.__dict__, "logps": batch.logps.detach() - 1e-3 * grad})
+    assert LOSSES[name].fn(stepped)[0].sum() < loss
+
+
+def test_k2_ampo_with_gamma_1_is_simpo_without_margin():
+    pairs = stack([toy(slots=(0, j)) for j in (1, 2, 3)])
+    for beta in (0.5, 2.0, 10.0):
+        ampo = loss_of("ampo", pairs, beta=beta, gamma=1.0, alpha=0.0)
+        simpo = loss_of("simpo", pairs, beta=beta, gamma=0.0)
+        assert torch.allclose(ampo, simpo, atol=1e-12)
+
+
+def test_k2_infonca_with_hard_labels_is_dpo():
+    pairs = stack([toy(slots=(0, j)) for j in (1, 2, 3)])
+    for beta in (0.01, 0.1, 1.0):
+        infonca = loss_of("infonca", pairs, beta=beta, temperature=1e-6)
+        assert torch.allclose(infonca, loss_of("dpo", pairs, beta=beta), atol=1e-12)
+
+
+# ---------------------------------------------------------------------------------------------
+# Metrics, table, validation
+
+
+@pytest.mark.parametrize("name", sorted(LOSSES))
+def test_metrics_are_detached_scalars(name):
+    batch = toy()
+    batch.logps.requires_grad_(True)
+    _, metrics = LOSSES[name].fn(batch)
+    assert {"reward_accuracy", "margin"} <= set(metrics)
+    for key, value in metrics.items():
+        assert value.dim() == 0 and not value.requires_grad and torch.isfinite(value), key
+
+
+def test_reward_accuracy_and_margin_use_the_implicit_scores():
+    # DPO scores 0.1*h = [0.2, -0.1, -0.2, -0.5]: every negative is below the positive.
+    _, metrics = LOSSES["dpo"].fn(toy())
+    assert close(metrics["reward_accuracy"], 1.0)
+    assert close(metrics["margin"], (0.3 + 0.4 + 0.7) / 3)
+    # Slot order (1, 0, ...) makes response 1 the positive: h = -1 is below h = 2 and -2 only.
+    _, metrics = LOSSES["dpo"].fn(toy(slots=(1, 0, 2, 3)))
+    assert close(metrics["reward_accuracy"], 2 / 3)
+
+
+def test_table_flags_follow_the_contract():
+    assert {name for name, spec in LOSSES.items() if spec.pairwise} == PAIRWISE
+    assert {name: spec.refs for name, spec in LOSSES.items() if spec.refs != 1} == {
+        "ampo": 0,
+        "simpo": 0,
+        "pro": 0,
+        "mrpo": 2,
+    }
+    assert {n for n, s in LOSSES.items() if s.length_normalized} == {"ampo", "simpo", "pro"}
+    assert all(spec.description for spec in LOSSES.values())
+
+
+def test_compute_merges_defaults_and_averages_over_prompts():
+    batch = stack([toy(), toy(slots=(0, 2, 1, 3))])
+    loss, metrics = compute("ampo", batch, beta=2.0)
+    per_prompt, _ = LOSSES["ampo"].fn(batch, beta=2.0, gamma=3.0, alpha=0.0)
+    assert loss.dim() == 0 and torch.allclose(loss, per_prompt.mean())
+    assert "reward_accuracy" in metrics
+
+
+def test_unknown_hyperparameter_is_refused_with_the_allowed_names():
+    with pytest.raises(ValueError, match=r"'bta'.*'ampo'.*allowed: alpha, beta, gamma"):
+        compute("ampo", toy(), bta=1.0)
+    with pytest.raises(ValueError, match="'tau'"):
+        resolve_hparams("ipo", {"tau": 0.1})
+
+
+def test_unknown_loss_is_refused():
+    with pytest.raises(ValueError, match="unknown loss 'dpoo'"):
+        compute("dpoo", toy())
+
+
+@pytest.mark.parametrize("name", sorted(n for n, s in LOSSES.items() if s.refs))
+def test_missing_references_are_refused(name):
+    batch = GroupBatch(**{**toy().__dict__, "ref_logps": None})
+    with pytest.raises(ValueError, match=f"'{name}' needs .*reference"):
+        compute(name, batch)
+    with pytest.raises(ValueError, match="reference"):
+        LOSSES[name].fn(batch)
+
+
+def test_mrpo_refuses_a_single_reference():
+    batch = toy()
+    one = GroupBatch(**{**batch.__dict__, "ref_logps": batch.ref_logps[:1]})
+    with pytest.raises(ValueError, match=r"'mrpo' needs ref_logps of shape \[R>=2"):
+        compute("mrpo", one)
+
+
+def test_reference_free_losses_ignore_missing_references():
+    batch = GroupBatch(**{**toy().__dict__, "ref_logps": None})
+    for name in ("ampo", "simpo", "pro"):
+        assert torch.isfinite(compute(name, batch)[0])
+
+
+def test_bad_groups_are_refused():
+    masked_positive = toy()
+    masked_positive.mask[0, 0] = False
+    with pytest.raises(ValueError, match="slot 0"):
+        compute("ampo", masked_positive)
+    lonely = toy()
+    lonely.mask[0, 1:] = False
+    with pytest.raises(ValueError, match="no valid negative"):
+        compute("dpo", lonely)
+
+
+@pytest.mark.parametrize(
+    "name, hparams, message",
+    [
+        ("ampo", {"gamma": 0.0}, "gamma must be > 0"),
+        ("swepo", {"dev_fn": "cubic"}, "dev_fn must be one of signed, abs, square"),
+        ("ipo", {"beta": 0.0}, "beta must be > 0"),
+        ("infonca", {"temperature": -1.0}, "temperature must be > 0"),
+        ("lipo", {"log_base": 1.0}, "log_base must be > 1"),
+        ("mrpo", {"alpha": 1.5}, "alpha must be < 0"),
+        ("pro", {"sft_weight": -0.1}, "sft_weight must be >= 0"),
+    ],
+)
+def test_bad_hyperparameter_values_are_refused(name, hparams, message):
+    with pytest.raises(ValueError, match=message):
+        compute(name, toy(), **hparams)
+
+
+def test_low_precision_inputs_are_computed_in_float32():
+    batch = toy()
+    half = GroupBatch(
+        logps=batch.logps.bfloat16(),
+        lengths=batch.lengths.int(),
+        rewards=batch.rewards.float(),
+        mask=batch.mask,
+        ref_logps=batch.ref_logps.bfloat16(),
+    )
+    loss, _ = LOSSES["ampo"].fn(half)
+    assert loss.dtype == torch.float32
+    assert close(loss, 0.862935, 1e-4)
+
+
+@pytest.mark.parametrize("name", sorted(LOSSES))
+def test_extreme_log_probs_stay_finite(name):
+    # Log-ratios in the thousands saturate every sigmoid and softmax; nothing may overflow.
+    for lp in ([-1.0, -9000.0, -8000.0, -7000.0], [-9000.0, -1.0, -2.0, -3.0]):
+        batch = GroupBatch(**{**toy().__dict__, "logps": t([lp]).float().requires_grad_(True)})
+        loss, metrics = LOSSES[name].fn(batch)
+        loss.sum().backward()
+        assert torch.isfinite(loss).all() and torch.isfinite(batch.logps.grad).all()
+        assert all(torch.isfinite(v) for v in metrics.values())
