@@ -1,0 +1,114 @@
+"""Held-out evaluation of a round's policy against the initial policy.
+
+Metrics (written to each round's `eval.json`): mean reward, win rate against the initial
+policy's samples judged by the reward function (ties count half) with a bootstrap confidence
+interval over prompts, response length, diversity (distinct-n and mean pairwise embedding
+distance), and drift (how much less likely the new responses are under the initial policy).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .data import prompt_text
+
+
+def sample_and_score(policy, reward_fn, prompts: list[dict], eval_cfg, seed: int, progress: bool = True) -> list[dict]:
+    """`samples_per_prompt` samples per held-out prompt, with their rewards. One row per prompt."""
+    from .generation import GenerationConfig, HFGenerator
+
+    model, tok = policy
+    cfg = GenerationConfig(n=eval_cfg.samples_per_prompt, temperature=eval_cfg.temperature,
+                           max_new_tokens=eval_cfg.max_new_tokens, seed=seed)
+    samples = HFGenerator(model, tok, cfg).generate([p["prompt"] for p in prompts], progress=progress)
+    texts = [[s.text for s in ss] for ss in samples]
+    flat = reward_fn([prompt_text(p["prompt"]) for p, ts in zip(prompts, texts) for _ in ts],
+                     [t for ts in texts for t in ts])
+    rewards = np.asarray(flat, dtype=np.float64).reshape(len(prompts), -1)
+    return [{"id": p["id"], "prompt": p["prompt"], "responses": ts, "rewards": rw.tolist(),
+             "n_tokens": [s.n_tokens for s in ss], "finished": [s.finished for s in ss]}
+            for p, ts, rw, ss in zip(prompts, texts, rewards, samples)]
+
+
+def win_rate(new: np.ndarray, base: np.ndarray, bootstrap: int = 1000, seed: int = 0) -> tuple[float, list[float]]:
+    """Win rate of `new` over `base` rewards ([prompts, samples]); ties half; 95% bootstrap CI over prompts."""
+    per_prompt = ((new > base) + 0.5 * (new == base)).mean(axis=1)
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(per_prompt), size=(bootstrap, len(per_prompt)))
+    boots = per_prompt[idx].mean(axis=1)
+    return float(per_prompt.mean()), [float(np.percentile(boots, 2.5)), float(np.percentile(boots, 97.5))]
+
+
+def distinct_n(texts: list[str], n: int) -> float:
+    """Distinct n-grams / all n-grams over a set of texts (word level)."""
+    grams = [tuple(w[i: i + n]) for w in (t.split() for t in texts) for i in range(len(w) - n + 1)]
+    return len(set(grams)) / len(grams) if grams else 0.0
+
+
+def embedding_diversity(embedder, rows: list[dict]) -> float | None:
+    """Mean pairwise Euclidean distance between one prompt's samples, averaged over prompts."""
+    if min(len(r["responses"]) for r in rows) < 2:
+        return None
+    emb = embedder([t for r in rows for t in r["responses"]])
+    out, offset = [], 0
+    for r in rows:
+        e = emb[offset: offset + len(r["responses"])]
+        offset += len(e)
+        d = np.linalg.norm(e[:, None] - e[None], axis=-1)
+        out.append(d[np.triu_indices(len(e), 1)].mean())
+    return float(np.mean(out))
+
+
+def per_token_logp(policy, rows: list[dict]) -> float:
+    """Mean per-token log-prob of the rows' responses under `policy`."""
+    from .logprobs import response_logprobs
+
+    model, tok = policy
+    logps, counts = response_logprobs(model, tok, [r["prompt"] for r in rows], [r["responses"] for r in rows],
+                                      [r["finished"] for r in rows])
+    return float(np.concatenate(logps).sum() / max(np.concatenate(counts).sum(), 1))
+
+
+def summarize(rows: list[dict], base_rows: list[dict], bootstrap: int, seed: int) -> dict:
+    """The metrics that need only samples and rewards."""
+    new = np.array([r["rewards"] for r in rows])
+    base = np.array([r["rewards"] for r in base_rows])
+    wr, ci = win_rate(new, base, bootstrap, seed)
+    texts = [t for r in rows for t in r["responses"]]
+    return {
+        "mean_reward": float(new.mean()),
+        "baseline_mean_reward": float(base.mean()),
+        "reward_gain": float(new.mean() - base.mean()),
+        "win_rate": wr,
+        "win_rate_ci": ci,
+        "mean_length": float(np.mean([n for r in rows for n in r["n_tokens"]])),
+        "baseline_mean_length": float(np.mean([n for r in base_rows for n in r["n_tokens"]])),
+        "finished_rate": float(np.mean([f for r in rows for f in r["finished"]])),
+        "distinct_1": distinct_n(texts, 1),
+        "distinct_2": distinct_n(texts, 2),
+        "n_prompts": len(rows),
+    }
+
+
+def evaluate_round(pipe, r: int) -> dict:
+    """Evaluate the policy after round `r` of a `Pipeline` against its baseline samples."""
+    import pyarrow.parquet as pq
+
+    from .config import seed_from
+    from .data import write_rows
+
+    c = pipe.c
+    held = pipe.split()["heldout"]
+    base_rows = pq.read_table(pipe.dir / "baseline" / "samples.parquet").to_pylist()
+    rows = sample_and_score(pipe.policy(r + 1), pipe.reward_fn(), held, c.eval,
+                            seed=seed_from("eval", c.seed), progress=pipe.progress)
+    write_rows(pipe.round_dir(r) / "eval_samples.parquet", rows)
+    result = {"round": r, **summarize(rows, base_rows, c.eval.bootstrap, c.seed)}
+    embedder = pipe.embedder(round_idx=r + 1)
+    result["embedding_diversity"] = embedding_diversity(embedder, rows)
+    result["baseline_embedding_diversity"] = embedding_diversity(embedder, base_rows)
+    initial = pipe.policy(0)
+    result["initial_logp_per_token"] = per_token_logp(initial, rows)
+    result["baseline_initial_logp_per_token"] = per_token_logp(initial, base_rows)
+    result["drift"] = result["baseline_initial_logp_per_token"] - result["initial_logp_per_token"]
+    return result

@@ -1,0 +1,493 @@
+"""Self-play rounds: generate -> score -> embed -> select -> (references) -> train -> evaluate.
+
+Every stage writes its outputs atomically into the run folder and records a content key (a hash
+of its inputs' keys and the config fields that change its numbers) in `manifest.json`. A rerun
+skips stages whose key matches; a changed config field reruns exactly the stages downstream of it;
+a killed run resumes: generation from its last finished shard, training from its last Trainer
+checkpoint, everything else from the last finished stage.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from . import __version__
+from .config import RunConfig, config_key, dump_config, seed_from
+from .data import PoolRecord, atomic_path, prompt_text, read_pool, read_prompts, write_json, write_pool, write_rows
+
+log = logging.getLogger("ampo")
+
+BUILTIN_PROMPTS = Path(__file__).parent / "recipes" / "prompts.jsonl"
+
+
+class Manifest:
+    """`manifest.json`: per stage its key, status and timing, written after every change."""
+
+    def __init__(self, path: Path, write: bool = True):
+        self.path = path
+        self.write = write  # only the main process writes
+        self.data = json.loads(path.read_text()) if path.exists() else {"stages": {}}
+        self.data["versions"] = _versions()
+
+    def done(self, stage: str, key: str) -> bool:
+        entry = self.data["stages"].get(stage)
+        return bool(entry) and entry["key"] == key and entry["status"] == "done"
+
+    def mark(self, stage: str, key: str, status: str, **info: Any) -> None:
+        self.data["stages"][stage] = {"key": key, "status": status, **info}
+        if self.write:
+            write_json(self.path, self.data)
+
+
+def _versions() -> dict[str, str]:
+    import torch
+    import transformers
+
+    return {"ampo": __version__, "torch": torch.__version__, "transformers": transformers.__version__}
+
+
+class Dist:
+    """This process's rank among those started by `accelerate launch` (one process otherwise)."""
+
+    def __init__(self):
+        from accelerate import PartialState
+
+        self._state = PartialState()
+        self.rank, self.world = self._state.process_index, self._state.num_processes
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def wait(self) -> None:
+        if self.world > 1:
+            self._state.wait_for_everyone()
+
+
+class Pipeline:
+    """One run folder, its config and its stages.
+
+    Under `accelerate launch` every process runs the pipeline: generation, scoring and embedding
+    split their prompt shards across processes, training runs data-parallel through the Trainer,
+    and the other (cheap) stages run on the main process while the others wait.
+    """
+
+    def __init__(self, config: RunConfig, progress: bool = True):
+        self.c = config
+        self.dir = Path(config.out)
+        self.dist = Dist()
+        self.progress = progress and self.dist.main
+        if self.dist.main:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            with atomic_path(self.dir / "config.yaml") as tmp:
+                tmp.write_text(dump_config(config))
+        self.dist.wait()
+        self.manifest = Manifest(self.dir / "manifest.json", write=self.dist.main)
+        self.dist.wait()  # every process reads the manifest before any stage changes it
+        self._reward_fn = None
+        self._embedder = None
+        self._loaded: dict[str, Any] = {}  # policy key -> (model, tokenizer), one at a time
+
+    # -- stage bookkeeping ------------------------------------------------------------------
+
+    def stage(self, name: str, key: str, fn: Callable[[], Any], outputs: list[Path], everyone: bool = False) -> None:
+        """Run `fn` unless this stage already finished with the same key and its outputs exist.
+
+        `everyone`: every process runs `fn` (sharded or data-parallel work); otherwise only the
+        main one does. A dict returned by `fn` is recorded in the manifest entry.
+        """
+        if self.manifest.done(name, key) and all(p.exists() for p in outputs):
+            if self.dist.main:
+                log.info("[%s] up to date (key %s)", name, key)
+            return
+        if self.dist.main:
+            log.info("[%s] running (key %s)", name, key)
+        self.manifest.mark(name, key, "running")
+        t0 = time.perf_counter()
+        info = fn() if (everyone or self.dist.main) else None
+        self.dist.wait()
+        self.manifest.mark(name, key, "done", seconds=round(time.perf_counter() - t0, 2),
+                           finished_at=time.strftime("%Y-%m-%dT%H:%M:%S"), **(info or {}))
+
+    # -- components, loaded once ------------------------------------------------------------
+
+    def reward_fn(self):
+        if self._reward_fn is None:
+            from .rewards import load_reward
+
+            self._reward_fn = load_reward(self.c.score.reward)
+        return self._reward_fn
+
+    def embedder(self, policy_key: str | None = None, round_idx: int = 0):
+        if self.c.embed.embedder == "policy":
+            from .embeddings import PolicyEmbedder
+
+            model, tok = self.policy(round_idx)
+            return PolicyEmbedder(model, tok, batch_size=self.c.embed.batch_size)
+        if self._embedder is None:
+            from .embeddings import load_embedder
+
+            self._embedder = load_embedder(self.c.embed.embedder)
+        return self._embedder
+
+    def policy_key(self, r: int) -> str:
+        """Key of the policy that round r starts from (the initial policy for r = 0)."""
+        if r == 0:
+            return config_key("policy", self.c.model.policy, self.c.model.dtype)
+        return self.train_key(r - 1)
+
+    def policy(self, r: int):
+        """(model, tokenizer) that round r starts from; round checkpoints are applied in order."""
+        key = self.policy_key(r)
+        if key not in self._loaded:
+            self._loaded.clear()  # keep one policy in memory
+            self._loaded[key] = load_round_policy(self.c, [self.round_dir(i) / "checkpoint" for i in range(r)])
+        return self._loaded[key]
+
+    def round_dir(self, r: int) -> Path:
+        return self.dir / f"round-{r}"
+
+    # -- prompts ----------------------------------------------------------------------------
+
+    def split(self) -> dict[str, list]:
+        """Train / held-out split of the prompts, made once and recorded in `split.json`."""
+        path = self.dir / "split.json"
+        source = BUILTIN_PROMPTS if self.c.data.prompts == "builtin" else Path(self.c.data.prompts)
+        prompts = read_prompts(source)
+        key = config_key("split", [p for _, p in prompts], [i for i, _ in prompts],
+                         self.c.data.heldout, self.c.data.split_seed)
+
+        def make():
+            if self.c.data.heldout >= len(prompts):
+                raise ValueError(f"data.heldout={self.c.data.heldout} leaves no training prompts "
+                                 f"({len(prompts)} prompts in {source})")
+            order = np.random.default_rng(self.c.data.split_seed).permutation(len(prompts))
+            held = sorted(order[: self.c.data.heldout].tolist())
+            train = sorted(order[self.c.data.heldout:].tolist())
+            write_json(path, {"source": str(source),
+                              "train": [{"id": prompts[i][0], "prompt": prompts[i][1]} for i in train],
+                              "heldout": [{"id": prompts[i][0], "prompt": prompts[i][1]} for i in held]})
+
+        self.stage("split", key, make, [path])
+        self._split_key = key
+        return json.loads(path.read_text())
+
+    def round_prompts(self, r: int) -> list[dict]:
+        """The train prompts of round r: all of them, or a fresh rotating window of `train_prompts`."""
+        train = self.split()["train"]
+        n = self.c.data.train_prompts
+        if n <= 0 or n >= len(train):
+            return train
+        start = (r * n) % len(train)
+        return [train[(start + i) % len(train)] for i in range(n)]
+
+    # -- the stages of a round --------------------------------------------------------------
+
+    def generate_key(self, r: int) -> str:
+        prompts = self.round_prompts(r)
+        g = dataclasses.asdict(self.c.generate)
+        g.pop("prompts_per_batch")  # batch size does not change the samples' distribution
+        return config_key("generate", self.policy_key(r), [p["id"] for p in prompts], g, self.c.seed, r)
+
+    def generate(self, r: int) -> None:
+        out = self.round_dir(r) / "pool.parquet"
+        key = self.generate_key(r)
+        self.stage(f"round-{r}/generate", key, lambda: self._generate(r, key, out), [out], everyone=True)
+
+    def _generate(self, r: int, key: str, out: Path) -> dict:
+        from .generation import GenerationConfig, make_generator
+
+        prompts = self.round_prompts(r)
+        g = self.c.generate
+
+        def work(s: int, shard: list[dict]) -> list[dict]:
+            model, tok = self.policy(r)
+            cfg = GenerationConfig(n=g.n, temperature=g.temperature, top_p=g.top_p, max_new_tokens=g.max_new_tokens,
+                                   prompts_per_batch=g.prompts_per_batch, share_prefill=g.share_prefill,
+                                   seed=seed_from("generate", self.c.seed, r, s))
+            gen = make_generator(g.backend, self.c.model.policy, model=model, tokenizer=tok, config=cfg)
+            samples = gen.generate([p["prompt"] for p in shard], progress=self.progress)
+            return [{"id": p["id"], "prompt": p["prompt"], "responses": [x.text for x in ss],
+                     "finished": [x.finished for x in ss], "n_tokens": [x.n_tokens for x in ss]}
+                    for p, ss in zip(shard, samples)]
+
+        rows, info = sharded_map(prompts, g.shard_prompts, work, self.round_dir(r) / "generate.parts", key, self.dist)
+        if self.dist.main:
+            write_rows(out, rows)
+        return info
+
+    def score_key(self, r: int) -> str:
+        return config_key("score", self.generate_key(r), self.c.score.reward)
+
+    def score(self, r: int) -> None:
+        out = self.round_dir(r) / "rewards.parquet"
+        key = self.score_key(r)
+
+        def run() -> dict:
+            pool, _ = read_pool(self.round_dir(r) / "pool.parquet")
+            work = lambda s, shard: [{"id": rec.id, "rewards": rw.tolist()}
+                                     for rec, rw in zip(shard, score_pool(self.reward_fn(), shard))]
+            rows, info = sharded_map(pool, self.c.generate.shard_prompts, work,
+                                     self.round_dir(r) / "score.parts", key, self.dist)
+            if self.dist.main:
+                write_rows(out, rows)
+            return info
+
+        self.stage(f"round-{r}/score", key, run, [out], everyone=True)
+
+    def embed_key(self, r: int) -> str:
+        policy = self.policy_key(r) if self.c.embed.embedder == "policy" else None
+        return config_key("embed", self.generate_key(r), self.c.embed.embedder, policy)
+
+    def embed(self, r: int) -> None:
+        out = self.round_dir(r) / "embeddings.npy"
+        key = self.embed_key(r)
+
+        def run() -> dict:
+            pool, _ = read_pool(self.round_dir(r) / "pool.parquet")
+
+            def work(s: int, shard: list[PoolRecord]) -> list[dict]:
+                emb = self.embedder(round_idx=r)([t for rec in shard for t in rec.responses])
+                return [{"id": rec.id, "embeddings": e.tolist()}
+                        for rec, e in zip(shard, np.split(emb, np.cumsum([len(x.responses) for x in shard])[:-1]))]
+
+            rows, info = sharded_map(pool, self.c.generate.shard_prompts, work,
+                                     self.round_dir(r) / "embed.parts", key, self.dist)
+            if self.dist.main:
+                emb = np.concatenate([np.asarray(row["embeddings"], dtype=np.float32) for row in rows])
+                with atomic_path(out) as tmp:
+                    with tmp.open("wb") as f:
+                        np.save(f, emb)
+            return info
+
+        self.stage(f"round-{r}/embed", key, run, [out], everyone=True)
+
+    def select_key(self, r: int) -> str:
+        return config_key("select", self.score_key(r), self.embed_key(r),
+                          dataclasses.asdict(self.c.select), self.c.seed)
+
+    def select(self, r: int) -> None:
+        out = self.round_dir(r) / "selection.parquet"
+
+        def run():
+            from .selection import select_batch
+
+            pool = self.scored_pool(r, with_selection=False)
+            sel = select_batch(self.c.select.strategy, [np.asarray(p.rewards) for p in pool],
+                               [p.embeddings for p in pool], self.c.select.k, seed=self.c.seed,
+                               progress=self.progress)
+            if sel.short.any():
+                log.warning("%d prompts had fewer than k+1=%d responses: took all of them",
+                            int(sel.short.sum()), self.c.select.k + 1)
+            write_rows(out, [{"id": p.id, "selected": idx.tolist(), "short": bool(s)}
+                             for p, idx, s in zip(pool, sel.indices, sel.short)])
+
+        self.stage(f"round-{r}/select", self.select_key(r), run, [out])
+
+    def scored_pool(self, r: int, with_selection: bool = True) -> list[PoolRecord]:
+        """The round's pool with rewards, embeddings and (optionally) the selection joined in."""
+        import pyarrow.parquet as pq
+
+        rd = self.round_dir(r)
+        pool, _ = read_pool(rd / "pool.parquet")
+        rewards = pq.read_table(rd / "rewards.parquet").to_pylist()
+        emb = np.load(rd / "embeddings.npy")
+        offset = 0
+        for rec, row in zip(pool, rewards, strict=True):
+            n = len(rec.responses)
+            rec.rewards = row["rewards"]
+            rec.embeddings = emb[offset: offset + n]
+            offset += n
+        if with_selection:
+            for rec, row in zip(pool, pq.read_table(rd / "selection.parquet").to_pylist(), strict=True):
+                rec.selected = row["selected"]
+        return pool
+
+    def n_refs(self) -> int:
+        from .losses import LOSSES
+
+        return (1 + len(self.c.train.extra_references)) if LOSSES[self.c.train.loss].refs else 0
+
+    def refs_key(self, r: int) -> str | None:
+        if not self.n_refs():
+            return None
+        first = self.policy_key(0 if self.c.train.reference == "initial" else r)
+        return config_key("refs", self.select_key(r), first, self.c.train.extra_references)
+
+    def refs(self, r: int) -> None:
+        """Reference log-probs of every selected response, once per round, one column per reference."""
+        if not self.n_refs():
+            return
+        out = self.round_dir(r) / "ref_logps.parquet"
+
+        def run():
+            from .logprobs import response_logprobs
+            from .models import load_policy
+
+            pool = self.scored_pool(r)
+            prompts = [rec.prompt for rec in pool]
+            responses = [[rec.responses[i] for i in rec.selected] for rec in pool]
+            finished = [[rec.finished[i] if rec.finished else True for i in rec.selected] for rec in pool]
+            columns = []
+            first = self.policy(0 if self.c.train.reference == "initial" else r)
+            columns.append(response_logprobs(*first, prompts, responses, finished, progress=self.progress)[0])
+            for path in self.c.train.extra_references:
+                model, tok = load_policy(path, dtype=self.c.model.dtype,
+                                         trust_remote_code=self.c.model.trust_remote_code)
+                columns.append(response_logprobs(model, tok, prompts, responses, finished, progress=self.progress)[0])
+                del model
+            write_rows(out, [{"id": rec.id, "ref_logps": [col[i].tolist() for col in columns]}
+                             for i, rec in enumerate(pool)])
+
+        self.stage(f"round-{r}/refs", self.refs_key(r), run, [out])
+
+    def train_key(self, r: int) -> str:
+        t = dataclasses.asdict(self.c.train)
+        for cosmetic in ("save_steps", "report_to", "logprob_chunk"):
+            t.pop(cosmetic)
+        m = dataclasses.asdict(self.c.model)
+        return config_key("train", self.policy_key(r), self.select_key(r), self.refs_key(r), t, m, self.c.seed)
+
+    def train(self, r: int) -> None:
+        out = self.round_dir(r) / "checkpoint"
+        key = self.train_key(r)
+        self.stage(f"round-{r}/train", key, lambda: self._train(r, key, out), [out], everyone=True)
+
+    def _train(self, r: int, key: str, out: Path) -> None:
+        from .trainer import train_round
+
+        pool = self.scored_pool(r)
+        ref_rows = None
+        if self.n_refs():
+            import pyarrow.parquet as pq
+
+            ref_rows = [row["ref_logps"] for row in pq.read_table(self.round_dir(r) / "ref_logps.parquet").to_pylist()]
+        model, tok = self.policy(r)
+        self._loaded.clear()  # training modifies the model in place (LoRA) or its weights
+        train_round(self.c, model, tok, pool, ref_rows, self.round_dir(r) / "train", key, out, progress=self.progress)
+
+    def eval_key(self, r: int) -> str:
+        return config_key("eval", self.train_key(r), self.baseline_key(), dataclasses.asdict(self.c.eval))
+
+    def baseline_key(self) -> str:
+        self.split()
+        return config_key("baseline", self.policy_key(0), self._split_key, self.c.score.reward,
+                          dataclasses.asdict(self.c.eval), self.c.seed)
+
+    def baseline(self) -> None:
+        """The initial policy's samples on the held-out prompts: what win rates compare against."""
+        out = self.dir / "baseline" / "samples.parquet"
+
+        def run():
+            from .evaluation import sample_and_score
+
+            held = self.split()["heldout"]
+            rows = sample_and_score(self.policy(0), self.reward_fn(), held, self.c.eval,
+                                    seed=seed_from("eval", self.c.seed), progress=self.progress)
+            write_rows(out, rows)
+
+        self.stage("baseline", self.baseline_key(), run, [out])
+
+    def evaluate(self, r: int) -> None:
+        out = self.round_dir(r) / "eval.json"
+
+        def run():
+            from .evaluation import evaluate_round
+
+            result = evaluate_round(self, r)
+            write_json(out, result)
+            log.info("round %d: held-out reward %.4f (initial %.4f), win rate %.3f [%.3f, %.3f]", r,
+                     result["mean_reward"], result["baseline_mean_reward"], result["win_rate"],
+                     *result["win_rate_ci"])
+
+        self.stage(f"round-{r}/evaluate", self.eval_key(r), run, [out])
+
+    # -- the whole run ----------------------------------------------------------------------
+
+    def run(self) -> list[dict]:
+        """All rounds, then the report. Returns each round's eval.json."""
+        self.split()
+        self.baseline()
+        results = []
+        for r in range(self.c.rounds):
+            for step in (self.generate, self.score, self.embed, self.select, self.refs, self.train, self.evaluate):
+                step(r)
+            results.append(json.loads((self.round_dir(r) / "eval.json").read_text()))
+        from .report import write_report
+
+        write_report(self)
+        return results
+
+
+def sharded_map(items: list, shard_size: int, work: Callable[[int, list], list[dict]], parts: Path, key: str,
+                dist: Dist) -> tuple[list[dict], dict]:
+    """Apply `work(shard_index, shard)` to shards of `items`, spread over processes, resumably.
+
+    Shard s is done by process s % world and written atomically to `parts/` (tagged with the
+    stage key and the process that wrote it): a killed run redoes only unfinished shards, and a
+    shard written once is read once. Returns all rows in item order (every process gets them)
+    and {"shards_by_rank": {...}} for the manifest.
+    """
+    if dist.main:
+        if parts.exists() and (not (parts / "KEY").exists() or (parts / "KEY").read_text() != key):
+            shutil.rmtree(parts)
+        parts.mkdir(parents=True, exist_ok=True)
+        (parts / "KEY").write_text(key)
+    dist.wait()
+    shards = [items[i: i + shard_size] for i in range(0, len(items), shard_size)]
+    for s in range(dist.rank, len(shards), dist.world):
+        if not list(parts.glob(f"shard-{s:05d}-rank*.jsonl")):
+            write_rows(parts / f"shard-{s:05d}-rank{dist.rank}.jsonl", work(s, shards[s]))
+    dist.wait()
+    rows, by_rank = [], {}
+    for s in range(len(shards)):
+        (path,) = parts.glob(f"shard-{s:05d}-rank*.jsonl")
+        rank = path.stem.rsplit("rank", 1)[1]
+        by_rank[rank] = by_rank.get(rank, 0) + 1
+        with path.open() as f:
+            rows.extend(json.loads(line) for line in f)
+    dist.wait()
+    if dist.main:
+        shutil.rmtree(parts)
+    return rows, {"shards_by_rank": by_rank}
+
+
+def score_pool(reward_fn, pool: list[PoolRecord]) -> list[np.ndarray]:
+    """Score every response of every record in one batched call; one array per record."""
+    prompts = [prompt_text(rec.prompt) for rec in pool for _ in rec.responses]
+    responses = [t for rec in pool for t in rec.responses]
+    flat = np.asarray(reward_fn(prompts, responses), dtype=np.float64)
+    out, offset = [], 0
+    for rec in pool:
+        out.append(flat[offset: offset + len(rec.responses)])
+        offset += len(rec.responses)
+    return out
+
+
+def load_round_policy(c: RunConfig, checkpoints: list[Path]):
+    """The initial policy with the given round checkpoints applied in order.
+
+    A LoRA checkpoint is an adapter merged into the weights; a full fine-tune checkpoint is a
+    complete model folder, so only the last one matters.
+    """
+    from .models import load_policy
+
+    full = [p for p in checkpoints if (p / "config.json").exists()]
+    start = full[-1] if full else c.model.policy
+    model, tok = load_policy(str(start), dtype=c.model.dtype, trust_remote_code=c.model.trust_remote_code)
+    adapters = checkpoints[checkpoints.index(full[-1]) + 1:] if full else checkpoints
+    if adapters:
+        from peft import PeftModel
+
+        for path in adapters:
+            model = PeftModel.from_pretrained(model, str(path)).merge_and_unload()
+    return model, tok
+

@@ -1,0 +1,156 @@
+"""The self-play pipeline on a tiny in-process policy: a full round, skip-on-rerun, exact
+invalidation on config change, resume after `kill -9`, and the run folder's contracts."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from ampo.config import load_config
+from ampo.pipeline import Pipeline
+from conftest import make_tiny_model, make_tiny_tokenizer
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def tiny_policy(tmp_path_factory) -> Path:
+    """A tiny random policy saved as a normal model folder (what users pass as model.policy)."""
+    path = tmp_path_factory.mktemp("policy")
+    tok = make_tiny_tokenizer()
+    make_tiny_model(tok).save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+def tiny_overrides(policy: Path, out: Path, *extra: str) -> list[str]:
+    return [f"out={out}", "rounds=1", f"model.policy={policy}", "model.lora=false",
+            f"data.prompts={ROOT / 'examples' / 'tiny_prompts.jsonl'}", "data.heldout=2",
+            "generate.n=4", "generate.max_new_tokens=6", "generate.shard_prompts=2", "select.k=2",
+            "embed.embedder=policy", "eval.samples_per_prompt=2", "eval.max_new_tokens=6", "eval.bootstrap=200",
+            "train.prompts_per_step=2", "train.learning_rate=0.01", "train.save_steps=1", *extra]
+
+
+def run(policy, out, *extra):
+    return Pipeline(load_config(overrides=tiny_overrides(policy, out, *extra)), progress=False).run()
+
+
+def mtimes(folder: Path) -> dict[str, float]:
+    return {str(p.relative_to(folder)): p.stat().st_mtime_ns for p in folder.rglob("*") if p.is_file()}
+
+
+def test_one_round_writes_the_run_folder(tiny_policy, tmp_path):
+    out = tmp_path / "run"
+    results = run(tiny_policy, out)
+    rd = out / "round-0"
+    for name in ("pool.parquet", "rewards.parquet", "embeddings.npy", "selection.parquet", "eval.json",
+                 "train_log.json", "checkpoint/config.json"):
+        assert (rd / name).exists(), name
+    for name in ("config.yaml", "manifest.json", "split.json", "report.md", "rounds.png", "selection_map.png"):
+        assert (out / name).exists(), name
+    pool = pq.read_table(rd / "pool.parquet").to_pylist()
+    split = json.loads((out / "split.json").read_text())
+    assert len(split["heldout"]) == 2 and len(split["train"]) == 4
+    assert [r["id"] for r in pool] == [p["id"] for p in split["train"]]
+    assert all(len(r["responses"]) == 4 for r in pool)
+    sel = pq.read_table(rd / "selection.parquet").to_pylist()
+    assert all(len(s["selected"]) == 3 and len(set(s["selected"])) == 3 for s in sel)
+    ev = results[0]
+    for key in ("mean_reward", "win_rate", "win_rate_ci", "drift", "distinct_2", "mean_length"):
+        assert key in ev
+    assert 0 <= ev["win_rate_ci"][0] <= ev["win_rate"] <= ev["win_rate_ci"][1] <= 1
+    stages = json.loads((out / "manifest.json").read_text())["stages"]
+    assert all(s["status"] == "done" for s in stages.values())
+    assert stages["round-0/generate"]["shards_by_rank"] == {"0": 2}
+    assert not (rd / "generate.parts").exists()  # shards merged and cleaned up
+
+
+def test_rerun_skips_and_config_change_reruns_only_downstream(tiny_policy, tmp_path):
+    out = tmp_path / "run"
+    run(tiny_policy, out)
+    before = mtimes(out)
+    run(tiny_policy, out)
+    after = mtimes(out)
+    changed = {k for k in before if before[k] != after.get(k)}
+    assert changed <= {"manifest.json", "config.yaml", "report.md", "rounds.png", "loss.png", "selection_map.png"}
+    run(tiny_policy, out, "select.strategy=bottomk")
+    again = mtimes(out)
+    rerun = {k for k in after if after[k] != again.get(k)}
+    for unchanged in ("round-0/pool.parquet", "round-0/rewards.parquet", "round-0/embeddings.npy",
+                      "baseline/samples.parquet", "split.json"):
+        assert unchanged not in rerun, unchanged
+    for redone in ("round-0/selection.parquet", "round-0/eval.json", "round-0/checkpoint/model.safetensors"):
+        assert redone in rerun, redone
+
+
+def test_reference_losses_get_reference_logps(tiny_policy, tmp_path):
+    out = tmp_path / "run"
+    run(tiny_policy, out, "train.loss=dpo")
+    refs = pq.read_table(out / "round-0" / "ref_logps.parquet").to_pylist()
+    sel = pq.read_table(out / "round-0" / "selection.parquet").to_pylist()
+    assert len(refs) == len(sel)
+    for r, s in zip(refs, sel):
+        assert len(r["ref_logps"]) == 1 and len(r["ref_logps"][0]) == len(s["selected"])
+        assert all(v < 0 for v in r["ref_logps"][0])
+
+
+def test_lora_round_chains_adapters(tiny_policy, tmp_path):
+    out = tmp_path / "run"
+    results = run(tiny_policy, out, "model.lora=true", "model.lora_r=2", "model.lora_targets=[q_proj]", "rounds=2")
+    assert len(results) == 2
+    assert (out / "round-1" / "checkpoint" / "adapter_config.json").exists()
+    assert not (out / "round-1" / "checkpoint" / "config.json").exists()
+
+
+def _run_cli(args, **kw):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    return subprocess.Popen([sys.executable, "-m", "ampo.cli", "-q", "run", *args], env=env, cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, **kw)
+
+
+def _kill_when(proc, ready, timeout=240):
+    t0 = time.time()
+    while not ready():
+        if proc.poll() is not None:
+            pytest.fail(f"run ended before the kill point: {proc.stderr.read().decode()[-2000:]}")
+        if time.time() - t0 > timeout:
+            proc.kill()
+            pytest.fail("kill point not reached")
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+
+
+def _stage_done(out, name):
+    def ready():
+        try:
+            return json.loads((out / "manifest.json").read_text())["stages"][name]["status"] == "done"
+        except (FileNotFoundError, KeyError, json.JSONDecodeError):
+            return False
+    return ready
+
+
+KILL_POINTS = {
+    "mid-generate": lambda out: lambda: any((out / "round-0" / "generate.parts").glob("shard-00000-*.jsonl")),
+    "after-select": lambda out: _stage_done(out, "round-0/select"),
+    "mid-train": lambda out: lambda: any((out / "round-0" / "train").glob("checkpoint-*/trainer_state.json")),
+}
+
+
+@pytest.mark.parametrize("point", sorted(KILL_POINTS))
+def test_kill_9_and_resume_gives_the_same_result(tiny_policy, tmp_path, point):
+    ref_out, out = tmp_path / "ref", tmp_path / "killed"
+    reference = run(tiny_policy, ref_out)[0]
+    proc = _run_cli(tiny_overrides(tiny_policy, out))
+    _kill_when(proc, KILL_POINTS[point](out))
+    resumed = run(tiny_policy, out)[0]
+    for name in ("pool.parquet", "rewards.parquet", "selection.parquet"):
+        assert pq.read_table(out / "round-0" / name).equals(pq.read_table(ref_out / "round-0" / name)), name
+    for key in ("mean_reward", "win_rate", "mean_length"):
+        assert resumed[key] == pytest.approx(reference[key], abs=1e-6), key
