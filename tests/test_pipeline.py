@@ -154,3 +154,26 @@ def test_kill_9_and_resume_gives_the_same_result(tiny_policy, tmp_path, point):
         assert pq.read_table(out / "round-0" / name).equals(pq.read_table(ref_out / "round-0" / name)), name
     for key in ("mean_reward", "win_rate", "mean_length"):
         assert resumed[key] == pytest.approx(reference[key], abs=1e-6), key
+
+
+def test_two_processes_shard_and_merge_exactly_once(tiny_policy, tmp_path):
+    """`torchrun --nproc_per_node 2` (gloo on CPU): both processes generate, score and embed their
+    shards, each shard is merged once, and the pool equals the single-process run's."""
+    single, multi = tmp_path / "single", tmp_path / "multi"
+    args = tiny_overrides(tiny_policy, multi, "generate.shard_prompts=1", "train.prompts_per_step=1")
+    run(tiny_policy, single, "generate.shard_prompts=1", "train.prompts_per_step=1")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    torchrun = Path(sys.executable).parent / "torchrun"
+    done = subprocess.run([str(torchrun), "--nproc_per_node", "2", "--master_port", "29533", "-m", "ampo.cli", "-q",
+                           "run", *args], env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    stages = json.loads((multi / "manifest.json").read_text())["stages"]
+    for stage in ("generate", "score", "embed"):
+        assert stages[f"round-0/{stage}"]["shards_by_rank"] == {"0": 2, "1": 2}, stage
+    for name in ("pool.parquet", "rewards.parquet", "selection.parquet"):
+        a = pq.read_table(multi / "round-0" / name)
+        assert a.equals(pq.read_table(single / "round-0" / name)), name
+    ids = [r["id"] for r in pq.read_table(multi / "round-0" / "pool.parquet").to_pylist()]
+    assert len(ids) == len(set(ids)) == 4
+    assert (multi / "round-0" / "checkpoint" / "model.safetensors").exists()
+    assert json.loads((multi / "round-0" / "eval.json").read_text()).keys() >= {"mean_reward", "win_rate", "win_rate_ci"}

@@ -8,6 +8,7 @@ atomically, so a failed command leaves no partial file.
 from __future__ import annotations
 
 import argparse
+import os
 import logging
 import sys
 from pathlib import Path
@@ -40,6 +41,8 @@ def _cmd_demo(args) -> None:
 
 
 def _print_results(out: str, results: list[dict]) -> None:
+    if os.environ.get("RANK", "0") != "0":  # one summary under torchrun / accelerate launch
+        return
     print(f"\nheld-out reward: initial {results[0]['baseline_mean_reward']:.4f}")
     for e in results:
         lo, hi = e["win_rate_ci"]

@@ -55,12 +55,14 @@ def _versions() -> dict[str, str]:
 
 
 class Dist:
-    """This process's rank among those started by `accelerate launch` (one process otherwise)."""
+    """This process's rank among those started by `accelerate launch` or `torchrun` (one process
+    otherwise). Without CUDA the processes talk over gloo."""
 
     def __init__(self):
+        import torch
         from accelerate import PartialState
 
-        self._state = PartialState()
+        self._state = PartialState(cpu=not torch.cuda.is_available())
         self.rank, self.world = self._state.process_index, self._state.num_processes
 
     @property
@@ -95,6 +97,7 @@ class Pipeline:
         self._reward_fn = None
         self._embedder = None
         self._loaded: dict[str, Any] = {}  # policy key -> (model, tokenizer), one at a time
+        self._split: dict | None = None
 
     # -- stage bookkeeping ------------------------------------------------------------------
 
@@ -152,6 +155,24 @@ class Pipeline:
             self._loaded[key] = load_round_policy(self.c, [self.round_dir(i) / "checkpoint" for i in range(r)])
         return self._loaded[key]
 
+    def policy_folder(self, r: int) -> str:
+        """A model folder holding round r's starting policy, for engines that load from disk
+        (vLLM): the initial policy's own folder, or the merged policy saved once per round."""
+        from .models import resolve_policy
+
+        if r == 0:
+            return resolve_policy(self.c.model.policy)
+        folder = self.round_dir(r) / "policy"
+        if not (folder / "config.json").exists():
+            model, tok = self.policy(r)
+            tmp = folder.with_name("policy.tmp")
+            shutil.rmtree(tmp, ignore_errors=True)
+            model.save_pretrained(str(tmp))
+            tok.save_pretrained(str(tmp))
+            shutil.rmtree(folder, ignore_errors=True)
+            tmp.rename(folder)
+        return str(folder)
+
     def round_dir(self, r: int) -> Path:
         return self.dir / f"round-{r}"
 
@@ -159,6 +180,11 @@ class Pipeline:
 
     def split(self) -> dict[str, list]:
         """Train / held-out split of the prompts, made once and recorded in `split.json`."""
+        if self._split is None:
+            self._split = self._make_split()
+        return self._split
+
+    def _make_split(self) -> dict[str, list]:
         path = self.dir / "split.json"
         source = BUILTIN_PROMPTS if self.c.data.prompts == "builtin" else Path(self.c.data.prompts)
         prompts = read_prompts(source)
@@ -209,11 +235,11 @@ class Pipeline:
         g = self.c.generate
 
         def work(s: int, shard: list[dict]) -> list[dict]:
-            model, tok = self.policy(r)
+            model, tok = (None, None) if g.backend == "vllm" else self.policy(r)
             cfg = GenerationConfig(n=g.n, temperature=g.temperature, top_p=g.top_p, max_new_tokens=g.max_new_tokens,
                                    prompts_per_batch=g.prompts_per_batch, share_prefill=g.share_prefill,
                                    seed=seed_from("generate", self.c.seed, r, s))
-            gen = make_generator(g.backend, self.c.model.policy, model=model, tokenizer=tok, config=cfg)
+            gen = make_generator(g.backend, self.policy_folder(r), model=model, tokenizer=tok, config=cfg)
             samples = gen.generate([p["prompt"] for p in shard], progress=self.progress)
             return [{"id": p["id"], "prompt": p["prompt"], "responses": [x.text for x in ss],
                      "finished": [x.finished for x in ss], "n_tokens": [x.n_tokens for x in ss]}
