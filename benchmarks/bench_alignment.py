@@ -1,0 +1,125 @@
+"""Does active selection beat best-vs-worst? AMPO arms against pairwise baselines on the demo task.
+
+Every arm starts from the same round-0 pool of the same seed (generation, rewards, embeddings and
+the initial policy's held-out samples are made once per seed and copied into each arm's run
+folder, where the pipeline finds them up to date), then selects, trains one round with the same
+number of optimizer steps (one group per prompt, same prompts per step) and is evaluated on the
+same held-out prompts.
+
+    python benchmarks/bench_alignment.py              # full: 3 seeds, ~1 h on 2 CPU cores
+    python benchmarks/bench_alignment.py --quick      # smoke run, a few minutes
+
+Writes `results.json`, `alignment.md` and `alignment.png` into --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ampo.cli import DEMO_RECIPE
+from ampo.config import load_config
+from ampo.pipeline import Pipeline
+
+ARMS = {
+    "ampo+coreset": ["select.strategy=coreset", "train.loss=ampo"],
+    "ampo+optselect": ["select.strategy=optselect", "train.loss=ampo"],
+    "ampo+bottomk": ["select.strategy=bottomk", "train.loss=ampo"],
+    "ampo+random": ["select.strategy=random", "train.loss=ampo"],
+    "simpo best-vs-worst": ["select.strategy=best_worst", "select.k=1", "train.loss=simpo"],
+    "dpo best-vs-worst": ["select.strategy=best_worst", "select.k=1", "train.loss=dpo"],
+}
+SHARED = ("split.json", "baseline", "round-0/pool.parquet", "round-0/rewards.parquet", "round-0/embeddings.npy")
+SHARED_STAGES = ("split", "baseline", "round-0/generate", "round-0/score", "round-0/embed")
+
+
+def sizes(quick: bool) -> list[str]:
+    if quick:
+        return ["data.train_prompts=8", "data.heldout=8", "generate.n=6", "generate.max_new_tokens=24",
+                "eval.samples_per_prompt=1", "eval.max_new_tokens=24", "train.prompts_per_step=4"]
+    return ["data.train_prompts=64", "data.heldout=48", "generate.n=8", "generate.max_new_tokens=48",
+            "eval.samples_per_prompt=2", "eval.max_new_tokens=48", "train.prompts_per_step=4"]
+
+
+def run_arm(out: Path, base: Path, overrides: list[str]) -> dict:
+    """Copy the seed's shared round-0 files into the arm's folder, then run the pipeline there."""
+    if base.exists() and not out.exists():
+        out.mkdir(parents=True)
+        for name in SHARED:
+            src = base / name
+            dst = out / name
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            (shutil.copytree if src.is_dir() else shutil.copy2)(src, dst)
+        manifest = json.loads((base / "manifest.json").read_text())
+        manifest["stages"] = {k: v for k, v in manifest["stages"].items() if k in SHARED_STAGES}
+        (out / "manifest.json").write_text(json.dumps(manifest))
+    config = load_config(DEMO_RECIPE, [*overrides, f"out={out}"])
+    t0 = time.perf_counter()
+    result = Pipeline(config, progress=False).run()[0]
+    result["seconds"] = round(time.perf_counter() - t0, 1)
+    return result
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", default="runs/bench_alignment")
+    ap.add_argument("--seeds", type=int, nargs="+", default=None)
+    ap.add_argument("--quick", action="store_true")
+    args = ap.parse_args()
+    seeds = args.seeds or ([0] if args.quick else [0, 1, 2])
+    out = Path(args.out)
+    common = ["rounds=1", *sizes(args.quick)]
+    results: dict[str, list[dict]] = {arm: [] for arm in ARMS}
+    for seed in seeds:
+        base = out / f"seed{seed}" / "ampo+optselect"
+        for arm, overrides in sorted(ARMS.items(), key=lambda kv: kv[0] != "ampo+optselect"):
+            folder = out / f"seed{seed}" / arm.replace(" ", "_")
+            r = run_arm(folder, base, [*common, f"seed={seed}", *overrides])
+            results[arm].append(r)
+            print(f"seed {seed} {arm:22s} reward {r['mean_reward']:+.4f} (initial {r['baseline_mean_reward']:+.4f}) "
+                  f"win {r['win_rate']:.3f} [{r['win_rate_ci'][0]:.3f}, {r['win_rate_ci'][1]:.3f}] "
+                  f"len {r['mean_length']:.1f} d2 {r['distinct_2']:.3f} ({r['seconds']} s)", flush=True)
+    (out / "results.json").write_text(json.dumps(results, indent=2))
+    write_table(out, results, seeds, common)
+
+
+def write_table(out: Path, results: dict[str, list[dict]], seeds: list[int], common: list[str]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    def ms(values):
+        v = np.asarray(values, dtype=float)
+        return f"{v.mean():+.4f} ± {v.std(ddof=1) if len(v) > 1 else 0:.4f}"
+
+    lines = [f"Seeds {seeds}; settings: demo recipe + `{' '.join(common)}`.", "",
+             "| arm | held-out reward gain (mean ± sd over seeds) | win rate vs initial | mean length | distinct-2 | embedding diversity |",
+             "|---|---|---|---|---|---|"]
+    for arm, rs in results.items():
+        gain = [r["mean_reward"] - r["baseline_mean_reward"] for r in rs]
+        wr = [r["win_rate"] for r in rs]
+        lines.append(f"| {arm} | {ms(gain)} | {np.mean(wr):.3f} (CIs: "
+                     + ", ".join(f"[{r['win_rate_ci'][0]:.2f}, {r['win_rate_ci'][1]:.2f}]" for r in rs)
+                     + f") | {np.mean([r['mean_length'] for r in rs]):.1f} | {np.mean([r['distinct_2'] for r in rs]):.3f} | "
+                     + f"{np.mean([r['embedding_diversity'] or 0 for r in rs]):.3f} |")
+    (out / "alignment.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    fig, ax = plt.subplots(figsize=(7, 3.2))
+    for i, (arm, rs) in enumerate(results.items()):
+        gains = [r["mean_reward"] - r["baseline_mean_reward"] for r in rs]
+        ax.scatter([i] * len(gains), gains, color="C0")
+        ax.errorbar(i, np.mean(gains), yerr=np.std(gains), fmt="_", color="k", capsize=6)
+    ax.axhline(0, color="grey", lw=0.8, ls="--")
+    ax.set_xticks(range(len(results)), list(results), rotation=25, ha="right", fontsize=8)
+    ax.set_ylabel("held-out reward gain")
+    fig.savefig(out / "alignment.png", dpi=110, bbox_inches="tight")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,78 @@
+"""The `ampo` command: stage commands on the shipped example pools, TRL export, clear errors
+with a non-zero exit and no partial output."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ampo.cli import main
+from ampo.data import read_pool
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+def test_help_lists_the_stages(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    for cmd in ("run", "demo", "generate", "score", "embed", "select", "train-rm", "report"):
+        assert cmd in out
+
+
+def test_score_then_select_bottomk_without_embeddings(tmp_path, capsys):
+    scored = tmp_path / "scored.jsonl"
+    assert main(["-q", "score", "--input", str(EXAMPLES / "multi_response.jsonl"), "--output", str(scored)]) == 0
+    assert "multi_response layout" in capsys.readouterr().out
+    recs, _ = read_pool(scored)
+    assert all(len(r.rewards) == len(r.responses) for r in recs)
+    out = tmp_path / "sel.parquet"
+    pairs = tmp_path / "pairs.jsonl"
+    assert main(["-q", "select", "--input", str(scored), "--output", str(out), "--strategy", "bottomk", "--k", "2",
+                 "--trl-pairs", str(pairs)]) == 0
+    sel, _ = read_pool(out)
+    for r in sel:
+        order = np.argsort(r.rewards, kind="stable")
+        assert r.selected[0] == int(np.argmax(r.rewards))
+        assert r.selected[1:] == sorted(order[:2].tolist(), key=lambda i: (r.rewards[i], i))
+    rows = [json.loads(line) for line in pairs.read_text().splitlines()]
+    assert len(rows) == 2 * len(sel) and {"prompt", "chosen", "rejected"} <= rows[0].keys()
+
+
+def test_select_needs_embeddings_for_optselect(tmp_path, capsys):
+    out = tmp_path / "sel.jsonl"
+    code = main(["-q", "select", "--input", str(EXAMPLES / "tiny_pool.jsonl"), "--output", str(out),
+                 "--strategy", "optselect", "--k", "2"])
+    assert code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "tiny_pool.jsonl: row 1: field 'embeddings': missing" in err
+    assert not out.exists()
+
+
+def test_bad_pool_exits_2_with_one_line_and_no_output(tmp_path, capsys):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "a", "responses": ["x", "y"], "rewards": [1, 2]}\n'
+                   '{"prompt": "b", "responses": ["x", "y"], "rewards": [1]}\n')
+    out = tmp_path / "out.jsonl"
+    assert main(["-q", "score", "--input", str(bad), "--output", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"ampo: error: {bad}: row 2: field 'rewards': has 1 entries but there are 2 responses"
+    assert not out.exists() and list(tmp_path.iterdir()) == [bad]
+
+
+def test_bad_config_exits_before_loading_anything(tmp_path, capsys):
+    assert main(["run", f"out={tmp_path / 'r'}", "select.k=9"]) == 2
+    assert "select.k" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.slow
+def test_embed_and_select_real_minilm(tmp_path):
+    emb = tmp_path / "emb.jsonl"
+    assert main(["-q", "embed", "--input", str(EXAMPLES / "tiny_pool.jsonl"), "--output", str(emb)]) == 0
+    out = tmp_path / "sel.jsonl"
+    assert main(["-q", "select", "--input", str(emb), "--output", str(out), "--strategy", "coreset", "--k", "2"]) == 0
+    recs, _ = read_pool(out)
+    assert all(r.embeddings.shape == (len(r.responses), 384) and len(r.selected) == 3 for r in recs)
