@@ -1,0 +1,419 @@
+"""Scoring responses: the built-in demo reward, local reward models, Python callables, and
+training a reward model on preference pairs (hard or margin-matching soft labels, spec 2).
+
+Every reward is a `RewardFn`: `reward(prompts, responses) -> np.ndarray[float64]`, one finite
+score per (prompt, response) pair, validated by `validate_rewards`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import math
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+class RewardFn(Protocol):
+    """Scores a batch of (prompt, response) pairs: float64 array, one finite value per pair."""
+
+    def __call__(self, prompts: list[str], responses: list[str]) -> np.ndarray: ...
+
+
+def validate_rewards(name: str, scores: Any, n: int) -> np.ndarray:
+    """`scores` as a float64 vector of length `n`, or ValueError naming the reward and the index."""
+    try:
+        values = np.asarray(scores, dtype=np.float64)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"reward {name!r} returned non-numeric scores: {error}") from None
+    if values.ndim != 1 or len(values) != n:
+        raise ValueError(f"reward {name!r} returned shape {values.shape} for {n} responses")
+    bad = np.flatnonzero(~np.isfinite(values))
+    if bad.size:
+        raise ValueError(f"reward {name!r} returned {values[bad[0]]} at index {bad[0]}")
+    return values
+
+
+def _check_pairs(name: str, prompts: Sequence[str], responses: Sequence[str]) -> None:
+    """Refuse batches whose prompt and response lists differ in length."""
+    if len(prompts) != len(responses):
+        raise ValueError(f"reward {name!r}: {len(prompts)} prompts but {len(responses)} responses")
+
+
+# ---------------------------------------------------------------------------------------------
+# The built-in demo reward
+
+MIN_WORDS = 5  # fewer words than this counts as too short (1 word = fully degenerate)
+MAX_WORDS = 150  # soft length limit; twice this many words is fully degenerate
+REPEAT_TOLERANCE, REPEAT_FULL = 0.1, 0.5  # share of repeated word bigrams
+JUNK_TOLERANCE, JUNK_FULL = 0.2, 0.6  # share of non-letter characters (spaces excluded)
+DENSITY_TOLERANCE, DENSITY_FULL = 0.6, 1.0  # VADER share of sentiment-bearing words (pos + neg)
+
+_WORD = re.compile(r"[a-z0-9']+")
+
+
+def _ramp(x: float, start: float, full: float) -> float:
+    """0 up to `start`, rising linearly to 1 at `full`, then 1."""
+    return min(1.0, max(0.0, (x - start) / (full - start)))
+
+
+def degeneracy_terms(
+    text: str, density: float, min_words: int = MIN_WORDS, max_words: int = MAX_WORDS
+) -> dict[str, float]:
+    """The five degeneracy terms of the built-in reward, each in [0, 1] (0 = fluent text).
+
+    `density` is VADER's `pos + neg` share of the text (how much of it is sentiment words).
+    """
+    words = _WORD.findall(text.lower())
+    bigrams = list(zip(words, words[1:]))
+    chars = [c for c in text if not c.isspace()]
+    repeated = 1 - len(set(bigrams)) / len(bigrams) if bigrams else 0.0
+    non_letters = sum(not c.isalpha() for c in chars) / len(chars) if chars else 0.0
+    return {
+        "repetition": _ramp(repeated, REPEAT_TOLERANCE, REPEAT_FULL),
+        "junk": _ramp(non_letters, JUNK_TOLERANCE, JUNK_FULL),
+        "short": min(1.0, max(0.0, (min_words - len(words)) / (min_words - 1))),
+        "long": _ramp(len(words), max_words, 2 * max_words),
+        "density": _ramp(density, DENSITY_TOLERANCE, DENSITY_FULL),
+    }
+
+
+class BuiltinReward:
+    """The demo reward: warm, positive, fluent text; degenerate text cannot win it.
+
+    `reward = (1 - d) * sentiment - d`, where `sentiment` is VADER's compound score of the
+    response in [-1, 1] and `d = min(1, sum of degeneracy_terms)` in [0, 1]. Fluent text (d = 0)
+    scores its sentiment; fully degenerate text (d = 1: empty, one word, word spam, punctuation,
+    copy-pasted repeats, runaway length) scores -1, the worst possible value. The prompt is
+    ignored. Offline, deterministic, about 0.3 ms per response.
+    """
+
+    name = "builtin"
+
+    def __init__(self, min_words: int = MIN_WORDS, max_words: int = MAX_WORDS):
+        from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
+
+        if not 1 < min_words < max_words:
+            raise ValueError(f"builtin reward needs 1 < min_words < max_words, got {min_words}, {max_words}")
+        self.min_words = min_words
+        self.max_words = max_words
+        self._vader = SentimentIntensityAnalyzer()
+
+    def breakdown(self, response: str) -> dict[str, float]:
+        """Sentiment, each degeneracy term, `degeneracy` d and the final `reward` of one response."""
+        polarity = self._vader.polarity_scores(response)
+        terms = degeneracy_terms(
+            response, polarity["pos"] + polarity["neg"], self.min_words, self.max_words
+        )
+        d = min(1.0, sum(terms.values()))
+        sentiment = polarity["compound"]
+        return {"sentiment": sentiment, **terms, "degeneracy": d, "reward": (1 - d) * sentiment - d}
+
+    def __call__(self, prompts: list[str], responses: list[str]) -> np.ndarray:
+        """Score each response (prompts only set the batch size)."""
+        _check_pairs(self.name, prompts, responses)
+        scores = [self.breakdown(response)["reward"] for response in responses]
+        return validate_rewards(self.name, scores, len(responses))
+
+
+# ---------------------------------------------------------------------------------------------
+# Sequence-classification reward models
+
+
+def _chat_texts(tokenizer: Any, prompts: Sequence[str], responses: Sequence[str]) -> list[str]:
+    """Each pair as a user/assistant conversation rendered by the tokenizer's chat template."""
+    return [
+        tokenizer.apply_chat_template(
+            [{"role": "user", "content": p}, {"role": "assistant", "content": r}], tokenize=False
+        )
+        for p, r in zip(prompts, responses)
+    ]
+
+
+def _cut_response(tokenizer: Any, response: str, prompt_tokens: int, budget: int) -> str:
+    """Cut a response's end only if keeping it whole would leave the prompt < budget // 4 tokens."""
+    keep = budget - min(prompt_tokens, budget // 4)
+    encoded = tokenizer(response, add_special_tokens=False, return_offsets_mapping=True)
+    if len(encoded.input_ids) <= keep:
+        return response
+    return response[: encoded.offset_mapping[keep - 1][1]]
+
+
+def encode_pairs(
+    tokenizer: Any, prompts: Sequence[str], responses: Sequence[str], max_length: int
+) -> Any:
+    """Padded tensors for a reward model: chat template if the tokenizer has one, else text pairs.
+
+    Over-long inputs lose the start of the prompt (left truncation); the response is cut at its
+    end only when it alone would leave the prompt fewer than a quarter of `max_length` tokens.
+    The tokenizer's `truncation_side` is set to "left".
+    """
+    tokenizer.truncation_side = "left"
+    if tokenizer.chat_template:
+        overhead = len(tokenizer(_chat_texts(tokenizer, [""], [""])[0], add_special_tokens=False).input_ids)
+    else:
+        overhead = tokenizer.num_special_tokens_to_add(pair=True)
+    budget = max_length - overhead
+    if budget < 4:
+        raise ValueError(f"max_length={max_length} leaves no room for text after {overhead} special tokens")
+    prompt_tokens = [len(ids) for ids in tokenizer(list(prompts), add_special_tokens=False).input_ids]
+    responses = [_cut_response(tokenizer, r, n, budget) for r, n in zip(responses, prompt_tokens)]
+    common = {"max_length": max_length, "padding": True, "return_tensors": "pt"}
+    if tokenizer.chat_template:
+        texts = _chat_texts(tokenizer, prompts, responses)
+        return tokenizer(texts, truncation=True, add_special_tokens=False, **common)
+    return tokenizer(list(prompts), responses, truncation="only_first", **common)
+
+
+class HFRewardModel:
+    """A local sequence-classification reward model (one output logit; score = logits[:, 0]).
+
+    Pairs are sorted by length and scored in batches without gradients; see `encode_pairs` for
+    how a pair becomes model input. Only safetensors weights are loaded.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        batch_size: int = 16,
+        max_length: int = 512,
+        device: str = "cpu",
+        trust_remote_code: bool = False,
+    ):
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        self.path = Path(path)
+        self.name = str(path)
+        if not (self.path / "config.json").is_file():
+            raise ValueError(f"reward model folder {self.path} has no config.json")
+        self.batch_size = batch_size
+        self.max_length = max_length
+        self.tokenizer = AutoTokenizer.from_pretrained(self.path, trust_remote_code=trust_remote_code)
+        self.model = AutoModelForSequenceClassification.from_pretrained(
+            self.path, trust_remote_code=trust_remote_code, use_safetensors=True
+        )
+        if self.model.config.num_labels != 1:
+            raise ValueError(
+                f"reward model {self.path} has num_labels={self.model.config.num_labels}; expected 1"
+            )
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.model.config.pad_token_id = self.tokenizer.pad_token_id
+        self.model.to(device).eval()
+
+    @torch.no_grad()
+    def __call__(self, prompts: list[str], responses: list[str]) -> np.ndarray:
+        """One score per pair, in input order."""
+        _check_pairs(self.name, prompts, responses)
+        order = sorted(range(len(prompts)), key=lambda i: -(len(prompts[i]) + len(responses[i])))
+        scores = np.zeros(len(prompts), dtype=np.float64)
+        device = self.model.device
+        for start in range(0, len(order), self.batch_size):
+            idx = order[start : start + self.batch_size]
+            batch = encode_pairs(
+                self.tokenizer, [prompts[i] for i in idx], [responses[i] for i in idx], self.max_length
+            ).to(device)
+            scores[idx] = self.model(**batch).logits[:, 0].float().cpu().numpy()
+        return validate_rewards(self.name, scores, len(prompts))
+
+
+# ---------------------------------------------------------------------------------------------
+# Python callables
+
+
+def _import_callable(spec: str) -> Callable[..., Any]:
+    """Resolve "module:function" or "path/to/file.py:function" (dotted attributes allowed)."""
+    module_name, sep, attr = spec.rpartition(":")
+    if not sep or not module_name or not attr:
+        raise ValueError(f"reward {spec!r} is not of the form 'module:function'")
+    if module_name.endswith(".py"):
+        file_spec = importlib.util.spec_from_file_location(Path(module_name).stem, module_name)
+        if file_spec is None or not Path(module_name).is_file():
+            raise ValueError(f"reward {spec!r}: file {module_name} not found")
+        module = importlib.util.module_from_spec(file_spec)
+        file_spec.loader.exec_module(module)
+    else:
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as error:
+            raise ValueError(f"reward {spec!r}: cannot import {module_name!r}: {error}") from None
+    target: Any = module
+    for part in attr.split("."):
+        if not hasattr(target, part):
+            raise ValueError(f"reward {spec!r}: {module_name!r} has no attribute {attr!r}")
+        target = getattr(target, part)
+    if not callable(target):
+        raise ValueError(f"reward {spec!r} is not callable")
+    return target
+
+
+class CallableReward:
+    """A Python callable `(prompts, responses) -> sequence of floats`, given itself or as
+    "module:function" / "path/to/file.py:function"; its output is validated."""
+
+    def __init__(self, target: str | Callable[[list[str], list[str]], Sequence[float]]):
+        if isinstance(target, str):
+            self.name, self.fn = target, _import_callable(target)
+        else:
+            self.name, self.fn = getattr(target, "__qualname__", repr(target)), target
+
+    def __call__(self, prompts: list[str], responses: list[str]) -> np.ndarray:
+        """Call the function and check its scores."""
+        _check_pairs(self.name, prompts, responses)
+        return validate_rewards(self.name, self.fn(list(prompts), list(responses)), len(prompts))
+
+
+def load_reward(spec: str, **kwargs: Any) -> RewardFn:
+    """A reward from a spec: "builtin", "module:function" (or "file.py:function"), or a local
+    reward-model folder. `kwargs` go to `BuiltinReward` or `HFRewardModel`."""
+    if spec == "builtin":
+        return BuiltinReward(**kwargs)
+    if Path(spec).is_dir():
+        return HFRewardModel(spec, **kwargs)
+    if ":" in spec:
+        if kwargs:
+            raise ValueError(f"reward {spec!r} is a Python callable and takes no options, got {sorted(kwargs)}")
+        return CallableReward(spec)
+    raise ValueError(
+        f"unknown reward {spec!r}: expected 'builtin', 'module:function' or a local reward-model folder"
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Reward-model training
+
+
+def _soft_bt_loss(score_w: torch.Tensor, score_l: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+    """Soft Bradley-Terry loss `-p log s(r_w - r_l) - (1-p) log s(r_l - r_w)`, elementwise (spec 2).
+
+    Same formula as `ampo.losses.soft_bt_loss`; kept local until the two are wired together.
+    """
+    z = score_w - score_l
+    return -p * F.logsigmoid(z) - (1 - p) * F.logsigmoid(-z)
+
+
+def preference_labels(
+    pairs: Sequence[Mapping[str, Any]], soft_gamma: float | None = None
+) -> list[tuple[str, str, str, float]]:
+    """`(prompt, winner, loser, p)` per pair, where p is the probability that the winner wins.
+
+    Without `soft_gamma`, p = 1 (hard labels). With it, p = sigmoid(soft_gamma * margin), the
+    margin being `score_chosen - score_rejected` or `margin`; if p < 0.5 the two responses are
+    swapped and p <- 1 - p (MMPO, spec 2).
+    """
+    labelled = []
+    for i, pair in enumerate(pairs):
+        for key in ("prompt", "chosen", "rejected"):
+            if not isinstance(pair.get(key), str):
+                raise ValueError(f"preference pair {i}: field {key!r} must be a string")
+        prompt, winner, loser, p = pair["prompt"], pair["chosen"], pair["rejected"], 1.0
+        if soft_gamma is not None:
+            if "score_chosen" in pair and "score_rejected" in pair:
+                margin = float(pair["score_chosen"]) - float(pair["score_rejected"])
+            elif "margin" in pair:
+                margin = float(pair["margin"])
+            else:
+                raise ValueError(
+                    f"preference pair {i}: soft labels need 'score_chosen' and 'score_rejected' or 'margin'"
+                )
+            if not math.isfinite(margin):
+                raise ValueError(f"preference pair {i}: margin {margin} is not finite")
+            p = 1 / (1 + math.exp(-soft_gamma * margin))
+            if p < 0.5:
+                winner, loser, p = loser, winner, 1 - p
+        labelled.append((prompt, winner, loser, p))
+    return labelled
+
+
+def _fresh_dir(out_dir: Path) -> None:
+    """Refuse to overwrite a non-empty output folder."""
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        raise ValueError(f"output folder {out_dir} already exists and is not empty")
+
+
+def train_reward_model(
+    pairs: Sequence[Mapping[str, Any]],
+    out_dir: str | Path,
+    *,
+    backbone: str | Path | None = None,
+    soft_gamma: float | None = None,
+    epochs: int = 2,
+    lr: float = 3e-5,
+    batch_size: int = 16,
+    max_length: int = 128,
+    seed: int = 0,
+    device: str = "cpu",
+) -> Path:
+    """Train a one-logit reward model on preference pairs and save it to `out_dir`.
+
+    Loss: (soft) Bradley-Terry on `r(prompt, winner) - r(prompt, loser)` with the labels of
+    `preference_labels`. The backbone (default: the bundled all-MiniLM-L6-v2 BERT) is loaded as
+    `AutoModelForSequenceClassification(num_labels=1)` and trained with AdamW, linear decay after
+    10% warmup, gradient clipping at 1. The model and tokenizer are written to a temporary folder
+    and renamed into `out_dir`, which `HFRewardModel(out_dir)` loads.
+    """
+    from tqdm.auto import tqdm
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers.optimization import get_linear_schedule_with_warmup
+
+    from ampo.embeddings import minilm_path
+
+    out_dir = Path(out_dir)
+    _fresh_dir(out_dir)
+    examples = preference_labels(pairs, soft_gamma)
+    if not examples:
+        raise ValueError("train_reward_model needs at least one preference pair")
+    backbone = Path(backbone) if backbone is not None else minilm_path()
+
+    torch.manual_seed(seed)
+    tokenizer = AutoTokenizer.from_pretrained(backbone)
+    model = AutoModelForSequenceClassification.from_pretrained(backbone, num_labels=1, use_safetensors=True)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model.config.pad_token_id = tokenizer.pad_token_id
+    model.to(device).train()
+
+    steps_per_epoch = math.ceil(len(examples) / batch_size)
+    total = epochs * steps_per_epoch
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
+    scheduler = get_linear_schedule_with_warmup(optimizer, int(0.1 * total), total)
+    generator = torch.Generator().manual_seed(seed)
+    progress = tqdm(total=total, desc="reward model", disable=None)
+    for _ in range(epochs):
+        for batch_idx in torch.randperm(len(examples), generator=generator).split(batch_size):
+            prompts, winners, losers, p = zip(*(examples[i] for i in batch_idx.tolist()))
+            inputs = encode_pairs(tokenizer, prompts * 2, winners + losers, max_length).to(device)
+            scores = model(**inputs).logits[:, 0]
+            target = torch.tensor(p, dtype=scores.dtype, device=device)
+            loss = _soft_bt_loss(scores[: len(p)], scores[len(p) :], target).mean()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad()
+            progress.update()
+            progress.set_postfix(loss=f"{loss.item():.4f}")
+    progress.close()
+
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.tmp-"))
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        _fresh_dir(out_dir)
+        if out_dir.exists():
+            out_dir.rmdir()
+        os.replace(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out_dir
