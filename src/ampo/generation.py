@@ -118,6 +118,7 @@ class HFGenerator:
             attention_mask=attention_mask[:, :-1],
             position_ids=position_ids[:, :-1],
             use_cache=True,
+            logits_to_keep=1,  # only the cache is needed
         )
         cache = prefill.past_key_values
         cache.batch_repeat_interleave(n)
