@@ -57,8 +57,8 @@ def test_curriculum_orders_easy_first():
     assert list(GroupDataset(gs)) == gs
 
 
-def run_trainer(tmp_path, model, tok, loss, lora=False, steps_data=4, lr=0.05):
-    extra = ["train.extra_references=[unused-in-this-test]"] if LOSSES[loss].refs > 1 else []
+def run_trainer(tmp_path, model, tok, loss, lora=False, steps_data=4, lr=0.05, extra=()):
+    extra = [*extra, *(["train.extra_references=[unused-in-this-test]"] if LOSSES[loss].refs > 1 else [])]
     c = load_config(overrides=[f"train.loss={loss}", f"train.learning_rate={lr}", "train.epochs=1",
                                "train.prompts_per_step=2", "train.warmup_ratio=0", "train.lr_scheduler=constant",
                                f"model.lora={str(lora).lower()}", "train.save_steps=1000", *extra])
@@ -105,10 +105,12 @@ def test_loss_decreases_on_a_fixed_group(tmp_path, loss):
     assert np.mean(losses[-2:]) < np.mean(losses[:2])
 
 
-def test_lora_trains_only_adapters(tmp_path):
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_lora_trains_only_adapters(tmp_path, checkpointing):
     tok = make_tiny_tokenizer()
     model = make_tiny_model(tok)
-    _, peft_model = run_trainer(tmp_path, model, tok, "ampo", lora=True, lr=0.05)
+    _, peft_model = run_trainer(tmp_path, model, tok, "ampo", lora=True, lr=0.05,
+                                extra=[f"train.gradient_checkpointing={str(checkpointing).lower()}"])
     changed = {n for n, p in peft_model.named_parameters() if p.requires_grad}
     assert changed and all("lora_" in n for n in changed)
     base = make_tiny_model(tok)  # same seed: the frozen weights must be untouched

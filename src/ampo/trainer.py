@@ -207,6 +207,8 @@ def training_args(c, output_dir: Path, progress: bool = True):
         bf16=c.model.dtype == "bfloat16",
         disable_tqdm=not progress,
         dataloader_num_workers=0,
+        gradient_checkpointing=t.gradient_checkpointing,
+        gradient_checkpointing_kwargs={"use_reentrant": False},
     )
 
 
