@@ -377,7 +377,7 @@ class Pipeline:
 
     def train_key(self, r: int) -> str:
         t = dataclasses.asdict(self.c.train)
-        for cosmetic in ("save_steps", "report_to", "logprob_chunk"):
+        for cosmetic in ("save_steps", "report_to", "logprob_chunk", "gradient_checkpointing"):
             t.pop(cosmetic)
         m = dataclasses.asdict(self.c.model)
         return config_key("train", self.policy_key(r), self.select_key(r), self.refs_key(r), t, m, self.c.seed)
