@@ -60,3 +60,10 @@ def test_mrpo_with_extra_reference_is_accepted():
 def test_config_key_is_order_independent_for_dicts():
     assert config_key({"a": 1, "b": 2}) == config_key({"b": 2, "a": 1})
     assert config_key({"a": 1}) != config_key({"a": 2})
+
+
+def test_hparams_accept_numbers_flags_and_names():
+    c = load_config(overrides=["train.loss=swepo", "train.hparams.dev_fn=abs", "train.hparams.beta=0.5"])
+    assert c.train.hparams == {"dev_fn": "abs", "beta": 0.5}
+    c = load_config(overrides=["train.loss=ipo", "train.hparams.per_token=true"])
+    assert c.train.hparams == {"per_token": True}

@@ -173,19 +173,12 @@ def test_simpo_matches_trl_cpo_simpo_loss_and_gradients(tmp_path):
     assert_same_grads(grad, trl_grad)
 
 
-def test_ipo_differs_from_trl_by_exactly_the_length_normalisation(tmp_path):
+def test_ipo_per_token_matches_trl_and_summed_differs(tmp_path):
     """TRL's IPO divides each log-ratio by its completion length; ampo's `ipo` uses summed log-probs
-    (spec 4, the TRL-derived reference code). Fed per-token averages, ampo's `ipo` is TRL's."""
+    by default (spec 4) and TRL's form with `per_token=True`."""
     trl_value, trl_grad, _ = trl_loss(dpo_trainer(tmp_path, "ipo", precompute=True))
-    summed, _, batch = ampo_loss(tmp_path, "ipo", {"beta": 0.1})
+    summed, _, _ = ampo_loss(tmp_path, "ipo", {"beta": 0.1})
     assert abs(summed.item() - trl_value.item()) > 1.0  # summed and averaged IPO are different losses
-
-    tokenizer = make_tiny_tokenizer()
-    model = make_tiny_model(tokenizer, POLICY_SEED)
-    logps, lengths = group_logps(model, batch, chunk_size=5)
-    per_token = GroupBatch(logps=logps / lengths, lengths=lengths, rewards=batch["rewards"], mask=batch["mask"],
-                           ref_logps=batch["ref_logps"].float() / lengths)
-    averaged = LOSSES["ipo"].fn(per_token, beta=0.1)[0].mean()
-    averaged.backward()
-    torch.testing.assert_close(averaged.detach(), trl_value, **TOL)
-    assert_same_grads(grads(model), trl_grad)
+    per_token, per_token_grad, _ = ampo_loss(tmp_path, "ipo", {"beta": 0.1, "per_token": True})
+    torch.testing.assert_close(per_token, trl_value, **TOL)
+    assert_same_grads(per_token_grad, trl_grad)

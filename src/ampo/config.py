@@ -75,7 +75,7 @@ class SelectConfig:
 @dataclass
 class TrainConfig:
     loss: str = "ampo"
-    hparams: dict[str, float] = field(default_factory=dict)  # loss hyperparameters (beta, gamma, ...)
+    hparams: dict[str, float | bool | str] = field(default_factory=dict)  # loss hyperparameters (beta, gamma, ...)
     learning_rate: float = 5e-4
     epochs: float = 1.0
     prompts_per_step: int = 2  # groups per device per optimizer micro-step

@@ -323,14 +323,18 @@ def dpo_loss(batch: GroupBatch, beta: float = 0.1) -> tuple[Tensor, Metrics]:
     return _masked_mean(-F.logsigmoid(diff), g.neg), _metrics(g, diff.detach())
 
 
-def ipo_loss(batch: GroupBatch, beta: float = 0.1) -> tuple[Tensor, Metrics]:
+def ipo_loss(batch: GroupBatch, beta: float = 0.1, per_token: bool = False) -> tuple[Tensor, Metrics]:
     """IPO, spec 4; reference ``ref_logps[0]``: ``(h_w - h_l - 1/(2 beta))^2``, summed log-probs.
 
-    ``beta`` is the paper's tau (TRL reuses ``beta`` for it).
+    ``beta`` is the paper's tau (TRL reuses ``beta`` for it). ``per_token=True`` divides each
+    log-ratio by the response length first: TRL's form, which its authors report the IPO
+    authors confirmed as the one behind the paper's results.
     """
     _positive("beta", beta)
     g = _prepare(batch, "ipo", refs=1)
     h = g.logps - g.refs[0]
+    if per_token:
+        h = h / g.lengths
     diff = h[:, :1] - h
     return _masked_mean((diff - 1 / (2 * beta)) ** 2, g.neg), _metrics(g, diff.detach())
 
