@@ -8,6 +8,8 @@ distance), and drift (how much less likely the new responses are under the initi
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 
 from .data import prompt_text
@@ -90,6 +92,12 @@ def summarize(rows: list[dict], base_rows: list[dict], bootstrap: int, seed: int
     }
 
 
+def baseline_summary(initial_policy, embedder, rows: list[dict]) -> dict:
+    """Metrics of the initial policy's own samples, computed once per run."""
+    return {"embedding_diversity": embedding_diversity(embedder, rows),
+            "initial_logp_per_token": per_token_logp(initial_policy, rows)}
+
+
 def evaluate_round(pipe, r: int) -> dict:
     """Evaluate the policy after round `r` of a `Pipeline` against its baseline samples."""
     import pyarrow.parquet as pq
@@ -100,15 +108,14 @@ def evaluate_round(pipe, r: int) -> dict:
     c = pipe.c
     held = pipe.split()["heldout"]
     base_rows = pq.read_table(pipe.dir / "baseline" / "samples.parquet").to_pylist()
+    base = json.loads((pipe.dir / "baseline" / "summary.json").read_text())
     rows = sample_and_score(pipe.policy(r + 1), pipe.reward_fn(), held, c.eval,
                             seed=seed_from("eval", c.seed), progress=pipe.progress)
     write_rows(pipe.round_dir(r) / "eval_samples.parquet", rows)
     result = {"round": r, **summarize(rows, base_rows, c.eval.bootstrap, c.seed)}
-    embedder = pipe.embedder(round_idx=r + 1)
-    result["embedding_diversity"] = embedding_diversity(embedder, rows)
-    result["baseline_embedding_diversity"] = embedding_diversity(embedder, base_rows)
-    initial = pipe.policy(0)
-    result["initial_logp_per_token"] = per_token_logp(initial, rows)
-    result["baseline_initial_logp_per_token"] = per_token_logp(initial, base_rows)
+    result["embedding_diversity"] = embedding_diversity(pipe.embedder(round_idx=r + 1), rows)
+    result["baseline_embedding_diversity"] = base["embedding_diversity"]
+    result["initial_logp_per_token"] = per_token_logp(pipe.policy(0), rows)
+    result["baseline_initial_logp_per_token"] = base["initial_logp_per_token"]
     result["drift"] = result["baseline_initial_logp_per_token"] - result["initial_logp_per_token"]
     return result

@@ -406,21 +406,24 @@ class Pipeline:
     def baseline_key(self) -> str:
         self.split()
         return config_key("baseline", self.policy_key(0), self._split_key, self.c.score.reward,
-                          dataclasses.asdict(self.c.eval), self.c.seed)
+                          self.c.embed.embedder, dataclasses.asdict(self.c.eval), self.c.seed)
 
     def baseline(self) -> None:
-        """The initial policy's samples on the held-out prompts: what win rates compare against."""
+        """The initial policy's samples on the held-out prompts (what win rates compare against),
+        and the metrics of those samples that every round's evaluation reuses."""
         out = self.dir / "baseline" / "samples.parquet"
+        summary = self.dir / "baseline" / "summary.json"
 
         def run():
-            from .evaluation import sample_and_score
+            from .evaluation import baseline_summary, sample_and_score
 
             held = self.split()["heldout"]
             rows = sample_and_score(self.policy(0), self.reward_fn(), held, self.c.eval,
                                     seed=seed_from("eval", self.c.seed), progress=self.progress)
             write_rows(out, rows)
+            write_json(summary, baseline_summary(self.policy(0), self.embedder(round_idx=0), rows))
 
-        self.stage("baseline", self.baseline_key(), run, [out])
+        self.stage("baseline", self.baseline_key(), run, [out, summary])
 
     def evaluate(self, r: int) -> None:
         out = self.round_dir(r) / "eval.json"
