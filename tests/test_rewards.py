@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import random
 import sys
 import textwrap
@@ -360,14 +359,14 @@ def _calibration(reward, pairs):
 @pytest.mark.slow
 def test_soft_labels_calibrate_small_margins_better_on_minilm(tmp_path):
     rng = random.Random(0)
-    train = _graded_pairs(rng, TOPICS[:9], 800)
-    held_out = [p for p in _graded_pairs(rng, TOPICS[9:], 600) if p["score_chosen"] - p["score_rejected"] <= 1]
+    train = _graded_pairs(rng, TOPICS[:9], 400)
+    held_out = _graded_pairs(rng, TOPICS[9:], 400)
+    small = [p for p in held_out if p["score_chosen"] - p["score_rejected"] <= 1]
     results = {}
     for name, gamma in [("hard", None), ("soft", TRUE_GAMMA)]:
-        out = train_reward_model(train, tmp_path / name, soft_gamma=gamma, max_length=64)
-        results[name] = _calibration(HFRewardModel(out, batch_size=64), held_out)
-    print(f"\n{len(held_out)} held-out pairs with margin <= 1:", results)
-    assert results["soft"]["accuracy"] > 0.6 and results["hard"]["accuracy"] > 0.6
-    assert results["soft"]["brier"] < results["hard"]["brier"]
-    assert results["soft"]["log_loss"] < results["hard"]["log_loss"]
-    assert math.isclose(results["soft"]["true_p"], results["hard"]["true_p"])
+        reward = HFRewardModel(train_reward_model(train, tmp_path / name, soft_gamma=gamma, max_length=64))
+        results[name] = {"all": _calibration(reward, held_out), "small": _calibration(reward, small)}
+    print(f"\nheld out: {len(held_out)} pairs, {len(small)} with margin <= 1:", results)
+    hard, soft = results["hard"]["small"], results["soft"]["small"]
+    assert hard["accuracy"] > 0.6 and soft["accuracy"] > 0.6
+    assert soft["brier"] < hard["brier"] and soft["log_loss"] < hard["log_loss"]

@@ -347,7 +347,7 @@ def train_reward_model(
     backbone: str | Path | None = None,
     soft_gamma: float | None = None,
     epochs: int = 2,
-    lr: float = 3e-5,
+    lr: float = 1e-4,
     batch_size: int = 16,
     max_length: int = 128,
     seed: int = 0,
