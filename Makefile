@@ -6,7 +6,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install demo test test-slow test-e2e clean
+.PHONY: install demo test test-slow test-e2e bench bench-quick clean
 
 install: $(VENV)/.installed
 
@@ -31,6 +31,18 @@ test-slow: install
 # A few slow end-to-end tests on the real default models (CI runs these after `make test`).
 test-e2e: install
 	$(PY) -m pytest -m "slow and ci" -q; rc=$$?; [ $$rc -eq 5 ] && rc=0; exit $$rc
+
+# Smoke runs of every benchmark (CI runs these); `make bench` runs them at full size (hours on 2 cores).
+bench-quick: install
+	$(PY) benchmarks/bench_selection.py --quick
+	$(PY) benchmarks/bench_train_vs_trl.py --quick
+	$(PY) benchmarks/bench_alignment.py --quick --out runs/bench_alignment_quick
+
+bench: install
+	$(PY) benchmarks/bench_selection.py
+	$(PY) benchmarks/bench_generation_logprobs.py
+	$(PY) benchmarks/bench_train_vs_trl.py
+	$(PY) benchmarks/bench_alignment.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache build src/*.egg-info

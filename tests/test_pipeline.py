@@ -89,15 +89,18 @@ def test_rerun_skips_and_config_change_reruns_only_downstream(tiny_policy, tmp_p
         assert redone in rerun, redone
 
 
-def test_reference_losses_get_reference_logps(tiny_policy, tmp_path):
+def test_reference_losses_get_one_logp_column_per_reference(tiny_policy, tmp_path):
     out = tmp_path / "run"
-    run(tiny_policy, out, "train.loss=dpo")
+    run(tiny_policy, out, "train.loss=mrpo", f"train.extra_references=[{tiny_policy}]")
     refs = pq.read_table(out / "round-0" / "ref_logps.parquet").to_pylist()
     sel = pq.read_table(out / "round-0" / "selection.parquet").to_pylist()
     assert len(refs) == len(sel)
     for r, s in zip(refs, sel):
-        assert len(r["ref_logps"]) == 1 and len(r["ref_logps"][0]) == len(s["selected"])
+        assert len(r["ref_logps"]) == 2  # the round's starting policy, then the extra reference
+        assert all(len(col) == len(s["selected"]) for col in r["ref_logps"])
         assert all(v < 0 for v in r["ref_logps"][0])
+        # round 0 starts from the same weights as the extra reference: the columns agree
+        assert r["ref_logps"][0] == pytest.approx(r["ref_logps"][1], abs=1e-4)
 
 
 def test_lora_round_chains_adapters(tiny_policy, tmp_path):
