@@ -219,8 +219,7 @@ class Pipeline:
 
     def generate_key(self, r: int) -> str:
         prompts = self.round_prompts(r)
-        g = dataclasses.asdict(self.c.generate)
-        g.pop("prompts_per_batch")  # batch size does not change the samples' distribution
+        g = dataclasses.asdict(self.c.generate)  # all of it: even the batch size decides each prompt's seed
         return config_key("generate", self.policy_key(r), [p["id"] for p in prompts], g, self.c.seed, r)
 
     def generate(self, r: int) -> None:
