@@ -57,7 +57,6 @@ class GenerateConfig:
 @dataclass
 class ScoreConfig:
     reward: str = "builtin"  # builtin | module:function | local reward-model folder
-    batch_size: int = 32
 
 
 @dataclass

@@ -129,16 +129,14 @@ class Pipeline:
             self._reward_fn = load_reward(self.c.score.reward)
         return self._reward_fn
 
-    def embedder(self, policy_key: str | None = None, round_idx: int = 0):
+    def embedder(self, round_idx: int = 0):
+        """The configured embedder; `policy` embeds with round `round_idx`'s starting policy."""
+        from .embeddings import load_embedder
+
         if self.c.embed.embedder == "policy":
-            from .embeddings import PolicyEmbedder
-
-            model, tok = self.policy(round_idx)
-            return PolicyEmbedder(model, tok, batch_size=self.c.embed.batch_size)
+            return load_embedder("policy", policy=self.policy(round_idx), batch_size=self.c.embed.batch_size)
         if self._embedder is None:
-            from .embeddings import load_embedder
-
-            self._embedder = load_embedder(self.c.embed.embedder)
+            self._embedder = load_embedder(self.c.embed.embedder, batch_size=self.c.embed.batch_size)
         return self._embedder
 
     def policy_key(self, r: int) -> str:
