@@ -76,3 +76,19 @@ def test_embed_and_select_real_minilm(tmp_path):
     assert main(["-q", "select", "--input", str(emb), "--output", str(out), "--strategy", "coreset", "--k", "2"]) == 0
     recs, _ = read_pool(out)
     assert all(r.embeddings.shape == (len(r.responses), 384) and len(r.selected) == 3 for r in recs)
+
+
+def test_train_rm_then_score_with_it(tmp_path):
+    pairs = tmp_path / "pairs.jsonl"
+    rows = [{"prompt": [{"role": "user", "content": f"Any tips on topic {i}?"}],
+             "chosen": "Happy to help! Here is a clear plan.", "rejected": "Figure it out yourself.",
+             "score_chosen": 8.0, "score_rejected": 2.0} for i in range(8)]
+    pairs.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    rm = tmp_path / "rm"
+    assert main(["-q", "train-rm", "--input", str(pairs), "--output", str(rm), "--soft-gamma", "0.3",
+                 "--epochs", "1", "--batch-size", "8"]) == 0
+    scored = tmp_path / "scored.jsonl"
+    assert main(["-q", "score", "--input", str(EXAMPLES / "tiny_pool.jsonl"), "--output", str(scored),
+                 "--reward", str(rm)]) == 0
+    recs, _ = read_pool(scored)
+    assert all(len(r.rewards) == len(r.responses) and np.isfinite(r.rewards).all() for r in recs)

@@ -46,7 +46,8 @@ def test_policy_embedder_is_the_normalised_mean_of_last_hidden_states(policy):
     with torch.no_grad():
         states = model(input_ids=ids, output_hidden_states=True).hidden_states[-1][0]
     expected = states.mean(0) / states.mean(0).norm()
-    np.testing.assert_allclose(PolicyEmbedder(model, tokenizer)(["the sun is warm"])[0], expected, atol=1e-5)
+    vector = PolicyEmbedder(model, tokenizer)(["the sun is warm"])[0]
+    np.testing.assert_allclose(vector, expected, atol=1e-5)
 
 
 def test_policy_embedding_does_not_depend_on_padding_or_batching(policy):

@@ -12,11 +12,11 @@ import torch
 from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
 
 from ampo.embeddings import minilm_path
+from ampo.losses import soft_bt_loss
 from ampo.rewards import (
     BuiltinReward,
     CallableReward,
     HFRewardModel,
-    _soft_bt_loss,
     encode_pairs,
     load_reward,
     preference_labels,
@@ -85,11 +85,12 @@ def test_builtin_reward_formula_and_terms():
     assert reward.breakdown("!!!!!")["junk"] == 1
     # 3 words: (5 - 3) / (5 - 1) = 0.5 short; d = 0.5 so reward = 0.5 * sentiment - 0.5.
     three = reward.breakdown("yes it works")
-    assert three["short"] == 0.5 and three["reward"] == pytest.approx(0.5 * three["sentiment"] - 0.5)
-    # 225 distinct words with max_words=150: (225 - 150) / 150 = 0.5 long.
-    assert reward.breakdown(" ".join(["word"] + ["x" * (i % 20 + 1) + "y" * (i // 20) for i in range(224)]))[
-        "long"
-    ] == pytest.approx(0.5)
+    assert three["short"] == 0.5
+    assert three["reward"] == pytest.approx(0.5 * three["sentiment"] - 0.5)
+    # 225 distinct two-letter words with max_words=150: (225 - 150) / 150 = 0.5 long.
+    letters = "abcdefghijklmnopqrstuvwxyz"
+    words = [a + b for a in letters for b in letters][:225]
+    assert reward.breakdown(" ".join(words))["long"] == pytest.approx(0.5)
     assert BuiltinReward(max_words=10).breakdown(POSITIVE)["long"] > 0
     with pytest.raises(ValueError, match="min_words"):
         BuiltinReward(min_words=1)
@@ -123,7 +124,8 @@ def _length_reward(prompts, responses):
 
 
 def test_callable_reward_from_object_module_and_file(tmp_path, monkeypatch):
-    np.testing.assert_array_equal(CallableReward(_length_reward)(["p", "p"], ["ab", "abcd"]), [2.0, 4.0])
+    scores = CallableReward(_length_reward)(["p", "p"], ["ab", "abcd"])
+    np.testing.assert_array_equal(scores, [2.0, 4.0])
     module = tmp_path / "my_rewards.py"
     module.write_text(
         textwrap.dedent(
@@ -194,16 +196,20 @@ def test_hf_reward_model_scores_pairs_in_input_order(tmp_path, minilm_tokenizer)
             inputs = minilm_tokenizer(prompts[i], responses[i], return_tensors="pt")
             assert scores[i] == pytest.approx(model(**inputs).logits[0, 0].item(), abs=1e-5)
     assert scores.dtype == np.float64
-    np.testing.assert_allclose(HFRewardModel(folder, batch_size=1)(prompts, responses), scores, atol=1e-5)
+    one_by_one = HFRewardModel(folder, batch_size=1)(prompts, responses)
+    np.testing.assert_allclose(one_by_one, scores, atol=1e-5)
 
 
 def test_hf_reward_model_uses_the_chat_template(tmp_path, minilm_tokenizer):
     tokenizer = AutoTokenizer.from_pretrained(minilm_path())
-    tokenizer.chat_template = "{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }} {% endfor %}"
+    tokenizer.chat_template = (
+        "{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }} {% endfor %}"
+    )
     folder = _tiny_bert(tmp_path / "rm", tokenizer)
     score = HFRewardModel(folder)(["Say hi"], ["Hello!"])[0]
     model = BertForSequenceClassification.from_pretrained(folder).eval()
-    inputs = tokenizer("[user] Say hi [assistant] Hello! ", add_special_tokens=False, return_tensors="pt")
+    text = "[user] Say hi [assistant] Hello! "
+    inputs = tokenizer(text, add_special_tokens=False, return_tensors="pt")
     with torch.no_grad():
         assert score == pytest.approx(model(**inputs).logits[0, 0].item(), abs=1e-5)
 
@@ -235,8 +241,9 @@ def test_hf_reward_model_refuses_multi_label_models(tmp_path, minilm_tokenizer):
 def test_soft_bt_loss_matches_spec_numbers():
     # spec/algorithms.md section 2: r_w = 1.3, r_l = 0.4, p = 0.740775 -> 0.574456; hard 0.341154.
     w, lose = torch.tensor([1.3]), torch.tensor([0.4])
-    assert _soft_bt_loss(w, lose, torch.tensor([0.740775])).item() == pytest.approx(0.574456, abs=1e-6)
-    assert _soft_bt_loss(w, lose, torch.tensor([1.0])).item() == pytest.approx(0.341154, abs=1e-6)
+    soft = soft_bt_loss(w, lose, torch.tensor([0.740775])).item()
+    assert soft == pytest.approx(0.574456, abs=1e-6)
+    assert soft_bt_loss(w, lose, torch.tensor([1.0])).item() == pytest.approx(0.341154, abs=1e-6)
 
 
 def test_preference_labels_hard_soft_and_swap():
@@ -284,12 +291,15 @@ def _pairwise_accuracy(reward, pairs):
 
 
 @pytest.mark.parametrize("soft_gamma", [None, 1.0])
-def test_train_reward_model_learns_held_out_ranking(tmp_path, minilm_tokenizer, one_thread, soft_gamma):
+def test_train_reward_model_learns_held_out_ranking(
+    tmp_path, minilm_tokenizer, one_thread, soft_gamma
+):
     rng = random.Random(0)
     train, held_out = _counting_pairs(rng, 240), _counting_pairs(rng, 100)
     backbone = _tiny_bert(tmp_path / "backbone", minilm_tokenizer)
     out = train_reward_model(
-        train, tmp_path / "rm", backbone=backbone, soft_gamma=soft_gamma, epochs=3, lr=1e-3, max_length=32
+        train, tmp_path / "rm", backbone=backbone, soft_gamma=soft_gamma,
+        epochs=3, lr=1e-3, max_length=32,
     )
     assert (out / "model.safetensors").is_file()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".rm.tmp")]
@@ -302,9 +312,10 @@ def test_train_reward_model_learns_held_out_ranking(tmp_path, minilm_tokenizer, 
 # Slow: calibration of soft vs hard labels on the real MiniLM backbone
 
 TOPICS = [
-    "resetting a password", "packing for a beach trip", "baking sourdough bread", "learning to swim",
-    "writing a cover letter", "planting tomatoes", "fixing a flat bike tyre", "saving for a holiday",
-    "training a puppy", "preparing for an exam", "choosing a laptop", "making cold brew coffee",
+    "resetting a password", "packing for a beach trip", "baking sourdough bread",
+    "learning to swim", "writing a cover letter", "planting tomatoes", "fixing a flat bike tyre",
+    "saving for a holiday", "training a puppy", "preparing for an exam", "choosing a laptop",
+    "making cold brew coffee",
 ]
 OPENERS = [("Happy to help!", 1.0), ("Great question, thanks for asking.", 1.5), ("Sure.", 0.0),
            ("", 0.0), ("Ugh, fine.", -1.0), ("Not this again.", -1.5)]
@@ -335,7 +346,8 @@ def _graded_pairs(rng, topics, n):
         topic = rng.choice(topics)
         (a, qa), (b, qb) = sorted(rng.sample(_graded_answers(topic), 2), key=lambda x: -x[1])
         if qa > qb:
-            pairs.append({"prompt": f"Can you give me advice on {topic}?", "chosen": a, "rejected": b,
+            prompt = f"Can you give me advice on {topic}?"
+            pairs.append({"prompt": prompt, "chosen": a, "rejected": b,
                           "score_chosen": qa, "score_rejected": qb})
     return pairs
 
@@ -343,7 +355,8 @@ def _graded_pairs(rng, topics, n):
 def _calibration(reward, pairs):
     """Brier score and log loss of sigmoid(r_w - r_l) against the true preference probability."""
     prompts = [p["prompt"] for p in pairs]
-    diff = reward(prompts, [p["chosen"] for p in pairs]) - reward(prompts, [p["rejected"] for p in pairs])
+    chosen = reward(prompts, [p["chosen"] for p in pairs])
+    diff = chosen - reward(prompts, [p["rejected"] for p in pairs])
     margin = np.array([p["score_chosen"] - p["score_rejected"] for p in pairs])
     true = 1 / (1 + np.exp(-TRUE_GAMMA * margin))
     pred = np.clip(1 / (1 + np.exp(-diff)), 1e-7, 1 - 1e-7)
@@ -364,8 +377,11 @@ def test_soft_labels_calibrate_small_margins_better_on_minilm(tmp_path):
     small = [p for p in held_out if p["score_chosen"] - p["score_rejected"] <= 1]
     results = {}
     for name, gamma in [("hard", None), ("soft", TRUE_GAMMA)]:
-        reward = HFRewardModel(train_reward_model(train, tmp_path / name, soft_gamma=gamma, max_length=64))
-        results[name] = {"all": _calibration(reward, held_out), "small": _calibration(reward, small)}
+        out = train_reward_model(train, tmp_path / name, soft_gamma=gamma, max_length=64)
+        reward = HFRewardModel(out)
+        results[name] = {
+            "all": _calibration(reward, held_out), "small": _calibration(reward, small)
+        }
     print(f"\nheld out: {len(held_out)} pairs, {len(small)} with margin <= 1:", results)
     hard, soft = results["hard"]["small"], results["soft"]["small"]
     assert hard["accuracy"] > 0.6 and soft["accuracy"] > 0.6

@@ -131,10 +131,11 @@ def _cmd_select(args) -> None:
 
 
 def _cmd_train_rm(args) -> None:
-    from .data import read_rows
+    from .data import prompt_text, read_rows
     from .rewards import train_reward_model
 
-    pairs = [row for _, row in read_rows(args.input)]
+    pairs = [{**row, "prompt": prompt_text(row["prompt"])} if "prompt" in row else row
+             for _, row in read_rows(args.input)]
     path = train_reward_model(pairs, args.output, soft_gamma=args.soft_gamma, epochs=args.epochs,
                               lr=args.lr, batch_size=args.batch_size, seed=args.seed)
     print(f"reward model -> {path} (load it with --reward {path})")
@@ -211,7 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--soft-gamma", type=float, default=None,
                    help="MMPO: soft labels sigmoid(gamma * score margin); omit for hard labels")
     s.add_argument("--epochs", type=int, default=2)
-    s.add_argument("--lr", type=float, default=3e-5)
+    s.add_argument("--lr", type=float, default=1e-4)
     s.add_argument("--batch-size", type=int, default=16)
     s.add_argument("--seed", type=int, default=0)
     s.set_defaults(fn=_cmd_train_rm)

@@ -112,8 +112,9 @@ class PolicyEmbedder:
             ]
         finally:
             self.model.train(was_training)
-        hidden = self.model.config.get_text_config().hidden_size
-        return normalize_rows(np.concatenate(chunks)) if chunks else np.zeros((0, hidden), np.float32)
+        if not chunks:
+            return np.zeros((0, self.model.config.get_text_config().hidden_size), np.float32)
+        return normalize_rows(np.concatenate(chunks))
 
     @torch.no_grad()
     def _embed_batch(self, rows: list[list[int]]) -> np.ndarray:
@@ -126,13 +127,16 @@ class PolicyEmbedder:
             input_ids[i, : len(row)] = torch.tensor(row)
             mask[i, : len(row)] = 1
         input_ids, mask = input_ids.to(device), mask.to(device)
-        states = self.model.get_decoder()(input_ids=input_ids, attention_mask=mask).last_hidden_state
+        decoder = self.model.get_decoder()
+        states = decoder(input_ids=input_ids, attention_mask=mask).last_hidden_state
         weights = mask.unsqueeze(-1).to(torch.float32)
         pooled = (states.to(torch.float32) * weights).sum(1) / weights.sum(1)
         return pooled.cpu().numpy()
 
 
-def load_embedder(spec: str = "minilm", policy: tuple[Any, Any] | None = None, **kwargs: Any) -> Embedder:
+def load_embedder(
+    spec: str = "minilm", policy: tuple[Any, Any] | None = None, **kwargs: Any
+) -> Embedder:
     """Build an embedder from a spec: "minilm", "policy" or a local sentence-transformers folder.
 
     "policy" needs `policy=(model, tokenizer)`; `kwargs` go to the embedder (batch_size, device).
@@ -147,5 +151,6 @@ def load_embedder(spec: str = "minilm", policy: tuple[Any, Any] | None = None, *
     if Path(spec).is_dir():
         return SentenceEmbedder(spec, **kwargs)
     raise ValueError(
-        f"unknown embedder {spec!r}: expected 'minilm', 'policy' or a local sentence-transformers folder"
+        f"unknown embedder {spec!r}: expected 'minilm', 'policy' "
+        "or a local sentence-transformers folder"
     )

@@ -20,7 +20,8 @@ from typing import Any, Protocol
 
 import numpy as np
 import torch
-import torch.nn.functional as F
+
+from .losses import soft_bt_loss
 
 
 class RewardFn(Protocol):
@@ -103,13 +104,15 @@ class BuiltinReward:
         from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
 
         if not 1 < min_words < max_words:
-            raise ValueError(f"builtin reward needs 1 < min_words < max_words, got {min_words}, {max_words}")
+            raise ValueError(
+                f"builtin reward needs 1 < min_words < max_words, got {min_words}, {max_words}"
+            )
         self.min_words = min_words
         self.max_words = max_words
         self._vader = SentimentIntensityAnalyzer()
 
     def breakdown(self, response: str) -> dict[str, float]:
-        """Sentiment, each degeneracy term, `degeneracy` d and the final `reward` of one response."""
+        """Sentiment, each degeneracy term, degeneracy `d` and the final reward of one response."""
         polarity = self._vader.polarity_scores(response)
         terms = degeneracy_terms(
             response, polarity["pos"] + polarity["neg"], self.min_words, self.max_words
@@ -154,18 +157,21 @@ def encode_pairs(
     """Padded tensors for a reward model: chat template if the tokenizer has one, else text pairs.
 
     Over-long inputs lose the start of the prompt (left truncation); the response is cut at its
-    end only when it alone would leave the prompt fewer than a quarter of `max_length` tokens.
+    end only when keeping it whole would leave the prompt under a quarter of the text budget
+    (`max_length` minus the special or template tokens).
     The tokenizer's `truncation_side` is set to "left".
     """
     tokenizer.truncation_side = "left"
     if tokenizer.chat_template:
-        overhead = len(tokenizer(_chat_texts(tokenizer, [""], [""])[0], add_special_tokens=False).input_ids)
+        empty_chat = _chat_texts(tokenizer, [""], [""])[0]
+        overhead = len(tokenizer(empty_chat, add_special_tokens=False).input_ids)
     else:
         overhead = tokenizer.num_special_tokens_to_add(pair=True)
     budget = max_length - overhead
     if budget < 4:
-        raise ValueError(f"max_length={max_length} leaves no room for text after {overhead} special tokens")
-    prompt_tokens = [len(ids) for ids in tokenizer(list(prompts), add_special_tokens=False).input_ids]
+        raise ValueError(f"max_length={max_length} leaves no room after {overhead} special tokens")
+    prompt_ids = tokenizer(list(prompts), add_special_tokens=False).input_ids
+    prompt_tokens = [len(ids) for ids in prompt_ids]
     responses = [_cut_response(tokenizer, r, n, budget) for r, n in zip(responses, prompt_tokens)]
     common = {"max_length": max_length, "padding": True, "return_tensors": "pt"}
     if tokenizer.chat_template:
@@ -197,14 +203,15 @@ class HFRewardModel:
             raise ValueError(f"reward model folder {self.path} has no config.json")
         self.batch_size = batch_size
         self.max_length = max_length
-        self.tokenizer = AutoTokenizer.from_pretrained(self.path, trust_remote_code=trust_remote_code)
+        self.tokenizer = AutoTokenizer.from_pretrained(
+            self.path, trust_remote_code=trust_remote_code
+        )
         self.model = AutoModelForSequenceClassification.from_pretrained(
             self.path, trust_remote_code=trust_remote_code, use_safetensors=True
         )
-        if self.model.config.num_labels != 1:
-            raise ValueError(
-                f"reward model {self.path} has num_labels={self.model.config.num_labels}; expected 1"
-            )
+        num_labels = self.model.config.num_labels
+        if num_labels != 1:
+            raise ValueError(f"reward model {self.path} has num_labels={num_labels}; expected 1")
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.model.config.pad_token_id = self.tokenizer.pad_token_id
@@ -219,9 +226,10 @@ class HFRewardModel:
         device = self.model.device
         for start in range(0, len(order), self.batch_size):
             idx = order[start : start + self.batch_size]
-            batch = encode_pairs(
-                self.tokenizer, [prompts[i] for i in idx], [responses[i] for i in idx], self.max_length
-            ).to(device)
+            batch_prompts = [prompts[i] for i in idx]
+            batch_responses = [responses[i] for i in idx]
+            batch = encode_pairs(self.tokenizer, batch_prompts, batch_responses, self.max_length)
+            batch = batch.to(device)
             scores[idx] = self.model(**batch).logits[:, 0].float().cpu().numpy()
         return validate_rewards(self.name, scores, len(prompts))
 
@@ -281,24 +289,16 @@ def load_reward(spec: str, **kwargs: Any) -> RewardFn:
         return HFRewardModel(spec, **kwargs)
     if ":" in spec:
         if kwargs:
-            raise ValueError(f"reward {spec!r} is a Python callable and takes no options, got {sorted(kwargs)}")
+            raise ValueError(f"reward {spec!r} is a callable and takes no options {sorted(kwargs)}")
         return CallableReward(spec)
     raise ValueError(
-        f"unknown reward {spec!r}: expected 'builtin', 'module:function' or a local reward-model folder"
+        f"unknown reward {spec!r}: expected 'builtin', 'module:function' "
+        "or a local reward-model folder"
     )
 
 
 # ---------------------------------------------------------------------------------------------
 # Reward-model training
-
-
-def _soft_bt_loss(score_w: torch.Tensor, score_l: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
-    """Soft Bradley-Terry loss `-p log s(r_w - r_l) - (1-p) log s(r_l - r_w)`, elementwise (spec 2).
-
-    Same formula as `ampo.losses.soft_bt_loss`; kept local until the two are wired together.
-    """
-    z = score_w - score_l
-    return -p * F.logsigmoid(z) - (1 - p) * F.logsigmoid(-z)
 
 
 def preference_labels(
@@ -323,7 +323,8 @@ def preference_labels(
                 margin = float(pair["margin"])
             else:
                 raise ValueError(
-                    f"preference pair {i}: soft labels need 'score_chosen' and 'score_rejected' or 'margin'"
+                    f"preference pair {i}: soft labels need 'score_chosen' and 'score_rejected', "
+                    "or 'margin'"
                 )
             if not math.isfinite(margin):
                 raise ValueError(f"preference pair {i}: margin {margin} is not finite")
@@ -376,7 +377,9 @@ def train_reward_model(
 
     torch.manual_seed(seed)
     tokenizer = AutoTokenizer.from_pretrained(backbone)
-    model = AutoModelForSequenceClassification.from_pretrained(backbone, num_labels=1, use_safetensors=True)
+    model = AutoModelForSequenceClassification.from_pretrained(
+        backbone, num_labels=1, use_safetensors=True
+    )
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     model.config.pad_token_id = tokenizer.pad_token_id
@@ -394,7 +397,7 @@ def train_reward_model(
             inputs = encode_pairs(tokenizer, prompts * 2, winners + losers, max_length).to(device)
             scores = model(**inputs).logits[:, 0]
             target = torch.tensor(p, dtype=scores.dtype, device=device)
-            loss = _soft_bt_loss(scores[: len(p)], scores[len(p) :], target).mean()
+            loss = soft_bt_loss(scores[: len(p)], scores[len(p) :], target).mean()
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()
