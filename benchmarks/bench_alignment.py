@@ -96,7 +96,7 @@ def write_table(out: Path, results: dict[str, list[dict]], seeds: list[int], com
 
     def ms(values):
         v = np.asarray(values, dtype=float)
-        return f"{v.mean():+.4f} ± {v.std(ddof=1) if len(v) > 1 else 0:.4f}"
+        return f"{v.mean():+.4f} ± {v.std(ddof=1):.4f}" if len(v) > 1 else f"{v.mean():+.4f} (one seed)"
 
     lines = [f"Seeds {seeds}; settings: demo recipe + `{' '.join(common)}`.", "",
              "| arm | held-out reward gain (mean ± sd over seeds) | win rate vs initial | mean length | distinct-2 | embedding diversity |",
