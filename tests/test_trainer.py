@@ -118,3 +118,20 @@ def test_lora_trains_only_adapters(tmp_path, checkpointing):
         if "lora_" not in n:
             ref = dict(base.named_parameters())[n.replace("base_layer.", "")]
             assert torch.equal(p.detach(), ref.detach()), n
+
+
+def test_resume_skips_incomplete_checkpoints(tmp_path):
+    from ampo.trainer import last_complete_checkpoint
+
+    def make(step, files):
+        d = tmp_path / f"checkpoint-{step}"
+        d.mkdir()
+        for f in files:
+            (d / f).write_text("x")
+
+    full = ["trainer_state.json", "optimizer.pt", "scheduler.pt", "model.safetensors"]
+    assert last_complete_checkpoint(tmp_path) is None
+    make(2, full)
+    make(10, ["trainer_state.json", "adapter_model.safetensors", "optimizer.pt", "scheduler.pt"])
+    make(20, ["trainer_state.json"])  # killed while saving
+    assert last_complete_checkpoint(tmp_path) == tmp_path / "checkpoint-10"

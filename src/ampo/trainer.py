@@ -212,6 +212,26 @@ def training_args(c, output_dir: Path, progress: bool = True):
     )
 
 
+CHECKPOINT_FILES = ("trainer_state.json", "optimizer.pt", "scheduler.pt")
+WEIGHT_FILES = ("model.safetensors", "adapter_model.safetensors")
+
+
+def last_complete_checkpoint(work_dir: Path) -> Path | None:
+    """The newest Trainer checkpoint in `work_dir` with all its files.
+
+    The Trainer writes a checkpoint's files one by one, so a run killed while saving leaves an
+    incomplete folder; resuming from it would fail. Such folders are skipped.
+    """
+    def step(p: Path) -> int:
+        return int(p.name.split("-")[1]) if p.name.split("-")[1].isdigit() else -1
+
+    candidates = sorted((p for p in work_dir.glob("checkpoint-*") if p.is_dir()), key=step, reverse=True)
+    for path in candidates:
+        if all((path / f).exists() for f in CHECKPOINT_FILES) and any((path / f).exists() for f in WEIGHT_FILES):
+            return path
+    return None
+
+
 def train_round(c, model, tokenizer, pool, ref_rows, work_dir: Path, key: str, out: Path, progress: bool = True) -> None:
     """Train `model` on the round's selected groups and save the result atomically to `out`.
 
@@ -245,8 +265,8 @@ def train_round(c, model, tokenizer, pool, ref_rows, work_dir: Path, key: str, o
         loss_hparams=c.train.hparams,
         logprob_chunk=c.train.logprob_chunk,
     )
-    resume = any(p.name.startswith("checkpoint-") for p in work_dir.iterdir())
-    trainer.train(resume_from_checkpoint=True if resume else None)
+    resume = last_complete_checkpoint(work_dir)
+    trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     if trainer.is_world_process_zero():
         write_json(work_dir.parent / "train_log.json", trainer.state.log_history)
         tmp = out.with_name(out.name + ".tmp")
