@@ -114,18 +114,18 @@ def test_lora_round_chains_adapters(tiny_policy, tmp_path):
 def _run_cli(args, **kw):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     return subprocess.Popen([sys.executable, "-m", "ampo.cli", "-q", "run", *args], env=env, cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, **kw)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **kw)
 
 
 def _kill_when(proc, ready, timeout=240):
     t0 = time.time()
     while not ready():
         if proc.poll() is not None:
-            pytest.fail(f"run ended before the kill point: {proc.stderr.read().decode()[-2000:]}")
+            pytest.fail(f"run ended (exit {proc.returncode}) before the kill point")
         if time.time() - t0 > timeout:
             proc.kill()
             pytest.fail("kill point not reached")
-        time.sleep(0.05)
+        time.sleep(0.005)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
 
@@ -149,11 +149,12 @@ KILL_POINTS = {
 @pytest.mark.parametrize("point", [
     "mid-generate", "mid-train", pytest.param("after-select", marks=pytest.mark.slow)])
 def test_kill_9_and_resume_gives_the_same_result(tiny_policy, tmp_path, point):
+    slower = "generate.max_new_tokens=48"  # long enough shards that the poller sees one finished
     ref_out, out = tmp_path / "ref", tmp_path / "killed"
-    reference = run(tiny_policy, ref_out)[0]
-    proc = _run_cli(tiny_overrides(tiny_policy, out))
+    reference = run(tiny_policy, ref_out, slower)[0]
+    proc = _run_cli(tiny_overrides(tiny_policy, out, slower))
     _kill_when(proc, KILL_POINTS[point](out))
-    resumed = run(tiny_policy, out)[0]
+    resumed = run(tiny_policy, out, slower)[0]
     for name in ("pool.parquet", "rewards.parquet", "selection.parquet"):
         assert pq.read_table(out / "round-0" / name).equals(pq.read_table(ref_out / "round-0" / name)), name
     for key in ("mean_reward", "win_rate", "mean_length"):
