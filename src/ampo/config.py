@@ -88,6 +88,7 @@ class TrainConfig:
     extra_references: list[str] = field(default_factory=list)  # more reference models (MRPO)
     logprob_chunk: int = 1024
     gradient_checkpointing: bool = False  # recompute activations in backward: less memory, ~30% slower
+    shared_prefix: bool = False  # one row per group, prompt forwarded once (sdpa/eager attention)
     save_steps: int = 20
     report_to: list[str] = field(default_factory=list)  # e.g. ["tensorboard"]; nothing by default
 

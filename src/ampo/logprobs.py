@@ -4,6 +4,11 @@ The model trunk runs once over the padded rows; the output head, log-softmax and
 on the completion positions only, `chunk_size` positions at a time, so the full
 `[rows, length, vocab]` fp32 logits never exist. With gradients on, each chunk is checkpointed:
 the backward pass recomputes one chunk's logits at a time instead of keeping all of them.
+
+Two layouts reach the same sums. `build_rows` makes one padded row per (prompt, response).
+`build_shared_prefix_rows` makes one row per prompt, `[prompt, response 1, ..., response K]`
+without padding between them: each response sees the prompt and itself only (a block mask) and
+continues the prompt's positions, so the prompt is forwarded once per group instead of K times.
 """
 
 from __future__ import annotations
@@ -70,42 +75,155 @@ def sequence_logprobs(
     Equals the naive `log_softmax(model(...).logits)` gathered at the completion tokens and summed,
     without building the full logits: the head runs on `chunk_size` completion positions at a time.
     """
-    base = getattr(model, "module", model)  # unwrap DistributedDataParallel
-    if chunk_size < 1:
-        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-    if getattr(base.config, "final_logit_softcapping", None):
-        raise ValueError("sequence_logprobs does not support models with final_logit_softcapping")
+    _check_supported(model, chunk_size)
     completion_mask = completion_mask.bool()
     if completion_mask[:, 0].any():
         raise ValueError("completion_mask marks position 0, which no token predicts")
-    hidden = _final_hidden_states(model, input_ids, attention_mask)
-    rows, cols = completion_mask[:, 1:].nonzero(as_tuple=True)
-    states = hidden[rows, cols]  # the state at t - 1 predicts the completion token at t
-    targets = input_ids[rows, cols + 1]
+    position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+    rows, cols = completion_mask.nonzero(as_tuple=True)
+    hidden = _final_hidden_states(model, input_ids, attention_mask, position_ids)
+    return _summed_logprobs(model, hidden, input_ids, rows, cols - 1, cols, rows, len(input_ids), chunk_size)
+
+
+def build_shared_prefix_rows(
+    prompt_ids: list[list[int]], response_ids: list[list[list[int]]], pad_id: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One right-padded row per prompt, `[prompt, response 1, ..., response K]`, as
+    `(input_ids, position_ids, segment_ids)`.
+
+    `segment_ids` is 0 on the prompt, k on response k (1-based) and -1 on padding; each response's
+    positions continue the prompt's, as if it were alone after it:
+
+    >>> ids, pos, seg = build_shared_prefix_rows([[5, 6]], [[[7], [8, 9]]], pad_id=0)
+    >>> ids, pos, seg
+    (tensor([[5, 6, 7, 8, 9]]), tensor([[0, 1, 2, 2, 3]]), tensor([[0, 0, 1, 2, 2]]))
+    """
+    if len(prompt_ids) != len(response_ids):
+        raise ValueError(f"build_shared_prefix_rows got {len(prompt_ids)} prompts but {len(response_ids)} groups")
+    if any(len(p) == 0 for p in prompt_ids):
+        raise ValueError("build_shared_prefix_rows needs at least one prompt token per row")
+    length = max(len(p) + sum(map(len, rs)) for p, rs in zip(prompt_ids, response_ids))
+    input_ids = torch.full((len(prompt_ids), length), pad_id, dtype=torch.long)
+    position_ids = torch.zeros((len(prompt_ids), length), dtype=torch.long)
+    segment_ids = torch.full((len(prompt_ids), length), -1, dtype=torch.long)
+    for i, (p, rs) in enumerate(zip(prompt_ids, response_ids)):
+        input_ids[i, : len(p)] = torch.tensor(p)
+        position_ids[i, : len(p)] = torch.arange(len(p))
+        segment_ids[i, : len(p)] = 0
+        start = len(p)
+        for k, r in enumerate(rs, start=1):
+            input_ids[i, start : start + len(r)] = torch.tensor(r, dtype=torch.long)
+            position_ids[i, start : start + len(r)] = torch.arange(len(p), len(p) + len(r))
+            segment_ids[i, start : start + len(r)] = k
+            start += len(r)
+    return input_ids, position_ids, segment_ids
+
+
+def shared_prefix_logprobs(
+    model: PreTrainedModel,
+    input_ids: torch.Tensor,
+    position_ids: torch.Tensor,
+    segment_ids: torch.Tensor,
+    group_size: int,
+    chunk_size: int = 1024,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`sequence_logprobs` for rows from `build_shared_prefix_rows`: summed completion log-probs
+    and token counts as `[rows, group_size]` grids (response k of row i at `[i, k - 1]`).
+
+    The first token of each response is predicted from the prompt's last state; the others from
+    the token before them. Needs `sdpa` or `eager` attention (a custom 4-D mask).
+    """
+    base = _check_supported(model, chunk_size)
+    implementation = getattr(base.config, "_attn_implementation", None)
+    if implementation not in ("sdpa", "eager"):
+        raise ValueError(f"shared-prefix rows need sdpa or eager attention, not {implementation!r}")
+    window = getattr(base.config, "sliding_window", None)
+    if window and input_ids.shape[1] > window:
+        raise ValueError(f"shared-prefix rows of {input_ids.shape[1]} tokens exceed the sliding window ({window})")
+    if int(segment_ids.max()) > group_size:
+        raise ValueError(f"a row has more than group_size={group_size} responses")
+    rows, cols = (segment_ids > 0).nonzero(as_tuple=True)
+    prompt_end = (segment_ids == 0).sum(-1) - 1
+    same_segment = segment_ids[rows, cols - 1] == segment_ids[rows, cols]
+    sources = torch.where(same_segment, cols - 1, prompt_end[rows])
+    owners = rows * group_size + segment_ids[rows, cols] - 1
+    mask = _shared_prefix_mask(segment_ids, implementation, next(base.parameters()).dtype)
+    hidden = _final_hidden_states(model, input_ids, mask, position_ids)
+    sums, counts = _summed_logprobs(
+        model, hidden, input_ids, rows, sources, cols, owners, len(input_ids) * group_size, chunk_size
+    )
+    return sums.view(-1, group_size), counts.view(-1, group_size)
+
+
+def _check_supported(model: PreTrainedModel, chunk_size: int) -> PreTrainedModel:
+    """Refuse what the chunked head cannot compute; return the model unwrapped from DDP."""
+    base = getattr(model, "module", model)
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    if getattr(base.config, "final_logit_softcapping", None):
+        raise ValueError("ampo's log-probs do not support models with final_logit_softcapping")
+    return base
+
+
+def _shared_prefix_mask(segment_ids: torch.Tensor, implementation: str, dtype: torch.dtype) -> torch.Tensor:
+    """`[rows, 1, L, L]` attention mask: a position sees earlier positions of the prompt and of its
+    own segment. Padding sees the prompt (its output is never read). Boolean for sdpa, additive
+    for eager attention."""
+    length = segment_ids.shape[1]
+    causal = torch.ones(length, length, dtype=torch.bool, device=segment_ids.device).tril()
+    query, key = segment_ids[:, :, None], segment_ids[:, None, :]
+    allowed = causal & (key >= 0) & ((key == 0) | (key == query))
+    if implementation == "sdpa":
+        return allowed[:, None]
+    return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill(
+        ~allowed, torch.finfo(dtype).min
+    )[:, None]
+
+
+def _summed_logprobs(
+    model: PreTrainedModel,
+    hidden: torch.Tensor,
+    input_ids: torch.Tensor,
+    rows: torch.Tensor,
+    sources: torch.Tensor,
+    targets: torch.Tensor,
+    owners: torch.Tensor,
+    n_sequences: int,
+    chunk_size: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sum the log-prob of token `input_ids[rows, targets]`, predicted by state `hidden[rows,
+    sources]`, into sequence `owners`; returns fp32 sums and token counts `[n_sequences]`.
+
+    The head runs on `chunk_size` states at a time, checkpointed when gradients are on.
+    """
+    base = getattr(model, "module", model)
+    states = hidden[rows, sources]
+    token_ids = input_ids[rows, targets]
     head = base.get_output_embeddings()
     use_checkpoint = torch.is_grad_enabled() and states.requires_grad
     token_logps = []
-    for start in range(0, len(targets), chunk_size):
-        chunk = (states[start : start + chunk_size], targets[start : start + chunk_size])
+    for start in range(0, len(token_ids), chunk_size):
+        chunk = (states[start : start + chunk_size], token_ids[start : start + chunk_size])
         if use_checkpoint:
             token_logps.append(checkpoint(_token_logprobs, head, *chunk, use_reentrant=False))
         else:
             token_logps.append(_token_logprobs(head, *chunk))
-    sums = torch.zeros(input_ids.shape[0], dtype=torch.float32, device=input_ids.device)
+    sums = torch.zeros(n_sequences, dtype=torch.float32, device=input_ids.device)
     if token_logps:
-        sums = sums.index_add(0, rows, torch.cat(token_logps))
-    return sums, completion_mask.sum(-1)
+        sums = sums.index_add(0, owners, torch.cat(token_logps))
+    counts = torch.zeros(n_sequences, dtype=torch.long, device=input_ids.device)
+    counts = counts.index_add(0, owners, torch.ones_like(owners))
+    return sums, counts
 
 
 def _final_hidden_states(
-    model: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor
+    model: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor
 ) -> torch.Tensor:
     """The trunk's last (normalised) hidden states `[rows, L, hidden]`.
 
     The call goes through the model's own forward, so wrappers (PEFT, DDP) see a normal step;
     `logits_to_keep=1` keeps its logits to one position per row.
     """
-    position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
     out = model(
         input_ids=input_ids,
         attention_mask=attention_mask,
@@ -131,13 +249,15 @@ def response_logprobs(
     finished: list[list[bool]] | None = None,
     batch_rows: int = 16,
     progress: bool = False,
+    shared_prefix: bool = False,
 ) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """Summed log-probs and token counts of each prompt's responses, without gradients.
 
     Returns `(logps, n_tokens)`: for prompt `i`, `logps[i]` (float32) and `n_tokens[i]` (int64)
     have one entry per response in `responses[i]`. `finished` (default: all True) says which
-    responses end with EOS. Rows are sorted by length so each batch holds similar lengths; the
-    model runs in eval mode and its previous mode is restored.
+    responses end with EOS. Rows are sorted by length so each batch holds similar lengths
+    (`batch_rows` rows, or with `shared_prefix` one row per prompt and about `batch_rows`
+    responses per batch); the model runs in eval mode and its previous mode is restored.
     """
     if len(prompts) != len(responses):
         raise ValueError(f"response_logprobs got {len(prompts)} prompts but {len(responses)} response lists")
@@ -146,25 +266,39 @@ def response_logprobs(
     if [len(f) for f in finished] != [len(r) for r in responses]:
         raise ValueError("finished must have one flag per response")
     prompt_tokens = [encode_prompt(tokenizer, p) for p in prompts]
-    rows = [
-        (i, j, prompt_tokens[i], response_ids(tokenizer, text, done))
-        for i, (texts, flags) in enumerate(zip(responses, finished))
-        for j, (text, done) in enumerate(zip(texts, flags))
-    ]
-    rows.sort(key=lambda row: len(row[2]) + len(row[3]), reverse=True)
+    answer_tokens = [[response_ids(tokenizer, t, done) for t, done in zip(texts, flags)]
+                     for texts, flags in zip(responses, finished)]
     logps = [np.zeros(len(r), dtype=np.float32) for r in responses]
     counts = [np.zeros(len(r), dtype=np.int64) for r in responses]
     device = next(model.parameters()).device
+    pad = tokenizer.pad_token_id
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
-            for start in tqdm(range(0, len(rows), batch_rows), desc="log-probs", disable=not progress):
-                batch = rows[start : start + batch_rows]
-                tensors = build_rows([b[2] for b in batch], [b[3] for b in batch], tokenizer.pad_token_id)
-                values, lengths = sequence_logprobs(model, *(t.to(device) for t in tensors))
-                for (i, j, _, _), value, length in zip(batch, values.tolist(), lengths.tolist()):
-                    logps[i][j], counts[i][j] = value, length
+            if shared_prefix:
+                order = sorted((i for i in range(len(prompts)) if responses[i]),
+                               key=lambda i: -(len(prompt_tokens[i]) + sum(map(len, answer_tokens[i]))))
+                per_batch = max(1, batch_rows // max(len(r) for r in responses)) if order else 1
+                for start in tqdm(range(0, len(order), per_batch), desc="log-probs", disable=not progress):
+                    batch = order[start : start + per_batch]
+                    group_size = max(len(responses[i]) for i in batch)
+                    tensors = build_shared_prefix_rows([prompt_tokens[i] for i in batch],
+                                                       [answer_tokens[i] for i in batch], pad)
+                    values, lengths = shared_prefix_logprobs(model, *(t.to(device) for t in tensors), group_size)
+                    for row, i in enumerate(batch):
+                        logps[i][:] = values[row, : len(responses[i])].cpu().numpy()
+                        counts[i][:] = lengths[row, : len(responses[i])].cpu().numpy()
+            else:
+                rows = [(i, j, prompt_tokens[i], ids) for i, group in enumerate(answer_tokens)
+                        for j, ids in enumerate(group)]
+                rows.sort(key=lambda row: len(row[2]) + len(row[3]), reverse=True)
+                for start in tqdm(range(0, len(rows), batch_rows), desc="log-probs", disable=not progress):
+                    batch = rows[start : start + batch_rows]
+                    tensors = build_rows([b[2] for b in batch], [b[3] for b in batch], pad)
+                    values, lengths = sequence_logprobs(model, *(t.to(device) for t in tensors))
+                    for (i, j, _, _), value, length in zip(batch, values.tolist(), lengths.tolist()):
+                        logps[i][j], counts[i][j] = value, length
     finally:
         model.train(was_training)
     return logps, counts

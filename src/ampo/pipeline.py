@@ -361,11 +361,14 @@ class Pipeline:
             finished = [[rec.finished[i] if rec.finished else True for i in rec.selected] for rec in pool]
             columns = []
             first = self.policy(0 if self.c.train.reference == "initial" else r)
-            columns.append(response_logprobs(*first, prompts, responses, finished, progress=self.progress)[0])
+            shared = self.c.train.shared_prefix
+            columns.append(response_logprobs(*first, prompts, responses, finished, progress=self.progress,
+                                             shared_prefix=shared)[0])
             for path in self.c.train.extra_references:
                 model, tok = load_policy(path, dtype=self.c.model.dtype,
                                          trust_remote_code=self.c.model.trust_remote_code)
-                columns.append(response_logprobs(model, tok, prompts, responses, finished, progress=self.progress)[0])
+                columns.append(response_logprobs(model, tok, prompts, responses, finished, progress=self.progress,
+                                                 shared_prefix=shared)[0])
                 del model
             write_rows(out, [{"id": rec.id, "ref_logps": [col[i].tolist() for col in columns]}
                              for i, rec in enumerate(pool)])
@@ -374,7 +377,7 @@ class Pipeline:
 
     def train_key(self, r: int) -> str:
         t = dataclasses.asdict(self.c.train)
-        for cosmetic in ("save_steps", "report_to", "logprob_chunk", "gradient_checkpointing"):
+        for cosmetic in ("save_steps", "report_to", "logprob_chunk", "gradient_checkpointing", "shared_prefix"):
             t.pop(cosmetic)
         m = dataclasses.asdict(self.c.model)
         return config_key("train", self.policy_key(r), self.select_key(r), self.refs_key(r), t, m, self.c.seed)

@@ -1,9 +1,10 @@
 """Group training: a collator that lays out each prompt's selected group, and a HF `Trainer`
 whose loss is any entry of `ampo.losses.LOSSES`.
 
-Each response of a group is one row and is forwarded once per step (a pairwise trainer forwards
-the positive once per pair). Log-probs come from `ampo.logprobs.sequence_logprobs`, which applies
-the LM head only to completion tokens, in chunks. Optimiser, schedule, clipping, accumulation,
+Each response of a group is forwarded once per step (a pairwise trainer forwards the positive
+once per pair): by default one padded row per response; with `shared_prefix`, one row per group
+holding the prompt once and all its responses (`ampo.logprobs.build_shared_prefix_rows`). Either
+way the LM head runs only on completion tokens, in chunks. Optimiser, schedule, clipping, accumulation,
 checkpoints, resume and multi-process (DDP / DeepSpeed / FSDP via accelerate) are the Trainer's.
 """
 
@@ -18,7 +19,7 @@ from typing import Any
 import torch
 from transformers import Trainer
 
-from .logprobs import build_rows, sequence_logprobs
+from .logprobs import build_rows, build_shared_prefix_rows, sequence_logprobs, shared_prefix_logprobs
 from .losses import GroupBatch, compute
 
 
@@ -56,10 +57,14 @@ class GroupCollator:
     With B groups padded to K = the largest group, row r belongs to slot `row_slot[r]` of the
     flattened `[B, K]` grid; `mask` marks the filled slots. Example: groups of sizes 2 and 3 give
     5 rows, `row_slot = [0, 1, 3, 4, 5]`, `mask = [[T, T, F], [T, T, T]]`.
+
+    With `shared_prefix=True` the batch holds one row per group instead (`position_ids` and
+    `segment_ids` in place of `attention_mask`, `completion_mask` and `row_slot`).
     """
 
-    def __init__(self, pad_id: int):
+    def __init__(self, pad_id: int, shared_prefix: bool = False):
         self.pad_id = pad_id
+        self.shared_prefix = shared_prefix
 
     def __call__(self, groups: list[Group]) -> dict[str, Any]:
         B, K = len(groups), max(len(g.response_ids) for g in groups)
@@ -73,15 +78,16 @@ class GroupCollator:
                 row_slot.append(b * K + k)
                 mask[b, k] = True
                 rewards[b, k] = g.rewards[k]
-        input_ids, attention_mask, completion_mask = build_rows(prompts, responses, self.pad_id)
-        batch = {
-            "input_ids": input_ids,
-            "attention_mask": attention_mask,
-            "completion_mask": completion_mask,
-            "row_slot": torch.tensor(row_slot),
-            "mask": mask,
-            "rewards": rewards,
-        }
+        if self.shared_prefix:
+            tensors = build_shared_prefix_rows(
+                [g.prompt_ids for g in groups], [g.response_ids for g in groups], self.pad_id
+            )
+            batch = dict(zip(("input_ids", "position_ids", "segment_ids"), tensors))
+        else:
+            tensors = build_rows(prompts, responses, self.pad_id)
+            batch = dict(zip(("input_ids", "attention_mask", "completion_mask"), tensors))
+            batch["row_slot"] = torch.tensor(row_slot)
+        batch.update(mask=mask, rewards=rewards)
         if groups[0].ref_logps is not None:
             R = len(groups[0].ref_logps)
             ref = torch.zeros(R, B, K, dtype=torch.float64)
@@ -94,10 +100,15 @@ class GroupCollator:
 
 def group_logps(model, inputs: dict[str, torch.Tensor], chunk_size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Policy log-probs and lengths scattered into the `[B, K]` grid (empty slots 0)."""
+    B, K = inputs["mask"].shape
+    if "segment_ids" in inputs:
+        logps, lengths = shared_prefix_logprobs(
+            model, inputs["input_ids"], inputs["position_ids"], inputs["segment_ids"], K, chunk_size=chunk_size
+        )
+        return logps, lengths.to(logps.dtype)
     logps, lengths = sequence_logprobs(
         model, inputs["input_ids"], inputs["attention_mask"], inputs["completion_mask"], chunk_size=chunk_size
     )
-    B, K = inputs["mask"].shape
     slot = inputs["row_slot"]
     grid = torch.zeros(B * K, dtype=logps.dtype, device=logps.device).index_put((slot,), logps)
     len_grid = torch.zeros(B * K, dtype=logps.dtype, device=logps.device).index_put((slot,), lengths.to(logps.dtype))
@@ -128,7 +139,7 @@ class GroupTrainer(Trainer):
             ref_logps=None if ref is None else ref.to(logps.device, logps.dtype),
         )
         loss, metrics = compute(self.loss_name, batch, **self.loss_hparams)
-        self._record(batch, metrics, int(inputs["completion_mask"].sum()))
+        self._record(batch, metrics, int(lengths.sum()))
         return (loss, {"logps": logps}) if return_outputs else loss
 
     def _record(self, batch: GroupBatch, metrics: dict[str, torch.Tensor], tokens: int) -> None:
@@ -207,8 +218,8 @@ def training_args(c, output_dir: Path, progress: bool = True):
         bf16=c.model.dtype == "bfloat16",
         disable_tqdm=not progress,
         dataloader_num_workers=0,
-        gradient_checkpointing=t.gradient_checkpointing,
-        gradient_checkpointing_kwargs={"use_reentrant": False},
+        activation_checkpointing=t.gradient_checkpointing,
+        activation_checkpointing_kwargs={"use_reentrant": False},
     )
 
 
@@ -260,7 +271,7 @@ def train_round(c, model, tokenizer, pool, ref_rows, work_dir: Path, key: str, o
         model=model,
         args=training_args(c, work_dir, progress),
         train_dataset=dataset,
-        data_collator=GroupCollator(tokenizer.pad_token_id),
+        data_collator=GroupCollator(tokenizer.pad_token_id, shared_prefix=c.train.shared_prefix),
         loss_name=c.train.loss,
         loss_hparams=c.train.hparams,
         logprob_chunk=c.train.logprob_chunk,
