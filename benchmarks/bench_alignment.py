@@ -9,7 +9,8 @@ same held-out prompts.
     python benchmarks/bench_alignment.py              # full: 3 seeds, ~1 h on 2 CPU cores
     python benchmarks/bench_alignment.py --quick      # smoke run, a few minutes
 
-Writes `results.json`, `alignment.md` and `alignment.png` into --out.
+Writes `results.json`, `alignment.md` (with `pool_analysis.py`'s statistics of the round-0 pools)
+and `alignment.png` into --out.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pool_analysis
 
 from ampo.cli import DEMO_RECIPE
 from ampo.config import load_config
@@ -86,6 +88,11 @@ def main() -> None:
                   f"len {r['mean_length']:.1f} d2 {r['distinct_2']:.3f} ({r['seconds']} s)", flush=True)
     (out / "results.json").write_text(json.dumps(results, indent=2))
     write_table(out, results, seeds, common)
+    pools = {f"seed{s}": pool_analysis.analyse(pool_analysis.load_seed(out / f"seed{s}")) for s in seeds}
+    (out / "pool_analysis.json").write_text(json.dumps(pools, indent=2))
+    with open(out / "alignment.md", "a") as f:
+        f.write("\n" + pool_analysis.table(pools) + "\n")
+    print(pool_analysis.table(pools))
 
 
 def write_table(out: Path, results: dict[str, list[dict]], seeds: list[int], common: list[str]) -> None:

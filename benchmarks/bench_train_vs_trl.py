@@ -111,20 +111,22 @@ def common_args(output_dir: str, batch: int, steps: int) -> dict:
     )
 
 
-def ampo_trainer(model, tokenizer, prompts, responses, args: dict, chunk: int):
-    """ampo's GroupTrainer (loss dpo) on the groups, reference log-probs computed first."""
+def ampo_trainer(model, tokenizer, prompts, responses, args: dict, chunk: int, shared_prefix: bool = False):
+    """ampo's GroupTrainer (loss dpo) on the groups, reference log-probs computed first; with
+    `shared_prefix`, one row per group (the prompt forwarded once)."""
     from transformers import TrainingArguments
 
     from ampo.trainer import Group, GroupCollator, GroupDataset, GroupTrainer
 
-    refs, _ = response_logprobs(model, tokenizer, prompts, responses, batch_rows=K)
+    refs, _ = response_logprobs(model, tokenizer, prompts, responses, batch_rows=K, shared_prefix=shared_prefix)
     groups = [
         Group(prompt_ids=encode_prompt(tokenizer, p), response_ids=[response_ids(tokenizer, t, True) for t in texts],
               rewards=[1.0] + [0.0] * (K - 1), ref_logps=[ref.tolist()])
         for p, texts, ref in zip(prompts, responses, refs)
     ]
     return GroupTrainer(model=model, args=TrainingArguments(**args, remove_unused_columns=False),
-                        train_dataset=GroupDataset(groups), data_collator=GroupCollator(tokenizer.pad_token_id),
+                        train_dataset=GroupDataset(groups),
+                        data_collator=GroupCollator(tokenizer.pad_token_id, shared_prefix=shared_prefix),
                         loss_name="dpo", loss_hparams={"beta": BETA}, logprob_chunk=chunk)
 
 
@@ -163,6 +165,8 @@ def work_per_step(trainer, batch_size: int, steps: int, head_on_all_positions: b
     positions = [b["input_ids"].numel() for b in batches]
     if head_on_all_positions:  # TRL's fused head on CPU scores every shifted position
         head = [p - r for p, r in zip(positions, rows)]
+    elif "segment_ids" in batches[0]:  # shared-prefix rows: the response tokens
+        head = [int((b["segment_ids"] > 0).sum()) for b in batches]
     else:  # ampo's head sees the completion tokens only
         head = [int(b["completion_mask"].sum()) for b in batches]
     return {name: round(statistics.mean(v), 1) for name, v in
@@ -190,15 +194,15 @@ def quiet() -> None:
 
 
 def check_arm(arm: str) -> str:
-    """Accept `ampo`, `ampo-chunk<N>` (N >= 1) or `trl`."""
+    """Accept `ampo`, `ampo-shared` (shared-prefix rows), `ampo-chunk<N>` (N >= 1) or `trl`."""
     suffix = arm.removeprefix("ampo-chunk")
-    if arm in ("ampo", "trl") or (suffix != arm and suffix.isdigit() and int(suffix) >= 1):
+    if arm in ("ampo", "ampo-shared", "trl") or (suffix != arm and suffix.isdigit() and int(suffix) >= 1):
         return arm
-    raise ValueError(f"unknown arm {arm!r}: use ampo, ampo-chunk<N> or trl")
+    raise ValueError(f"unknown arm {arm!r}: use ampo, ampo-shared, ampo-chunk<N> or trl")
 
 
 def child(arm: str, prompts_per_step: int, steps: int, min_tokens: int, max_tokens: int) -> dict:
-    """Train one arm (`ampo`, `ampo-chunk<N>` or `trl`) for `steps` steps and measure it."""
+    """Train one arm (`ampo`, `ampo-shared`, `ampo-chunk<N>` or `trl`) for `steps` steps and measure it."""
     quiet()
     model, tokenizer = load_policy(DEFAULT_POLICY)
     model.train()
@@ -210,7 +214,8 @@ def child(arm: str, prompts_per_step: int, steps: int, min_tokens: int, max_toke
             trainer = trl_trainer(model, tokenizer, prompts, responses, common_args(out, batch, steps))
         else:
             chunk = int(arm.removeprefix("ampo-chunk")) if arm.startswith("ampo-chunk") else 1024
-            trainer = ampo_trainer(model, tokenizer, prompts, responses, common_args(out, batch, steps), chunk)
+            trainer = ampo_trainer(model, tokenizer, prompts, responses, common_args(out, batch, steps), chunk,
+                                   shared_prefix=arm == "ampo-shared")
         setup_seconds = time.perf_counter() - start
         work = work_per_step(trainer, batch, steps, head_on_all_positions=arm == "trl")
         timer = StepTimer()
@@ -272,7 +277,8 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--arms", nargs="+", type=check_arm, default=["ampo", "trl"],
-                        help="arms in the order they alternate: ampo, ampo-chunk<N>, trl; ratios are against the last")
+                        help="arms in the order they alternate: ampo, ampo-shared, ampo-chunk<N>, trl; "
+                        "ratios are against the last")
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     args = parser.parse_args()
     if args.threads:
