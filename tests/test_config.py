@@ -38,6 +38,9 @@ def test_parse_overrides():
     (["select.strategy=nope"], "config 'select.strategy': unknown 'nope'"),
     (["select.k=8", "generate.n=8"], "config 'select.k': 8 negatives need generate.n >= 9"),
     (["train.hparams.zeta=1"], "'zeta' is not a hyperparameter of loss 'ampo'"),
+    (["train.loss=ipo", "train.hparams.per_token=3"], "'train.hparams.per_token': expected bool, got 3"),
+    (["train.hparams.beta=big"], "'train.hparams.beta': expected a number, got 'big'"),
+    (["train.loss=swepo", "train.hparams.dev_fn=true"], "'train.hparams.dev_fn': expected str, got True"),
     (["generate.backend=tgi"], "config 'generate.backend'"),
 ])
 def test_bad_config_fails_with_one_line(overrides, fragment):

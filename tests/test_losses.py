@@ -165,6 +165,22 @@ def test_mrpo_limits_reduce_to_single_reference_dpo(alpha, eta, expected):
     assert close(loss_of("mrpo", mrpo_pair(), beta=0.1, eta=eta, alpha=alpha), expected)
 
 
+def test_multi_dpo_baseline_toy():
+    """The naive baseline: weight * DPO(ref = clipped ref1) + (1 - weight) * DPO(ref = ref2)."""
+    loss, metrics = LOSSES["mrpo"].fn(mrpo_pair(), beta=0.1, eta=0.1, alpha=-1.0, naive=True)
+    assert close(loss, 0.445190)
+    assert close(metrics["alpha"], 0.407407)
+
+
+@pytest.mark.parametrize("alpha, expected", [(0.0, 0.513015), (1.0, None)])
+def test_multi_dpo_limits(alpha, expected):
+    """Weight 0 is DPO with the primary reference; weight 1 is DPO with the clipped extra one."""
+    got = loss_of("mrpo", mrpo_pair(), beta=0.1, eta=0.1, alpha=alpha, naive=True)
+    if expected is None:  # by hand: z = 0.1 * ((-40 + 43.815075) - (-60 + 55))
+        expected = math.log1p(math.exp(-0.1 * (3.815075 + 5.0)))
+    assert close(got, expected)
+
+
 def test_mrpo_with_three_references_averages_over_extra_references():
     batch = toy()
     third = t([[-41.0, -56.0, -57.0, -79.0]])

@@ -258,6 +258,13 @@ def validate(c: RunConfig) -> None:
     if unknown:
         raise ConfigError(f"config 'train.hparams': '{sorted(unknown)[0]}' is not a hyperparameter of "
                           f"loss '{c.train.loss}' (allowed: {', '.join(spec.defaults) or 'none'})")
+    for name, value in c.train.hparams.items():
+        default = spec.defaults[name]
+        if isinstance(default, (bool, str)) and type(value) is not type(default):
+            raise ConfigError(f"config 'train.hparams.{name}': expected {type(default).__name__}, got {value!r}")
+        if isinstance(default, (int, float)) and not isinstance(default, bool) and (
+                isinstance(value, (bool, str)) or not isinstance(value, (int, float))):
+            raise ConfigError(f"config 'train.hparams.{name}': expected a number, got {value!r}")
     n_refs = 1 + len(c.train.extra_references) if spec.refs else 0
     if spec.refs > n_refs:
         raise ConfigError(f"config 'train.extra_references': loss '{c.train.loss}' needs {spec.refs} reference "

@@ -387,7 +387,7 @@ def _harmonic_reference(extra: Tensor, primary: Tensor, weight: Tensor) -> Tenso
     return extra + primary - torch.logsumexp(terms, dim=0)
 
 
-def mrpo_virtual_reference(
+def mrpo_clipped_reference(
     primary_w: Tensor,
     primary_l: Tensor,
     extra_w: Tensor,
@@ -395,11 +395,11 @@ def mrpo_virtual_reference(
     eta: float = 0.1,
     alpha: float = -1.0,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """MRPO's virtual reference for pairs (w, l), spec 3: ARWC weight, CTRO clip, harmonic mean.
+    """MRPO's ARWC weight and CTRO-clipped extra reference for pairs (w, l), spec 3.
 
     ``primary`` is the spec's ref2 (the initial policy), ``extra`` its ref1; all are summed
     log-probs. ``alpha < 0`` makes the weight adaptive (ARWC); ``eta > 0`` clips adaptively,
-    ``eta <= 0`` clips at the fixed rate ``|eta|``. Returns ``(ref_w, ref_l, weight)``.
+    ``eta <= 0`` clips at the fixed rate ``|eta|``. Returns ``(clipped_w, clipped_l, weight)``.
     """
     if alpha < 0:
         a_extra = (extra_w - extra_l).abs()
@@ -414,30 +414,52 @@ def mrpo_virtual_reference(
         eta_w, eta_l = eta * share, eta * (1 - share)
     else:
         eta_w = eta_l = abs(eta)
-    ref_w = _harmonic_reference(_ctro_clip(extra_w, primary_w, eta_w), primary_w, weight)
-    ref_l = _harmonic_reference(_ctro_clip(extra_l, primary_l, eta_l), primary_l, weight)
+    return _ctro_clip(extra_w, primary_w, eta_w), _ctro_clip(extra_l, primary_l, eta_l), weight
+
+
+def mrpo_virtual_reference(
+    primary_w: Tensor,
+    primary_l: Tensor,
+    extra_w: Tensor,
+    extra_l: Tensor,
+    eta: float = 0.1,
+    alpha: float = -1.0,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """MRPO's virtual reference for pairs (w, l): the weighted harmonic mean of the primary and
+    the clipped extra reference (`mrpo_clipped_reference`). Returns ``(ref_w, ref_l, weight)``."""
+    clipped_w, clipped_l, weight = mrpo_clipped_reference(primary_w, primary_l, extra_w, extra_l, eta, alpha)
+    ref_w = _harmonic_reference(clipped_w, primary_w, weight)
+    ref_l = _harmonic_reference(clipped_l, primary_l, weight)
     return ref_w, ref_l, weight
 
 
 def mrpo_loss(
-    batch: GroupBatch, beta: float = 0.1, eta: float = 0.1, alpha: float = -1.0
+    batch: GroupBatch, beta: float = 0.1, eta: float = 0.1, alpha: float = -1.0, naive: bool = False
 ) -> tuple[Tensor, Metrics]:
     """MRPO, spec 3: DPO against a virtual reference built from two or more references.
 
     ``ref_logps[0]`` is the primary reference (the spec's ref2, the initial policy);
     ``ref_logps[1:]`` are extra references (the spec's ref1). ``L = -log sigma(beta*[(lp_w -
-    ref~_w) - (lp_l - ref~_l)])``. With R > 2 references the two-reference loss is computed with
-    each extra reference and averaged.
+    ref~_w) - (lp_l - ref~_l)])``. With ``naive=True``, the paper's "Multi-DPO" baseline instead:
+    ``weight * DPO(ref = clipped extra) + (1 - weight) * DPO(ref = primary)``. With R > 2
+    references the two-reference loss is computed with each extra reference and averaged.
     """
     if alpha > 1:
         raise ValueError(f"hyperparameter alpha must be < 0 (adaptive) or in [0, 1], got {alpha}")
     g = _prepare(batch, "mrpo", refs=2)
     primary, extra = g.refs[0], g.refs[1:]  # [B, K], [R-1, B, K]
-    ref_w, ref_l, weight = mrpo_virtual_reference(
-        primary[:, :1], primary, extra[:, :, :1], extra, eta=eta, alpha=alpha
-    )
-    z = beta * ((g.logps[:, :1] - ref_w) - (g.logps - ref_l))  # [R-1, B, K]
-    loss = _masked_mean(-F.logsigmoid(z).mean(0), g.neg)
+    args = (primary[:, :1], primary, extra[:, :, :1], extra)
+    if naive:
+        clipped_w, clipped_l, weight = mrpo_clipped_reference(*args, eta=eta, alpha=alpha)
+        z_extra = beta * ((g.logps[:, :1] - clipped_w) - (g.logps - clipped_l))
+        z_primary = beta * ((g.logps[:, :1] - primary[:, :1]) - (g.logps - primary))
+        per_pair = -weight * F.logsigmoid(z_extra) - (1 - weight) * F.logsigmoid(z_primary)
+        z = weight * z_extra + (1 - weight) * z_primary
+    else:
+        ref_w, ref_l, weight = mrpo_virtual_reference(*args, eta=eta, alpha=alpha)
+        z = beta * ((g.logps[:, :1] - ref_w) - (g.logps - ref_l))  # [R-1, B, K]
+        per_pair = -F.logsigmoid(z)
+    loss = _masked_mean(per_pair.mean(0), g.neg)
     diff = z.mean(0).detach()
     return loss, _metrics(g, diff, alpha=_masked_mean(weight.mean(0), g.neg))
 
