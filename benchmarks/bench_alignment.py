@@ -33,6 +33,9 @@ ARMS = {
     "ampo+optselect": ["select.strategy=optselect", "train.loss=ampo"],
     "ampo+bottomk": ["select.strategy=bottomk", "train.loss=ampo"],
     "ampo+random": ["select.strategy=random", "train.loss=ampo"],
+    # the same selectors on the policy's own hidden states, which see the reward better than MiniLM
+    "ampo+coreset+policy-emb": ["select.strategy=coreset", "train.loss=ampo", "embed.embedder=policy"],
+    "ampo+optselect+policy-emb": ["select.strategy=optselect", "train.loss=ampo", "embed.embedder=policy"],
     "simpo best-vs-worst": ["select.strategy=best_worst", "select.k=1", "train.loss=simpo"],
     "dpo best-vs-worst": ["select.strategy=best_worst", "select.k=1", "train.loss=dpo"],
 }
