@@ -209,6 +209,28 @@ def test_pro_ranks_by_reward_not_by_slot():
     assert close(loss_of("pro", toy(slots=(0, 3, 1, 2)), sft_weight=0.0), 2.945504)
 
 
+def pro_three() -> GroupBatch:
+    """Rewards 1, 0.5, 0 with per-token log-probs -1, -2, -3 (slots scrambled)."""
+    return GroupBatch(logps=t([[-20.0, -10.0, -30.0, 5.0]]), lengths=t([[10.0, 10.0, 10.0, 1.0]]),
+                      rewards=t([[0.5, 1.0, 0.0, 9.0]]), mask=torch.tensor([[True, True, True, False]]))
+
+
+def test_pro_dynamic_temperature_by_hand():
+    # Step 0: gaps (0.5, 1.0), top multiplier 1.0: scores (-1, -1, -3) -> log(2 + e^-2) = 0.758624.
+    # Step 1: gap 0.5, top 0.5: scores (-1, -1.5) -> log(1 + e^-0.5) = 0.474077.
+    assert close(loss_of("pro", pro_three(), sft_weight=0.0, dynamic_temperature=True), 1.232701)
+
+
+def test_pro_dynamic_temperature_ties_give_no_ranking_gradient():
+    batch = pro_three()
+    batch = GroupBatch(**{**batch.__dict__, "rewards": t([[1.0, 1.0, 1.0, 9.0]]),
+                          "logps": batch.logps.clone().requires_grad_()})
+    loss, _ = LOSSES["pro"].fn(batch, sft_weight=0.0, dynamic_temperature=True)
+    loss.sum().backward()
+    assert close(loss, math.log(3) + math.log(2))  # every score multiplied by a zero gap
+    assert batch.logps.grad.abs().sum() == 0
+
+
 @pytest.mark.parametrize("log_base, expected", [(2.0, 2.382675), (math.e, 3.437474)])
 def test_lipo_toy(log_base, expected):
     assert close(loss_of("lipo", toy(), beta=0.1, log_base=log_base), expected)
@@ -238,13 +260,18 @@ def padded_with_garbage() -> tuple[GroupBatch, GroupBatch]:
     return compact, padded
 
 
-@pytest.mark.parametrize("name", sorted(LOSSES))
-def test_masked_slots_change_nothing(name):
+# every loss with its defaults, plus the options that take another code path
+VARIANTS = [(name, {}) for name in sorted(LOSSES)] + [("pro", {"dynamic_temperature": True}), ("mrpo", {"naive": True})]
+VARIANT_IDS = [name + "".join(f"-{k}" for k in hp) for name, hp in VARIANTS]
+
+
+@pytest.mark.parametrize("name, hparams", VARIANTS, ids=VARIANT_IDS)
+def test_masked_slots_change_nothing(name, hparams):
     compact, padded = padded_with_garbage()
     compact.logps.requires_grad_(True)
     padded.logps.requires_grad_(True)
-    loss_c, metrics_c = LOSSES[name].fn(compact)
-    loss_p, metrics_p = LOSSES[name].fn(padded)
+    loss_c, metrics_c = LOSSES[name].fn(compact, **hparams)
+    loss_p, metrics_p = LOSSES[name].fn(padded, **hparams)
     assert torch.isfinite(loss_p).all()
     assert torch.allclose(loss_c, loss_p, atol=1e-10)
     for key in metrics_c:
@@ -257,13 +284,13 @@ def test_masked_slots_change_nothing(name):
     assert torch.allclose(compact.logps.grad[0], grad_p[0, [0, 2, 3]], atol=1e-10)
 
 
-@pytest.mark.parametrize("name", sorted(LOSSES))
-def test_batch_equals_stacked_single_prompts(name):
+@pytest.mark.parametrize("name, hparams", VARIANTS, ids=VARIANT_IDS)
+def test_batch_equals_stacked_single_prompts(name, hparams):
     groups = [toy(), toy(slots=(1, 0, 2, 3)), toy(slots=(0, 2, 1, 3), lp=[-41.0, -50, -61, -70])]
     groups[1].mask[0, 3] = False  # a ragged group
     batch = stack(groups)
-    losses, _ = LOSSES[name].fn(batch)
-    singles = torch.cat([LOSSES[name].fn(g)[0] for g in groups])
+    losses, _ = LOSSES[name].fn(batch, **hparams)
+    singles = torch.cat([LOSSES[name].fn(g, **hparams)[0] for g in groups])
     assert losses.shape == (3,)
     assert torch.allclose(losses, singles, atol=1e-10)
 

@@ -253,12 +253,16 @@ def nca_loss(
     return push_down + pull_up, _metrics(g, _list_diff(m), target_positive=targets[:, 0])
 
 
-def pro_loss(batch: GroupBatch, sft_weight: float | None = None) -> tuple[Tensor, Metrics]:
+def pro_loss(
+    batch: GroupBatch, sft_weight: float | None = None, dynamic_temperature: bool = False
+) -> tuple[Tensor, Metrics]:
     """PRO, spec 4: Plackett-Luce over the valid responses sorted by reward, plus SFT.
 
     ``L_rank = -sum_k log( e^{avg_k} / sum_{i>=k} e^{avg_i} )`` over the reward order (descending,
     ties keep slot order), ``L = L_rank + sft_weight * NLL(top)`` with the per-token NLL
     ``-avg(top)``. ``sft_weight=None`` means ``0.05 * (n - 1)^2`` for a group of n responses.
+    ``dynamic_temperature=True`` divides each score by PRO's temperature from reward gaps: in the
+    step for rank k, ``avg_i`` by ``T_k^i = 1/(r_k - r_i)`` and ``avg_k`` by ``T_k^k = min_i T_k^i``.
     """
     if sft_weight is not None and sft_weight < 0:
         raise ValueError(f"hyperparameter sft_weight must be >= 0 or None, got {sft_weight}")
@@ -268,14 +272,34 @@ def pro_loss(batch: GroupBatch, sft_weight: float | None = None) -> tuple[Tensor
     order = torch.sort(by_reward, dim=-1, descending=True, stable=True).indices
     ranked = avg.gather(-1, order)
     valid = g.mask.gather(-1, order)  # valid slots come first
-    suffix_lse = torch.logcumsumexp(_masked_fill(ranked, valid).flip(-1), dim=-1).flip(-1)
-    # The last valid position contributes log(1) = 0, so summing over all valid ones is exact.
-    rank_loss = -torch.where(valid, ranked - suffix_lse, 0.0).sum(-1)
+    if dynamic_temperature:
+        rank_loss = _pro_dynamic_rank_loss(ranked, g.rewards.gather(-1, order), valid)
+    else:
+        suffix_lse = torch.logcumsumexp(_masked_fill(ranked, valid).flip(-1), dim=-1).flip(-1)
+        # The last valid position contributes log(1) = 0, so summing over all valid ones is exact.
+        rank_loss = -torch.where(valid, ranked - suffix_lse, 0.0).sum(-1)
     nll = -ranked[:, 0]
     n = g.mask.sum(-1).to(avg.dtype)
     weight = 0.05 * (n - 1) ** 2 if sft_weight is None else torch.full_like(n, float(sft_weight))
     loss = rank_loss + weight * nll
     return loss, _metrics(g, _list_diff(avg), rank_loss=rank_loss, sft_loss=nll)
+
+
+def _pro_dynamic_rank_loss(ranked: Tensor, rewards: Tensor, valid: Tensor) -> Tensor:
+    """PRO's ranking loss with reward-gap temperatures, for scores and rewards sorted by reward.
+
+    Step k scores ``avg_i * (r_k - r_i)`` for i > k and ``avg_k * max_i (r_k - r_i)``; its loss is
+    the log-sum-exp of those minus the top one's. Returns the sum over steps ``[B]``.
+    """
+    n = ranked.shape[-1]
+    later = torch.ones(n, n, dtype=torch.bool, device=ranked.device).triu(1) & valid[:, None, :]  # [B, k, i]
+    gap = (rewards[:, :, None] - rewards[:, None, :]).masked_fill(~later, 0.0)
+    top = gap.max(-1).values  # [B, k]; 0 when no later valid response
+    scores = (ranked[:, None, :] * gap).masked_fill(~later, -math.inf)
+    top_score = ranked * top
+    step = torch.logsumexp(torch.cat([top_score[..., None], scores], dim=-1), dim=-1) - top_score
+    has_later = later.any(-1) & valid
+    return torch.where(has_later, step, 0.0).sum(-1)
 
 
 def _descending_ranks(score: Tensor) -> Tensor:
