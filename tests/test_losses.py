@@ -192,6 +192,21 @@ def test_mrpo_with_three_references_averages_over_extra_references():
     assert torch.allclose(loss_of("mrpo", three), expected, atol=1e-12)
 
 
+@pytest.mark.parametrize(
+    "beta, gamma, alpha, expected",
+    [
+        (2.0, 2.0, 0.0, 0.728286),  # REFA-Dynamic
+        (10.0, 4.0, 0.0, 0.230905),
+        (2.0, 2.0, 1.0, 0.071918),  # W-REFA, additive
+        (2.0, 2.0, 2.0 * 0.01, 0.700996),  # W-REFA, Eq. 22 form with a = 0.01: alpha = beta * a
+    ],
+)
+def test_refa_toy(beta, gamma, alpha, expected):
+    loss, metrics = LOSSES["refa"].fn(toy(), beta=beta, gamma=gamma, alpha=alpha)
+    assert close(loss, expected)
+    assert float(metrics["positive_set_size"]) == 2
+
+
 def test_infonca_nca_toy():
     assert close(loss_of("infonca", toy(), beta=0.1, temperature=1.0), 1.178396)
     assert close(loss_of("nca", toy(), beta=0.1, temperature=1.0), 1.281939)
@@ -369,11 +384,12 @@ def test_table_flags_follow_the_contract():
     assert {name for name, spec in LOSSES.items() if spec.pairwise} == PAIRWISE
     assert {name: spec.refs for name, spec in LOSSES.items() if spec.refs != 1} == {
         "ampo": 0,
+        "refa": 0,
         "simpo": 0,
         "pro": 0,
         "mrpo": 2,
     }
-    assert {n for n, s in LOSSES.items() if s.length_normalized} == {"ampo", "simpo", "pro"}
+    assert {n for n, s in LOSSES.items() if s.length_normalized} == {"ampo", "refa", "simpo", "pro"}
     assert all(spec.description for spec in LOSSES.values())
 
 

@@ -197,6 +197,28 @@ def ampo_loss(
     return loss, _metrics(g, _list_diff(policy))
 
 
+def refa_loss(
+    batch: GroupBatch, beta: float = 10.0, gamma: float = 4.0, alpha: float = 0.0
+) -> tuple[Tensor, Metrics]:
+    """REFA-Dynamic, spec 1.3(b) (REFA Eq. 6), with W-REFA's additive reward term.
+
+    ``s = beta*avg + alpha*(r - rbar)``; ``L = -log( sum_{Y+} e^s / (sum_{Y+} e^s + gamma *
+    sum_{Y-} e^s) )`` with ``Y+ = {r > rbar}`` over the valid responses (slot 0 always in Y+) and
+    ``Y-`` the other valid ones. Reference-free. REFA's appendix form ``beta*(avg + a*(r - rbar))``
+    is ``alpha = beta * a``.
+    """
+    _positive("gamma", gamma)
+    g = _prepare(batch, "refa")
+    policy = beta * g.avg
+    centered = g.rewards - _masked_mean(g.rewards, g.mask)[:, None]
+    s = policy + alpha * centered
+    pos = g.mask & (centered > 0)
+    pos[:, 0] = True
+    weighted = torch.where(pos, s, s + math.log(gamma))
+    loss = _masked_lse(weighted, g.mask) - _masked_lse(s, pos)
+    return loss, _metrics(g, _list_diff(policy), positive_set_size=pos.sum(-1))
+
+
 def swepo_loss(
     batch: GroupBatch, beta: float = 0.1, alpha: float = 1.0, dev_fn: str = "signed"
 ) -> tuple[Tensor, Metrics]:
@@ -505,6 +527,10 @@ LOSSES: dict[str, LossSpec] = {
     "ampo": _spec(
         ampo_loss, refs=0, rewards=True, normalized=True, pairwise=False,
         doc="AMPO (REFA-1vsK): positive vs gamma-weighted negatives, length-normalised, ref-free",
+    ),
+    "refa": _spec(
+        refa_loss, refs=0, rewards=True, normalized=True, pairwise=False,
+        doc="REFA-Dynamic: above-mean responses vs gamma-weighted below-mean ones, length-normalised, ref-free",
     ),
     "swepo": _spec(
         swepo_loss, refs=1, rewards=True, normalized=False, pairwise=False,
