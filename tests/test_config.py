@@ -41,6 +41,7 @@ def test_parse_overrides():
     (["train.loss=ipo", "train.hparams.per_token=3"], "'train.hparams.per_token': expected bool, got 3"),
     (["train.hparams.beta=big"], "'train.hparams.beta': expected a number, got 'big'"),
     (["train.loss=swepo", "train.hparams.dev_fn=true"], "'train.hparams.dev_fn': expected str, got True"),
+    (["train.hparams.eos_reg=budget"], "'train.hparams.eos_reg': must be one of none, targeted, independent"),
     (["generate.backend=tgi"], "config 'generate.backend'"),
 ])
 def test_bad_config_fails_with_one_line(overrides, fragment):

@@ -152,3 +152,16 @@ def test_lora_wrapped_model_matches_naive(tiny_model):
     for n, p in model.named_parameters():
         if p.requires_grad:
             torch.testing.assert_close(lora[n], p.grad, atol=1e-5, rtol=1e-4)
+
+
+def test_eos_logprobs_match_naive_at_the_end_of_each_response(tiny_model, tiny_tokenizer):
+    """Finished: the final EOS token's log-prob; cut off: P(EOS) after the last token; empty: after
+    the prompt."""
+    eos = tiny_tokenizer.eos_token_id
+    prompts, responses = [[3, 4, 5], [6, 7], [8, 9, 10]], [[12, 13, eos], [14, 15], []]
+    with torch.no_grad():
+        _, _, got = sequence_logprobs(tiny_model, *build_rows(prompts, responses, pad_id=1), eos_id=eos)
+        for i, (p, r) in enumerate(zip(prompts, responses)):
+            logits = tiny_model(input_ids=torch.tensor([p + r])).logits[0].float().log_softmax(-1)
+            content = r[:-1] if r and r[-1] == eos else r
+            assert got[i].item() == pytest.approx(logits[len(p) + len(content) - 1, eos].item(), abs=1e-5)

@@ -75,7 +75,8 @@ def test_ampo_toy(beta, gamma, expected):
 
 
 def test_ampo_defaults_are_the_recommended_ones():
-    assert LOSSES["ampo"].defaults == {"beta": 10.0, "gamma": 3.0, "alpha": 0.0}
+    assert LOSSES["ampo"].defaults == {"beta": 10.0, "gamma": 3.0, "alpha": 0.0, "eos_reg": "none",
+                                       "eos_lambda": 1e-5}
     assert close(loss_of("ampo", toy()), 0.862935)
 
 
@@ -205,6 +206,27 @@ def test_refa_toy(beta, gamma, alpha, expected):
     loss, metrics = LOSSES["refa"].fn(toy(), beta=beta, gamma=gamma, alpha=alpha)
     assert close(loss, expected)
     assert float(metrics["positive_set_size"]) == 2
+
+
+P_EOS = [0.9, 0.7, 0.95, 0.6]
+
+
+@pytest.mark.parametrize("name", ["ampo", "refa"])
+@pytest.mark.parametrize("kind, expected", [("targeted", 5.42e-4), ("independent", 1.0242e-5)])
+def test_eos_regularizer_toy(name, kind, expected):
+    batch = toy()
+    with_eos = GroupBatch(**{**batch.__dict__, "eos_logps": t([[math.log(p) for p in P_EOS]])})
+    plain, _ = LOSSES[name].fn(batch)
+    regularized, metrics = LOSSES[name].fn(with_eos, eos_reg=kind, eos_lambda=1e-5)
+    assert close(regularized - plain, expected, tol=1e-8)
+    assert close(metrics["eos_reg"], expected, tol=1e-8)
+
+
+def test_eos_regularizer_needs_eos_logps_and_a_known_kind():
+    with pytest.raises(ValueError, match="needs eos_logps"):
+        LOSSES["ampo"].fn(toy(), eos_reg="targeted")
+    with pytest.raises(ValueError, match="eos_reg must be one of none, targeted, independent"):
+        LOSSES["refa"].fn(toy(), eos_reg="budget")
 
 
 def test_infonca_nca_toy():
@@ -402,7 +424,7 @@ def test_compute_merges_defaults_and_averages_over_prompts():
 
 
 def test_unknown_hyperparameter_is_refused_with_the_allowed_names():
-    with pytest.raises(ValueError, match=r"'bta'.*'ampo'.*allowed: alpha, beta, gamma"):
+    with pytest.raises(ValueError, match=r"'bta'.*'ampo'.*allowed: alpha, beta, eos_lambda, eos_reg, gamma"):
         compute("ampo", toy(), bta=1.0)
     with pytest.raises(ValueError, match="'tau'"):
         resolve_hparams("ipo", {"tau": 0.1})

@@ -72,6 +72,18 @@ def test_values_and_gradients_match_plain_rows(tiny_tokenizer, attention, chunk_
         torch.testing.assert_close(shared[name], p.grad, atol=1e-5, rtol=1e-4, msg=name)
 
 
+def test_eos_logprobs_match_plain_rows(tiny_tokenizer):
+    model = make_tiny_model(tiny_tokenizer)
+    eos = tiny_tokenizer.eos_token_id
+    groups = [[r + [eos] if k == 0 else r for k, r in enumerate(rs)] for rs in GROUPS]  # some finished
+    rows = build_shared_prefix_rows(PROMPTS, groups, 1)
+    _, _, got = shared_prefix_logprobs(model, *rows, K, eos_id=eos)
+    flat = [(i, k, p, r) for i, (p, rs) in enumerate(zip(PROMPTS, groups)) for k, r in enumerate(rs)]
+    _, _, want = sequence_logprobs(model, *build_rows([f[2] for f in flat], [f[3] for f in flat], 1), eos_id=eos)
+    for (i, k, _, _), value in zip(flat, want):
+        torch.testing.assert_close(got[i, k], value, atol=1e-5, rtol=1e-5)
+
+
 def test_a_group_does_not_see_its_neighbours(tiny_tokenizer):
     """Changing one response changes no other response's log-prob (the block mask holds)."""
     model = make_tiny_model(tiny_tokenizer)

@@ -57,7 +57,7 @@ def test_curriculum_orders_easy_first():
     assert list(GroupDataset(gs)) == gs
 
 
-def run_trainer(tmp_path, model, tok, loss, lora=False, steps_data=4, lr=0.05, extra=()):
+def run_trainer(tmp_path, model, tok, loss, lora=False, steps_data=4, lr=0.05, extra=(), shared_prefix=False):
     extra = [*extra, *(["train.extra_references=[unused-in-this-test]"] if LOSSES[loss].refs > 1 else [])]
     c = load_config(overrides=[f"train.loss={loss}", f"train.learning_rate={lr}", "train.epochs=1",
                                "train.prompts_per_step=2", "train.warmup_ratio=0", "train.lr_scheduler=constant",
@@ -75,8 +75,8 @@ def run_trainer(tmp_path, model, tok, loss, lora=False, steps_data=4, lr=0.05, e
     model.train()
     trainer = GroupTrainer(model=model, args=training_args(c, tmp_path, progress=False),
                            train_dataset=GroupDataset(build_groups(tok, records, refs)),
-                           data_collator=GroupCollator(tok.pad_token_id), loss_name=loss,
-                           loss_hparams=c.train.hparams)
+                           data_collator=GroupCollator(tok.pad_token_id, shared_prefix=shared_prefix),
+                           loss_name=loss, loss_hparams=c.train.hparams, eos_id=tok.eos_token_id)
     trainer.train()
     return trainer, model
 
@@ -118,6 +118,30 @@ def test_lora_trains_only_adapters(tmp_path, checkpointing):
         if "lora_" not in n:
             ref = dict(base.named_parameters())[n.replace("base_layer.", "")]
             assert torch.equal(p.detach(), ref.detach()), n
+
+
+@pytest.mark.parametrize("shared_prefix", [False, True])
+def test_eos_regularizer_trains_in_both_layouts(tmp_path, shared_prefix):
+    tok = make_tiny_tokenizer()
+    model = make_tiny_model(tok)
+    groups = build_groups(tok, pool_records())
+    collate = GroupCollator(tok.pad_token_id, shared_prefix=shared_prefix)
+    logps, lengths, eos = group_logps(model, collate(groups), chunk_size=7, eos_id=tok.eos_token_id)
+    assert eos.shape == logps.shape and (eos[0] < 0).all() and (eos[1, :2] < 0).all()  # [1, 2:] are empty slots
+    trainer, _ = run_trainer(tmp_path, model, tok, "ampo", extra=["train.hparams.eos_reg=targeted",
+                                                                  "train.hparams.eos_lambda=0.01"],
+                             shared_prefix=shared_prefix)
+    logs = [h for h in trainer.state.log_history if "loss" in h]
+    assert logs and all(h["eos_reg"] >= 0 for h in logs) and any(h["eos_reg"] > 0 for h in logs)
+
+
+def test_eos_regularizer_needs_the_eos_id(tmp_path):
+    tok = make_tiny_tokenizer()
+    c = load_config(overrides=["train.hparams.eos_reg=independent"])
+    with pytest.raises(ValueError, match="needs the tokenizer's eos_id"):
+        GroupTrainer(model=make_tiny_model(tok), args=training_args(c, tmp_path, progress=False),
+                     train_dataset=GroupDataset([]), data_collator=GroupCollator(tok.pad_token_id),
+                     loss_name="ampo", loss_hparams=c.train.hparams)
 
 
 def test_resume_skips_incomplete_checkpoints(tmp_path):

@@ -230,7 +230,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] = (), base:
 
 def validate(c: RunConfig) -> None:
     """Refuse incompatible options, each with one line naming it."""
-    from .losses import LOSSES
+    from .losses import HPARAM_CHOICES, LOSSES
     from .selection import SELECTORS
 
     if c.rounds < 1:
@@ -262,6 +262,9 @@ def validate(c: RunConfig) -> None:
         default = spec.defaults[name]
         if isinstance(default, (bool, str)) and type(value) is not type(default):
             raise ConfigError(f"config 'train.hparams.{name}': expected {type(default).__name__}, got {value!r}")
+        if name in HPARAM_CHOICES and value not in HPARAM_CHOICES[name]:
+            raise ConfigError(f"config 'train.hparams.{name}': must be one of {', '.join(HPARAM_CHOICES[name])}, "
+                              f"got {value!r}")
         if isinstance(default, (int, float)) and not isinstance(default, bool) and (
                 isinstance(value, (bool, str)) or not isinstance(value, (int, float))):
             raise ConfigError(f"config 'train.hparams.{name}': expected a number, got {value!r}")

@@ -68,9 +68,11 @@ def sequence_logprobs(
     attention_mask: torch.Tensor,
     completion_mask: torch.Tensor,
     chunk_size: int = 1024,
-) -> tuple[torch.Tensor, torch.Tensor]:
+    eos_id: int | None = None,
+) -> tuple[torch.Tensor, ...]:
     """Summed log-prob of the completion tokens of each row (`[rows]`, fp32, differentiable) and
-    the number of completion tokens per row (`[rows]`, long).
+    the number of completion tokens per row (`[rows]`, long); with `eos_id`, a third tensor: each
+    row's EOS log-prob where its response ends (`_eos_logprobs`).
 
     Equals the naive `log_softmax(model(...).logits)` gathered at the completion tokens and summed,
     without building the full logits: the head runs on `chunk_size` completion positions at a time.
@@ -82,7 +84,12 @@ def sequence_logprobs(
     position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
     rows, cols = completion_mask.nonzero(as_tuple=True)
     hidden = _final_hidden_states(model, input_ids, attention_mask, position_ids)
-    return _summed_logprobs(model, hidden, input_ids, rows, cols - 1, cols, rows, len(input_ids), chunk_size)
+    index = (rows, cols - 1, cols, rows)
+    sums, counts = _summed_logprobs(model, hidden, input_ids, *index, len(input_ids), chunk_size)
+    if eos_id is None:
+        return sums, counts
+    prompt_end = (torch.arange(len(input_ids), device=rows.device), attention_mask.sum(-1) - 1 - counts)
+    return sums, counts, _eos_logprobs(model, hidden, input_ids, *index, prompt_end, eos_id)
 
 
 def build_shared_prefix_rows(
@@ -126,9 +133,11 @@ def shared_prefix_logprobs(
     segment_ids: torch.Tensor,
     group_size: int,
     chunk_size: int = 1024,
-) -> tuple[torch.Tensor, torch.Tensor]:
+    eos_id: int | None = None,
+) -> tuple[torch.Tensor, ...]:
     """`sequence_logprobs` for rows from `build_shared_prefix_rows`: summed completion log-probs
-    and token counts as `[rows, group_size]` grids (response k of row i at `[i, k - 1]`).
+    and token counts (and with `eos_id`, EOS log-probs) as `[rows, group_size]` grids (response k
+    of row i at `[i, k - 1]`).
 
     The first token of each response is predicted from the prompt's last state; the others from
     the token before them. Needs `sdpa` or `eager` attention (a custom 4-D mask).
@@ -149,10 +158,13 @@ def shared_prefix_logprobs(
     owners = rows * group_size + segment_ids[rows, cols] - 1
     mask = _shared_prefix_mask(segment_ids, implementation, next(base.parameters()).dtype)
     hidden = _final_hidden_states(model, input_ids, mask, position_ids)
-    sums, counts = _summed_logprobs(
-        model, hidden, input_ids, rows, sources, cols, owners, len(input_ids) * group_size, chunk_size
-    )
-    return sums.view(-1, group_size), counts.view(-1, group_size)
+    index = (rows, sources, cols, owners)
+    sums, counts = _summed_logprobs(model, hidden, input_ids, *index, len(input_ids) * group_size, chunk_size)
+    if eos_id is None:
+        return sums.view(-1, group_size), counts.view(-1, group_size)
+    owner_rows = torch.arange(len(input_ids) * group_size, device=rows.device) // group_size
+    eos = _eos_logprobs(model, hidden, input_ids, *index, (owner_rows, prompt_end[owner_rows]), eos_id)
+    return sums.view(-1, group_size), counts.view(-1, group_size), eos.view(-1, group_size)
 
 
 def _check_supported(model: PreTrainedModel, chunk_size: int) -> PreTrainedModel:
@@ -214,6 +226,36 @@ def _summed_logprobs(
     counts = torch.zeros(n_sequences, dtype=torch.long, device=input_ids.device)
     counts = counts.index_add(0, owners, torch.ones_like(owners))
     return sums, counts
+
+
+def _eos_logprobs(
+    model: PreTrainedModel,
+    hidden: torch.Tensor,
+    input_ids: torch.Tensor,
+    rows: torch.Tensor,
+    sources: torch.Tensor,
+    targets: torch.Tensor,
+    owners: torch.Tensor,
+    prompt_end: tuple[torch.Tensor, torch.Tensor],
+    eos_id: int,
+) -> torch.Tensor:
+    """log P(EOS) at the state right after each sequence's content (REFA's `P_EOS(y)`).
+
+    For a response that ends with EOS this is the log-prob of that EOS token; for one cut off
+    without it, the probability that it would have ended after its last token; for an empty one,
+    after the prompt (`prompt_end` = the (row, column) of each sequence's last prompt token).
+    Token entries must be grouped by owner, in order (as `nonzero` gives them).
+    """
+    end_rows, end_cols = (t.clone() for t in prompt_end)
+    if len(owners):
+        last = torch.ones_like(owners, dtype=torch.bool)
+        last[:-1] = owners[1:] != owners[:-1]
+        ends_with_eos = input_ids[rows, targets] == eos_id
+        cols = torch.where(ends_with_eos, sources, targets)
+        end_rows[owners[last]] = rows[last]
+        end_cols[owners[last]] = cols[last]
+    head = getattr(model, "module", model).get_output_embeddings()
+    return _token_logprobs(head, hidden[end_rows, end_cols], torch.full_like(end_rows, eos_id))
 
 
 def _final_hidden_states(

@@ -25,6 +25,8 @@ from torch import Tensor
 Metrics = dict[str, Tensor]
 
 SWEPO_DEVIATIONS = ("signed", "abs", "square")
+EOS_REGULARIZERS = ("none", "targeted", "independent")
+HPARAM_CHOICES = {"dev_fn": SWEPO_DEVIATIONS, "eos_reg": EOS_REGULARIZERS}  # string hyperparameters
 
 
 @dataclass
@@ -36,6 +38,7 @@ class GroupBatch:
     rewards: Tensor  # [B, K]
     mask: Tensor  # [B, K] bool, False marks an empty slot in a ragged group
     ref_logps: Tensor | None = None  # [R, B, K] summed log-probs under R reference models
+    eos_logps: Tensor | None = None  # [B, K] log P(EOS) where each response ends (REFA's regulariser)
 
 
 @dataclass(frozen=True)
@@ -61,6 +64,7 @@ class _Group:
     mask: Tensor
     neg: Tensor  # mask without slot 0: the valid negatives
     refs: Tensor | None
+    eos: Tensor | None = None  # log P_EOS per response, 0 in masked slots
 
     @property
     def avg(self) -> Tensor:
@@ -116,7 +120,11 @@ def _prepare(batch: GroupBatch, name: str, refs: int = 0) -> _Group:
     ref = None
     if refs:
         ref = torch.where(mask, batch.ref_logps.to(dtype), 0.0).detach()
+    eos = None
+    if batch.eos_logps is not None:
+        eos = torch.where(mask, batch.eos_logps.to(dtype), 0.0)
     return _Group(
+        eos=eos,
         logps=torch.where(mask, batch.logps.to(dtype), 0.0),
         lengths=torch.where(mask, batch.lengths.to(dtype), 1.0).clamp_min(1.0),
         rewards=torch.where(mask, batch.rewards.to(dtype), 0.0).detach(),
@@ -178,14 +186,35 @@ def _list_diff(score: Tensor) -> Tensor:
 # Group (list) objectives
 
 
+def eos_regularizer(g: _Group, kind: str, lam: float, name: str) -> Tensor:
+    """REFA's EOS regulariser per prompt ``[B]``, summed over the group's valid responses.
+
+    ``targeted`` (Eq. 7): ``lam * sum P_EOS(y) * max(0, T - |y|)`` with ``T`` the group's longest
+    response, penalising early ends; ``independent`` (Eq. 9): ``-lam * sum log P_EOS(y)``.
+    """
+    if kind not in EOS_REGULARIZERS:
+        raise ValueError(f"eos_reg must be one of {', '.join(EOS_REGULARIZERS)}, got {kind!r}")
+    if kind == "none":
+        return torch.zeros_like(g.logps[:, 0])
+    if g.eos is None:
+        raise ValueError(f"loss {name!r}: eos_reg={kind!r} needs eos_logps in the batch")
+    if kind == "targeted":
+        longest = g.lengths.masked_fill(~g.mask, 0.0).max(-1, keepdim=True).values
+        shortfall = (longest - g.lengths).clamp_min(0.0)
+        return lam * torch.where(g.mask, g.eos.exp() * shortfall, 0.0).sum(-1)
+    return -lam * torch.where(g.mask, g.eos, 0.0).sum(-1)
+
+
 def ampo_loss(
-    batch: GroupBatch, beta: float = 10.0, gamma: float = 3.0, alpha: float = 0.0
+    batch: GroupBatch, beta: float = 10.0, gamma: float = 3.0, alpha: float = 0.0,
+    eos_reg: str = "none", eos_lambda: float = 1e-5,
 ) -> tuple[Tensor, Metrics]:
     """AMPO, the recommended implementation of spec 1.3(c) (REFA-1vsK on the selected group).
 
     ``s = beta*avg + alpha*(r - mean_valid(r))``;
     ``L = -log( e^{s+} / (e^{s+} + gamma * sum_neg e^{s}) )``. Reference-free. The mean for the
-    alpha term runs over every valid response of the group, the positive included.
+    alpha term runs over every valid response of the group, the positive included. ``eos_reg``
+    adds REFA's EOS regulariser (`eos_regularizer`) with weight ``eos_lambda``.
     """
     _positive("gamma", gamma)
     g = _prepare(batch, "ampo")
@@ -193,19 +222,22 @@ def ampo_loss(
     rbar = _masked_mean(g.rewards, g.mask)[:, None]
     s = policy + alpha * (g.rewards - rbar)
     weighted = torch.where(g.neg, s + math.log(gamma), s)
-    loss = _masked_lse(weighted, g.mask) - s[:, 0]
-    return loss, _metrics(g, _list_diff(policy))
+    regularizer = eos_regularizer(g, eos_reg, eos_lambda, "ampo")
+    loss = _masked_lse(weighted, g.mask) - s[:, 0] + regularizer
+    extra = {"eos_reg": regularizer} if eos_reg != "none" else {}
+    return loss, _metrics(g, _list_diff(policy), **extra)
 
 
 def refa_loss(
-    batch: GroupBatch, beta: float = 10.0, gamma: float = 4.0, alpha: float = 0.0
+    batch: GroupBatch, beta: float = 10.0, gamma: float = 4.0, alpha: float = 0.0,
+    eos_reg: str = "none", eos_lambda: float = 1e-5,
 ) -> tuple[Tensor, Metrics]:
     """REFA-Dynamic, spec 1.3(b) (REFA Eq. 6), with W-REFA's additive reward term.
 
     ``s = beta*avg + alpha*(r - rbar)``; ``L = -log( sum_{Y+} e^s / (sum_{Y+} e^s + gamma *
     sum_{Y-} e^s) )`` with ``Y+ = {r > rbar}`` over the valid responses (slot 0 always in Y+) and
     ``Y-`` the other valid ones. Reference-free. REFA's appendix form ``beta*(avg + a*(r - rbar))``
-    is ``alpha = beta * a``.
+    is ``alpha = beta * a``. ``eos_reg`` adds REFA's EOS regulariser (`eos_regularizer`).
     """
     _positive("gamma", gamma)
     g = _prepare(batch, "refa")
@@ -215,8 +247,10 @@ def refa_loss(
     pos = g.mask & (centered > 0)
     pos[:, 0] = True
     weighted = torch.where(pos, s, s + math.log(gamma))
-    loss = _masked_lse(weighted, g.mask) - _masked_lse(s, pos)
-    return loss, _metrics(g, _list_diff(policy), positive_set_size=pos.sum(-1))
+    regularizer = eos_regularizer(g, eos_reg, eos_lambda, "refa")
+    loss = _masked_lse(weighted, g.mask) - _masked_lse(s, pos) + regularizer
+    extra = {"eos_reg": regularizer} if eos_reg != "none" else {}
+    return loss, _metrics(g, _list_diff(policy), positive_set_size=pos.sum(-1), **extra)
 
 
 def swepo_loss(

@@ -98,37 +98,44 @@ class GroupCollator:
         return batch
 
 
-def group_logps(model, inputs: dict[str, torch.Tensor], chunk_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Policy log-probs and lengths scattered into the `[B, K]` grid (empty slots 0)."""
+def group_logps(
+    model, inputs: dict[str, torch.Tensor], chunk_size: int, eos_id: int | None = None
+) -> tuple[torch.Tensor, ...]:
+    """Policy log-probs and lengths in the `[B, K]` grid (empty slots 0); with `eos_id`, also each
+    response's EOS log-prob where it ends (for REFA's EOS regulariser)."""
     B, K = inputs["mask"].shape
     if "segment_ids" in inputs:
-        logps, lengths = shared_prefix_logprobs(
-            model, inputs["input_ids"], inputs["position_ids"], inputs["segment_ids"], K, chunk_size=chunk_size
-        )
-        return logps, lengths.to(logps.dtype)
-    logps, lengths = sequence_logprobs(
-        model, inputs["input_ids"], inputs["attention_mask"], inputs["completion_mask"], chunk_size=chunk_size
-    )
-    slot = inputs["row_slot"]
-    grid = torch.zeros(B * K, dtype=logps.dtype, device=logps.device).index_put((slot,), logps)
-    len_grid = torch.zeros(B * K, dtype=logps.dtype, device=logps.device).index_put((slot,), lengths.to(logps.dtype))
-    return grid.view(B, K), len_grid.view(B, K)
+        grids = shared_prefix_logprobs(model, inputs["input_ids"], inputs["position_ids"], inputs["segment_ids"],
+                                       K, chunk_size=chunk_size, eos_id=eos_id)
+    else:
+        values = sequence_logprobs(model, inputs["input_ids"], inputs["attention_mask"], inputs["completion_mask"],
+                                   chunk_size=chunk_size, eos_id=eos_id)
+        slot = inputs["row_slot"]
+        grids = tuple(torch.zeros(B * K, dtype=v.dtype, device=v.device).index_put((slot,), v).view(B, K)
+                      for v in values)
+    logps, lengths, *eos = grids
+    return (logps, lengths.to(logps.dtype), *eos)
 
 
 class GroupTrainer(Trainer):
     """`transformers.Trainer` whose loss is `LOSSES[loss_name]` over each batch of groups."""
 
-    def __init__(self, *args, loss_name: str, loss_hparams: dict | None = None, logprob_chunk: int = 1024, **kwargs):
+    def __init__(self, *args, loss_name: str, loss_hparams: dict | None = None, logprob_chunk: int = 1024,
+                 eos_id: int | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.loss_name = loss_name
         self.loss_hparams = dict(loss_hparams or {})
         self.logprob_chunk = logprob_chunk
+        self.needs_eos = self.loss_hparams.get("eos_reg", "none") != "none"
+        if self.needs_eos and eos_id is None:
+            raise ValueError(f"eos_reg={self.loss_hparams['eos_reg']!r} needs the tokenizer's eos_id")
+        self.eos_id = eos_id
         self._metrics: dict[str, list[float]] = defaultdict(list)
         self._tokens = 0
         self._t0 = time.perf_counter()
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        logps, lengths = group_logps(model, inputs, self.logprob_chunk)
+        logps, lengths, *eos = group_logps(model, inputs, self.logprob_chunk, self.eos_id if self.needs_eos else None)
         mask = inputs["mask"].to(logps.device)
         ref = inputs.get("ref_logps")
         batch = GroupBatch(
@@ -137,6 +144,7 @@ class GroupTrainer(Trainer):
             rewards=inputs["rewards"].to(logps.device, logps.dtype),
             mask=mask,
             ref_logps=None if ref is None else ref.to(logps.device, logps.dtype),
+            eos_logps=eos[0] if eos else None,
         )
         loss, metrics = compute(self.loss_name, batch, **self.loss_hparams)
         self._record(batch, metrics, int(lengths.sum()))
@@ -275,6 +283,7 @@ def train_round(c, model, tokenizer, pool, ref_rows, work_dir: Path, key: str, o
         loss_name=c.train.loss,
         loss_hparams=c.train.hparams,
         logprob_chunk=c.train.logprob_chunk,
+        eos_id=tokenizer.eos_token_id,
     )
     resume = last_complete_checkpoint(work_dir)
     trainer.train(resume_from_checkpoint=str(resume) if resume else None)
