@@ -108,23 +108,33 @@ def write_table(out: Path, results: dict[str, list[dict]], seeds: list[int], com
         v = np.asarray(values, dtype=float)
         return f"{v.mean():+.4f} ± {v.std(ddof=1):.4f}" if len(v) > 1 else f"{v.mean():+.4f} (one seed)"
 
+    def gains(arm):
+        return np.array([r["mean_reward"] - r["baseline_mean_reward"] for r in results[arm]])
+
+    def paired(arm, baseline):
+        d = gains(arm) - gains(baseline)
+        return f"{d.mean():+.3f} ({', '.join(f'{x:+.3f}' for x in d)})"
+
     lines = [f"Seeds {seeds}; settings: demo recipe + `{' '.join(common)}`.", "",
-             "| arm | held-out reward gain (mean ± sd over seeds) | win rate vs initial | mean length | distinct-2 | embedding diversity |",
-             "|---|---|---|---|---|---|"]
+             "| arm | held-out reward gain (mean ± sd over seeds) | gain − SimPO b-v-w, per seed | "
+             "gain − DPO b-v-w, per seed | win rate vs initial | mean length | distinct-2 | embedding diversity |",
+             "|---|---|---|---|---|---|---|---|"]
     for arm, rs in results.items():
-        gain = [r["mean_reward"] - r["baseline_mean_reward"] for r in rs]
         wr = [r["win_rate"] for r in rs]
-        lines.append(f"| {arm} | {ms(gain)} | {np.mean(wr):.3f} (CIs: "
+        lines.append(f"| {arm} | {ms(gains(arm))} | {paired(arm, 'simpo best-vs-worst')} | "
+                     f"{paired(arm, 'dpo best-vs-worst')} | {np.mean(wr):.3f} (CIs: "
                      + ", ".join(f"[{r['win_rate_ci'][0]:.2f}, {r['win_rate_ci'][1]:.2f}]" for r in rs)
                      + f") | {np.mean([r['mean_length'] for r in rs]):.1f} | {np.mean([r['distinct_2'] for r in rs]):.3f} | "
                      + f"{np.mean([r['embedding_diversity'] or 0 for r in rs]):.3f} |")
     (out / "alignment.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     fig, ax = plt.subplots(figsize=(7, 3.2))
-    for i, (arm, rs) in enumerate(results.items()):
-        gains = [r["mean_reward"] - r["baseline_mean_reward"] for r in rs]
-        ax.scatter([i] * len(gains), gains, color="C0")
-        ax.errorbar(i, np.mean(gains), yerr=np.std(gains), fmt="_", color="k", capsize=6)
+    for i, arm in enumerate(results):
+        g = gains(arm)
+        for seed, value in zip(seeds, g):
+            ax.scatter(i, value, color=f"C{seed % 10}", label=f"seed {seed}" if i == 0 else None)
+        ax.errorbar(i, g.mean(), yerr=g.std(), fmt="_", color="k", capsize=6)
+    ax.legend(fontsize=7)
     ax.axhline(0, color="grey", lw=0.8, ls="--")
     ax.set_xticks(range(len(results)), list(results), rotation=25, ha="right", fontsize=8)
     ax.set_ylabel("held-out reward gain")
