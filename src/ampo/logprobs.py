@@ -13,6 +13,8 @@ continues the prompt's positions, so the prompt is forwarded once per group inst
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 import torch
 from torch.utils.checkpoint import checkpoint
@@ -84,12 +86,12 @@ def sequence_logprobs(
     position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
     rows, cols = completion_mask.nonzero(as_tuple=True)
     hidden = _final_hidden_states(model, input_ids, attention_mask, position_ids)
-    index = (rows, cols - 1, cols, rows)
-    sums, counts = _summed_logprobs(model, hidden, input_ids, *index, len(input_ids), chunk_size)
+    index = TokenIndex(rows, cols - 1, cols, rows)
+    sums, counts = _summed_logprobs(model, hidden, input_ids, index, len(input_ids), chunk_size)
     if eos_id is None:
         return sums, counts
     prompt_end = (torch.arange(len(input_ids), device=rows.device), attention_mask.sum(-1) - 1 - counts)
-    return sums, counts, _eos_logprobs(model, hidden, input_ids, *index, prompt_end, eos_id)
+    return sums, counts, _eos_logprobs(model, hidden, input_ids, index, prompt_end, eos_id)
 
 
 def build_shared_prefix_rows(
@@ -158,12 +160,12 @@ def shared_prefix_logprobs(
     owners = rows * group_size + segment_ids[rows, cols] - 1
     mask = _shared_prefix_mask(segment_ids, implementation, next(base.parameters()).dtype)
     hidden = _final_hidden_states(model, input_ids, mask, position_ids)
-    index = (rows, sources, cols, owners)
-    sums, counts = _summed_logprobs(model, hidden, input_ids, *index, len(input_ids) * group_size, chunk_size)
+    index = TokenIndex(rows, sources, cols, owners)
+    sums, counts = _summed_logprobs(model, hidden, input_ids, index, len(input_ids) * group_size, chunk_size)
     if eos_id is None:
         return sums.view(-1, group_size), counts.view(-1, group_size)
     owner_rows = torch.arange(len(input_ids) * group_size, device=rows.device) // group_size
-    eos = _eos_logprobs(model, hidden, input_ids, *index, (owner_rows, prompt_end[owner_rows]), eos_id)
+    eos = _eos_logprobs(model, hidden, input_ids, index, (owner_rows, prompt_end[owner_rows]), eos_id)
     return sums.view(-1, group_size), counts.view(-1, group_size), eos.view(-1, group_size)
 
 
@@ -192,22 +194,29 @@ def _shared_prefix_mask(segment_ids: torch.Tensor, implementation: str, dtype: t
     )[:, None]
 
 
+class TokenIndex(NamedTuple):
+    """The scored tokens of a batch, one entry each, grouped by sequence in order: token
+    `input_ids[rows, targets]` is predicted by the state `hidden[rows, sources]` and belongs to
+    sequence `owners`."""
+
+    rows: torch.Tensor
+    sources: torch.Tensor
+    targets: torch.Tensor
+    owners: torch.Tensor
+
+
 def _summed_logprobs(
     model: PreTrainedModel,
     hidden: torch.Tensor,
     input_ids: torch.Tensor,
-    rows: torch.Tensor,
-    sources: torch.Tensor,
-    targets: torch.Tensor,
-    owners: torch.Tensor,
+    index: TokenIndex,
     n_sequences: int,
     chunk_size: int,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sum the log-prob of token `input_ids[rows, targets]`, predicted by state `hidden[rows,
-    sources]`, into sequence `owners`; returns fp32 sums and token counts `[n_sequences]`.
-
-    The head runs on `chunk_size` states at a time, checkpointed when gradients are on.
-    """
+    """Sum each indexed token's log-prob into its sequence; returns fp32 sums and token counts
+    `[n_sequences]`. The head runs on `chunk_size` states at a time, checkpointed when gradients
+    are on."""
+    rows, sources, targets, owners = index
     base = getattr(model, "module", model)
     states = hidden[rows, sources]
     token_ids = input_ids[rows, targets]
@@ -232,10 +241,7 @@ def _eos_logprobs(
     model: PreTrainedModel,
     hidden: torch.Tensor,
     input_ids: torch.Tensor,
-    rows: torch.Tensor,
-    sources: torch.Tensor,
-    targets: torch.Tensor,
-    owners: torch.Tensor,
+    index: TokenIndex,
     prompt_end: tuple[torch.Tensor, torch.Tensor],
     eos_id: int,
 ) -> torch.Tensor:
@@ -244,8 +250,8 @@ def _eos_logprobs(
     For a response that ends with EOS this is the log-prob of that EOS token; for one cut off
     without it, the probability that it would have ended after its last token; for an empty one,
     after the prompt (`prompt_end` = the (row, column) of each sequence's last prompt token).
-    Token entries must be grouped by owner, in order (as `nonzero` gives them).
     """
+    rows, sources, targets, owners = index
     end_rows, end_cols = (t.clone() for t in prompt_end)
     if len(owners):
         last = torch.ones_like(owners, dtype=torch.bool)
