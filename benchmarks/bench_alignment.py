@@ -75,14 +75,17 @@ def main() -> None:
     ap.add_argument("--out", default="runs/bench_alignment")
     ap.add_argument("--seeds", type=int, nargs="+", default=None)
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--arms", nargs="+", choices=list(ARMS), default=list(ARMS),
+                    help="run only these arms (the first run of a seed also makes its shared round-0 pool)")
     args = ap.parse_args()
     seeds = args.seeds or ([0] if args.quick else [0, 1, 2])
     out = Path(args.out)
     common = ["rounds=1", *sizes(args.quick)]
-    results: dict[str, list[dict]] = {arm: [] for arm in ARMS}
+    results: dict[str, list[dict]] = {arm: [] for arm in ARMS if arm in args.arms}
     for seed in seeds:
         base = out / f"seed{seed}" / "ampo+optselect"
-        for arm, overrides in sorted(ARMS.items(), key=lambda kv: kv[0] != "ampo+optselect"):
+        for arm in sorted(results, key=lambda name: name != "ampo+optselect"):
+            overrides = ARMS[arm]
             folder = out / f"seed{seed}" / arm.replace(" ", "_")
             r = run_arm(folder, base, [*common, f"seed={seed}", *overrides])
             results[arm].append(r)
@@ -112,6 +115,8 @@ def write_table(out: Path, results: dict[str, list[dict]], seeds: list[int], com
         return np.array([r["mean_reward"] - r["baseline_mean_reward"] for r in results[arm]])
 
     def paired(arm, baseline):
+        if baseline not in results:
+            return "–"
         d = gains(arm) - gains(baseline)
         return f"{d.mean():+.3f} ({', '.join(f'{x:+.3f}' for x in d)})"
 
