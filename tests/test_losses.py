@@ -9,6 +9,7 @@ from ampo.losses import (
     LOSSES,
     GroupBatch,
     compute,
+    mrpo_clipped_reference,
     mrpo_virtual_reference,
     resolve_hparams,
     soft_bt_loss,
@@ -141,7 +142,9 @@ def mrpo_pair() -> GroupBatch:
 
 def test_mrpo_virtual_reference_toy():
     (pw, pl), (ew, el) = t(MRPO_PRIMARY), t(MRPO_EXTRA)
-    ref_w, ref_l, weight = mrpo_virtual_reference(pw, pl, ew, el, eta=0.1, alpha=-1.0)
+    clipped_w, clipped_l, weight = mrpo_clipped_reference(pw, pl, ew, el, eta=0.1, alpha=-1.0)
+    assert close(clipped_w, -43.815075) and close(clipped_l, -55.0)
+    ref_w, ref_l = mrpo_virtual_reference(clipped_w, pw, weight), mrpo_virtual_reference(clipped_l, pl, weight)
     assert close(weight, 0.407407)
     assert close(ref_w, -43.397936)
     assert close(ref_l, -57.171974)

@@ -461,10 +461,11 @@ def _ctro_clip(extra: Tensor, primary: Tensor, eta: Tensor | float) -> Tensor:
     return torch.minimum(torch.maximum(extra, (1 + eta) * primary), (1 - eta) * primary)
 
 
-def _harmonic_reference(extra: Tensor, primary: Tensor, weight: Tensor) -> Tensor:
-    """``log pi~`` with ``1/pi~ = weight/pi_primary + (1-weight)/pi_extra``, via log-sum-exp."""
-    terms = torch.stack([torch.log(weight) + extra, torch.log1p(-weight) + primary])
-    return extra + primary - torch.logsumexp(terms, dim=0)
+def mrpo_virtual_reference(clipped: Tensor, primary: Tensor, weight: Tensor) -> Tensor:
+    """MRPO's virtual reference ``log pi~`` with ``1/pi~ = weight/pi_primary + (1-weight)/pi_clipped``
+    (a weighted harmonic mean, via log-sum-exp); ``clipped`` from `mrpo_clipped_reference`."""
+    terms = torch.stack([torch.log(weight) + clipped, torch.log1p(-weight) + primary])
+    return clipped + primary - torch.logsumexp(terms, dim=0)
 
 
 def mrpo_clipped_reference(
@@ -497,22 +498,6 @@ def mrpo_clipped_reference(
     return _ctro_clip(extra_w, primary_w, eta_w), _ctro_clip(extra_l, primary_l, eta_l), weight
 
 
-def mrpo_virtual_reference(
-    primary_w: Tensor,
-    primary_l: Tensor,
-    extra_w: Tensor,
-    extra_l: Tensor,
-    eta: float = 0.1,
-    alpha: float = -1.0,
-) -> tuple[Tensor, Tensor, Tensor]:
-    """MRPO's virtual reference for pairs (w, l): the weighted harmonic mean of the primary and
-    the clipped extra reference (`mrpo_clipped_reference`). Returns ``(ref_w, ref_l, weight)``."""
-    clipped_w, clipped_l, weight = mrpo_clipped_reference(primary_w, primary_l, extra_w, extra_l, eta, alpha)
-    ref_w = _harmonic_reference(clipped_w, primary_w, weight)
-    ref_l = _harmonic_reference(clipped_l, primary_l, weight)
-    return ref_w, ref_l, weight
-
-
 def mrpo_loss(
     batch: GroupBatch, beta: float = 0.1, eta: float = 0.1, alpha: float = -1.0, naive: bool = False
 ) -> tuple[Tensor, Metrics]:
@@ -528,15 +513,17 @@ def mrpo_loss(
         raise ValueError(f"hyperparameter alpha must be < 0 (adaptive) or in [0, 1], got {alpha}")
     g = _prepare(batch, "mrpo", refs=2)
     primary, extra = g.refs[0], g.refs[1:]  # [B, K], [R-1, B, K]
-    args = (primary[:, :1], primary, extra[:, :, :1], extra)
+    clipped_w, clipped_l, weight = mrpo_clipped_reference(
+        primary[:, :1], primary, extra[:, :, :1], extra, eta=eta, alpha=alpha
+    )
     if naive:
-        clipped_w, clipped_l, weight = mrpo_clipped_reference(*args, eta=eta, alpha=alpha)
         z_extra = beta * ((g.logps[:, :1] - clipped_w) - (g.logps - clipped_l))
         z_primary = beta * ((g.logps[:, :1] - primary[:, :1]) - (g.logps - primary))
         per_pair = -weight * F.logsigmoid(z_extra) - (1 - weight) * F.logsigmoid(z_primary)
         z = weight * z_extra + (1 - weight) * z_primary
     else:
-        ref_w, ref_l, weight = mrpo_virtual_reference(*args, eta=eta, alpha=alpha)
+        ref_w = mrpo_virtual_reference(clipped_w, primary[:, :1], weight)
+        ref_l = mrpo_virtual_reference(clipped_l, primary, weight)
         z = beta * ((g.logps[:, :1] - ref_w) - (g.logps - ref_l))  # [R-1, B, K]
         per_pair = -F.logsigmoid(z)
     loss = _masked_mean(per_pair.mean(0), g.neg)
