@@ -269,7 +269,9 @@ def train_round(c, model, tokenizer, pool, ref_rows, work_dir: Path, key: str, o
 
     if c.model.lora:
         from peft import LoraConfig, get_peft_model
+        from transformers import set_seed
 
+        set_seed(c.seed)  # the adapter's initial weights are random: draw them from the run's seed
         model = get_peft_model(model, LoraConfig(
             r=c.model.lora_r, lora_alpha=c.model.lora_alpha, lora_dropout=c.model.lora_dropout,
             target_modules=list(c.model.lora_targets), task_type="CAUSAL_LM"))
