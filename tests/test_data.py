@@ -1,12 +1,14 @@
 """Pool files: layouts, validation errors that name file/row/field, atomic writes, TRL export."""
 
 import json
+import os
+import stat
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from ampo.data import (PoolError, PoolRecord, atomic_path, prompt_text, read_pool, read_prompts,
+from ampo.data import (PoolError, PoolRecord, atomic_dir, atomic_path, prompt_text, read_pool, read_prompts,
                        trl_pairs, write_pool)
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
@@ -137,3 +139,33 @@ def test_parquet_with_mixed_prompt_forms(tmp_path):
     write_pool(tmp_path / "p.parquet", recs)
     back, _ = read_pool(tmp_path / "p.parquet")
     assert [prompt_text(r.prompt) for r in back] == ["plain", "chat"]
+
+
+def test_atomic_outputs_get_the_umask_permissions(tmp_path):
+    old = os.umask(0o022)
+    try:
+        write_pool(tmp_path / "p.jsonl", [PoolRecord(prompt="p", responses=["a"])])
+        with atomic_dir(tmp_path / "folder") as tmp:
+            (tmp / "f.txt").write_text("x")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "p.jsonl").stat().st_mode) == 0o644  # mkstemp would give 0600
+    assert stat.S_IMODE((tmp_path / "folder").stat().st_mode) == 0o755  # mkdtemp would give 0700
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["folder", "p.jsonl"]
+
+
+def test_atomic_dir_keeps_previous_folder_on_error(tmp_path):
+    target = tmp_path / "ckpt"
+    target.mkdir()
+    (target / "w").write_text("old")
+    with pytest.raises(RuntimeError):
+        with atomic_dir(target) as tmp:
+            (tmp / "w").write_text("new")
+            raise RuntimeError("boom")
+    assert (target / "w").read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["ckpt"]
+
+
+def test_write_under_a_file_names_the_output(tmp_path):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(OSError, match=f"cannot write {tmp_path / 'file' / 'out.jsonl'}: "):
+        write_pool(tmp_path / "file" / "out.jsonl", [PoolRecord(prompt="p", responses=["a"])])

@@ -12,7 +12,8 @@ import contextlib
 import json
 import math
 import os
-import tempfile
+import secrets
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -77,22 +78,61 @@ def prompt_text(prompt: Prompt) -> str:
 # Atomic writes
 
 
+def _temp_name(path: Path) -> Path:
+    """A hidden, unique sibling of `path` to write into before renaming."""
+    return path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
+
+
+def _write_error(path: Path, error: OSError) -> OSError:
+    """The same OSError, its message naming the file being written (a full disk names none)."""
+    return OSError(error.errno, f"cannot write {path}: {error.strerror or error}")
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside `path`; rename it into place only if the block succeeds.
 
-    A crash or an exception leaves no file at `path` (or the previous one untouched).
+    A crash or an exception leaves no file at `path` (or the previous one untouched). The file is
+    created like any new file (0666 less the umask: 0644 by default), not 0600 as `mkstemp` would.
+    An OSError (full disk, a parent that is a file, a read-only folder) names `path`.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
+    tmp_path = _temp_name(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        os.close(os.open(tmp_path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
+    except OSError as e:
+        raise _write_error(path, e) from e
     try:
         yield tmp_path
         os.replace(tmp_path, path)
+    except OSError as e:
+        raise _write_error(path, e) from e
     finally:
         tmp_path.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | Path) -> Iterator[Path]:
+    """Yield a new empty folder beside `path`; it replaces `path` only if the block succeeds.
+
+    A killed or failed write leaves the previous folder (or none), never a partial one at `path`.
+    """
+    path = Path(path)
+    tmp_path = _temp_name(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp_path.mkdir()
+    except OSError as e:
+        raise _write_error(path, e) from e
+    try:
+        yield tmp_path
+        shutil.rmtree(path, ignore_errors=True)
+        os.rename(tmp_path, path)
+    except OSError as e:
+        raise _write_error(path, e) from e
+    finally:
+        shutil.rmtree(tmp_path, ignore_errors=True)
 
 
 def write_json(path: str | Path, obj: Any) -> None:

@@ -21,7 +21,7 @@ import numpy as np
 
 from . import __version__
 from .config import RunConfig, config_key, dump_config, seed_from
-from .data import PoolRecord, atomic_path, prompt_text, read_pool, read_prompts, write_json, write_pool, write_rows
+from .data import PoolRecord, atomic_dir, atomic_path, prompt_text, read_pool, read_prompts, write_json, write_pool, write_rows
 
 log = logging.getLogger("ampo")
 
@@ -163,12 +163,9 @@ class Pipeline:
         folder = self.round_dir(r) / "policy"
         if not (folder / "config.json").exists():
             model, tok = self.policy(r)
-            tmp = folder.with_name("policy.tmp")
-            shutil.rmtree(tmp, ignore_errors=True)
-            model.save_pretrained(str(tmp))
-            tok.save_pretrained(str(tmp))
-            shutil.rmtree(folder, ignore_errors=True)
-            tmp.rename(folder)
+            with atomic_dir(folder) as tmp:
+                model.save_pretrained(str(tmp))
+                tok.save_pretrained(str(tmp))
         return str(folder)
 
     def round_dir(self, r: int) -> Path:

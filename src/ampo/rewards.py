@@ -10,10 +10,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import math
-import os
 import re
-import shutil
-import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
@@ -366,6 +363,7 @@ def train_reward_model(
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
     from transformers.optimization import get_linear_schedule_with_warmup
 
+    from ampo.data import atomic_dir
     from ampo.embeddings import minilm_path
 
     out_dir = Path(out_dir)
@@ -407,16 +405,8 @@ def train_reward_model(
             progress.set_postfix(loss=f"{loss.item():.4f}")
     progress.close()
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.tmp-"))
-    try:
+    with atomic_dir(out_dir) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         _fresh_dir(out_dir)
-        if out_dir.exists():
-            out_dir.rmdir()
-        os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out_dir

@@ -259,7 +259,7 @@ def train_round(c, model, tokenizer, pool, ref_rows, work_dir: Path, key: str, o
     """
     import shutil
 
-    from .data import write_json
+    from .data import atomic_dir, write_json
 
     key_file = work_dir / "KEY"
     if work_dir.exists() and (not key_file.exists() or key_file.read_text() != key):
@@ -291,11 +291,8 @@ def train_round(c, model, tokenizer, pool, ref_rows, work_dir: Path, key: str, o
     trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     if trainer.is_world_process_zero():
         write_json(work_dir.parent / "train_log.json", trainer.state.log_history)
-        tmp = out.with_name(out.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        trainer.model.save_pretrained(str(tmp), safe_serialization=True)
-        if not c.model.lora:
-            tokenizer.save_pretrained(str(tmp))
-        shutil.rmtree(out, ignore_errors=True)
-        tmp.rename(out)
+        with atomic_dir(out) as tmp:
+            trainer.model.save_pretrained(str(tmp), safe_serialization=True)
+            if not c.model.lora:
+                tokenizer.save_pretrained(str(tmp))
     model.eval()
