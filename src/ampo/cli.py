@@ -146,7 +146,8 @@ def _cmd_report(args) -> None:
     from .pipeline import Pipeline
     from .report import write_report
 
-    print(write_report(Pipeline(load_config(Path(args.run) / "config.yaml"), progress=False)))
+    with Pipeline(load_config(Path(args.run) / "config.yaml"), progress=False) as pipe:
+        print(write_report(pipe))
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -10,8 +10,10 @@ checkpoint, everything else from the last finished stage.
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import json
 import logging
+import os
 import shutil
 import time
 from pathlib import Path
@@ -21,7 +23,8 @@ import numpy as np
 
 from . import __version__
 from .config import RunConfig, config_key, dump_config, seed_from
-from .data import PoolRecord, atomic_dir, atomic_path, prompt_text, read_pool, read_prompts, write_json, write_pool, write_rows
+from .data import (PoolRecord, atomic_dir, atomic_path, prompt_text, read_pool, read_prompts,
+                   write_json, write_pool, write_rows)
 
 log = logging.getLogger("ampo")
 
@@ -52,6 +55,49 @@ def _versions() -> dict[str, str]:
     import transformers
 
     return {"ampo": __version__, "torch": torch.__version__, "transformers": transformers.__version__}
+
+
+class RunInUseError(ValueError):
+    """Another process holds the run folder's lock."""
+
+
+class RunLock:
+    """An exclusive lock on a run folder (`flock` on `RUN/.lock`) for as long as a process uses it.
+
+    Two runs on one folder would overwrite each other's manifest and files, so the second is
+    refused. The kernel drops the lock when its holder exits, even by SIGKILL, so a killed run
+    never blocks the next one. In a folder this process cannot write, an existing lock file is
+    locked through a read-only handle; without one there is nothing to lock (and nothing can be
+    written).
+    """
+
+    def __init__(self, folder: Path):
+        path = folder / ".lock"
+        try:
+            self.fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+            writable = True
+        except OSError:
+            try:
+                self.fd, writable = os.open(path, os.O_RDONLY), False
+            except OSError:
+                self.fd = None
+                return
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = path.read_text().strip()
+            os.close(self.fd)
+            raise RunInUseError(f"run folder {folder} is in use by another ampo process"
+                                f"{f' (pid {holder})' if holder else ''}; wait for it to end or choose "
+                                "another 'out'") from None
+        if writable:  # the holder's pid, for the message above
+            os.ftruncate(self.fd, 0)
+            os.write(self.fd, str(os.getpid()).encode())
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)  # closing the only handle drops the lock
+            self.fd = None
 
 
 class Dist:
@@ -87,10 +133,12 @@ class Pipeline:
         self.dir = Path(config.out)
         self.dist = Dist()
         self.progress = progress and self.dist.main
-        if self.dist.main:
-            self.dir.mkdir(parents=True, exist_ok=True)
-            with atomic_path(self.dir / "config.yaml") as tmp:
-                tmp.write_text(dump_config(config))
+        self._lock = None
+        if self.dist.main:  # one process per run takes the lock; the others are its helpers
+            if not self.dir.is_dir():
+                self.dir.mkdir(parents=True)
+            self._lock = RunLock(self.dir)
+            _write_if_changed(self.dir / "config.yaml", dump_config(config))
         self.dist.wait()
         self.manifest = Manifest(self.dir / "manifest.json", write=self.dist.main)
         self.dist.wait()  # every process reads the manifest before any stage changes it
@@ -98,6 +146,17 @@ class Pipeline:
         self._embedder = None
         self._loaded: dict[str, Any] = {}  # policy key -> (model, tokenizer), one at a time
         self._split: dict | None = None
+
+    def close(self) -> None:
+        """Release the run folder for the next process."""
+        if self._lock is not None:
+            self._lock.release()
+
+    def __enter__(self) -> Pipeline:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     # -- stage bookkeeping ------------------------------------------------------------------
 
@@ -439,7 +498,11 @@ class Pipeline:
     # -- the whole run ----------------------------------------------------------------------
 
     def run(self) -> list[dict]:
-        """All rounds, then the report. Returns each round's eval.json."""
+        """All rounds, then the report. Returns each round's eval.json. Releases the run folder."""
+        with self:
+            return self._run()
+
+    def _run(self) -> list[dict]:
         self.split()
         self.baseline()
         results = []
@@ -451,6 +514,13 @@ class Pipeline:
 
         write_report(self)
         return results
+
+
+def _write_if_changed(path: Path, text: str) -> None:
+    """Write `text` atomically unless `path` already holds it (a finished run may be read-only)."""
+    if not (path.is_file() and path.read_text() == text):
+        with atomic_path(path) as tmp:
+            tmp.write_text(text)
 
 
 def sharded_map(items: list, shard_size: int, work: Callable[[int, list], list[dict]], parts: Path, key: str,

@@ -1,0 +1,69 @@
+"""One run per folder: a second `ampo run` on a folder in use is refused with one line (exit 2)
+and the first finishes unharmed; a lock left by a killed process blocks nothing."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from ampo.pipeline import RunInUseError, RunLock
+from test_pipeline import ROOT, tiny_overrides, tiny_policy  # noqa: F401 (tiny_policy is a fixture)
+
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+
+
+def _ampo_run(args, **kw):
+    return subprocess.Popen([sys.executable, "-m", "ampo.cli", "-q", "run", *args], env=ENV, cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, **kw)
+
+
+def _wait_for(ready, proc, timeout=120):
+    t0 = time.time()
+    while not ready():
+        assert proc.poll() is None, f"process ended early: {proc.communicate()[1][-2000:]}"
+        assert time.time() - t0 < timeout, "timed out"
+        time.sleep(0.01)
+
+
+def test_second_run_on_the_same_folder_is_refused(tiny_policy, tmp_path):  # noqa: F811
+    out = tmp_path / "run"
+    args = tiny_overrides(tiny_policy, out, "generate.max_new_tokens=32")
+    first = _ampo_run(args)
+    _wait_for(lambda: (out / "manifest.json").exists(), first)  # the first run holds the folder
+    second = _ampo_run(args)
+    _, err = second.communicate(timeout=120)
+    assert second.returncode == 2
+    assert err.strip() == (f"ampo: error: run folder {out} is in use by another ampo process (pid {first.pid}); "
+                           "wait for it to end or choose another 'out'")
+    _, err = first.communicate(timeout=600)
+    assert first.returncode == 0, err[-2000:]
+    stages = json.loads((out / "manifest.json").read_text())["stages"]
+    assert stages and all(s["status"] == "done" for s in stages.values())
+
+
+def test_a_killed_holder_leaves_no_lock(tmp_path):
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from pathlib import Path; from ampo.pipeline import RunLock; "
+                               "RunLock(Path(sys.argv[1])); print('locked', flush=True); time.sleep(120)",
+         str(tmp_path)], env=ENV, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(RunInUseError, match=f"pid {holder.pid}"):
+            RunLock(tmp_path)
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    assert (tmp_path / ".lock").exists()  # the file stays; the lock went with the process
+    RunLock(tmp_path).release()
+
+
+def test_lock_is_released_when_a_pipeline_closes(tmp_path):
+    first = RunLock(tmp_path)
+    with pytest.raises(RunInUseError):
+        RunLock(tmp_path)  # another handle, even in the same process, is refused
+    first.release()
+    RunLock(tmp_path).release()
