@@ -142,12 +142,14 @@ def _cmd_train_rm(args) -> None:
 
 
 def _cmd_report(args) -> None:
+    import dataclasses
+
     from .config import load_config
     from .pipeline import Pipeline
-    from .report import write_report
 
-    with Pipeline(load_config(Path(args.run) / "config.yaml"), progress=False) as pipe:
-        print(write_report(pipe))
+    config = dataclasses.replace(load_config(Path(args.run) / "config.yaml"), out=args.run)  # RUN, wherever it is now
+    with Pipeline(config, progress=False) as pipe:
+        print(pipe.report(force=True))
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import fcntl
+import hashlib
 import json
 import logging
 import os
@@ -119,6 +120,14 @@ class Dist:
         if self.world > 1:
             self._state.wait_for_everyone()
 
+    def share(self, value: Any) -> Any:
+        """The main process's `value`, on every process (so that all take the same branch)."""
+        if self.world > 1:
+            from accelerate.utils import broadcast_object_list
+
+            value = broadcast_object_list([value])[0]
+        return value
+
 
 class Pipeline:
     """One run folder, its config and its stages.
@@ -161,12 +170,14 @@ class Pipeline:
     # -- stage bookkeeping ------------------------------------------------------------------
 
     def stage(self, name: str, key: str, fn: Callable[[], Any], outputs: list[Path], everyone: bool = False) -> None:
-        """Run `fn` unless this stage already finished with the same key and its outputs exist.
+        """Run `fn` unless this stage already finished with the same key and its outputs are the
+        files it wrote (same size and sha256 as recorded in the manifest when it finished).
 
         `everyone`: every process runs `fn` (sharded or data-parallel work); otherwise only the
         main one does. A dict returned by `fn` is recorded in the manifest entry.
         """
-        if self.manifest.done(name, key) and all(p.exists() for p in outputs):
+        up_to_date = (self.manifest.done(name, key) and self._intact(name, outputs)) if self.dist.main else None
+        if self.dist.share(up_to_date):
             if self.dist.main:
                 log.info("[%s] up to date (key %s)", name, key)
             return
@@ -176,8 +187,25 @@ class Pipeline:
         t0 = time.perf_counter()
         info = fn() if (everyone or self.dist.main) else None
         self.dist.wait()
+        files = fingerprints(self.dir, outputs) if self.dist.main else {}
         self.manifest.mark(name, key, "done", seconds=round(time.perf_counter() - t0, 2),
-                           finished_at=time.strftime("%Y-%m-%dT%H:%M:%S"), **(info or {}))
+                           finished_at=time.strftime("%Y-%m-%dT%H:%M:%S"), **(info or {}), outputs=files)
+
+    def _intact(self, name: str, outputs: list[Path]) -> bool:
+        """Whether a finished stage's outputs still match their manifest record; if not, say which
+        file does not (the stage then runs again)."""
+        recorded = self.manifest.data["stages"][name].get("outputs")
+        if recorded is None:
+            log.warning("[%s] the manifest has no record of its outputs (an older ampo made it): redoing it", name)
+            return False
+        found = fingerprints(self.dir, outputs)
+        for rel in sorted(recorded.keys() | found.keys()):
+            if recorded.get(rel) != found.get(rel):
+                problem = ("is missing" if rel not in found else "was not written by this stage" if rel not in recorded
+                           else "does not match the size and sha256 recorded when the stage finished")
+                log.warning("[%s] %s %s: redoing the stage", name, self.dir / rel, problem)
+                return False
+        return True
 
     # -- components, loaded once ------------------------------------------------------------
 
@@ -441,7 +469,8 @@ class Pipeline:
     def train(self, r: int) -> None:
         out = self.round_dir(r) / "checkpoint"
         key = self.train_key(r)
-        self.stage(f"round-{r}/train", key, lambda: self._train(r, key, out), [out], everyone=True)
+        self.stage(f"round-{r}/train", key, lambda: self._train(r, key, out),
+                   [out, self.round_dir(r) / "train_log.json"], everyone=True)
 
     def _train(self, r: int, key: str, out: Path) -> None:
         from .trainer import train_round
@@ -493,7 +522,7 @@ class Pipeline:
                      result["mean_reward"], result["baseline_mean_reward"], result["win_rate"],
                      *result["win_rate_ci"])
 
-        self.stage(f"round-{r}/evaluate", self.eval_key(r), run, [out])
+        self.stage(f"round-{r}/evaluate", self.eval_key(r), run, [out, self.round_dir(r) / "eval_samples.parquet"])
 
     # -- the whole run ----------------------------------------------------------------------
 
@@ -510,10 +539,43 @@ class Pipeline:
             for step in (self.generate, self.score, self.embed, self.select, self.refs, self.train, self.evaluate):
                 step(r)
             results.append(json.loads((self.round_dir(r) / "eval.json").read_text()))
-        from .report import write_report
-
-        write_report(self)
+        if self.dist.main:
+            try:
+                self.report()
+            except OSError as e:  # e.g. a finished run in a read-only folder: the results stand
+                log.warning("the report was not written: %s", e)
         return results
+
+    def report(self, force: bool = False) -> Path:
+        """Write report.md and its plots unless they match every round's evaluation (main process
+        only); return the report's path."""
+        from .report import REPORT_FILES, write_report
+
+        outputs = [self.dir / name for name in REPORT_FILES]
+        key = config_key("report", [self.eval_key(r) for r in range(self.c.rounds)])
+        if force or not (self.manifest.done("report", key) and self._intact("report", outputs)):
+            log.info("[report] running (key %s)", key)
+            write_report(self)
+            self.manifest.mark("report", key, "done", outputs=fingerprints(self.dir, outputs))
+        return outputs[0]
+
+
+def fingerprints(root: Path, outputs: list[Path]) -> dict[str, dict]:
+    """Size and sha256 of each output file, folders expanded to the files inside them, keyed by
+    the path relative to `root`. Missing outputs are left out."""
+    files = []
+    for path in outputs:
+        files.extend(sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else
+                     [path] if path.is_file() else [])
+    return {p.relative_to(root).as_posix(): {"size": p.stat().st_size, "sha256": _sha256(p)} for p in files}
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _write_if_changed(path: Path, text: str) -> None:

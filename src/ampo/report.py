@@ -10,6 +10,8 @@ import numpy as np
 
 from .data import atomic_path
 
+REPORT_FILES = ("report.md", "rounds.png", "loss.png", "selection_map.png")
+
 
 def _save(fig, path: Path) -> None:
     with atomic_path(path) as tmp:
