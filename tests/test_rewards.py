@@ -255,9 +255,9 @@ def test_preference_labels_hard_soft_and_swap():
     soft = preference_labels(pairs, soft_gamma=0.3)
     assert soft[0] == ("p", "a", "b", pytest.approx(0.740775, abs=1e-6))  # spec section 2 toy
     assert soft[1] == ("p", "d", "c", pytest.approx(0.740775, abs=1e-6))  # swapped, p <- 1 - p
-    with pytest.raises(ValueError, match="pair 0: soft labels need"):
+    with pytest.raises(ValueError, match="^preference pairs: row 1: soft labels need"):
         preference_labels([{"prompt": "p", "chosen": "a", "rejected": "b"}], soft_gamma=1.0)
-    with pytest.raises(ValueError, match="pair 0: field 'rejected'"):
+    with pytest.raises(ValueError, match="^preference pairs: row 1: field 'rejected'"):
         preference_labels([{"prompt": "p", "chosen": "a"}])
 
 
@@ -386,3 +386,9 @@ def test_soft_labels_calibrate_small_margins_better_on_minilm(tmp_path):
     hard, soft = results["hard"]["small"], results["soft"]["small"]
     assert hard["accuracy"] > 0.6 and soft["accuracy"] > 0.6
     assert soft["brier"] < hard["brier"] and soft["log_loss"] < hard["log_loss"]
+
+
+def test_preference_labels_take_huge_margins_without_overflow():
+    pairs = [{"prompt": "p", "chosen": "a", "rejected": "b", "margin": 1e300},
+             {"prompt": [{"role": "user", "content": "q"}], "chosen": "c", "rejected": "d", "margin": -1e300}]
+    assert preference_labels(pairs, soft_gamma=2.0) == [("p", "a", "b", 1.0), ("q", "d", "c", 1.0)]

@@ -13,6 +13,8 @@ import logging
 import sys
 from pathlib import Path
 
+from .config import RANGES, Range, short
+
 DEMO_RECIPE = Path(__file__).parent / "recipes" / "demo.yaml"
 
 
@@ -52,10 +54,11 @@ def _print_results(out: str, results: list[dict]) -> None:
 
 
 def _cmd_generate(args) -> None:
-    from .data import PoolRecord, read_prompts, write_pool
+    from .data import PoolRecord, output_format, read_prompts, write_pool
     from .generation import GenerationConfig, make_generator
     from .models import load_policy
 
+    output_format(args.output)
     prompts = read_prompts(args.input)
     model, tok = load_policy(args.policy, dtype=args.dtype, trust_remote_code=args.trust_remote_code)
     cfg = GenerationConfig(n=args.n, temperature=args.temperature, top_p=args.top_p,
@@ -72,10 +75,11 @@ def _cmd_generate(args) -> None:
 
 
 def _cmd_score(args) -> None:
-    from .data import read_pool, write_pool
+    from .data import output_format, read_pool, write_pool
     from .pipeline import score_pool
     from .rewards import load_reward
 
+    output_format(args.output)
     pool, layout = read_pool(args.input)
     for rec, rewards in zip(pool, score_pool(load_reward(args.reward), pool)):
         rec.rewards = rewards.tolist()
@@ -87,9 +91,10 @@ def _cmd_score(args) -> None:
 def _cmd_embed(args) -> None:
     import numpy as np
 
-    from .data import read_pool, write_pool
+    from .data import output_format, read_pool, write_pool
     from .embeddings import load_embedder
 
+    output_format(args.output)
     pool, layout = read_pool(args.input)
     policy = None
     if args.embedder == "policy":
@@ -108,9 +113,12 @@ def _cmd_embed(args) -> None:
 def _cmd_select(args) -> None:
     import numpy as np
 
-    from .data import read_pool, trl_pairs, write_pool, write_rows
+    from .data import atomic_path, dump_rows, output_format, read_pool, trl_pairs, write_rows
     from .selection import select_batch
 
+    fmt = output_format(args.output)
+    if args.trl_pairs:
+        output_format(args.trl_pairs)
     needs_embeddings = args.strategy in ("coreset", "optselect", "exact")
     pool, layout = read_pool(args.input, require=("rewards", "embeddings") if needs_embeddings else ("rewards",))
     embeddings = [r.embeddings if r.embeddings is not None else np.zeros((len(r.responses), 1), np.float32)
@@ -119,23 +127,27 @@ def _cmd_select(args) -> None:
                        seed=args.seed, progress=not args.quiet)
     for rec, idx in zip(pool, sel.indices):
         rec.selected = idx.tolist()
-    write_pool(args.output, pool)
     msg = f"read {args.input} ({layout} layout); selected 1 positive + {args.k} negatives ({args.strategy}) -> {args.output}"
     if sel.short.any():
         msg += f"; {int(sel.short.sum())} prompt(s) had <= k+1 responses: took all"
-    if args.trl_pairs:
-        pairs = trl_pairs(pool)
-        write_rows(args.trl_pairs, pairs)
-        msg += f"; {len(pairs)} TRL pairs -> {args.trl_pairs}"
+    with atomic_path(args.output) as tmp:  # the output appears only if the TRL pairs were written too
+        dump_rows(tmp, [rec.to_row() for rec in pool], fmt)
+        if args.trl_pairs:
+            pairs = trl_pairs(pool)
+            write_rows(args.trl_pairs, pairs)
+            msg += f"; {len(pairs)} TRL pairs -> {args.trl_pairs}"
     print(msg)
 
 
 def _cmd_train_rm(args) -> None:
-    from .data import prompt_text, read_rows
-    from .rewards import train_reward_model
+    from .data import PoolError, read_rows
+    from .rewards import preference_labels, train_reward_model
 
-    pairs = [{**row, "prompt": prompt_text(row["prompt"])} if "prompt" in row else row
-             for _, row in read_rows(args.input)]
+    numbered = list(read_rows(args.input))
+    if not numbered:
+        raise PoolError(args.input, None, None, "no preference pairs")
+    rows, pairs = zip(*numbered)
+    preference_labels(pairs, args.soft_gamma, source=args.input, rows=rows)  # errors name the file's rows
     path = train_reward_model(pairs, args.output, soft_gamma=args.soft_gamma, epochs=args.epochs,
                               lr=args.lr, batch_size=args.batch_size, seed=args.seed)
     print(f"reward model -> {path} (load it with --reward {path})")
@@ -152,8 +164,35 @@ def _cmd_report(args) -> None:
         print(pipe.report(force=True))
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse whose usage errors are one line too (exit 2), like every other ampo error."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _ranged(kind: type, allowed: Range):
+    """An argparse `type`: a number of `kind` within `allowed`."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}, "
+                                             f"got {short(text)}") from None
+        if problem := allowed.problem(value):
+            raise argparse.ArgumentTypeError(problem)
+        return value
+
+    return parse
+
+
+def _like(option: str, kind: type = int):
+    """An argparse `type` for a flag that sets what config `option` sets: the same range."""
+    return _ranged(kind, RANGES[option])
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="ampo", description=__doc__.split("\n\n")[0])
+    p = _Parser(prog="ampo", description=__doc__.split("\n\n")[0])
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -174,13 +213,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--output", required=True, help="pool file (.jsonl or .parquet)")
     s.add_argument("--policy", default="smollm2-135m-instruct", help="built-in name, local folder or hub id")
     s.add_argument("--backend", default="hf", choices=["hf", "vllm"])
-    s.add_argument("--n", type=int, default=8, help="responses per prompt")
-    s.add_argument("--temperature", type=float, default=0.8)
-    s.add_argument("--top-p", type=float, default=1.0)
-    s.add_argument("--max-new-tokens", type=int, default=64)
-    s.add_argument("--prompts-per-batch", type=int, default=8)
+    s.add_argument("--n", type=_like("generate.n"), default=8, help="responses per prompt")
+    s.add_argument("--temperature", type=_like("generate.temperature", float), default=0.8)
+    s.add_argument("--top-p", type=_like("generate.top_p", float), default=1.0)
+    s.add_argument("--max-new-tokens", type=_like("generate.max_new_tokens"), default=64)
+    s.add_argument("--prompts-per-batch", type=_like("generate.prompts_per_batch"), default=8)
     s.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--seed", type=_like("seed"), default=0)
     s.add_argument("--trust-remote-code", action="store_true")
     s.set_defaults(fn=_cmd_generate)
 
@@ -203,8 +242,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--input", required=True)
     s.add_argument("--output", required=True)
     s.add_argument("--strategy", default="optselect", choices=list(SELECTORS))
-    s.add_argument("--k", type=int, default=3, help="negatives per prompt")
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--k", type=_like("select.k"), default=3, help="negatives per prompt")
+    s.add_argument("--seed", type=_like("seed"), default=0)
     s.add_argument("--trl-pairs", help="also write the groups as TRL prompt/chosen/rejected pairs here")
     s.set_defaults(fn=_cmd_select)
 
@@ -212,12 +251,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--input", required=True, help="JSONL/Parquet pairs: prompt, chosen, rejected "
                                                    "[, score_chosen, score_rejected]")
     s.add_argument("--output", required=True, help="folder for the reward model")
-    s.add_argument("--soft-gamma", type=float, default=None,
+    s.add_argument("--soft-gamma", type=_ranged(float, Range(0, lo_open=True)), default=None,
                    help="MMPO: soft labels sigmoid(gamma * score margin); omit for hard labels")
-    s.add_argument("--epochs", type=int, default=2)
-    s.add_argument("--lr", type=float, default=1e-4)
-    s.add_argument("--batch-size", type=int, default=16)
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--epochs", type=_ranged(int, Range(1)), default=2)
+    s.add_argument("--lr", type=_ranged(float, Range(0, lo_open=True)), default=1e-4)
+    s.add_argument("--batch-size", type=_ranged(int, Range(1)), default=16)
+    s.add_argument("--seed", type=_like("seed"), default=0)
     s.set_defaults(fn=_cmd_train_rm)
 
     s = sub.add_parser("report", help="rewrite report.md and plots of a finished run folder")
@@ -231,12 +270,35 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s ampo %(message)s", datefmt="%H:%M:%S")
     for noisy in ("httpx", "urllib3", "sentence_transformers", "transformers"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    if args.quiet:
+        _no_library_progress_bars()
     try:
         args.fn(args)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"ampo: error: {e}", file=sys.stderr)
+    except (ValueError, OSError) as e:  # bad input, a full disk, a read-only folder: one line, no traceback
+        print(f"ampo: error: {_one_line(e)}", file=sys.stderr)
         return 2
     return 0
+
+
+def _no_library_progress_bars() -> None:
+    """-q silences the Hugging Face libraries' bars too (loading and writing weights)."""
+    from huggingface_hub.utils import disable_progress_bars
+
+    disable_progress_bars()
+    if "transformers" in sys.modules:  # already imported (as in tests): it read the switch at import
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+
+
+def _one_line(error: Exception, limit: int = 2000) -> str:
+    """An error as one line: an OSError as 'file: reason', no line breaks, at most `limit` characters."""
+    if isinstance(error, OSError) and error.strerror:
+        text = f"{error.filename}: {error.strerror}" if error.filename else error.strerror
+    else:
+        text = str(error)
+    text = " ".join(text.splitlines())
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 if __name__ == "__main__":

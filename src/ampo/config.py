@@ -7,8 +7,10 @@ incompatible combination raises `ConfigError` with one line naming the option.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -123,8 +125,17 @@ class RunConfig:
 # Building from dicts, with type checks
 
 
+def short(value: Any, limit: int = 60) -> str:
+    """`repr(value)`, cut to `limit` characters: errors never echo a huge value back."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
 def _check_type(name: str, value: Any, tp: Any) -> Any:
-    """Check (and lightly coerce: int -> float) a value against a field's type annotation."""
+    """Check (and lightly coerce: int -> float) a value against a field's type annotation.
+    NaN and infinities are refused wherever a number is expected."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"config '{name}': must be a finite number, got {value}")
     origin = typing.get_origin(tp)
     if origin in (types.UnionType, typing.Union):
         for arg in typing.get_args(tp):
@@ -132,7 +143,7 @@ def _check_type(name: str, value: Any, tp: Any) -> Any:
                 return _check_type(name, value, arg)
             except ConfigError:
                 pass
-        raise ConfigError(f"config '{name}': expected {tp}, got {value!r}")
+        raise ConfigError(f"config '{name}': expected {tp}, got {short(value)}")
     if tp is type(None):
         if value is None:
             return None
@@ -149,27 +160,29 @@ def _check_type(name: str, value: Any, tp: Any) -> Any:
             return float(value)
         if isinstance(value, str):  # YAML 1.1 reads "1e-5" (no dot) as a string
             try:
-                return float(value)
+                number = float(value)
             except ValueError:
                 pass
+            else:
+                return _check_type(name, number, tp)
     elif tp is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
     elif isinstance(value, tp):
         return value
     tname = getattr(tp, "__name__", str(tp))
-    raise ConfigError(f"config '{name}': expected {tname}, got {value!r}")
+    raise ConfigError(f"config '{name}': expected {tname}, got {short(value)}")
 
 
 def _build(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
     if not isinstance(data, dict):
-        raise ConfigError(f"config '{prefix.rstrip('.') or 'root'}': expected a mapping, got {data!r}")
+        raise ConfigError(f"config '{prefix.rstrip('.') or 'root'}': expected a mapping, got {short(data)}")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     kwargs = {}
     for key, value in data.items():
         if key not in fields:
-            raise ConfigError(f"unknown config key '{prefix}{key}' (known: {', '.join(fields)})")
+            raise ConfigError(f"unknown config key {short(f'{prefix}{key}')} (known: {', '.join(fields)})")
         tp = hints[key]
         if dataclasses.is_dataclass(tp):
             kwargs[key] = _build(tp, value, f"{prefix}{key}.")
@@ -188,14 +201,56 @@ def _set_dotted(data: dict, dotted: str, value: Any) -> None:
     node[last] = value
 
 
+MAX_YAML_VALUES = 100_000  # a config holds a few hundred; aliases can make a few bytes expand to billions
+
+
+def safe_yaml(text: str, source: str) -> Any:
+    """`yaml.safe_load`, refusing text whose aliases expand past `MAX_YAML_VALUES` values (a
+    422-byte "billion laughs" document expands to gigabytes) and naming `source` in every error."""
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is not None and _expanded_size(node, {}, set()) > MAX_YAML_VALUES:
+            raise ConfigError(f"{source}: its aliases expand to more than {MAX_YAML_VALUES} values; refused")
+        return None if node is None else loader.construct_document(node)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f": line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{source}{where}: not valid YAML ({getattr(e, 'problem', None) or e})") from None
+    except RecursionError:
+        raise ConfigError(f"{source}: nested too deeply") from None
+    finally:
+        loader.dispose()
+
+
+def _expanded_size(node: yaml.Node, sizes: dict[int, int], open_nodes: set[int]) -> int:
+    """How many values `node` becomes once every alias is expanded (counted once per node)."""
+    if id(node) in sizes:
+        return sizes[id(node)]
+    if id(node) in open_nodes:  # an alias inside its own anchor: infinite
+        return MAX_YAML_VALUES + 1
+    open_nodes.add(id(node))
+    children = ([n for pair in node.value for n in pair] if isinstance(node, yaml.MappingNode)
+                else node.value if isinstance(node, yaml.SequenceNode) else [])
+    total = 1
+    for child in children:
+        total += _expanded_size(child, sizes, open_nodes)
+        if total > MAX_YAML_VALUES:
+            break
+    open_nodes.discard(id(node))
+    sizes[id(node)] = total
+    return total
+
+
 def parse_overrides(overrides: list[str]) -> dict[str, Any]:
     """`["select.k=5", "train.hparams.beta=2"]` -> nested dict; values parsed as YAML scalars."""
     data: dict[str, Any] = {}
     for item in overrides:
         if "=" not in item:
-            raise ConfigError(f"config override '{item}': expected key=value")
+            raise ConfigError(f"config override {short(item)}: expected key=value")
         key, raw = item.split("=", 1)
-        _set_dotted(data, key.strip(), yaml.safe_load(raw) if raw.strip() else "")
+        value = safe_yaml(raw, f"config override {short(key.strip() + '=')}") if raw.strip() else ""
+        _set_dotted(data, key.strip(), value)
     return data
 
 
@@ -211,12 +266,18 @@ def load_config(path: str | Path | None = None, overrides: list[str] = (), base:
     data = dict(base or {})
     if path is not None:
         path = Path(path)
-        if not path.exists():
-            raise ConfigError(f"config file not found: {path}")
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}" if not path.exists() else f"{path}: not a file")
         try:
-            loaded = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: not valid YAML ({e})") from None
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"{path}: not UTF-8 text (byte {e.start})") from None
+        loaded = safe_yaml(text, str(path))
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: must be a mapping of sections and options (like 'select: {{k: 3}}'), "
+                              f"got a {type(loaded).__name__}")
         data = _merge(data, loaded)
     data = _merge(data, parse_overrides(list(overrides)))
     config = _build(RunConfig, data)
@@ -228,61 +289,105 @@ def load_config(path: str | Path | None = None, overrides: list[str] = (), base:
 # Cross-field validation
 
 
+@dataclass(frozen=True)
+class Range:
+    """The allowed values of a numeric option: bounds inclusive unless marked open."""
+
+    lo: float | None = None
+    hi: float | None = None
+    lo_open: bool = False
+    hi_open: bool = False
+
+    def problem(self, value: float) -> str | None:
+        """Why `value` is not allowed (one phrase), or None."""
+        if not math.isfinite(value):
+            return f"must be a finite number, got {value}"
+        below = self.lo is not None and (value <= self.lo if self.lo_open else value < self.lo)
+        above = self.hi is not None and (value >= self.hi if self.hi_open else value > self.hi)
+        return f"must be {self}, got {value}" if below or above else None
+
+    def __str__(self) -> str:
+        if self.hi is None:
+            return f"{'>' if self.lo_open else '>='} {self.lo:g}"
+        return f"in {'(' if self.lo_open else '['}{self.lo:g}, {self.hi:g}{')' if self.hi_open else ']'}"
+
+
+# Every numeric option's range; the CLI's flags for the same options check the same ranges.
+RANGES: dict[str, Range] = {
+    "seed": Range(0), "rounds": Range(1),
+    "model.lora_r": Range(1), "model.lora_alpha": Range(1), "model.lora_dropout": Range(0, 1, hi_open=True),
+    "data.heldout": Range(1), "data.train_prompts": Range(0), "data.split_seed": Range(0),
+    "generate.n": Range(2), "generate.temperature": Range(0), "generate.top_p": Range(0, 1, lo_open=True),
+    "generate.max_new_tokens": Range(1), "generate.prompts_per_batch": Range(1), "generate.shard_prompts": Range(1),
+    "embed.batch_size": Range(1),
+    "select.k": Range(1),
+    "train.learning_rate": Range(0, lo_open=True), "train.epochs": Range(0, lo_open=True),
+    "train.prompts_per_step": Range(1), "train.grad_accum": Range(1), "train.max_grad_norm": Range(0),
+    "train.warmup_ratio": Range(0, 1, hi_open=True), "train.weight_decay": Range(0),
+    "train.logprob_chunk": Range(1), "train.save_steps": Range(1),
+    "eval.samples_per_prompt": Range(1), "eval.temperature": Range(0), "eval.max_new_tokens": Range(1),
+    "eval.bootstrap": Range(1),
+}
+
+# transformers' schedulers that need no arguments beyond the warmup and the step count
+LR_SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
+                 "inverse_sqrt")
+
+CHOICES: dict[str, tuple[str, ...]] = {
+    "model.dtype": ("float32", "bfloat16"),
+    "generate.backend": ("hf", "vllm"),
+    "train.lr_scheduler": LR_SCHEDULERS,
+    "train.reference": ("round_start", "initial"),
+}
+
+
+def option(c: RunConfig, dotted: str) -> Any:
+    """The value of a dotted option, e.g. `option(c, "select.k")`."""
+    return functools.reduce(getattr, dotted.split("."), c)
+
+
 def validate(c: RunConfig) -> None:
-    """Refuse incompatible options, each with one line naming it."""
+    """Refuse out-of-range values and incompatible options, each with one line naming it."""
     from .losses import HPARAM_CHOICES, LOSSES
     from .selection import SELECTORS
 
-    if c.rounds < 1:
-        raise ConfigError(f"config 'rounds': must be >= 1, got {c.rounds}")
-    if c.generate.backend not in ("hf", "vllm"):
-        raise ConfigError(f"config 'generate.backend': must be 'hf' or 'vllm', got '{c.generate.backend}'")
-    if c.generate.n < 2:
-        raise ConfigError(f"config 'generate.n': need at least 2 samples per prompt, got {c.generate.n}")
-    if c.generate.temperature < 0:
-        raise ConfigError("config 'generate.temperature': must be >= 0")
-    if not 0 < c.generate.top_p <= 1:
-        raise ConfigError("config 'generate.top_p': must be in (0, 1]")
+    for name, allowed in RANGES.items():
+        if problem := allowed.problem(option(c, name)):
+            raise ConfigError(f"config '{name}': {problem}")
+    for name, choices in CHOICES.items():
+        if option(c, name) not in choices:
+            raise ConfigError(f"config '{name}': must be one of {', '.join(choices)}, got {short(option(c, name))}")
     if c.select.strategy not in SELECTORS:
-        raise ConfigError(f"config 'select.strategy': unknown '{c.select.strategy}' "
+        raise ConfigError(f"config 'select.strategy': unknown {short(c.select.strategy)} "
                           f"(known: {', '.join(SELECTORS)})")
-    if c.select.k < 1:
-        raise ConfigError(f"config 'select.k': need at least 1 negative, got {c.select.k}")
     if c.select.k > c.generate.n - 1:
         raise ConfigError(f"config 'select.k': {c.select.k} negatives need generate.n >= {c.select.k + 1}, "
                           f"got generate.n={c.generate.n}")
+    if c.model.lora and not c.model.lora_targets:
+        raise ConfigError("config 'model.lora_targets': LoRA needs at least one target module")
     if c.train.loss not in LOSSES:
-        raise ConfigError(f"config 'train.loss': unknown '{c.train.loss}' (known: {', '.join(LOSSES)})")
+        raise ConfigError(f"config 'train.loss': unknown {short(c.train.loss)} (known: {', '.join(LOSSES)})")
     spec = LOSSES[c.train.loss]
     unknown = set(c.train.hparams) - set(spec.defaults)
     if unknown:
-        raise ConfigError(f"config 'train.hparams': '{sorted(unknown)[0]}' is not a hyperparameter of "
+        raise ConfigError(f"config 'train.hparams': {short(sorted(unknown)[0])} is not a hyperparameter of "
                           f"loss '{c.train.loss}' (allowed: {', '.join(spec.defaults) or 'none'})")
     for name, value in c.train.hparams.items():
         default = spec.defaults[name]
         if isinstance(default, (bool, str)) and type(value) is not type(default):
-            raise ConfigError(f"config 'train.hparams.{name}': expected {type(default).__name__}, got {value!r}")
+            raise ConfigError(f"config 'train.hparams.{name}': expected {type(default).__name__}, got {short(value)}")
         if name in HPARAM_CHOICES and value not in HPARAM_CHOICES[name]:
             raise ConfigError(f"config 'train.hparams.{name}': must be one of {', '.join(HPARAM_CHOICES[name])}, "
-                              f"got {value!r}")
+                              f"got {short(value)}")
         if isinstance(default, (int, float)) and not isinstance(default, bool) and (
                 isinstance(value, (bool, str)) or not isinstance(value, (int, float))):
-            raise ConfigError(f"config 'train.hparams.{name}': expected a number, got {value!r}")
+            raise ConfigError(f"config 'train.hparams.{name}': expected a number, got {short(value)}")
     n_refs = 1 + len(c.train.extra_references) if spec.refs else 0
     if spec.refs > n_refs:
         raise ConfigError(f"config 'train.extra_references': loss '{c.train.loss}' needs {spec.refs} reference "
                           f"models; give {spec.refs - 1} extra reference path(s)")
-    if c.train.reference not in ("round_start", "initial"):
-        raise ConfigError("config 'train.reference': must be 'round_start' or 'initial'")
-    if c.model.dtype not in ("float32", "bfloat16"):
-        raise ConfigError(f"config 'model.dtype': must be float32 or bfloat16, got '{c.model.dtype}'")
-    if c.data.heldout < 1:
-        raise ConfigError("config 'data.heldout': need at least 1 held-out prompt for evaluation")
-    for name in ("learning_rate", "epochs"):
-        if getattr(c.train, name) <= 0:
-            raise ConfigError(f"config 'train.{name}': must be > 0")
-    if c.train.prompts_per_step < 1 or c.train.grad_accum < 1:
-        raise ConfigError("config 'train.prompts_per_step' and 'train.grad_accum': must be >= 1")
+    if c.data.prompts != "builtin" and not Path(c.data.prompts).is_file():
+        raise ConfigError(f"config 'data.prompts': no such file: {short(c.data.prompts)}")
 
 
 def config_key(*parts: Any) -> str:

@@ -9,11 +9,13 @@ which column mapping they used. Bad input raises `PoolError` naming file, row an
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import math
 import os
 import secrets
 import shutil
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -83,9 +85,15 @@ def _temp_name(path: Path) -> Path:
     return path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
 
 
+class WriteError(OSError):
+    """An OSError while writing an output, its message naming the output."""
+
+
 def _write_error(path: Path, error: OSError) -> OSError:
     """The same OSError, its message naming the file being written (a full disk names none)."""
-    return OSError(error.errno, f"cannot write {path}: {error.strerror or error}")
+    if isinstance(error, FileExistsError):  # mkdir: a parent's name is taken by a file
+        error = NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR))
+    return WriteError(error.errno, f"cannot write {path}: {error.strerror or error}")
 
 
 @contextlib.contextmanager
@@ -106,10 +114,22 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     try:
         yield tmp_path
         os.replace(tmp_path, path)
+    except WriteError:  # another output written inside this block: already named
+        raise
     except OSError as e:
         raise _write_error(path, e) from e
     finally:
         tmp_path.unlink(missing_ok=True)
+
+
+def widen_permissions(folder: Path) -> None:
+    """Give files under `folder` at least the umask's usual mode (0644 by default): some writers
+    (safetensors' `save_file`) create them 0600."""
+    mask = os.umask(0o022)  # reading the umask means setting it: set it straight back
+    os.umask(mask)
+    for path in folder.rglob("*"):
+        if path.is_file():
+            path.chmod(stat.S_IMODE(path.stat().st_mode) | (0o666 & ~mask))
 
 
 @contextlib.contextmanager
@@ -117,6 +137,7 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     """Yield a new empty folder beside `path`; it replaces `path` only if the block succeeds.
 
     A killed or failed write leaves the previous folder (or none), never a partial one at `path`.
+    Its files get the usual permissions (`widen_permissions`).
     """
     path = Path(path)
     tmp_path = _temp_name(path)
@@ -127,8 +148,11 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
         raise _write_error(path, e) from e
     try:
         yield tmp_path
+        widen_permissions(tmp_path)
         shutil.rmtree(path, ignore_errors=True)
         os.rename(tmp_path, path)
+    except WriteError:
+        raise
     except OSError as e:
         raise _write_error(path, e) from e
     finally:
@@ -146,30 +170,47 @@ def write_json(path: str | Path, obj: Any) -> None:
 
 
 def read_rows(path: str | Path) -> Iterator[tuple[int, dict]]:
-    """Raw rows (1-based row numbers) from JSONL or Parquet."""
+    """Raw rows (1-based row numbers, as the user counts lines) from JSONL or Parquet."""
     path = Path(path)
     if not path.exists():
         raise PoolError(path, None, None, "file not found")
+    if not path.is_file():
+        raise PoolError(path, None, None, "not a file")
     suffix = path.suffix.lower()
     if suffix in (".jsonl", ".json"):
-        with path.open() as f:
-            for i, line in enumerate(f, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise PoolError(path, i, None, f"not valid JSON ({e.msg})") from None
-                if not isinstance(row, dict):
-                    raise PoolError(path, i, None, "a row must be a JSON object")
-                yield i, row
+        with path.open("rb") as f:
+            for i, raw in enumerate(f, start=1):
+                if raw.strip():
+                    yield i, _json_row(path, i, raw)
     elif suffix == ".parquet":
+        import pyarrow as pa
         import pyarrow.parquet as pq
 
-        for i, row in enumerate(pq.read_table(path).to_pylist(), start=1):
+        try:
+            table = pq.read_table(path)
+        except pa.ArrowException as e:
+            raise PoolError(path, None, None, f"not a readable Parquet file ({str(e).splitlines()[0]})") from None
+        for i, row in enumerate(table.to_pylist(), start=1):
             yield i, row
     else:
         raise PoolError(path, None, None, f"unknown file type '{suffix}' (use .jsonl or .parquet)")
+
+
+def _json_row(path: Path, i: int, raw: bytes) -> dict:
+    """One JSONL line as a dict, or a PoolError naming the row."""
+    try:
+        row = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise PoolError(path, i, None, f"not UTF-8 text (byte {e.start + 1} of the line)") from None
+    except json.JSONDecodeError as e:
+        raise PoolError(path, i, None, f"not valid JSON ({e.msg})") from None
+    except RecursionError:
+        raise PoolError(path, i, None, "not valid JSON (nested too deeply)") from None
+    except ValueError as e:  # e.g. an integer with more digits than Python converts
+        raise PoolError(path, i, None, f"not valid JSON ({e})") from None
+    if not isinstance(row, dict):
+        raise PoolError(path, i, None, "a row must be a JSON object")
+    return row
 
 
 def detect_layout(row: dict) -> str:
@@ -224,14 +265,54 @@ def _check_floats(path: Path, i: int, value: Any, name: str, n: int) -> list[flo
         raise PoolError(path, i, name, "must be a list of numbers")
     if len(value) != n:
         raise PoolError(path, i, name, f"has {len(value)} entries but there are {n} responses")
-    out = []
-    for j, v in enumerate(value):
-        if isinstance(v, bool) or not isinstance(v, (int, float)):
-            raise PoolError(path, i, f"{name}[{j}]", f"must be a number, got {v!r}")
-        if not math.isfinite(v):
-            raise PoolError(path, i, f"{name}[{j}]", f"must be finite, got {v}")
-        out.append(float(v))
-    return out
+    return [_check_number(path, i, v, f"{name}[{j}]") for j, v in enumerate(value)]
+
+
+def _check_number(path: Path, i: int, value: Any, name: str) -> float:
+    """A finite number as float (a 400-digit integer is refused, not overflowed)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise PoolError(path, i, name, f"must be a number, got {_short(value)}")
+    try:
+        number = float(value)
+    except OverflowError:
+        raise PoolError(path, i, name, f"must be finite, got an integer of {len(str(value))} digits") from None
+    if not math.isfinite(number):
+        raise PoolError(path, i, name, f"must be finite, got {number}")
+    return number
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    """`repr(value)` cut to `limit` characters: errors never echo a huge value back."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
+def _field(path: Path, i: int, row: dict, name: str, layout: str) -> Any:
+    """`row[name]`, which the file's layout (set by its first row) requires."""
+    if name not in row:
+        raise PoolError(path, i, name, f"missing (the file's first row has the {layout} layout, which needs it)")
+    return row[name]
+
+
+def _check_embeddings(path: Path, i: int, value: Any, n: int) -> np.ndarray:
+    """A finite float32 matrix with one row of numbers per response."""
+    if not (isinstance(value, list) and all(isinstance(e, list) for e in value)):
+        raise PoolError(path, i, "embeddings", "must be a list of number lists, one per response")
+    widths = {len(e) for e in value}
+    if len(widths) > 1:
+        raise PoolError(path, i, "embeddings", f"rows have different widths {sorted(widths)}")
+    try:
+        emb = np.asarray(value)
+    except ValueError:  # ragged deeper down
+        emb = None
+    if emb is None or emb.ndim != 2 or emb.dtype.kind not in "iuf":  # no strings, booleans, nested lists
+        raise PoolError(path, i, "embeddings", "must hold numbers only")
+    emb = emb.astype(np.float32)
+    if emb.shape[0] != n or emb.shape[1] == 0:
+        raise PoolError(path, i, "embeddings", f"must be [{n}, d] (one row per response), got shape {emb.shape}")
+    if not np.isfinite(emb).all():
+        raise PoolError(path, i, "embeddings", "must be finite")
+    return emb
 
 
 def _parse_row(path: Path, i: int, row: dict, layout: str) -> PoolRecord:
@@ -244,12 +325,13 @@ def _parse_row(path: Path, i: int, row: dict, layout: str) -> PoolRecord:
         rewards = None if rewards is None else _check_floats(path, i, rewards, "rewards", len(responses))
     elif layout == "multi_response":
         prompt = _check_prompt(path, i, row.get("prompt"))
-        responses = _check_responses(path, i, row["all_generated_responses"], "all_generated_responses")
+        responses = _check_responses(path, i, _field(path, i, row, "all_generated_responses", layout),
+                                     "all_generated_responses")
         scores = row.get("all_reward_scores")
         rewards = None if scores is None else _check_floats(path, i, scores, "all_reward_scores", len(responses))
     elif layout == "ultrafeedback":
         prompt = _check_prompt(path, i, row.get("prompt", row.get("instruction")))
-        comps = row["completions"]
+        comps = _field(path, i, row, "completions", layout)
         if not isinstance(comps, list) or not comps:
             raise PoolError(path, i, "completions", "must be a non-empty list")
         for j, c in enumerate(comps):
@@ -261,7 +343,8 @@ def _parse_row(path: Path, i: int, row: dict, layout: str) -> PoolRecord:
             path, i, scores, "completions.overall_score", len(responses))
     elif layout == "trl_pairs":
         prompt = _check_prompt(path, i, row.get("prompt"))
-        responses = _check_responses(path, i, [row["chosen"], row["rejected"]], "chosen/rejected")
+        responses = [_check_responses(path, i, [_field(path, i, row, name, layout)], name)[0]
+                     for name in ("chosen", "rejected")]
         if "score_chosen" in row and "score_rejected" in row:
             rewards = _check_floats(path, i, [row["score_chosen"], row["score_rejected"]],
                                     "score_chosen/score_rejected", 2)
@@ -273,12 +356,7 @@ def _parse_row(path: Path, i: int, row: dict, layout: str) -> PoolRecord:
     rec = PoolRecord(prompt=prompt, responses=responses, rewards=rewards,
                      id=str(rid) if rid is not None else f"row{i}")
     if row.get("embeddings") is not None:
-        emb = np.asarray(row["embeddings"], dtype=np.float32)
-        if emb.ndim != 2 or emb.shape[0] != len(responses):
-            raise PoolError(path, i, "embeddings", f"must be [{len(responses)}, d], got shape {emb.shape}")
-        if not np.isfinite(emb).all():
-            raise PoolError(path, i, "embeddings", "must be finite")
-        rec.embeddings = emb
+        rec.embeddings = _check_embeddings(path, i, row["embeddings"], len(responses))
     for name, kind in (("finished", bool), ("n_tokens", int), ("selected", int)):
         if row.get(name) is not None:
             vals = row[name]
@@ -305,12 +383,18 @@ def read_pool(path: str | Path, require: tuple[str, ...] = ()) -> tuple[list[Poo
     path = Path(path)
     records: list[PoolRecord] = []
     layout = None
+    width = None  # (embedding width, row that set it)
     for i, row in read_rows(path):
         layout = layout or detect_layout(row)
         rec = _parse_row(path, i, row, layout)
         for name in require:
             if getattr(rec, name) is None:
                 raise PoolError(path, i, name, "missing (run the stage that produces it first)")
+        if rec.embeddings is not None:
+            width = width or (rec.embeddings.shape[1], i)
+            if rec.embeddings.shape[1] != width[0]:
+                raise PoolError(path, i, "embeddings", f"width {rec.embeddings.shape[1]} differs from row "
+                                f"{width[1]}'s {width[0]}")
         records.append(rec)
     if not records:
         raise PoolError(path, None, None, "no rows")
@@ -318,53 +402,73 @@ def read_pool(path: str | Path, require: tuple[str, ...] = ()) -> tuple[list[Poo
 
 
 def read_prompts(path: str | Path) -> list[tuple[str, Prompt]]:
-    """(id, prompt) pairs from a JSONL/Parquet file with a `prompt` field, or a .txt (one per line)."""
+    """(id, prompt) pairs from a JSONL/Parquet file with a `prompt` field, or a .txt (one per line).
+    Refuses a file without prompts and duplicate ids."""
     path = Path(path)
-    if path.suffix.lower() == ".txt":
-        if not path.exists():
-            raise PoolError(path, None, None, "file not found")
-        lines = [ln.strip() for ln in path.read_text().splitlines()]
-        return [(f"row{i}", ln) for i, ln in enumerate(lines, start=1) if ln]
-    out = []
-    for i, row in read_rows(path):
+    out, first_row = [], {}
+    for i, row in _txt_rows(path) if path.suffix.lower() == ".txt" else read_rows(path):
         if "prompt" not in row and "instruction" not in row:
             raise PoolError(path, i, "prompt", "missing")
         prompt = _check_prompt(path, i, row.get("prompt", row.get("instruction")))
         rid = row.get("id", row.get("prompt_id"))
-        out.append((str(rid) if rid is not None else f"row{i}", prompt))
+        rid = str(rid) if rid is not None else f"row{i}"
+        if rid in first_row:
+            raise PoolError(path, i, "id", f"duplicate id {_short(rid)} (first on row {first_row[rid]})")
+        first_row[rid] = i
+        out.append((rid, prompt))
     if not out:
         raise PoolError(path, None, None, "no prompts")
-    ids = [rid for rid, _ in out]
-    if len(set(ids)) != len(ids):
-        dup = next(r for r in ids if ids.count(r) > 1)
-        raise PoolError(path, ids.index(dup) + 1, "id", f"duplicate id '{dup}'")
     return out
+
+
+def _txt_rows(path: Path) -> Iterator[tuple[int, dict]]:
+    """A .txt prompt file's non-blank lines as rows `{"prompt": line}` (1-based row numbers)."""
+    if not path.is_file():
+        raise PoolError(path, None, None, "file not found" if not path.exists() else "not a file")
+    with path.open("rb") as f:
+        for i, raw in enumerate(f, start=1):
+            try:
+                line = raw.decode("utf-8").strip()
+            except UnicodeDecodeError as e:
+                raise PoolError(path, i, None, f"not UTF-8 text (byte {e.start + 1} of the line)") from None
+            if line:
+                yield i, {"prompt": line}
 
 
 # ---------------------------------------------------------------------------------------------
 # Writing
 
 
+def output_format(path: str | Path) -> str:
+    """The format an output path asks for ("jsonl" or "parquet"), checked before any work is done."""
+    suffix = Path(path).suffix.lower()
+    if suffix not in (".jsonl", ".json", ".parquet"):
+        raise ValueError(f"{path}: unknown file type '{suffix}' (use .jsonl or .parquet)")
+    return "parquet" if suffix == ".parquet" else "jsonl"
+
+
 def write_rows(path: str | Path, rows: list[dict]) -> None:
     """Write dict rows atomically as JSONL or Parquet (by extension)."""
-    path = Path(path)
-    suffix = path.suffix.lower()
+    fmt = output_format(path)
     with atomic_path(path) as tmp:
-        if suffix in (".jsonl", ".json"):
-            with tmp.open("w") as f:
-                for row in rows:
-                    f.write(json.dumps(row, ensure_ascii=False) + "\n")
-        elif suffix == ".parquet":
-            import pyarrow as pa
-            import pyarrow.parquet as pq
+        dump_rows(tmp, rows, fmt)
 
-            if len({isinstance(r.get("prompt"), str) for r in rows}) > 1:
-                # Parquet columns have one type: write plain prompts as one user message (same meaning)
-                rows = [{**r, "prompt": [{"role": "user", "content": r["prompt"]}]} if isinstance(r.get("prompt"), str)
-                        else r for r in rows]
-            pq.write_table(pa.Table.from_pylist(rows), tmp)
-        else:
-            raise ValueError(f"{path}: unknown file type '{suffix}' (use .jsonl or .parquet)")
+
+def dump_rows(target: Path, rows: list[dict], fmt: str) -> None:
+    """Write dict rows to `target` as `fmt` ("jsonl" or "parquet"); `write_rows` makes it atomic."""
+    if fmt == "jsonl":
+        with target.open("w") as f:
+            for row in rows:
+                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    else:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        if len({isinstance(r.get("prompt"), str) for r in rows}) > 1:
+            # Parquet columns have one type: write plain prompts as one user message (same meaning)
+            rows = [{**r, "prompt": [{"role": "user", "content": r["prompt"]}]} if isinstance(r.get("prompt"), str)
+                    else r for r in rows]
+        pq.write_table(pa.Table.from_pylist(rows), target)
 
 
 def write_pool(path: str | Path, records: list[PoolRecord]) -> None:

@@ -6,6 +6,7 @@ Both apply the policy's chat template with `ampo.models.chat_prompt` and encode 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -48,8 +49,8 @@ class GenerationConfig:
     def __post_init__(self) -> None:
         if self.n < 1 or self.max_new_tokens < 1 or self.prompts_per_batch < 1:
             raise ValueError("generation n, max_new_tokens and prompts_per_batch must be >= 1")
-        if self.temperature < 0:
-            raise ValueError(f"generation temperature must be >= 0, got {self.temperature}")
+        if not (math.isfinite(self.temperature) and self.temperature >= 0):
+            raise ValueError(f"generation temperature must be a finite number >= 0, got {self.temperature}")
         if not 0 < self.top_p <= 1:
             raise ValueError(f"generation top_p must be in (0, 1], got {self.top_p}")
 

@@ -148,16 +148,41 @@ def load_policy(
     source = resolve_policy(name_or_path)
     tokenizer = load_tokenizer(source, trust_remote_code=trust_remote_code)
     try:
-        model = AutoModelForCausalLM.from_pretrained(
-            source, dtype=DTYPES[dtype], trust_remote_code=trust_remote_code
-        )
+        model = load_weights(AutoModelForCausalLM, source, "policy", dtype=DTYPES[dtype],
+                             trust_remote_code=trust_remote_code)
     except OSError as err:
         raise ValueError(_load_error(name_or_path, err)) from err
     return model.to(device).eval(), tokenizer
 
 
+ALLOW_BIN_ENV = "AMPO_ALLOW_BIN"
+
+
+def load_weights(auto_class, source: str | Path, what: str, new_head: tuple[str, ...] = (), **kwargs):
+    """`auto_class.from_pretrained(source, **kwargs)`, refusing weights that would run code or be
+    made up: pickled `.bin` files (unpickling can run code) unless `AMPO_ALLOW_BIN=1`, and a
+    folder whose weights leave any parameter outside `new_head` (name prefixes of a head the
+    caller adds on purpose) to random initialisation. `what` names the model in errors."""
+    allow_bin = os.environ.get(ALLOW_BIN_ENV) == "1"
+    folder = Path(source)
+    if folder.is_dir() and not allow_bin and not any(folder.glob("*.safetensors")):
+        pickled = sorted(p.name for p in folder.glob("*.bin"))
+        raise ValueError(f"{what} {folder}: no safetensors weights" + (
+            f" (only {', '.join(pickled)}: pickled weights can run code when loaded; convert them to "
+            f"safetensors, or set {ALLOW_BIN_ENV}=1 if you trust this folder)" if pickled else ""))
+    model, info = auto_class.from_pretrained(source, use_safetensors=None if allow_bin else True,
+                                             output_loading_info=True, **kwargs)
+    missing = [name for name in info["missing_keys"] if not name.startswith(new_head)]
+    if missing:
+        raise ValueError(f"{what} {source}: its weights do not cover the model: {len(missing)} parameter(s) "
+                         f"missing, e.g. '{missing[0]}' (they would be initialised at random)")
+    return model
+
+
 def _load_error(name_or_path: str, err: OSError) -> str:
     """Explain a failed load; hub ids need a network, which tests and offline machines lack."""
+    if Path(name_or_path).expanduser().is_dir():
+        return f"cannot load policy {name_or_path!r}: {str(err).splitlines()[0]}"
     hint = " (HF_HUB_OFFLINE is set)" if hf_constants.HF_HUB_OFFLINE else ""
     return (
         f"cannot load policy {name_or_path!r}: it is not a local folder nor {DEFAULT_POLICY!r}, "

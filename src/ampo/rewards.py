@@ -19,6 +19,10 @@ import numpy as np
 import torch
 
 from .losses import soft_bt_loss
+from .models import load_weights
+
+# A reward model trained from a backbone gets a new one-logit head: the only weights it may lack
+NEW_HEADS = ("classifier.", "score.")
 
 
 class RewardFn(Protocol):
@@ -31,6 +35,8 @@ def validate_rewards(name: str, scores: Any, n: int) -> np.ndarray:
     """`scores` as a float64 vector of length `n`, or ValueError naming the reward and the index."""
     try:
         values = np.asarray(scores, dtype=np.float64)
+    except OverflowError:
+        raise ValueError(f"reward {name!r} returned a number too large for a float") from None
     except (TypeError, ValueError) as error:
         raise ValueError(f"reward {name!r} returned non-numeric scores: {error}") from None
     if values.ndim != 1 or len(values) != n:
@@ -203,9 +209,8 @@ class HFRewardModel:
         self.tokenizer = AutoTokenizer.from_pretrained(
             self.path, trust_remote_code=trust_remote_code
         )
-        self.model = AutoModelForSequenceClassification.from_pretrained(
-            self.path, trust_remote_code=trust_remote_code, use_safetensors=True
-        )
+        self.model = load_weights(AutoModelForSequenceClassification, self.path, "reward model",
+                                  trust_remote_code=trust_remote_code)
         num_labels = self.model.config.num_labels
         if num_labels != 1:
             raise ValueError(f"reward model {self.path} has num_labels={num_labels}; expected 1")
@@ -299,37 +304,50 @@ def load_reward(spec: str, **kwargs: Any) -> RewardFn:
 
 
 def preference_labels(
-    pairs: Sequence[Mapping[str, Any]], soft_gamma: float | None = None
+    pairs: Sequence[Mapping[str, Any]],
+    soft_gamma: float | None = None,
+    source: str | Path = "preference pairs",
+    rows: Sequence[int] | None = None,
 ) -> list[tuple[str, str, str, float]]:
     """`(prompt, winner, loser, p)` per pair, where p is the probability that the winner wins.
 
     Without `soft_gamma`, p = 1 (hard labels). With it, p = sigmoid(soft_gamma * margin), the
     margin being `score_chosen - score_rejected` or `margin`; if p < 0.5 the two responses are
-    swapped and p <- 1 - p (MMPO, spec 2).
+    swapped and p <- 1 - p (MMPO, spec 2). A prompt may be a chat message list (its last user
+    message is used). Errors name `source` and the pair's 1-based row (`rows[i]` when given).
     """
+    from .data import PoolError, _check_number, _check_prompt, prompt_text
+
     labelled = []
     for i, pair in enumerate(pairs):
-        for key in ("prompt", "chosen", "rejected"):
+        row = rows[i] if rows is not None else i + 1
+        prompt = prompt_text(_check_prompt(source, row, pair.get("prompt")))
+        for key in ("chosen", "rejected"):
             if not isinstance(pair.get(key), str):
-                raise ValueError(f"preference pair {i}: field {key!r} must be a string")
-        prompt, winner, loser, p = pair["prompt"], pair["chosen"], pair["rejected"], 1.0
+                raise PoolError(source, row, key, "must be a string")
+        winner, loser, p = pair["chosen"], pair["rejected"], 1.0
         if soft_gamma is not None:
             if "score_chosen" in pair and "score_rejected" in pair:
-                margin = float(pair["score_chosen"]) - float(pair["score_rejected"])
+                margin = (_check_number(source, row, pair["score_chosen"], "score_chosen")
+                          - _check_number(source, row, pair["score_rejected"], "score_rejected"))
             elif "margin" in pair:
-                margin = float(pair["margin"])
+                margin = _check_number(source, row, pair["margin"], "margin")
             else:
-                raise ValueError(
-                    f"preference pair {i}: soft labels need 'score_chosen' and 'score_rejected', "
-                    "or 'margin'"
-                )
-            if not math.isfinite(margin):
-                raise ValueError(f"preference pair {i}: margin {margin} is not finite")
-            p = 1 / (1 + math.exp(-soft_gamma * margin))
+                raise PoolError(source, row, None, "soft labels need 'score_chosen' and 'score_rejected', "
+                                "or 'margin'")
+            p = _sigmoid(soft_gamma * margin)
             if p < 0.5:
                 winner, loser, p = loser, winner, 1 - p
         labelled.append((prompt, winner, loser, p))
     return labelled
+
+
+def _sigmoid(x: float) -> float:
+    """1 / (1 + e^-x) without overflow for any finite x (a huge margin gives 0 or 1)."""
+    if x >= 0:
+        return 1 / (1 + math.exp(-min(x, 700.0)))
+    z = math.exp(max(x, -700.0))
+    return z / (1 + z)
 
 
 def _fresh_dir(out_dir: Path) -> None:
@@ -368,6 +386,11 @@ def train_reward_model(
 
     out_dir = Path(out_dir)
     _fresh_dir(out_dir)
+    if soft_gamma is not None and not (math.isfinite(soft_gamma) and soft_gamma > 0):
+        raise ValueError(f"soft_gamma must be a finite number > 0, got {soft_gamma}")
+    if epochs < 1 or batch_size < 1 or max_length < 1 or not (math.isfinite(lr) and lr > 0):
+        raise ValueError(f"epochs, batch_size and max_length must be >= 1 and lr a finite number > 0, got "
+                         f"{epochs}, {batch_size}, {max_length}, {lr}")
     examples = preference_labels(pairs, soft_gamma)
     if not examples:
         raise ValueError("train_reward_model needs at least one preference pair")
@@ -375,9 +398,8 @@ def train_reward_model(
 
     torch.manual_seed(seed)
     tokenizer = AutoTokenizer.from_pretrained(backbone)
-    model = AutoModelForSequenceClassification.from_pretrained(
-        backbone, num_labels=1, use_safetensors=True
-    )
+    model = load_weights(AutoModelForSequenceClassification, backbone, "reward-model backbone",
+                         new_head=NEW_HEADS, num_labels=1)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     model.config.pad_token_id = tokenizer.pad_token_id

@@ -1,0 +1,279 @@
+"""Every bad input is one line, exit 2, no traceback and no partial file, naming the file, the
+1-based row and the field (or the option): each case of the reliability campaign (issue 13)."""
+
+import json
+import os
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from ampo.cli import main
+from ampo.config import ConfigError, load_config
+from test_pipeline import ROOT, tiny_policy  # noqa: F401 (tiny_policy is a fixture)
+
+EXAMPLES = ROOT / "examples"
+GOOD = {"prompt": "p", "responses": ["a", "b", "c"], "rewards": [0.1, 0.5, -0.2], "embeddings": [[1, 0], [0, 1], [1, 1]]}
+PAIR = {"prompt": "p", "chosen": "good", "rejected": "bad", "score_chosen": 2.0, "score_rejected": 1.0}
+HUGE = 10**400
+
+
+def lines(path, *rows):
+    """A JSONL file whose lines are `rows` (dicts, or raw str/bytes lines)."""
+    data = b"".join((r if isinstance(r, bytes) else (r if isinstance(r, str) else json.dumps(r)).encode()) + b"\n"
+                    for r in rows)
+    path.write_bytes(data)
+    return path
+
+
+def pool(tmp, second):
+    return lines(tmp / "pool.jsonl", GOOD, second)
+
+
+def pairs(tmp, second):
+    return lines(tmp / "pairs.jsonl", PAIR, second)
+
+
+def select(path, *extra):
+    return ["select", "--input", str(path), "--output", str(path.parent / "out.jsonl"), "--strategy", "bottomk",
+            "--k", "1", *extra]
+
+
+def score(path, *extra):
+    return ["score", "--input", str(path), "--output", str(path.parent / "out.jsonl"), *extra]
+
+
+def generate(tmp, prompts=EXAMPLES / "tiny_prompts.jsonl", *extra):
+    return ["generate", "--input", str(prompts), "--output", str(tmp / "out.jsonl"), "--n", "2",
+            "--max-new-tokens", "2", *extra]
+
+
+def train_rm(path, *extra):
+    return ["train-rm", "--input", str(path), "--output", str(path.parent / "rm"), "--epochs", "1", *extra]
+
+
+def bin_only(tmp, policy):
+    """The tiny policy with its weights as a pickle (`pytorch_model.bin`) instead of safetensors."""
+    folder = tmp / "bin_policy"
+    shutil.copytree(policy, folder)
+    torch.save(load_file(folder / "model.safetensors"), folder / "pytorch_model.bin")
+    (folder / "model.safetensors").unlink()
+    return folder
+
+
+def missing_layer(tmp, policy):
+    """The tiny policy with one tensor dropped from its weights."""
+    folder = tmp / "partial_policy"
+    shutil.copytree(policy, folder)
+    weights = load_file(folder / "model.safetensors")
+    del weights["model.layers.1.mlp.up_proj.weight"]
+    save_file(weights, folder / "model.safetensors", metadata={"format": "pt"})
+    return folder
+
+
+def huge_reward_fn(tmp):
+    (tmp / "huge.py").write_text("def reward(prompts, responses):\n    return [10**400] * len(responses)\n")
+    return f"{tmp / 'huge.py'}:reward"
+
+
+def a_file(tmp):
+    (tmp / "file").write_text("x")
+    return tmp / "file"
+
+
+# id -> (argv, expected fragment), from (tmp_path, tiny policy folder)
+CASES = {
+    "400-digit reward": lambda t, p: (
+        select(pool(t, {**GOOD, "rewards": [HUGE, 0, 1]})),
+        f"{t}/pool.jsonl: row 2: field 'rewards[0]': must be finite, got an integer of 401 digits"),
+    "deeply nested JSON line": lambda t, p: (
+        select(pool(t, '{"prompt": ' + "[" * 100_000 + "]" * 100_000 + "}")),
+        f"{t}/pool.jsonl: row 2: not valid JSON (nested too deeply)"),
+    "later row without the first row's layout field": lambda t, p: (
+        score(lines(t / "pool.jsonl", {"prompt": "p", "all_generated_responses": ["a", "b"]},
+                    {"prompt": "q", "responses": ["a", "b"]})),
+        f"{t}/pool.jsonl: row 2: field 'all_generated_responses': missing"),
+    "output path under a file": lambda t, p: (
+        ["score", "--input", str(EXAMPLES / "tiny_pool.jsonl"), "--output", str(a_file(t) / "out.jsonl")],
+        f"cannot write {t}/file/out.jsonl: Not a directory"),
+    "input directory named .jsonl": lambda t, p: (
+        (t / "dir.jsonl").mkdir() or score(t / "dir.jsonl"), f"{t}/dir.jsonl: not a file"),
+    "reward function returning a huge integer": lambda t, p: (
+        ["score", "--input", str(EXAMPLES / "tiny_pool.jsonl"), "--output", str(t / "out.jsonl"),
+         "--reward", huge_reward_fn(t)],
+        "huge.py:reward' returned a number too large for a float"),
+    "policy folder with only pytorch_model.bin": lambda t, p: (
+        generate(t, EXAMPLES / "tiny_prompts.jsonl", "--policy", str(bin_only(t, p))),
+        f"policy {t}/bin_policy: no safetensors weights (only pytorch_model.bin: pickled weights can run code"),
+    "reward-model folder with only pytorch_model.bin": lambda t, p: (
+        ["score", "--input", str(EXAMPLES / "tiny_pool.jsonl"), "--output", str(t / "out.jsonl"),
+         "--reward", str(bin_only(t, p))],
+        f"reward model {t}/bin_policy: no safetensors weights (only pytorch_model.bin"),
+    "reward-model folder without its head weights": lambda t, p: (
+        ["score", "--input", str(EXAMPLES / "tiny_pool.jsonl"), "--output", str(t / "out.jsonl"), "--reward", str(p)],
+        f"reward model {p}: its weights do not cover the model: 1 parameter(s) missing, e.g. 'score.weight'"),
+    "policy folder whose weights do not cover the model": lambda t, p: (
+        generate(t, EXAMPLES / "tiny_prompts.jsonl", "--policy", str(missing_layer(t, p))),
+        f"policy {t}/partial_policy: its weights do not cover the model: 1 parameter(s) missing, "
+        "e.g. 'model.layers.1.mlp.up_proj.weight'"),
+    "train-rm prompt null": lambda t, p: (
+        train_rm(pairs(t, {**PAIR, "prompt": None})),
+        f"{t}/pairs.jsonl: row 2: field 'prompt': must be a string or a list of {{role, content}} messages"),
+    "train-rm prompt a number": lambda t, p: (
+        train_rm(pairs(t, {**PAIR, "prompt": 7})), f"{t}/pairs.jsonl: row 2: field 'prompt': must be a string"),
+    "train-rm score_chosen null": lambda t, p: (
+        train_rm(pairs(t, {**PAIR, "score_chosen": None}), "--soft-gamma", "1"),
+        f"{t}/pairs.jsonl: row 2: field 'score_chosen': must be a number, got None"),
+    "train-rm 400-digit margin": lambda t, p: (
+        train_rm(pairs(t, {"prompt": "p", "chosen": "a", "rejected": "b", "margin": HUGE}), "--soft-gamma", "1"),
+        f"{t}/pairs.jsonl: row 2: field 'margin': must be finite, got an integer of 401 digits"),
+    "train-rm chosen missing, row counted from 1": lambda t, p: (
+        train_rm(lines(t / "pairs.jsonl", {"prompt": "p", "rejected": "b"})),
+        f"{t}/pairs.jsonl: row 1: field 'chosen': must be a string"),
+    "train-rm --batch-size 0": lambda t, p: (
+        train_rm(pairs(t, PAIR), "--batch-size", "0"), "argument --batch-size: must be >= 1, got 0"),
+    "train-rm NaN --soft-gamma": lambda t, p: (
+        train_rm(pairs(t, PAIR), "--soft-gamma", "nan"), "argument --soft-gamma: must be a finite number, got nan"),
+    "generate NaN --temperature": lambda t, p: (
+        generate(t, EXAMPLES / "tiny_prompts.jsonl", "--temperature", "nan"),
+        "argument --temperature: must be a finite number, got nan"),
+    "select --k 0": lambda t, p: (select(pool(t, GOOD))[:-2] + ["--k", "0"], "argument --k: must be >= 1, got 0"),
+    "non-UTF-8 input": lambda t, p: (
+        select(pool(t, b'{"prompt": "caf\xe9", "responses": ["a"]}')),
+        f"{t}/pool.jsonl: row 2: not UTF-8 text (byte 16 of the line)"),
+    "ragged embeddings": lambda t, p: (
+        select(pool(t, {**GOOD, "embeddings": [[1, 0], [1], [0, 1]]})),
+        f"{t}/pool.jsonl: row 2: field 'embeddings': rows have different widths [1, 2]"),
+    "string embeddings": lambda t, p: (
+        select(pool(t, {**GOOD, "embeddings": [["1", "0"], ["0", "1"], ["1", "1"]]})),
+        f"{t}/pool.jsonl: row 2: field 'embeddings': must hold numbers only"),
+    "embedding widths differ between rows": lambda t, p: (
+        select(pool(t, {**GOOD, "embeddings": [[1, 0, 0], [0, 1, 0], [0, 0, 1]]})),
+        f"{t}/pool.jsonl: row 2: field 'embeddings': width 3 differs from row 1's 2"),
+    "duplicate id after a blank line": lambda t, p: (
+        generate(t, lines(t / "prompts.jsonl", {"id": "a", "prompt": "x"}, "", {"id": "a", "prompt": "y"})),
+        f"{t}/prompts.jsonl: row 3: field 'id': duplicate id 'a' (first on row 1)"),
+    "failed --trl-pairs write": lambda t, p: (
+        select(pool(t, GOOD), "--trl-pairs", str(a_file(t) / "pairs.jsonl")),
+        f"cannot write {t}/file/pairs.jsonl: Not a directory"),
+    "empty prompt file": lambda t, p: (
+        generate(t, lines(t / "prompts.jsonl", "")), f"{t}/prompts.jsonl: no prompts"),
+    "blank .txt prompt file": lambda t, p: (
+        (t / "prompts.txt").write_text("\n  \n") and generate(t, t / "prompts.txt"), f"{t}/prompts.txt: no prompts"),
+    "non-UTF-8 .txt prompts": lambda t, p: (
+        (t / "prompts.txt").write_bytes(b"fine\n\xff\n") and generate(t, t / "prompts.txt"),
+        f"{t}/prompts.txt: row 2: not UTF-8 text"),
+    "unknown output type": lambda t, p: (
+        ["score", "--input", str(EXAMPLES / "tiny_pool.jsonl"), "--output", str(t / "out.csv")],
+        f"{t}/out.csv: unknown file type '.csv'"),
+}
+
+
+def run_main(argv) -> int:
+    try:
+        return main(["-q", *argv])
+    except SystemExit as e:  # argparse's usage errors
+        return e.code
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_bad_input_is_one_line_exit_2_and_no_file(name, tmp_path, tiny_policy, capsys):  # noqa: F811
+    argv, fragment = CASES[name](tmp_path, tiny_policy)
+    before = sorted(tmp_path.rglob("*"))
+    assert run_main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("ampo"), err[:3000]  # one line: no traceback
+    assert fragment in err
+    assert sorted(tmp_path.rglob("*")) == before  # no output, no partial or temporary file
+
+
+def test_full_disk_fails_in_one_line_and_leaves_no_file(tmp_path, tiny_policy):  # noqa: F811
+    """select, score and embed when the output does not fit (RLIMIT_FSIZE stands in for a full
+    disk: the kernel refuses the write the same way, with an OSError)."""
+    def limit():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # fail the write instead of killing the process
+        resource.setrlimit(resource.RLIMIT_FSIZE, (2000, resource.RLIM_INFINITY))
+
+    pool_file = lines(tmp_path / "pool.jsonl", *[GOOD] * 40)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    for argv in (select(pool_file), score(pool_file),
+                 ["embed", "--input", str(pool_file), "--output", str(tmp_path / "out.jsonl"), "--embedder", "policy",
+                  "--policy", str(tiny_policy)]):
+        done = subprocess.run([sys.executable, "-m", "ampo.cli", "-q", *argv], env=env, capture_output=True,
+                              text=True, preexec_fn=limit, timeout=120)
+        assert done.returncode == 2, done.stderr[-2000:]
+        assert done.stderr == f"ampo: error: cannot write {tmp_path}/out.jsonl: File too large\n"
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["pool.jsonl"]
+
+
+LATE_OPTIONS = [  # each used to fail only after models were loaded, or never
+    ("generate.shard_prompts=0", "config 'generate.shard_prompts': must be >= 1, got 0"),
+    ("embed.batch_size=0", "config 'embed.batch_size': must be >= 1, got 0"),
+    ("data.split_seed=-1", "config 'data.split_seed': must be >= 0, got -1"),
+    ("eval.samples_per_prompt=0", "config 'eval.samples_per_prompt': must be >= 1, got 0"),
+    ("generate.max_new_tokens=0", "config 'generate.max_new_tokens': must be >= 1, got 0"),
+    ("eval.temperature=-1", "config 'eval.temperature': must be >= 0, got -1.0"),
+    ("model.lora_r=0", "config 'model.lora_r': must be >= 1, got 0"),
+    ("train.lr_scheduler=cosine_with_min_lr", "config 'train.lr_scheduler': must be one of linear, cosine,"),
+    ("eval.bootstrap=0", "config 'eval.bootstrap': must be >= 1, got 0"),
+    ("select.k=0", "config 'select.k': must be >= 1, got 0"),
+    ("generate.temperature=.nan", "config 'generate.temperature': must be a finite number, got nan"),
+    ("train.learning_rate=nan", "config 'train.learning_rate': must be a finite number, got nan"),
+    ("train.hparams.beta=.nan", "config 'train.hparams.beta': must be a finite number, got nan"),
+    ("train.warmup_ratio=.inf", "config 'train.warmup_ratio': must be a finite number, got inf"),
+    ("model.lora_dropout=1", "config 'model.lora_dropout': must be in [0, 1), got 1.0"),
+    ("data.prompts=/no/such/prompts.jsonl", "config 'data.prompts': no such file: '/no/such/prompts.jsonl'"),
+]
+
+
+@pytest.mark.parametrize("override,message", LATE_OPTIONS, ids=[o for o, _ in LATE_OPTIONS])
+def test_bad_option_is_refused_before_anything_runs(override, message, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert run_main(["run", f"out={out}", override]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err, err
+    assert not out.exists()
+
+
+BOMB = "".join(f"{chr(97 + i)}: &{chr(97 + i)} [{', '.join([f'*{chr(96 + i)}'] * 9 if i else ['lol'] * 9)}]\n"
+               for i in range(9))
+
+
+@pytest.mark.parametrize("text,message", [
+    ("- a\n- b\n", "must be a mapping of sections and options (like 'select: {k: 3}'), got a list"),
+    ("just a string\n", "got a str"),
+    (BOMB, "its aliases expand to more than 100000 values; refused"),
+    ("select:\n  k: [1\n", "line 3: not valid YAML"),
+    (b"seed: 0\n# caf\xe9\n", "not UTF-8 text"),
+], ids=["list", "string", "alias bomb", "broken YAML", "non-UTF-8"])
+def test_bad_config_file_is_one_short_line(text, message, tmp_path, capsys):
+    path = tmp_path / "config.yaml"
+    path.write_bytes(text if isinstance(text, bytes) else text.encode())
+    assert run_main(["run", str(path), f"out={tmp_path / 'run'}"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{path}" in err and message in err, err
+    assert len(err) < 300  # the 422-byte bomb once produced a 350 MB error line
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("command,flag,option,bad", [
+    ("generate", "--n", "generate.n", "1"),
+    ("generate", "--temperature", "generate.temperature", "-0.5"),
+    ("generate", "--top-p", "generate.top_p", "0"),
+    ("generate", "--max-new-tokens", "generate.max_new_tokens", "0"),
+    ("generate", "--prompts-per-batch", "generate.prompts_per_batch", "0"),
+    ("generate", "--seed", "seed", "-1"),
+    ("select", "--k", "select.k", "0"),
+    ("select", "--seed", "seed", "-1"),
+])
+def test_cli_flags_and_config_options_share_their_ranges(command, flag, option, bad, capsys):
+    assert run_main([command, "--input", "in.jsonl", "--output", "out.jsonl", flag, bad]) == 2
+    cli_problem = capsys.readouterr().err.split(f"argument {flag}: ", 1)[1].split(" (see ")[0]
+    with pytest.raises(ConfigError) as e:
+        load_config(overrides=[f"{option}={bad}"])
+    assert str(e.value) == f"config '{option}': {cli_problem}"
