@@ -1,6 +1,8 @@
-"""Damaged files are detected, not trusted: every stage output's size and sha256 is recorded in the
-manifest when its stage finishes; a rerun that finds an output emptied, truncated, altered or
-missing says which file and redoes that stage alone, giving the same bytes as before."""
+"""Finished runs: damaged files are detected, not trusted (every stage output's size and sha256 is
+recorded in the manifest when its stage finishes; a rerun that finds an output emptied, truncated,
+altered or missing says which file and redoes that stage alone, giving the same bytes as before);
+outputs get the usual permissions; a read-only finished run is reused without writing; `ampo
+report RUN` writes into RUN."""
 
 import json
 import logging
@@ -8,9 +10,11 @@ import os
 import re
 import shutil
 import stat
+import subprocess
 
 import pytest
 
+from ampo.cli import main
 from test_pipeline import run, tiny_policy  # noqa: F401 (tiny_policy is a fixture)
 
 CONFIG = ("model.lora=true", "model.lora_r=2", "model.lora_targets=[q_proj]", "train.loss=dpo")
@@ -103,3 +107,63 @@ def test_outputs_get_the_usual_permissions(finished_run):
     for path in finished_run.rglob("*"):
         mode = stat.S_IMODE(path.stat().st_mode)
         assert mode == (0o755 if path.is_dir() else 0o644), (path, oct(mode))
+
+
+def _snapshot(folder):
+    """Each file's identity and content stamp: an atomic rewrite changes the inode."""
+    return {p: (s.st_ino, s.st_size, s.st_mtime_ns) for p in folder.rglob("*") if (s := p.stat())}
+
+
+def test_report_writes_into_the_run_folder_it_is_given(finished_run, tmp_path, capsys):
+    moved = tmp_path / "moved"
+    shutil.copytree(finished_run, moved)  # its config.yaml still names the original folder as `out`
+    before = _snapshot(finished_run)
+    assert main(["-q", "report", str(moved)]) == 0
+    assert capsys.readouterr().out.strip() == str(moved / "report.md")
+    assert (moved / "report.md").read_text().startswith(f"# ampo run: `{moved}`")
+    assert _snapshot(finished_run) == before  # the other run's report is left alone
+
+
+def _make_read_only(folder) -> bool:
+    """chmod a-w, and for root (whom modes do not stop) the immutable flag; False if writes still work."""
+    subprocess.run(["chmod", "-R", "a-w", str(folder)], check=True)
+    if os.geteuid() == 0:
+        subprocess.run(["chattr", "-R", "+i", str(folder)], capture_output=True)
+    try:
+        (folder / "probe").write_text("x")
+    except OSError:
+        return True
+    return False
+
+
+def _make_writable(folder) -> None:
+    if os.geteuid() == 0:
+        subprocess.run(["chattr", "-R", "-i", str(folder)], capture_output=True)
+    subprocess.run(["chmod", "-R", "u+w", str(folder)], check=True)
+
+
+@pytest.fixture
+def read_only_run(finished_run, tiny_policy, tmp_path):  # noqa: F811
+    """A copy of the finished run, made in place (its config names it), then made read-only."""
+    out = tmp_path / "run"
+    shutil.copytree(finished_run, out)
+    run(tiny_policy, out, *CONFIG)  # nothing to do but record the new place in config.yaml
+    (out / "report.md").unlink()
+    if not _make_read_only(out):
+        _make_writable(out)
+        pytest.skip("cannot make a folder read-only here")
+    yield out
+    _make_writable(out)
+
+
+def test_read_only_finished_run_resumes_without_writing(read_only_run, capsys, caplog):
+    before = _snapshot(read_only_run)
+    assert main(["-q", "run", str(read_only_run / "config.yaml")]) == 0
+    assert "after round 0: reward" in capsys.readouterr().out
+    assert _snapshot(read_only_run) == before
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warnings == [f"[report] {read_only_run / 'report.md'} is missing: redoing the stage", warnings[1]]
+    assert warnings[1].startswith(f"the report was not written: cannot write {read_only_run}/") and "\n" not in warnings[1]
+    assert main(["-q", "report", str(read_only_run)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"ampo: error: cannot write {read_only_run}/"), err

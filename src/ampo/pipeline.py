@@ -543,7 +543,7 @@ class Pipeline:
             try:
                 self.report()
             except OSError as e:  # e.g. a finished run in a read-only folder: the results stand
-                log.warning("the report was not written: %s", e)
+                log.warning("the report was not written: %s", e.strerror or e)
         return results
 
     def report(self, force: bool = False) -> Path:
