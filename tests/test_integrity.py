@@ -15,6 +15,7 @@ import subprocess
 import pytest
 
 from ampo.cli import main
+from ampo.pipeline import Manifest
 from test_pipeline import run, tiny_policy  # noqa: F401 (tiny_policy is a fixture)
 
 CONFIG = ("model.lora=true", "model.lora_r=2", "model.lora_targets=[q_proj]", "train.loss=dpo")
@@ -167,3 +168,11 @@ def test_read_only_finished_run_resumes_without_writing(read_only_run, capsys, c
     assert main(["-q", "report", str(read_only_run)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith(f"ampo: error: cannot write {read_only_run}/"), err
+
+
+@pytest.mark.parametrize("content", [b"", b'{"stages": ', b"[]", b'{"stages": {"split": "done"}}'])
+def test_damaged_manifest_counts_as_empty(tmp_path, caplog, content):
+    (tmp_path / "manifest.json").write_bytes(content)
+    manifest = Manifest(tmp_path / "manifest.json", write=False)
+    assert manifest.data["stages"] == {} and not manifest.done("split", "any")
+    assert f"{tmp_path / 'manifest.json'} is damaged: redoing every stage" in caplog.text

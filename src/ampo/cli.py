@@ -159,7 +159,8 @@ def _cmd_report(args) -> None:
     from .config import load_config
     from .pipeline import Pipeline
 
-    config = dataclasses.replace(load_config(Path(args.run) / "config.yaml"), out=args.run)  # RUN, wherever it is now
+    run = Path(args.run)
+    config = dataclasses.replace(load_config(run / "config.yaml"), out=str(run))  # RUN, wherever it is now
     with Pipeline(config, progress=False) as pipe:
         print(pipe.report(force=True))
 

@@ -33,13 +33,28 @@ BUILTIN_PROMPTS = Path(__file__).parent / "recipes" / "prompts.jsonl"
 
 
 class Manifest:
-    """`manifest.json`: per stage its key, status and timing, written after every change."""
+    """`manifest.json`: per stage its key, status, timing and outputs, written after every change."""
 
     def __init__(self, path: Path, write: bool = True):
         self.path = path
         self.write = write  # only the main process writes
-        self.data = json.loads(path.read_text()) if path.exists() else {"stages": {}}
+        self.data = self._read(path)
         self.data["versions"] = _versions()
+
+    @staticmethod
+    def _read(path: Path) -> dict:
+        """The manifest's content; a damaged one is named and counts as empty (every stage is redone)."""
+        if not path.exists():
+            return {"stages": {}}
+        try:
+            data = json.loads(path.read_bytes())
+        except (ValueError, RecursionError):
+            data = None
+        if not (isinstance(data, dict) and isinstance(data.get("stages"), dict)
+                and all(isinstance(e, dict) and {"key", "status"} <= e.keys() for e in data["stages"].values())):
+            log.warning("%s is damaged: redoing every stage", path)
+            return {"stages": {}}
+        return data
 
     def done(self, stage: str, key: str) -> bool:
         entry = self.data["stages"].get(stage)
