@@ -228,8 +228,8 @@ LATE_OPTIONS = [  # each used to fail only after models were loaded, or never
     ("train.warmup_ratio=.inf", "config 'train.warmup_ratio': must be a finite number, got inf"),
     ("model.lora_dropout=1", "config 'model.lora_dropout': must be in [0, 1), got 1.0"),
     ("data.prompts=/no/such/prompts.jsonl", "config 'data.prompts': no such file: '/no/such/prompts.jsonl'"),
-    ("score.reward=/no/such/rm", "config 'score.reward': expected 'builtin', 'module:function' or a reward-model"),
-    ("embed.embedder=/no/such/st", "config 'embed.embedder': expected 'minilm', 'policy' or a sentence-transformers"),
+    ("score.reward=/no/such/rm", "config 'score.reward': unknown reward '/no/such/rm': expected 'builtin',"),
+    ("embed.embedder=/no/such/st", "config 'embed.embedder': unknown embedder '/no/such/st': expected 'minilm',"),
 ]
 
 

@@ -348,7 +348,9 @@ def option(c: RunConfig, dotted: str) -> Any:
 
 def validate(c: RunConfig) -> None:
     """Refuse out-of-range values and incompatible options, each with one line naming it."""
+    from .embeddings import embedder_kind
     from .losses import HPARAM_CHOICES, LOSSES
+    from .rewards import reward_kind
     from .selection import SELECTORS
 
     for name, allowed in RANGES.items():
@@ -388,12 +390,11 @@ def validate(c: RunConfig) -> None:
                           f"models; give {spec.refs - 1} extra reference path(s)")
     if c.data.prompts != "builtin" and not Path(c.data.prompts).is_file():
         raise ConfigError(f"config 'data.prompts': no such file: {short(c.data.prompts)}")
-    if c.score.reward != "builtin" and ":" not in c.score.reward and not Path(c.score.reward).is_dir():
-        raise ConfigError(f"config 'score.reward': expected 'builtin', 'module:function' or a reward-model "
-                          f"folder, got {short(c.score.reward)}")
-    if c.embed.embedder not in ("minilm", "policy") and not Path(c.embed.embedder).is_dir():
-        raise ConfigError(f"config 'embed.embedder': expected 'minilm', 'policy' or a sentence-transformers "
-                          f"folder, got {short(c.embed.embedder)}")
+    for name, kind in (("score.reward", reward_kind), ("embed.embedder", embedder_kind)):
+        try:
+            kind(option(c, name))
+        except ValueError as e:
+            raise ConfigError(f"config '{name}': {e}") from None
 
 
 def config_key(*parts: Any) -> str:

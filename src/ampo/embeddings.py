@@ -134,23 +134,32 @@ class PolicyEmbedder:
         return pooled.cpu().numpy()
 
 
-def load_embedder(
-    spec: str = "minilm", policy: tuple[Any, Any] | None = None, **kwargs: Any
-) -> Embedder:
-    """Build an embedder from a spec: "minilm", "policy" or a local sentence-transformers folder.
-
-    "policy" needs `policy=(model, tokenizer)`; `kwargs` go to the embedder (batch_size, device).
-    """
-    if spec == "minilm":
-        return SentenceEmbedder(**kwargs)
-    if spec == "policy":
-        if policy is None:
-            raise ValueError("embedder 'policy' needs policy=(model, tokenizer)")
-        model, tokenizer = policy
-        return PolicyEmbedder(model, tokenizer, **kwargs)
+def embedder_kind(spec: str) -> str:
+    """What an embedder spec names: "minilm", "policy" or "folder" (sentence-transformers). Cheap,
+    so configs are checked before anything loads."""
+    if spec in ("minilm", "policy"):
+        return spec
     if Path(spec).is_dir():
-        return SentenceEmbedder(spec, **kwargs)
+        return "folder"
     raise ValueError(
         f"unknown embedder {spec!r}: expected 'minilm', 'policy' "
         "or a local sentence-transformers folder"
     )
+
+
+def load_embedder(
+    spec: str = "minilm", policy: tuple[Any, Any] | None = None, **kwargs: Any
+) -> Embedder:
+    """Build an embedder from a spec (see `embedder_kind`).
+
+    "policy" needs `policy=(model, tokenizer)`; `kwargs` go to the embedder (batch_size, device).
+    """
+    kind = embedder_kind(spec)
+    if kind == "minilm":
+        return SentenceEmbedder(**kwargs)
+    if kind == "policy":
+        if policy is None:
+            raise ValueError("embedder 'policy' needs policy=(model, tokenizer)")
+        model, tokenizer = policy
+        return PolicyEmbedder(model, tokenizer, **kwargs)
+    return SentenceEmbedder(spec, **kwargs)

@@ -19,7 +19,6 @@ import numpy as np
 import torch
 
 from .losses import soft_bt_loss
-from .models import load_weights
 
 # A reward model trained from a backbone gets a new one-logit head: the only weights it may lack
 NEW_HEADS = ("classifier.", "score.")
@@ -200,6 +199,8 @@ class HFRewardModel:
     ):
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+        from .models import load_weights
+
         self.path = Path(path)
         self.name = str(path)
         if not (self.path / "config.json").is_file():
@@ -282,21 +283,31 @@ class CallableReward:
         return validate_rewards(self.name, self.fn(list(prompts), list(responses)), len(prompts))
 
 
-def load_reward(spec: str, **kwargs: Any) -> RewardFn:
-    """A reward from a spec: "builtin", "module:function" (or "file.py:function"), or a local
-    reward-model folder. `kwargs` go to `BuiltinReward` or `HFRewardModel`."""
+def reward_kind(spec: str) -> str:
+    """What a reward spec names: "builtin", "folder" (a reward model) or "callable"
+    ("module:function" / "file.py:function"). Cheap, so configs are checked before anything loads."""
     if spec == "builtin":
-        return BuiltinReward(**kwargs)
+        return "builtin"
     if Path(spec).is_dir():
-        return HFRewardModel(spec, **kwargs)
+        return "folder"
     if ":" in spec:
-        if kwargs:
-            raise ValueError(f"reward {spec!r} is a callable and takes no options {sorted(kwargs)}")
-        return CallableReward(spec)
+        return "callable"
     raise ValueError(
         f"unknown reward {spec!r}: expected 'builtin', 'module:function' "
         "or a local reward-model folder"
     )
+
+
+def load_reward(spec: str, **kwargs: Any) -> RewardFn:
+    """A reward from a spec (see `reward_kind`). `kwargs` go to `BuiltinReward` or `HFRewardModel`."""
+    kind = reward_kind(spec)
+    if kind == "builtin":
+        return BuiltinReward(**kwargs)
+    if kind == "folder":
+        return HFRewardModel(spec, **kwargs)
+    if kwargs:
+        raise ValueError(f"reward {spec!r} is a callable and takes no options {sorted(kwargs)}")
+    return CallableReward(spec)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -383,6 +394,7 @@ def train_reward_model(
 
     from ampo.data import atomic_dir
     from ampo.embeddings import minilm_path
+    from ampo.models import load_weights
 
     out_dir = Path(out_dir)
     _fresh_dir(out_dir)
