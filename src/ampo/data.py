@@ -22,6 +22,8 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from .config import short
+
 Prompt = str | list[dict]
 
 
@@ -271,7 +273,7 @@ def _check_floats(path: Path, i: int, value: Any, name: str, n: int) -> list[flo
 def _check_number(path: Path, i: int, value: Any, name: str) -> float:
     """A finite number as float (a 400-digit integer is refused, not overflowed)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise PoolError(path, i, name, f"must be a number, got {_short(value)}")
+        raise PoolError(path, i, name, f"must be a number, got {short(value)}")
     try:
         number = float(value)
     except OverflowError:
@@ -280,11 +282,6 @@ def _check_number(path: Path, i: int, value: Any, name: str) -> float:
         raise PoolError(path, i, name, f"must be finite, got {number}")
     return number
 
-
-def _short(value: Any, limit: int = 60) -> str:
-    """`repr(value)` cut to `limit` characters: errors never echo a huge value back."""
-    text = repr(value)
-    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 
 def _field(path: Path, i: int, row: dict, name: str, layout: str) -> Any:
@@ -413,7 +410,7 @@ def read_prompts(path: str | Path) -> list[tuple[str, Prompt]]:
         rid = row.get("id", row.get("prompt_id"))
         rid = str(rid) if rid is not None else f"row{i}"
         if rid in first_row:
-            raise PoolError(path, i, "id", f"duplicate id {_short(rid)} (first on row {first_row[rid]})")
+            raise PoolError(path, i, "id", f"duplicate id {short(rid)} (first on row {first_row[rid]})")
         first_row[rid] = i
         out.append((rid, prompt))
     if not out:
