@@ -52,21 +52,21 @@ def _print_results(out: str, results: list[dict]) -> None:
 
 
 def _cmd_generate(args) -> None:
-    from .data import PoolRecord, read_prompts, write_pool
+    from .data import PoolRecord, read_prompt_rows, write_pool
     from .generation import GenerationConfig, make_generator
     from .models import load_policy
 
-    prompts = read_prompts(args.input)
+    prompts = read_prompt_rows(args.input)
     model, tok = load_policy(args.policy, dtype=args.dtype, trust_remote_code=args.trust_remote_code)
     cfg = GenerationConfig(n=args.n, temperature=args.temperature, top_p=args.top_p,
                            max_new_tokens=args.max_new_tokens, prompts_per_batch=args.prompts_per_batch,
                            seed=args.seed)
     gen = make_generator(args.backend, args.policy, model=model, tokenizer=tok, config=cfg)
-    samples = gen.generate([p for _, p in prompts], progress=not args.quiet)
+    samples = gen.generate([p["prompt"] for p in prompts], progress=not args.quiet)
     write_pool(args.output, [
-        PoolRecord(prompt=p, id=pid, responses=[s.text for s in ss], finished=[s.finished for s in ss],
-                   n_tokens=[s.n_tokens for s in ss])
-        for (pid, p), ss in zip(prompts, samples)
+        PoolRecord(prompt=p["prompt"], id=p["id"], responses=[s.text for s in ss], finished=[s.finished for s in ss],
+                   n_tokens=[s.n_tokens for s in ss], meta=p.get("meta"))
+        for p, ss in zip(prompts, samples)
     ])
     print(f"wrote {len(prompts)} prompts x {args.n} responses to {args.output}")
 
@@ -141,6 +141,36 @@ def _cmd_train_rm(args) -> None:
     print(f"reward model -> {path} (load it with --reward {path})")
 
 
+def _cmd_evaluate(args) -> None:
+    from .ifeval.evaluate import evaluate_policy, load_eval_policy, policy_fingerprint, score_file, table
+
+    if args.responses:
+        metrics = score_file(args.benchmark, args.responses, args.output, n_boot=args.bootstrap, seed=args.seed)
+    else:
+        from .config import config_key
+
+        key = config_key(policy_fingerprint(args.policy, args.base, args.dtype))
+        metrics = evaluate_policy(args.benchmark, load_eval_policy(args.policy, args.base, args.dtype), args.output,
+                                  key=key, limit=args.limit, seed=args.seed, max_new_tokens=args.max_new_tokens,
+                                  prompts_per_batch=args.prompts_per_batch, shard_prompts=args.shard_prompts,
+                                  n_boot=args.bootstrap, progress=not args.quiet, info={"policy": args.policy})
+    print(table(metrics))
+    print(f"wrote {Path(args.output) / 'metrics.json'} and results.jsonl"
+          + ("" if args.responses else " and responses.jsonl"))
+
+
+def _cmd_make_prompts(args) -> None:
+    from .data import read_prompt_rows, write_rows
+    from .ifeval.prompts import build_prompts
+    from .pipeline import BUILTIN_PROMPTS
+
+    base = read_prompt_rows(args.base or BUILTIN_PROMPTS)
+    rows = build_prompts(base, args.n, seed=args.seed, max_constraints=args.max_constraints)
+    write_rows(args.output, rows)
+    print(f"wrote {len(rows)} {args.task} training prompts ({len(base)} base prompts, seed {args.seed}) "
+          f"-> {args.output}")
+
+
 def _cmd_report(args) -> None:
     from .config import load_config
     from .pipeline import Pipeline
@@ -184,7 +214,8 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("score", help="add rewards to a pool file")
     s.add_argument("--input", required=True)
     s.add_argument("--output", required=True)
-    s.add_argument("--reward", default="builtin", help="builtin | module:function | reward-model folder")
+    s.add_argument("--reward", default="builtin",
+                   help="builtin | ifeval[:loose=W,degeneracy=W] | module:function | reward-model folder")
     s.set_defaults(fn=_cmd_score)
 
     s = sub.add_parser("embed", help="add response embeddings to a pool file")
@@ -216,6 +247,34 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--batch-size", type=int, default=16)
     s.add_argument("--seed", type=int, default=0)
     s.set_defaults(fn=_cmd_train_rm)
+
+    s = sub.add_parser("evaluate", help="IFEval / IFBench: score a responses file, or a policy's greedy responses",
+                       description="Score responses to IFEval or IFBench with the official checks (offline), "
+                                   "or generate them first with a policy. Writes OUTPUT/metrics.json, "
+                                   "OUTPUT/results.jsonl (and OUTPUT/responses.jsonl). See docs/ifeval.md.")
+    s.add_argument("--benchmark", required=True, choices=["ifeval", "ifbench"])
+    what = s.add_mutually_exclusive_group(required=True)
+    what.add_argument("--responses", help="JSONL/Parquet rows with 'key' (the benchmark's) or 'prompt', and 'response'")
+    what.add_argument("--policy", help="built-in name, model folder, or LoRA adapter folder (merged into --base)")
+    s.add_argument("--output", required=True, help="output folder; rerunning a --policy evaluation on it resumes")
+    s.add_argument("--base", default="smollm2-135m-instruct", help="base model of a LoRA adapter --policy")
+    s.add_argument("--limit", type=int, default=0, help="evaluate a fixed, seeded subset of N prompts (0 = all)")
+    s.add_argument("--seed", type=int, default=0, help="seed of the --limit subset and of the bootstrap")
+    s.add_argument("--max-new-tokens", type=int, default=256)
+    s.add_argument("--prompts-per-batch", type=int, default=16)
+    s.add_argument("--shard-prompts", type=int, default=64, help="prompts per resumable shard")
+    s.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    s.add_argument("--bootstrap", type=int, default=1000, help="bootstrap samples for the interval")
+    s.set_defaults(fn=_cmd_evaluate)
+
+    s = sub.add_parser("make-prompts", help="build training prompts for a task (ifeval: verifiable constraints)")
+    s.add_argument("--task", required=True, choices=["ifeval"])
+    s.add_argument("--output", required=True, help="prompt file (.jsonl or .parquet) with id, prompt, meta")
+    s.add_argument("--n", type=int, default=1920, help="number of prompts")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--max-constraints", type=int, default=3, help="1 to this many constraints per prompt")
+    s.add_argument("--base", help="base prompts (JSONL/Parquet/TXT); default: ampo's bundled prompts")
+    s.set_defaults(fn=_cmd_make_prompts)
 
     s = sub.add_parser("report", help="rewrite report.md and plots of a finished run folder")
     s.add_argument("run")

@@ -21,11 +21,14 @@ import numpy as np
 
 from . import __version__
 from .config import RunConfig, config_key, dump_config, seed_from
-from .data import PoolRecord, atomic_path, prompt_text, read_pool, read_prompts, write_json, write_pool, write_rows
+from .data import PoolRecord, atomic_path, prompt_text, read_pool, read_prompt_rows, write_json, write_pool, write_rows
 
 log = logging.getLogger("ampo")
 
 BUILTIN_PROMPTS = Path(__file__).parent / "recipes" / "prompts.jsonl"
+# `data.prompts` names for the bundled prompt files
+BUILTIN_PROMPT_SETS = {"builtin": BUILTIN_PROMPTS,
+                       "builtin-ifeval": Path(__file__).parent / "recipes" / "ifeval_prompts.jsonl"}
 
 
 class Manifest:
@@ -184,10 +187,12 @@ class Pipeline:
 
     def _make_split(self) -> dict[str, list]:
         path = self.dir / "split.json"
-        source = BUILTIN_PROMPTS if self.c.data.prompts == "builtin" else Path(self.c.data.prompts)
-        prompts = read_prompts(source)
+        source = BUILTIN_PROMPT_SETS.get(self.c.data.prompts) or Path(self.c.data.prompts)
+        rows = read_prompt_rows(source)
+        prompts = [(row["id"], row["prompt"]) for row in rows]
+        metas = [row.get("meta") for row in rows]
         key = config_key("split", [p for _, p in prompts], [i for i, _ in prompts],
-                         self.c.data.heldout, self.c.data.split_seed)
+                         self.c.data.heldout, self.c.data.split_seed, *([metas] if any(metas) else []))
 
         def make():
             if self.c.data.heldout >= len(prompts):
@@ -196,9 +201,8 @@ class Pipeline:
             order = np.random.default_rng(self.c.data.split_seed).permutation(len(prompts))
             held = sorted(order[: self.c.data.heldout].tolist())
             train = sorted(order[self.c.data.heldout:].tolist())
-            write_json(path, {"source": str(source),
-                              "train": [{"id": prompts[i][0], "prompt": prompts[i][1]} for i in train],
-                              "heldout": [{"id": prompts[i][0], "prompt": prompts[i][1]} for i in held]})
+            write_json(path, {"source": str(source), "train": [rows[i] for i in train],
+                              "heldout": [rows[i] for i in held]})
 
         self.stage("split", key, make, [path])
         self._split_key = key
@@ -239,7 +243,8 @@ class Pipeline:
             gen = make_generator(g.backend, self.policy_folder(r), model=model, tokenizer=tok, config=cfg)
             samples = gen.generate([p["prompt"] for p in shard], progress=self.progress)
             return [{"id": p["id"], "prompt": p["prompt"], "responses": [x.text for x in ss],
-                     "finished": [x.finished for x in ss], "n_tokens": [x.n_tokens for x in ss]}
+                     "finished": [x.finished for x in ss], "n_tokens": [x.n_tokens for x in ss],
+                     **({"meta": p["meta"]} if "meta" in p else {})}
                     for p, ss in zip(shard, samples)]
 
         rows, info = sharded_map(prompts, g.shard_prompts, work, self.round_dir(r) / "generate.parts", key, self.dist)
@@ -490,10 +495,14 @@ def sharded_map(items: list, shard_size: int, work: Callable[[int, list], list[d
 
 
 def score_pool(reward_fn, pool: list[PoolRecord]) -> list[np.ndarray]:
-    """Score every response of every record in one batched call; one array per record."""
+    """Score every response of every record in one batched call (with each record's `meta` for
+    rewards that need it); one array per record."""
+    from .rewards import score_texts
+
     prompts = [prompt_text(rec.prompt) for rec in pool for _ in rec.responses]
     responses = [t for rec in pool for t in rec.responses]
-    flat = np.asarray(reward_fn(prompts, responses), dtype=np.float64)
+    metas = [rec.meta for rec in pool for _ in rec.responses]
+    flat = np.asarray(score_texts(reward_fn, prompts, responses, metas), dtype=np.float64)
     out, offset = [], 0
     for rec in pool:
         out.append(flat[offset: offset + len(rec.responses)])

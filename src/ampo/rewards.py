@@ -2,7 +2,10 @@
 training a reward model on preference pairs (hard or margin-matching soft labels, spec 2).
 
 Every reward is a `RewardFn`: `reward(prompts, responses) -> np.ndarray[float64]`, one finite
-score per (prompt, response) pair, validated by `validate_rewards`.
+score per (prompt, response) pair, validated by `validate_rewards`. A reward that needs
+prompt-side data (each prompt's `meta` object from the prompt file, e.g. the `ifeval` reward's
+constraints) says so with `needs_meta = True` and is called as `reward(prompts, responses,
+metas=...)`; `score_texts` makes that call for every caller.
 """
 
 from __future__ import annotations
@@ -28,6 +31,19 @@ class RewardFn(Protocol):
     """Scores a batch of (prompt, response) pairs: float64 array, one finite value per pair."""
 
     def __call__(self, prompts: list[str], responses: list[str]) -> np.ndarray: ...
+
+
+def score_texts(reward_fn: RewardFn, prompts: list[str], responses: list[str],
+                metas: Sequence[Mapping[str, Any] | None] | None = None) -> np.ndarray:
+    """Call a reward, with each pair's prompt `meta` when the reward declares `needs_meta`."""
+    if not getattr(reward_fn, "needs_meta", False):
+        return reward_fn(prompts, responses)
+    name = getattr(reward_fn, "name", type(reward_fn).__name__)
+    missing = [i for i, m in enumerate(metas or [None] * len(prompts)) if m is None]
+    if missing:
+        raise ValueError(f"reward {name!r} needs each prompt's 'meta' from the prompt file; prompt "
+                         f"{prompts[missing[0]][:60]!r} has none")
+    return reward_fn(prompts, responses, metas=list(metas))
 
 
 def validate_rewards(name: str, scores: Any, n: int) -> np.ndarray:
@@ -281,10 +297,15 @@ class CallableReward:
 
 
 def load_reward(spec: str, **kwargs: Any) -> RewardFn:
-    """A reward from a spec: "builtin", "module:function" (or "file.py:function"), or a local
-    reward-model folder. `kwargs` go to `BuiltinReward` or `HFRewardModel`."""
+    """A reward from a spec: "builtin", "ifeval[:option=value,...]" (see `ampo.ifeval.reward`),
+    "module:function" (or "file.py:function"), or a local reward-model folder. `kwargs` go to
+    `BuiltinReward` or `HFRewardModel`."""
     if spec == "builtin":
         return BuiltinReward(**kwargs)
+    if spec.split(":", 1)[0] == "ifeval":
+        from .ifeval.reward import IFEvalReward
+
+        return IFEvalReward.from_spec(spec)
     if Path(spec).is_dir():
         return HFRewardModel(spec, **kwargs)
     if ":" in spec:
@@ -292,7 +313,7 @@ def load_reward(spec: str, **kwargs: Any) -> RewardFn:
             raise ValueError(f"reward {spec!r} is a callable and takes no options {sorted(kwargs)}")
         return CallableReward(spec)
     raise ValueError(
-        f"unknown reward {spec!r}: expected 'builtin', 'module:function' "
+        f"unknown reward {spec!r}: expected 'builtin', 'ifeval', 'module:function' "
         "or a local reward-model folder"
     )
 

@@ -132,3 +132,25 @@ def evaluate_policy(benchmark: str, policy, out_dir: str | Path, *, key: str, li
                    mean_new_tokens=float(np.mean([r["n_tokens"] for r in rows])))
     write_outputs(out_dir, metrics, results)
     return metrics
+
+
+def load_eval_policy(policy: str, base: str, dtype: str = "float32"):
+    """(model, tokenizer): a policy by built-in name or folder, or a LoRA adapter folder merged
+    into `base`."""
+    from ampo.models import load_policy
+
+    if (Path(policy) / "adapter_config.json").is_file():
+        from peft import PeftModel
+
+        model, tok = load_policy(base, dtype=dtype)
+        return PeftModel.from_pretrained(model, policy).merge_and_unload().eval(), tok
+    return load_policy(policy, dtype=dtype)
+
+
+def policy_fingerprint(policy: str, base: str, dtype: str) -> list:
+    """What identifies a policy for resuming its generation: its name, and for a folder the
+    names, sizes and modification times of its files (a checkpoint rewritten in place differs)."""
+    folder = Path(policy)
+    files = sorted((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in folder.iterdir() if f.is_file()) \
+        if folder.is_dir() else []
+    return [policy, base if (folder / "adapter_config.json").is_file() else None, dtype, files]
