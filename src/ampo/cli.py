@@ -48,6 +48,9 @@ def _print_results(out: str, results: list[dict]) -> None:
         lo, hi = e["win_rate_ci"]
         print(f"  after round {e['round']}: reward {e['mean_reward']:.4f}  "
               f"win rate vs initial {e['win_rate']:.3f} [{lo:.3f}, {hi:.3f}]")
+        for name, m in e.get("benchmarks", {}).items():
+            print(f"    {name} avg prompt/inst (strict): {100 * m['avg_prompt_inst_strict_acc']:.1f} "
+                  f"(initial {100 * m['initial']['avg_prompt_inst_strict_acc']:.1f})")
     print(f"report: {Path(out) / 'report.md'}")
 
 

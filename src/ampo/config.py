@@ -99,6 +99,13 @@ class EvalConfig:
     temperature: float = 0.8
     max_new_tokens: int = 64
     bootstrap: int = 1000
+    benchmarks: list[str] = field(default_factory=list)  # ifeval | ifbench: greedy benchmark run per round
+    benchmark_max_new_tokens: int = 256
+    benchmark_limit: int = 0  # 0 = every benchmark prompt; else a fixed, seeded subset of this many
+    benchmark_prompts_per_batch: int = 16
+
+
+BENCHMARKS = ("ifeval", "ifbench")
 
 
 @dataclass
@@ -281,6 +288,12 @@ def validate(c: RunConfig) -> None:
     for name in ("learning_rate", "epochs"):
         if getattr(c.train, name) <= 0:
             raise ConfigError(f"config 'train.{name}': must be > 0")
+    for name in c.eval.benchmarks:
+        if name not in BENCHMARKS:
+            raise ConfigError(f"config 'eval.benchmarks': unknown benchmark '{name}' (known: {', '.join(BENCHMARKS)})")
+    if c.eval.benchmark_limit < 0 or c.eval.benchmark_max_new_tokens < 1 or c.eval.benchmark_prompts_per_batch < 1:
+        raise ConfigError("config 'eval.benchmark_limit' must be >= 0, 'eval.benchmark_max_new_tokens' and "
+                          "'eval.benchmark_prompts_per_batch' >= 1")
     if c.train.prompts_per_step < 1 or c.train.grad_accum < 1:
         raise ConfigError("config 'train.prompts_per_step' and 'train.grad_accum': must be >= 1")
 

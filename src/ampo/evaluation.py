@@ -119,4 +119,10 @@ def evaluate_round(pipe, r: int) -> dict:
     result["initial_logp_per_token"] = per_token_logp(pipe.policy(0), rows)
     result["baseline_initial_logp_per_token"] = base["initial_logp_per_token"]
     result["drift"] = result["baseline_initial_logp_per_token"] - result["initial_logp_per_token"]
+    if c.eval.benchmarks:
+        from .ifeval.evaluate import summary
+
+        read = lambda name, i: json.loads((pipe.benchmark_dir(name, i) / "metrics.json").read_text())
+        result["benchmarks"] = {name: {**summary(read(name, r)), "initial": summary(read(name, -1))}
+                                for name in c.eval.benchmarks}
     return result

@@ -405,13 +405,49 @@ class Pipeline:
         self._loaded.clear()  # training modifies the model in place (LoRA) or its weights
         train_round(self.c, model, tok, pool, ref_rows, self.round_dir(r) / "train", key, out, progress=self.progress)
 
+    def eval_options(self) -> dict:
+        """The `eval` options of the held-out evaluation (the benchmark ones key their own stages)."""
+        return {k: v for k, v in dataclasses.asdict(self.c.eval).items() if not k.startswith("benchmark")}
+
     def eval_key(self, r: int) -> str:
-        return config_key("eval", self.train_key(r), self.baseline_key(), dataclasses.asdict(self.c.eval))
+        benchmarks = [self.benchmark_key(name, i) for name in self.c.eval.benchmarks for i in (-1, r)]
+        return config_key("eval", self.train_key(r), self.baseline_key(), self.eval_options(), *benchmarks)
 
     def baseline_key(self) -> str:
         self.split()
         return config_key("baseline", self.policy_key(0), self._split_key, self.c.score.reward,
-                          self.c.embed.embedder, dataclasses.asdict(self.c.eval), self.c.seed)
+                          self.c.embed.embedder, self.eval_options(), self.c.seed)
+
+    def benchmark_key(self, name: str, r: int) -> str:
+        """Key of benchmark `name` on the policy after round r (the initial policy for r = -1)."""
+        e = self.c.eval
+        policy = self.policy_key(0) if r < 0 else self.train_key(r)
+        return config_key("benchmark", name, policy, e.benchmark_max_new_tokens, e.benchmark_limit,
+                          e.benchmark_prompts_per_batch, self.c.seed)
+
+    def benchmark_dir(self, name: str, r: int) -> Path:
+        return (self.dir / "baseline" if r < 0 else self.round_dir(r)) / name
+
+    def benchmarks(self, r: int) -> None:
+        """Greedy runs of `eval.benchmarks` (IFEval, IFBench) on the policy after round r, or on the
+        initial policy (r = -1, once per run): metrics.json, results.jsonl, responses.jsonl."""
+        from .ifeval.evaluate import evaluate_policy
+
+        e = self.c.eval
+        for name in e.benchmarks:
+            out, key = self.benchmark_dir(name, r), self.benchmark_key(name, r)
+
+            def run(name=name, out=out, key=key):
+                m = evaluate_policy(name, self.policy(0 if r < 0 else r + 1), out, key=key, limit=e.benchmark_limit,
+                                    seed=self.c.seed, max_new_tokens=e.benchmark_max_new_tokens,
+                                    prompts_per_batch=e.benchmark_prompts_per_batch,
+                                    shard_prompts=self.c.generate.shard_prompts, progress=self.progress,
+                                    info={"policy": "initial" if r < 0 else f"after round {r}"})
+                log.info("%s %s: average prompt/inst (strict) %.3f [%.3f, %.3f]", name,
+                         "initial" if r < 0 else f"round {r}", m["avg_prompt_inst_strict_acc"],
+                         *m["avg_prompt_inst_strict_acc_ci"])
+
+            self.stage(f"baseline/{name}" if r < 0 else f"round-{r}/{name}", key, run, [out / "metrics.json"])
 
     def baseline(self) -> None:
         """The initial policy's samples on the held-out prompts (what win rates compare against),
@@ -450,9 +486,11 @@ class Pipeline:
         """All rounds, then the report. Returns each round's eval.json."""
         self.split()
         self.baseline()
+        self.benchmarks(-1)
         results = []
         for r in range(self.c.rounds):
-            for step in (self.generate, self.score, self.embed, self.select, self.refs, self.train, self.evaluate):
+            for step in (self.generate, self.score, self.embed, self.select, self.refs, self.train, self.benchmarks,
+                         self.evaluate):
                 step(r)
             results.append(json.loads((self.round_dir(r) / "eval.json").read_text()))
         from .report import write_report

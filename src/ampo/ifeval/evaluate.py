@@ -154,3 +154,13 @@ def policy_fingerprint(policy: str, base: str, dtype: str) -> list:
     files = sorted((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in folder.iterdir() if f.is_file()) \
         if folder.is_dir() else []
     return [policy, base if (folder / "adapter_config.json").is_file() else None, dtype, files]
+
+
+SUMMARY_KEYS = ("prompt_level_strict_acc", "inst_level_strict_acc", "prompt_level_loose_acc", "inst_level_loose_acc",
+                "avg_prompt_inst_strict_acc", "avg_prompt_inst_strict_acc_ci", "avg_prompt_inst_loose_acc",
+                "n_prompts", "limit", "max_new_tokens", "finished_rate")
+
+
+def summary(metrics: dict) -> dict:
+    """The headline figures of a benchmark run, for a round's `eval.json`."""
+    return {k: metrics[k] for k in SUMMARY_KEYS if k in metrics}
