@@ -1,6 +1,7 @@
 """Training prompts for the `ifeval` reward: base prompts with 1-3 random verifiable constraints.
 
-Each prompt is a base prompt (by default ampo's bundled prompts, never a benchmark's) followed by
+Each prompt is a base prompt's text (by default ampo's bundled prompts, never a benchmark's; of a
+chat prompt, its last user message) followed by
 the descriptions of 1 to `max_constraints` instructions drawn from the IFEval registry, each with
 random arguments from its own `build_description()`. Instruction types are drawn without conflicts
 (IFEval's conflict table, made symmetric) and without the types that need the prompt's own text
@@ -14,6 +15,8 @@ from __future__ import annotations
 import copy
 import random
 from typing import Any
+
+from ampo.data import prompt_text
 
 from .offline import registry
 
@@ -75,7 +78,7 @@ def build_prompts(base: list[dict], n: int, seed: int = 0, max_constraints: int 
         b = base[order.pop()]
         types = draw_types(rng, allowed, conflicts, rng.randint(1, max_constraints))
         described = [describe(t, rng) for t in types]
-        prompt = " ".join([b["prompt"].strip(), *(text for text, _ in described)])
+        prompt = " ".join([prompt_text(b["prompt"]).strip(), *(text for text, _ in described)])
         rows.append({"id": f"if{i:05d}", "prompt": prompt,
                      "meta": {"instruction_id_list": types, "kwargs": [args for _, args in described],
                               "base_id": b["id"]}})
