@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 DEMO_RECIPE = Path(__file__).parent / "recipes" / "demo.yaml"
+RECIPES = {"demo": DEMO_RECIPE, "ifeval": Path(__file__).parent / "recipes" / "ifeval.yaml"}
 
 
 def _cmd_run(args) -> None:
@@ -35,7 +36,7 @@ def _cmd_demo(args) -> None:
     overrides = list(args.overrides)
     if args.out:
         overrides.append(f"out={args.out}")
-    config = load_config(DEMO_RECIPE, overrides)
+    config = load_config(RECIPES[args.recipe], overrides)
     results = Pipeline(config, progress=not args.quiet).run()
     _print_results(config.out, results)
 
@@ -195,7 +196,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=_cmd_run)
 
     s = sub.add_parser("demo", help="the built-in offline recipe (SmolLM2-135M, built-in reward, LoRA)")
-    s.add_argument("--out", help="run folder (default runs/demo); rerunning on it resumes")
+    s.add_argument("--recipe", default="demo", choices=list(RECIPES),
+                   help="demo: the sentiment recipe; ifeval: verifiable instruction following (docs/ifeval.md)")
+    s.add_argument("--out", help="run folder (default runs/<recipe>); rerunning on it resumes")
     s.add_argument("overrides", nargs="*", help="dotted overrides of the demo recipe, e.g. rounds=1")
     s.set_defaults(fn=_cmd_demo)
 
