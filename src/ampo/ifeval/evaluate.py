@@ -5,6 +5,7 @@ responses with a policy first (greedy, chat template, batched, resumable in shar
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from types import SimpleNamespace
@@ -12,7 +13,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ampo.data import write_json, write_rows
+from ampo.data import read_rows, write_json, write_rows
 
 from .bench import BENCHMARKS, Item, load_items, sha256_file, data_path
 from .offline import NEEDS_MISSING_NLTK_DATA, registry
@@ -111,22 +112,35 @@ def generate(policy, items: Sequence[Item], parts: Path, key: str, max_new_token
     return rows
 
 
+def finished_generation(out_dir: Path) -> str | None:
+    """The generation key of a finished policy evaluation in `out_dir` (None if there is none)."""
+    if not (out_dir / "responses.jsonl").is_file() or not (out_dir / "metrics.json").is_file():
+        return None
+    return json.loads((out_dir / "metrics.json").read_text()).get("generation_key")
+
+
 def evaluate_policy(benchmark: str, policy, out_dir: str | Path, *, key: str, limit: int = 0, seed: int = 0,
                     max_new_tokens: int = 256, prompts_per_batch: int = 16, shard_prompts: int = 64,
                     n_boot: int = 1000, progress: bool = True, info: dict | None = None) -> dict:
     """Generate greedy responses to the benchmark (or its fixed `limit` subset), score them and
-    write `responses.jsonl`, `results.jsonl` and `metrics.json` into `out_dir`."""
+    write `responses.jsonl`, `results.jsonl` and `metrics.json` into `out_dir`. `key` identifies
+    the policy: the generation resumes from finished shards, and a finished run with the same key
+    and settings is rescored without generating again."""
     from ampo.config import config_key
 
     out_dir = Path(out_dir)
     items = subset(load_items(benchmark), limit, seed)
     gen_key = config_key("benchmark-generate", benchmark, key, [it.key for it in items], max_new_tokens,
                          prompts_per_batch)
-    rows = generate(policy, items, out_dir / "responses.parts", gen_key, max_new_tokens, prompts_per_batch,
-                    shard_prompts, progress)
-    write_rows(out_dir / "responses.jsonl", rows)
+    if finished_generation(out_dir) == gen_key:  # the same responses exist: rescore them
+        rows = [row for _, row in read_rows(out_dir / "responses.jsonl")]
+    else:
+        rows = generate(policy, items, out_dir / "responses.parts", gen_key, max_new_tokens, prompts_per_batch,
+                        shard_prompts, progress)
+        write_rows(out_dir / "responses.jsonl", rows)
     metrics, results = score(benchmark, list(zip(items, [r["response"] for r in rows])), n_boot, seed)
-    metrics.update(info or {}, limit=limit if 0 < limit < len(load_items(benchmark)) else 0, subset_seed=seed,
+    metrics.update(info or {}, generation_key=gen_key, subset_seed=seed,
+                   limit=limit if 0 < limit < len(load_items(benchmark)) else 0,
                    decoding="greedy", max_new_tokens=max_new_tokens,
                    finished_rate=float(np.mean([r["finished"] for r in rows])),
                    mean_new_tokens=float(np.mean([r["n_tokens"] for r in rows])))

@@ -62,8 +62,11 @@ def ensure_punkt(root: Path | None = None) -> Path:
     try:
         for name, text in punkt_tab_texts().items():
             (tmp / name).write_text(text, encoding="utf-8", newline="")
-        shutil.rmtree(target, ignore_errors=True)
-        os.replace(tmp, target)
+        try:
+            os.replace(tmp, target)
+        except OSError:  # another process finished first: keep its (identical) folder
+            if not all((target / name).is_file() for name in PUNKT_FILES):
+                raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return root
