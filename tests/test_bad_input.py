@@ -171,6 +171,9 @@ CASES = {
     "unknown output type": lambda t, p: (
         ["score", "--input", str(EXAMPLES / "tiny_pool.jsonl"), "--output", str(t / "out.csv")],
         f"{t}/out.csv: unknown file type '.csv'"),
+    "make-prompts unknown output type": lambda t, p: (
+        ["make-prompts", "--task", "ifeval", "--n", "2", "--output", str(t / "prompts.csv")],
+        f"{t}/prompts.csv: unknown file type '.csv'"),
 }
 
 
@@ -230,6 +233,19 @@ LATE_OPTIONS = [  # each used to fail only after models were loaded, or never
     ("data.prompts=/no/such/prompts.jsonl", "config 'data.prompts': no such file: '/no/such/prompts.jsonl'"),
     ("score.reward=/no/such/rm", "config 'score.reward': unknown reward '/no/such/rm': expected 'builtin',"),
     ("embed.embedder=/no/such/st", "config 'embed.embedder': unknown embedder '/no/such/st': expected 'minilm',"),
+    ("score.reward=ifeval:strict=1", "config 'score.reward': reward 'ifeval:strict=1': options are loose=NUMBER, "
+                                     "degeneracy=NUMBER"),
+    ("score.reward=ifeval:loose=nan", "config 'score.reward': ifeval reward: loose must be a finite number >= 0, "
+                                      "got nan"),
+    ("score.reward=ifeval:degeneracy=-1", "config 'score.reward': ifeval reward: degeneracy must be a finite number "
+                                          ">= 0, got -1.0"),
+    ("data.prompts=builtin-nothing", "config 'data.prompts': no such file: 'builtin-nothing' (or a bundled set: "
+                                     "builtin, builtin-ifeval)"),
+    ("eval.benchmarks=[mmlu]", "config 'eval.benchmarks': unknown benchmark 'mmlu' (known: ifeval, ifbench)"),
+    ("eval.benchmarks=[ifeval,ifeval]", "config 'eval.benchmarks': a benchmark is named twice"),
+    ("eval.benchmark_limit=-1", "config 'eval.benchmark_limit': must be >= 0, got -1"),
+    ("eval.benchmark_max_new_tokens=0", "config 'eval.benchmark_max_new_tokens': must be >= 1, got 0"),
+    ("eval.benchmark_prompts_per_batch=0", "config 'eval.benchmark_prompts_per_batch': must be >= 1, got 0"),
 ]
 
 
@@ -264,7 +280,6 @@ def test_bad_config_file_is_one_short_line(text, message, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("command,flag,option,bad", [
-    ("generate", "--n", "generate.n", "1"),
     ("generate", "--temperature", "generate.temperature", "-0.5"),
     ("generate", "--top-p", "generate.top_p", "0"),
     ("generate", "--max-new-tokens", "generate.max_new_tokens", "0"),
@@ -272,10 +287,28 @@ def test_bad_config_file_is_one_short_line(text, message, tmp_path, capsys):
     ("generate", "--seed", "seed", "-1"),
     ("select", "--k", "select.k", "0"),
     ("select", "--seed", "seed", "-1"),
+    ("evaluate", "--limit", "eval.benchmark_limit", "-1"),
+    ("evaluate", "--max-new-tokens", "eval.benchmark_max_new_tokens", "0"),
+    ("evaluate", "--prompts-per-batch", "eval.benchmark_prompts_per_batch", "0"),
+    ("evaluate", "--shard-prompts", "generate.shard_prompts", "0"),
+    ("evaluate", "--bootstrap", "eval.bootstrap", "0"),
+    ("evaluate", "--seed", "seed", "-1"),
 ])
 def test_cli_flags_and_config_options_share_their_ranges(command, flag, option, bad, capsys):
-    assert run_main([command, "--input", "in.jsonl", "--output", "out.jsonl", flag, bad]) == 2
+    files = (["--benchmark", "ifeval", "--policy", "p"] if command == "evaluate" else ["--input", "in.jsonl"])
+    assert run_main([command, *files, "--output", "out.jsonl", flag, bad]) == 2
     cli_problem = capsys.readouterr().err.split(f"argument {flag}: ", 1)[1].split(" (see ")[0]
     with pytest.raises(ConfigError) as e:
         load_config(overrides=[f"{option}={bad}"])
     assert str(e.value) == f"config '{option}': {cli_problem}"
+
+
+def test_generate_n_is_1_or_more_on_the_command_line_and_2_or_more_in_a_run(capsys):
+    """`ampo generate --n 1` (greedy single answers) is allowed; a self-play round needs n >= 2."""
+    assert run_main(["generate", "--input", "in.jsonl", "--output", "out.jsonl", "--n", "0"]) == 2
+    assert "argument --n: must be >= 1, got 0" in capsys.readouterr().err
+    from ampo.cli import build_parser
+
+    assert build_parser().parse_args(["generate", "--input", "i.jsonl", "--output", "o.jsonl", "--n", "1"]).n == 1
+    with pytest.raises(ConfigError, match="config 'generate.n': must be >= 2, got 1"):
+        load_config(overrides=["generate.n=1", "select.k=1"])

@@ -9,6 +9,7 @@ import pytest
 
 from ampo.cli import main
 from ampo.data import read_pool
+from test_pipeline import tiny_policy  # noqa: F401 (a fixture)
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
@@ -18,8 +19,18 @@ def test_help_lists_the_stages(capsys):
         main(["--help"])
     assert e.value.code == 0
     out = capsys.readouterr().out
-    for cmd in ("run", "demo", "generate", "score", "embed", "select", "train-rm", "report"):
+    for cmd in ("run", "demo", "generate", "score", "embed", "select", "train-rm", "evaluate", "make-prompts",
+                "report"):
         assert cmd in out
+
+
+def test_generate_one_greedy_answer_per_prompt(tiny_policy, tmp_path):  # noqa: F811
+    """`--n 1` is allowed at the command line (single answers, e.g. for a benchmark)."""
+    out = tmp_path / "answers.jsonl"
+    assert main(["-q", "generate", "--input", str(EXAMPLES / "tiny_prompts.jsonl"), "--output", str(out),
+                 "--n", "1", "--temperature", "0", "--max-new-tokens", "3", "--policy", str(tiny_policy)]) == 0
+    pool, _ = read_pool(out)
+    assert len(pool) == 6 and all(len(rec.responses) == 1 for rec in pool)
 
 
 def test_score_then_select_bottomk_without_embeddings(tmp_path, capsys):

@@ -2,7 +2,7 @@
 
 import pytest
 
-from ampo.cli import DEMO_RECIPE
+from ampo.cli import DEMO_RECIPE, RECIPES
 from ampo.config import ConfigError, config_key, load_config, parse_overrides
 
 
@@ -11,6 +11,14 @@ def test_defaults_and_demo_recipe_validate():
     assert c.train.loss == "ampo" and c.select.strategy == "optselect"
     demo = load_config(DEMO_RECIPE)
     assert demo.model.lora and demo.rounds >= 1
+    ifeval = load_config(RECIPES["ifeval"])  # a bundled prompt set, the ifeval reward, a benchmark
+    assert ifeval.data.prompts == "builtin-ifeval" and ifeval.score.reward.startswith("ifeval")
+
+
+def test_ifeval_specs_are_checked_at_config_time():
+    c = load_config(overrides=["data.prompts=builtin-ifeval", "score.reward=ifeval:loose=0.5,degeneracy=0.1",
+                               "eval.benchmarks=[ifeval, ifbench]", "eval.benchmark_limit=0"])
+    assert c.eval.benchmarks == ["ifeval", "ifbench"]
 
 
 def test_overrides_are_typed_and_nested(tmp_path):

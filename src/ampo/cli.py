@@ -1,5 +1,6 @@
-"""The `ampo` command: `run` and `demo` for whole self-play runs, and one command per stage
-(`generate`, `score`, `embed`, `select`, `train-rm`, `report`) for files a user already has.
+"""The `ampo` command: `run` and `demo` for whole self-play runs, one command per stage
+(`generate`, `score`, `embed`, `select`, `train-rm`, `report`) for files a user already has, and
+the IFEval task's `evaluate` and `make-prompts`.
 
 Bad input exits with status 2 and one line naming the file, row and field; outputs are written
 atomically, so a failed command leaves no partial file.
@@ -13,9 +14,10 @@ import logging
 import sys
 from pathlib import Path
 
-from .config import RANGES, Range, short
+from .config import CLI_RANGES, Range, short
 
 DEMO_RECIPE = Path(__file__).parent / "recipes" / "demo.yaml"
+RECIPES = {"demo": DEMO_RECIPE, "ifeval": Path(__file__).parent / "recipes" / "ifeval.yaml"}
 
 
 def _cmd_run(args) -> None:
@@ -37,7 +39,7 @@ def _cmd_demo(args) -> None:
     overrides = list(args.overrides)
     if args.out:
         overrides.append(f"out={args.out}")
-    config = load_config(DEMO_RECIPE, overrides)
+    config = load_config(RECIPES[args.recipe], overrides)
     results = Pipeline(config, progress=not args.quiet).run()
     _print_results(config.out, results)
 
@@ -50,26 +52,29 @@ def _print_results(out: str, results: list[dict]) -> None:
         lo, hi = e["win_rate_ci"]
         print(f"  after round {e['round']}: reward {e['mean_reward']:.4f}  "
               f"win rate vs initial {e['win_rate']:.3f} [{lo:.3f}, {hi:.3f}]")
+        for name, m in e.get("benchmarks", {}).items():
+            print(f"    {name} avg prompt/inst (strict): {100 * m['avg_prompt_inst_strict_acc']:.1f} "
+                  f"(initial {100 * m['initial']['avg_prompt_inst_strict_acc']:.1f})")
     print(f"report: {Path(out) / 'report.md'}")
 
 
 def _cmd_generate(args) -> None:
-    from .data import PoolRecord, output_format, read_prompts, write_pool
+    from .data import PoolRecord, output_format, read_prompt_rows, write_pool
     from .generation import GenerationConfig, make_generator
     from .models import load_policy
 
     output_format(args.output)
-    prompts = read_prompts(args.input)
+    prompts = read_prompt_rows(args.input)
     model, tok = load_policy(args.policy, dtype=args.dtype, trust_remote_code=args.trust_remote_code)
     cfg = GenerationConfig(n=args.n, temperature=args.temperature, top_p=args.top_p,
                            max_new_tokens=args.max_new_tokens, prompts_per_batch=args.prompts_per_batch,
                            seed=args.seed)
     gen = make_generator(args.backend, args.policy, model=model, tokenizer=tok, config=cfg)
-    samples = gen.generate([p for _, p in prompts], progress=not args.quiet)
+    samples = gen.generate([p["prompt"] for p in prompts], progress=not args.quiet)
     write_pool(args.output, [
-        PoolRecord(prompt=p, id=pid, responses=[s.text for s in ss], finished=[s.finished for s in ss],
-                   n_tokens=[s.n_tokens for s in ss])
-        for (pid, p), ss in zip(prompts, samples)
+        PoolRecord(prompt=p["prompt"], id=p["id"], responses=[s.text for s in ss], finished=[s.finished for s in ss],
+                   n_tokens=[s.n_tokens for s in ss], meta=p.get("meta"))
+        for p, ss in zip(prompts, samples)
     ])
     print(f"wrote {len(prompts)} prompts x {args.n} responses to {args.output}")
 
@@ -153,6 +158,37 @@ def _cmd_train_rm(args) -> None:
     print(f"reward model -> {path} (load it with --reward {path})")
 
 
+def _cmd_evaluate(args) -> None:
+    from .ifeval.evaluate import evaluate_policy, load_eval_policy, policy_fingerprint, score_file, table
+
+    if args.responses:
+        metrics = score_file(args.benchmark, args.responses, args.output, n_boot=args.bootstrap, seed=args.seed)
+    else:
+        from .config import config_key
+
+        key = config_key(policy_fingerprint(args.policy, args.base, args.dtype))
+        metrics = evaluate_policy(args.benchmark, load_eval_policy(args.policy, args.base, args.dtype), args.output,
+                                  key=key, limit=args.limit, seed=args.seed, max_new_tokens=args.max_new_tokens,
+                                  prompts_per_batch=args.prompts_per_batch, shard_prompts=args.shard_prompts,
+                                  n_boot=args.bootstrap, progress=not args.quiet, info={"policy": args.policy})
+    print(table(metrics))
+    print(f"wrote {Path(args.output) / 'metrics.json'} and results.jsonl"
+          + ("" if args.responses else " and responses.jsonl"))
+
+
+def _cmd_make_prompts(args) -> None:
+    from .data import output_format, read_prompt_rows, write_rows
+    from .ifeval.prompts import build_prompts
+    from .pipeline import BUILTIN_PROMPTS
+
+    output_format(args.output)
+    base = read_prompt_rows(args.base or BUILTIN_PROMPTS)
+    rows = build_prompts(base, args.n, seed=args.seed, max_constraints=args.max_constraints)
+    write_rows(args.output, rows)
+    print(f"wrote {len(rows)} {args.task} training prompts ({len(base)} base prompts, seed {args.seed}) "
+          f"-> {args.output}")
+
+
 def _cmd_report(args) -> None:
     import dataclasses
 
@@ -188,8 +224,9 @@ def _ranged(kind: type, allowed: Range):
 
 
 def _like(option: str, kind: type = int):
-    """An argparse `type` for a flag that sets what config `option` sets: the same range."""
-    return _ranged(kind, RANGES[option])
+    """An argparse `type` for a flag that sets what config `option` sets: the same range
+    (`CLI_RANGES`: the config's `RANGES`, except `generate --n`, which may be 1)."""
+    return _ranged(kind, CLI_RANGES[option])
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -205,7 +242,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=_cmd_run)
 
     s = sub.add_parser("demo", help="the built-in offline recipe (SmolLM2-135M, built-in reward, LoRA)")
-    s.add_argument("--out", help="run folder (default runs/demo); rerunning on it resumes")
+    s.add_argument("--recipe", default="demo", choices=list(RECIPES),
+                   help="demo: the sentiment recipe; ifeval: verifiable instruction following (docs/ifeval.md)")
+    s.add_argument("--out", help="run folder (default runs/<recipe>); rerunning on it resumes")
     s.add_argument("overrides", nargs="*", help="dotted overrides of the demo recipe, e.g. rounds=1")
     s.set_defaults(fn=_cmd_demo)
 
@@ -214,7 +253,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--output", required=True, help="pool file (.jsonl or .parquet)")
     s.add_argument("--policy", default="smollm2-135m-instruct", help="built-in name, local folder or hub id")
     s.add_argument("--backend", default="hf", choices=["hf", "vllm"])
-    s.add_argument("--n", type=_like("generate.n"), default=8, help="responses per prompt")
+    s.add_argument("--n", type=_like("generate.n"), default=8,
+                   help="responses per prompt (1 for single answers; a self-play round needs >= 2)")
     s.add_argument("--temperature", type=_like("generate.temperature", float), default=0.8)
     s.add_argument("--top-p", type=_like("generate.top_p", float), default=1.0)
     s.add_argument("--max-new-tokens", type=_like("generate.max_new_tokens"), default=64)
@@ -227,7 +267,8 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("score", help="add rewards to a pool file")
     s.add_argument("--input", required=True)
     s.add_argument("--output", required=True)
-    s.add_argument("--reward", default="builtin", help="builtin | module:function | reward-model folder")
+    s.add_argument("--reward", default="builtin",
+                   help="builtin | ifeval[:loose=W,degeneracy=W] | module:function | reward-model folder")
     s.set_defaults(fn=_cmd_score)
 
     s = sub.add_parser("embed", help="add response embeddings to a pool file")
@@ -259,6 +300,38 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--batch-size", type=_ranged(int, Range(1)), default=16)
     s.add_argument("--seed", type=_like("seed"), default=0)
     s.set_defaults(fn=_cmd_train_rm)
+
+    s = sub.add_parser("evaluate", help="IFEval / IFBench: score a responses file, or a policy's greedy responses",
+                       description="Score responses to IFEval or IFBench with the official checks (offline), "
+                                   "or generate them first with a policy. Writes OUTPUT/metrics.json, "
+                                   "OUTPUT/results.jsonl (and OUTPUT/responses.jsonl). See docs/ifeval.md.")
+    s.add_argument("--benchmark", required=True, choices=["ifeval", "ifbench"])
+    what = s.add_mutually_exclusive_group(required=True)
+    what.add_argument("--responses", help="JSONL/Parquet rows with 'key' (the benchmark's) or 'prompt', and 'response'")
+    what.add_argument("--policy", help="built-in name, model folder, or LoRA adapter folder (merged into --base)")
+    s.add_argument("--output", required=True, help="output folder; rerunning a --policy evaluation on it resumes")
+    s.add_argument("--base", default="smollm2-135m-instruct", help="base model of a LoRA adapter --policy")
+    s.add_argument("--limit", type=_like("eval.benchmark_limit"), default=0,
+                   help="evaluate a fixed, seeded subset of N prompts (0 = all)")
+    s.add_argument("--seed", type=_like("seed"), default=0, help="seed of the --limit subset and of the bootstrap")
+    s.add_argument("--max-new-tokens", type=_like("eval.benchmark_max_new_tokens"), default=256)
+    s.add_argument("--prompts-per-batch", type=_like("eval.benchmark_prompts_per_batch"), default=16)
+    s.add_argument("--shard-prompts", type=_like("generate.shard_prompts"), default=64,
+                   help="prompts per resumable shard")
+    s.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    s.add_argument("--bootstrap", type=_like("eval.bootstrap"), default=1000,
+                   help="bootstrap samples for the interval")
+    s.set_defaults(fn=_cmd_evaluate)
+
+    s = sub.add_parser("make-prompts", help="build training prompts for a task (ifeval: verifiable constraints)")
+    s.add_argument("--task", required=True, choices=["ifeval"])
+    s.add_argument("--output", required=True, help="prompt file (.jsonl or .parquet) with id, prompt, meta")
+    s.add_argument("--n", type=_ranged(int, Range(1)), default=1920, help="number of prompts")
+    s.add_argument("--seed", type=_like("seed"), default=0)
+    s.add_argument("--max-constraints", type=_ranged(int, Range(1, 3)), default=3,
+                   help="1 to this many constraints per prompt (at most 3)")
+    s.add_argument("--base", help="base prompts (JSONL/Parquet/TXT); default: ampo's bundled prompts")
+    s.set_defaults(fn=_cmd_make_prompts)
 
     s = sub.add_parser("report", help="rewrite report.md and plots of a finished run folder")
     s.add_argument("run")

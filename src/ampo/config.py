@@ -38,7 +38,8 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    prompts: str = "builtin"  # "builtin" (bundled demo prompts) or a JSONL/Parquet/TXT file
+    prompts: str = "builtin"  # "builtin" (bundled demo prompts), "builtin-ifeval" (bundled IFEval training
+    # prompts with their constraints as meta) or a JSONL/Parquet/TXT file
     heldout: int = 32  # prompts kept out of training for evaluation
     train_prompts: int = 0  # prompts used per round (0 = all of the train split)
     split_seed: int = 0
@@ -58,7 +59,7 @@ class GenerateConfig:
 
 @dataclass
 class ScoreConfig:
-    reward: str = "builtin"  # builtin | module:function | local reward-model folder
+    reward: str = "builtin"  # builtin | ifeval[:loose=W,degeneracy=W] | module:function | local reward-model folder
 
 
 @dataclass
@@ -101,6 +102,13 @@ class EvalConfig:
     temperature: float = 0.8
     max_new_tokens: int = 64
     bootstrap: int = 1000
+    benchmarks: list[str] = field(default_factory=list)  # ifeval | ifbench: greedy benchmark run per round
+    benchmark_max_new_tokens: int = 256
+    benchmark_limit: int = 0  # 0 = every benchmark prompt; else a fixed, seeded subset of this many
+    benchmark_prompts_per_batch: int = 16
+
+
+BENCHMARKS = ("ifeval", "ifbench")
 
 
 @dataclass
@@ -312,7 +320,8 @@ class Range:
         return f"in {'(' if self.lo_open else '['}{self.lo:g}, {self.hi:g}{')' if self.hi_open else ']'}"
 
 
-# Every numeric option's range; the CLI's flags for the same options check the same ranges.
+# Every numeric option's range; the CLI's flags for the same options check the same ranges
+# (`CLI_RANGES` below).
 RANGES: dict[str, Range] = {
     "seed": Range(0), "rounds": Range(1),
     "model.lora_r": Range(1), "model.lora_alpha": Range(1), "model.lora_dropout": Range(0, 1, hi_open=True),
@@ -326,8 +335,14 @@ RANGES: dict[str, Range] = {
     "train.warmup_ratio": Range(0, 1, hi_open=True), "train.weight_decay": Range(0),
     "train.logprob_chunk": Range(1), "train.save_steps": Range(1),
     "eval.samples_per_prompt": Range(1), "eval.temperature": Range(0), "eval.max_new_tokens": Range(1),
-    "eval.bootstrap": Range(1),
+    "eval.bootstrap": Range(1), "eval.benchmark_max_new_tokens": Range(1), "eval.benchmark_limit": Range(0),
+    "eval.benchmark_prompts_per_batch": Range(1),
 }
+
+# The command-line flags' ranges: the same as the config's, except where a command does more than a
+# self-play round. `ampo generate --n 1` is allowed (greedy single answers, e.g. benchmark
+# responses); a round needs `generate.n >= 2` (a positive and at least one negative per group).
+CLI_RANGES: dict[str, Range] = {**RANGES, "generate.n": Range(1)}
 
 # transformers' schedulers that need no arguments beyond the warmup and the step count
 LR_SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
@@ -350,6 +365,7 @@ def validate(c: RunConfig) -> None:
     """Refuse out-of-range values and incompatible options, each with one line naming it."""
     from .embeddings import embedder_kind
     from .losses import HPARAM_CHOICES, LOSSES
+    from .pipeline import BUILTIN_PROMPT_SETS
     from .rewards import reward_kind
     from .selection import SELECTORS
 
@@ -388,8 +404,15 @@ def validate(c: RunConfig) -> None:
     if spec.refs > n_refs:
         raise ConfigError(f"config 'train.extra_references': loss '{c.train.loss}' needs {spec.refs} reference "
                           f"models; give {spec.refs - 1} extra reference path(s)")
-    if c.data.prompts != "builtin" and not Path(c.data.prompts).is_file():
-        raise ConfigError(f"config 'data.prompts': no such file: {short(c.data.prompts)}")
+    if c.data.prompts not in BUILTIN_PROMPT_SETS and not Path(c.data.prompts).is_file():
+        raise ConfigError(f"config 'data.prompts': no such file: {short(c.data.prompts)} "
+                          f"(or a bundled set: {', '.join(BUILTIN_PROMPT_SETS)})")
+    for name in c.eval.benchmarks:
+        if name not in BENCHMARKS:
+            raise ConfigError(f"config 'eval.benchmarks': unknown benchmark {short(name)} "
+                              f"(known: {', '.join(BENCHMARKS)})")
+    if len(set(c.eval.benchmarks)) != len(c.eval.benchmarks):
+        raise ConfigError(f"config 'eval.benchmarks': a benchmark is named twice in {short(c.eval.benchmarks)}")
     for name, kind in (("score.reward", reward_kind), ("embed.embedder", embedder_kind)):
         try:
             kind(option(c, name))

@@ -51,6 +51,7 @@ class PoolRecord:
     finished: list[bool] | None = None  # ended with EOS (True) or at the token limit (False)
     n_tokens: list[int] | None = None
     selected: list[int] | None = None  # selection: positive first, then the negatives
+    meta: dict[str, Any] | None = None  # prompt-side data a reward may need (e.g. IFEval's constraints)
     extra: dict[str, Any] = field(default_factory=dict)  # columns a stage adds (e.g. ref_logps)
 
     def to_row(self) -> dict[str, Any]:
@@ -66,6 +67,8 @@ class PoolRecord:
             row["n_tokens"] = [int(n) for n in self.n_tokens]
         if self.selected is not None:
             row["selected"] = [int(i) for i in self.selected]
+        if self.meta is not None:
+            row["meta"] = self.meta
         row.update(self.extra)
         return row
 
@@ -243,6 +246,18 @@ def _check_prompt(path: Path, i: int, value: Any, name: str = "prompt") -> Promp
     raise PoolError(path, i, name, "must be a string or a list of {role, content} messages")
 
 
+def _check_meta(path: Path, i: int, value: Any) -> dict[str, Any]:
+    """A prompt's `meta`: a JSON object, given as one or as its JSON text (how Parquet stores it)."""
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as e:
+            raise PoolError(path, i, "meta", f"not valid JSON ({e.msg})") from None
+    if not isinstance(value, dict):
+        raise PoolError(path, i, "meta", "must be a JSON object")
+    return value
+
+
 def _message_text(value: Any) -> Any:
     """TRL conversational responses are message lists: keep the assistant's text."""
     if isinstance(value, list) and value and isinstance(value[-1], dict):
@@ -362,8 +377,10 @@ def _parse_row(path: Path, i: int, row: dict, layout: str) -> PoolRecord:
             setattr(rec, name, list(vals))
     if rec.selected is not None and any(not 0 <= s < len(responses) for s in rec.selected):
         raise PoolError(path, i, "selected", "index out of range")
+    if row.get("meta") is not None:
+        rec.meta = _check_meta(path, i, row["meta"])
     known = {"id", "prompt_id", "prompt", "responses", "rewards", "embeddings", "finished",
-             "n_tokens", "selected", "all_generated_responses", "all_reward_scores", "completions",
+             "n_tokens", "selected", "meta", "all_generated_responses", "all_reward_scores", "completions",
              "instruction", "chosen", "rejected", "score_chosen", "score_rejected"}
     rec.extra = {k: v for k, v in row.items() if k not in known and layout == "ampo"}
     return rec
@@ -399,8 +416,14 @@ def read_pool(path: str | Path, require: tuple[str, ...] = ()) -> tuple[list[Poo
 
 
 def read_prompts(path: str | Path) -> list[tuple[str, Prompt]]:
-    """(id, prompt) pairs from a JSONL/Parquet file with a `prompt` field, or a .txt (one per line).
-    Refuses a file without prompts and duplicate ids."""
+    """(id, prompt) pairs from a JSONL/Parquet file with a `prompt` field, or a .txt (one per line)."""
+    return [(row["id"], row["prompt"]) for row in read_prompt_rows(path)]
+
+
+def read_prompt_rows(path: str | Path) -> list[dict[str, Any]]:
+    """`{"id", "prompt"}` per prompt (plus `"meta"`, a JSON object, where the row has one) from a
+    JSONL/Parquet file with a `prompt` field, or a .txt (one per line). Refuses a file without
+    prompts and duplicate ids."""
     path = Path(path)
     out, first_row = [], {}
     for i, row in _txt_rows(path) if path.suffix.lower() == ".txt" else read_rows(path):
@@ -412,7 +435,9 @@ def read_prompts(path: str | Path) -> list[tuple[str, Prompt]]:
         if rid in first_row:
             raise PoolError(path, i, "id", f"duplicate id {short(rid)} (first on row {first_row[rid]})")
         first_row[rid] = i
-        out.append((rid, prompt))
+        out.append({"id": rid, "prompt": prompt})
+        if row.get("meta") is not None:
+            out[-1]["meta"] = _check_meta(path, i, row["meta"])
     if not out:
         raise PoolError(path, None, None, "no prompts")
     return out
@@ -461,6 +486,8 @@ def dump_rows(target: Path, rows: list[dict], fmt: str) -> None:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
+        # `meta` objects differ in shape from row to row: Parquet keeps each as its JSON text
+        rows = [{**r, "meta": json.dumps(r["meta"])} if isinstance(r.get("meta"), dict) else r for r in rows]
         if len({isinstance(r.get("prompt"), str) for r in rows}) > 1:
             # Parquet columns have one type: write plain prompts as one user message (same meaning)
             rows = [{**r, "prompt": [{"role": "user", "content": r["prompt"]}]} if isinstance(r.get("prompt"), str)

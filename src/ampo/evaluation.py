@@ -18,14 +18,15 @@ from .data import prompt_text
 def sample_and_score(policy, reward_fn, prompts: list[dict], eval_cfg, seed: int, progress: bool = True) -> list[dict]:
     """`samples_per_prompt` samples per held-out prompt, with their rewards. One row per prompt."""
     from .generation import GenerationConfig, HFGenerator
+    from .rewards import score_texts
 
     model, tok = policy
     cfg = GenerationConfig(n=eval_cfg.samples_per_prompt, temperature=eval_cfg.temperature,
                            max_new_tokens=eval_cfg.max_new_tokens, seed=seed)
     samples = HFGenerator(model, tok, cfg).generate([p["prompt"] for p in prompts], progress=progress)
     texts = [[s.text for s in ss] for ss in samples]
-    flat = reward_fn([prompt_text(p["prompt"]) for p, ts in zip(prompts, texts) for _ in ts],
-                     [t for ts in texts for t in ts])
+    flat = score_texts(reward_fn, [prompt_text(p["prompt"]) for p, ts in zip(prompts, texts) for _ in ts],
+                       [t for ts in texts for t in ts], [p.get("meta") for p, ts in zip(prompts, texts) for _ in ts])
     rewards = np.asarray(flat, dtype=np.float64).reshape(len(prompts), -1)
     return [{"id": p["id"], "prompt": p["prompt"], "responses": ts, "rewards": rw.tolist(),
              "n_tokens": [s.n_tokens for s in ss], "finished": [s.finished for s in ss]}
@@ -118,4 +119,10 @@ def evaluate_round(pipe, r: int) -> dict:
     result["initial_logp_per_token"] = per_token_logp(pipe.policy(0), rows)
     result["baseline_initial_logp_per_token"] = base["initial_logp_per_token"]
     result["drift"] = result["baseline_initial_logp_per_token"] - result["initial_logp_per_token"]
+    if c.eval.benchmarks:
+        from .ifeval.evaluate import summary
+
+        read = lambda name, i: json.loads((pipe.benchmark_dir(name, i) / "metrics.json").read_text())
+        result["benchmarks"] = {name: {**summary(read(name, r)), "initial": summary(read(name, -1))}
+                                for name in c.eval.benchmarks}
     return result

@@ -24,12 +24,15 @@ import numpy as np
 
 from . import __version__
 from .config import RunConfig, config_key, dump_config, seed_from
-from .data import (PoolRecord, atomic_dir, atomic_path, prompt_text, read_pool, read_prompts,
+from .data import (PoolRecord, atomic_dir, atomic_path, prompt_text, read_pool, read_prompt_rows,
                    write_json, write_pool, write_rows)
 
 log = logging.getLogger("ampo")
 
 BUILTIN_PROMPTS = Path(__file__).parent / "recipes" / "prompts.jsonl"
+# `data.prompts` names for the bundled prompt files
+BUILTIN_PROMPT_SETS = {"builtin": BUILTIN_PROMPTS,
+                       "builtin-ifeval": Path(__file__).parent / "recipes" / "ifeval_prompts.jsonl"}
 
 
 class Manifest:
@@ -283,10 +286,12 @@ class Pipeline:
 
     def _make_split(self) -> dict[str, list]:
         path = self.dir / "split.json"
-        source = BUILTIN_PROMPTS if self.c.data.prompts == "builtin" else Path(self.c.data.prompts)
-        prompts = read_prompts(source)
+        source = BUILTIN_PROMPT_SETS.get(self.c.data.prompts) or Path(self.c.data.prompts)
+        rows = read_prompt_rows(source)
+        prompts = [(row["id"], row["prompt"]) for row in rows]
+        metas = [row.get("meta") for row in rows]
         key = config_key("split", [p for _, p in prompts], [i for i, _ in prompts],
-                         self.c.data.heldout, self.c.data.split_seed)
+                         self.c.data.heldout, self.c.data.split_seed, *([metas] if any(metas) else []))
 
         def make():
             if self.c.data.heldout >= len(prompts):
@@ -295,9 +300,8 @@ class Pipeline:
             order = np.random.default_rng(self.c.data.split_seed).permutation(len(prompts))
             held = sorted(order[: self.c.data.heldout].tolist())
             train = sorted(order[self.c.data.heldout:].tolist())
-            write_json(path, {"source": str(source),
-                              "train": [{"id": prompts[i][0], "prompt": prompts[i][1]} for i in train],
-                              "heldout": [{"id": prompts[i][0], "prompt": prompts[i][1]} for i in held]})
+            write_json(path, {"source": str(source), "train": [rows[i] for i in train],
+                              "heldout": [rows[i] for i in held]})
 
         self.stage("split", key, make, [path])
         self._split_key = key
@@ -338,7 +342,8 @@ class Pipeline:
             gen = make_generator(g.backend, self.policy_folder(r), model=model, tokenizer=tok, config=cfg)
             samples = gen.generate([p["prompt"] for p in shard], progress=self.progress)
             return [{"id": p["id"], "prompt": p["prompt"], "responses": [x.text for x in ss],
-                     "finished": [x.finished for x in ss], "n_tokens": [x.n_tokens for x in ss]}
+                     "finished": [x.finished for x in ss], "n_tokens": [x.n_tokens for x in ss],
+                     **({"meta": p["meta"]} if "meta" in p else {})}
                     for p, ss in zip(shard, samples)]
 
         rows, info = sharded_map(prompts, g.shard_prompts, work, self.round_dir(r) / "generate.parts", key, self.dist)
@@ -500,13 +505,51 @@ class Pipeline:
         self._loaded.clear()  # training modifies the model in place (LoRA) or its weights
         train_round(self.c, model, tok, pool, ref_rows, self.round_dir(r) / "train", key, out, progress=self.progress)
 
+    def eval_options(self) -> dict:
+        """The `eval` options of the held-out evaluation (the benchmark ones key their own stages)."""
+        return {k: v for k, v in dataclasses.asdict(self.c.eval).items() if not k.startswith("benchmark")}
+
     def eval_key(self, r: int) -> str:
-        return config_key("eval", self.train_key(r), self.baseline_key(), dataclasses.asdict(self.c.eval))
+        benchmarks = [self.benchmark_key(name, i) for name in self.c.eval.benchmarks for i in (-1, r)]
+        return config_key("eval", self.train_key(r), self.baseline_key(), self.eval_options(), *benchmarks)
 
     def baseline_key(self) -> str:
         self.split()
         return config_key("baseline", self.policy_key(0), self._split_key, self.c.score.reward,
-                          self.c.embed.embedder, dataclasses.asdict(self.c.eval), self.c.seed)
+                          self.c.embed.embedder, self.eval_options(), self.c.seed)
+
+    def benchmark_key(self, name: str, r: int) -> str:
+        """Key of benchmark `name` on the policy after round r (the initial policy for r = -1)."""
+        e = self.c.eval
+        policy = self.policy_key(0) if r < 0 else self.train_key(r)
+        return config_key("benchmark", name, policy, e.benchmark_max_new_tokens, e.benchmark_limit,
+                          e.benchmark_prompts_per_batch, self.c.seed)
+
+    def benchmark_dir(self, name: str, r: int) -> Path:
+        return (self.dir / "baseline" if r < 0 else self.round_dir(r)) / name
+
+    def benchmarks(self, r: int) -> None:
+        """Greedy runs of `eval.benchmarks` (IFEval, IFBench) on the policy after round r, or on the
+        initial policy (r = -1, once per run): metrics.json, results.jsonl, responses.jsonl."""
+        from .ifeval.evaluate import evaluate_policy
+
+        e = self.c.eval
+        for name in e.benchmarks:
+            out, key = self.benchmark_dir(name, r), self.benchmark_key(name, r)
+            stage = f"baseline/{name}" if r < 0 else f"round-{r}/{name}"
+            outputs = [out / f for f in ("metrics.json", "results.jsonl", "responses.jsonl")]
+
+            def run(name=name, out=out, key=key):
+                m = evaluate_policy(name, self.policy(0 if r < 0 else r + 1), out, key=key, limit=e.benchmark_limit,
+                                    seed=self.c.seed, max_new_tokens=e.benchmark_max_new_tokens,
+                                    prompts_per_batch=e.benchmark_prompts_per_batch,
+                                    shard_prompts=self.c.generate.shard_prompts, progress=self.progress,
+                                    info={"policy": "initial" if r < 0 else f"after round {r}"})
+                log.info("%s %s: average prompt/inst (strict) %.3f [%.3f, %.3f]", name,
+                         "initial" if r < 0 else f"round {r}", m["avg_prompt_inst_strict_acc"],
+                         *m["avg_prompt_inst_strict_acc_ci"])
+
+            self.stage(stage, key, run, outputs)
 
     def baseline(self) -> None:
         """The initial policy's samples on the held-out prompts (what win rates compare against),
@@ -549,9 +592,11 @@ class Pipeline:
     def _run(self) -> list[dict]:
         self.split()
         self.baseline()
+        self.benchmarks(-1)
         results = []
         for r in range(self.c.rounds):
-            for step in (self.generate, self.score, self.embed, self.select, self.refs, self.train, self.evaluate):
+            for step in (self.generate, self.score, self.embed, self.select, self.refs, self.train, self.benchmarks,
+                         self.evaluate):
                 step(r)
             results.append(json.loads((self.round_dir(r) / "eval.json").read_text()))
         if self.dist.main:
@@ -634,10 +679,14 @@ def sharded_map(items: list, shard_size: int, work: Callable[[int, list], list[d
 
 
 def score_pool(reward_fn, pool: list[PoolRecord]) -> list[np.ndarray]:
-    """Score every response of every record in one batched call; one array per record."""
+    """Score every response of every record in one batched call (with each record's `meta` for
+    rewards that need it); one array per record."""
+    from .rewards import score_texts
+
     prompts = [prompt_text(rec.prompt) for rec in pool for _ in rec.responses]
     responses = [t for rec in pool for t in rec.responses]
-    flat = np.asarray(reward_fn(prompts, responses), dtype=np.float64)
+    metas = [rec.meta for rec in pool for _ in rec.responses]
+    flat = np.asarray(score_texts(reward_fn, prompts, responses, metas), dtype=np.float64)
     out, offset = [], 0
     for rec in pool:
         out.append(flat[offset: offset + len(rec.responses)])

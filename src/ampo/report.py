@@ -10,7 +10,8 @@ import numpy as np
 
 from .data import atomic_path
 
-REPORT_FILES = ("report.md", "rounds.png", "loss.png", "selection_map.png")
+# What the report writes (benchmarks.png only with `eval.benchmarks`); report.md first
+REPORT_FILES = ("report.md", "rounds.png", "loss.png", "selection_map.png", "benchmarks.png")
 
 
 def _save(fig, path: Path) -> None:
@@ -39,6 +40,44 @@ def plot_rounds(evals: list[dict], path: Path) -> None:
     b.set(xlabel="after round", ylabel="win rate vs initial", xticks=x, ylim=(0, 1))
     _save(fig, path)
     plt.close(fig)
+
+
+def plot_benchmarks(evals: list[dict], path: Path) -> None:
+    """Each benchmark's average of prompt- and instruction-level strict accuracy per round, with
+    its 95% bootstrap interval; round 0 on the x axis is the initial policy."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(evals[0]["benchmarks"])
+    x = np.arange(len(evals) + 1)
+    fig, axes = plt.subplots(1, len(names), figsize=(4.5 * len(names), 3.2), squeeze=False)
+    for ax, name in zip(axes[0], names):
+        runs = [evals[0]["benchmarks"][name]["initial"]] + [e["benchmarks"][name] for e in evals]
+        y = [100 * m["avg_prompt_inst_strict_acc"] for m in runs]
+        lo, hi = ([100 * m["avg_prompt_inst_strict_acc_ci"][j] for m in runs] for j in (0, 1))
+        ax.plot(x, y, "o-", color="C2")
+        ax.fill_between(x, lo, hi, color="C2", alpha=0.25)
+        ax.set(xlabel="after round (0 = initial policy)", ylabel=f"{name}: avg prompt/inst strict (%)", xticks=x)
+    _save(fig, path)
+    plt.close(fig)
+
+
+def benchmark_lines(evals: list[dict]) -> list[str]:
+    """report.md's benchmark table: one row per round and benchmark."""
+    lines = ["| after round | benchmark | avg prompt/inst strict [95% CI] | prompt strict | inst strict | "
+             "prompt loose | inst loose | prompts |", "|---|---|---|---|---|---|---|---|"]
+    for name in evals[0]["benchmarks"]:
+        runs = [("initial", evals[0]["benchmarks"][name]["initial"])] + [(e["round"], e["benchmarks"][name])
+                                                                          for e in evals]
+        for label, m in runs:
+            lo, hi = m["avg_prompt_inst_strict_acc_ci"]
+            lines.append(f"| {label} | {name} | {100 * m['avg_prompt_inst_strict_acc']:.1f} [{100 * lo:.1f}, "
+                         f"{100 * hi:.1f}] | {100 * m['prompt_level_strict_acc']:.1f} | "
+                         f"{100 * m['inst_level_strict_acc']:.1f} | {100 * m['prompt_level_loose_acc']:.1f} | "
+                         f"{100 * m['inst_level_loose_acc']:.1f} | {m['n_prompts']} |")
+    return lines
 
 
 def plot_losses(logs: list[list[dict]], path: Path) -> None:
@@ -127,6 +166,15 @@ def write_report(pipe) -> Path:
         "![selection map, round 0](selection_map.png)",
         "",
     ]
+    if not evals[0].get("benchmarks"):
+        (out / "benchmarks.png").unlink(missing_ok=True)  # a previous config's plot
+    else:
+        plot_benchmarks(evals, out / "benchmarks.png")
+        lines += ["## Benchmarks", "", *benchmark_lines(evals), "",
+                  f"Greedy decoding, at most {c.eval.benchmark_max_new_tokens} new tokens"
+                  + (f", a fixed subset of {c.eval.benchmark_limit} prompts (seed {c.seed})" if c.eval.benchmark_limit
+                     else "") + "; accuracies in %, interval: bootstrap over prompts (docs/ifeval.md).", "",
+                  "![benchmarks per round](benchmarks.png)", ""]
     path = out / "report.md"
     with atomic_path(path) as tmp:
         tmp.write_text("\n".join(lines))

@@ -2,7 +2,10 @@
 training a reward model on preference pairs (hard or margin-matching soft labels, spec 2).
 
 Every reward is a `RewardFn`: `reward(prompts, responses) -> np.ndarray[float64]`, one finite
-score per (prompt, response) pair, validated by `validate_rewards`.
+score per (prompt, response) pair, validated by `validate_rewards`. A reward that needs
+prompt-side data (each prompt's `meta` object from the prompt file, e.g. the `ifeval` reward's
+constraints) says so with `needs_meta = True` and is called as `reward(prompts, responses,
+metas=...)`; `score_texts` makes that call for every caller.
 """
 
 from __future__ import annotations
@@ -28,6 +31,19 @@ class RewardFn(Protocol):
     """Scores a batch of (prompt, response) pairs: float64 array, one finite value per pair."""
 
     def __call__(self, prompts: list[str], responses: list[str]) -> np.ndarray: ...
+
+
+def score_texts(reward_fn: RewardFn, prompts: list[str], responses: list[str],
+                metas: Sequence[Mapping[str, Any] | None] | None = None) -> np.ndarray:
+    """Call a reward, with each pair's prompt `meta` when the reward declares `needs_meta`."""
+    if not getattr(reward_fn, "needs_meta", False):
+        return reward_fn(prompts, responses)
+    name = getattr(reward_fn, "name", type(reward_fn).__name__)
+    missing = [i for i, m in enumerate(metas or [None] * len(prompts)) if m is None]
+    if missing:
+        raise ValueError(f"reward {name!r} needs each prompt's 'meta' from the prompt file; prompt "
+                         f"{prompts[missing[0]][:60]!r} has none")
+    return reward_fn(prompts, responses, metas=list(metas))
 
 
 def validate_rewards(name: str, scores: Any, n: int) -> np.ndarray:
@@ -284,29 +300,40 @@ class CallableReward:
 
 
 def reward_kind(spec: str) -> str:
-    """What a reward spec names: "builtin", "folder" (a reward model) or "callable"
-    ("module:function" / "file.py:function"). Cheap, so configs are checked before anything loads."""
+    """What a reward spec names: "builtin", "ifeval" (`ifeval[:loose=W,degeneracy=W]`, its options
+    checked here), "folder" (a reward model) or "callable" ("module:function" / "file.py:function").
+    Cheap, so configs are checked before anything loads."""
     if spec == "builtin":
         return "builtin"
+    if spec.split(":", 1)[0] == "ifeval":
+        from .ifeval.reward import parse_spec
+
+        parse_spec(spec)
+        return "ifeval"
     if Path(spec).is_dir():
         return "folder"
     if ":" in spec:
         return "callable"
     raise ValueError(
-        f"unknown reward {spec!r}: expected 'builtin', 'module:function' "
+        f"unknown reward {spec!r}: expected 'builtin', 'ifeval', 'module:function' "
         "or a local reward-model folder"
     )
 
 
 def load_reward(spec: str, **kwargs: Any) -> RewardFn:
-    """A reward from a spec (see `reward_kind`). `kwargs` go to `BuiltinReward` or `HFRewardModel`."""
+    """A reward from a spec (see `reward_kind`; `ifeval[:...]` is `ampo.ifeval.reward.IFEvalReward`).
+    `kwargs` go to `BuiltinReward` or `HFRewardModel`."""
     kind = reward_kind(spec)
     if kind == "builtin":
         return BuiltinReward(**kwargs)
     if kind == "folder":
         return HFRewardModel(spec, **kwargs)
     if kwargs:
-        raise ValueError(f"reward {spec!r} is a callable and takes no options {sorted(kwargs)}")
+        raise ValueError(f"reward {spec!r} is a {kind} and takes no options {sorted(kwargs)}")
+    if kind == "ifeval":
+        from .ifeval.reward import IFEvalReward
+
+        return IFEvalReward.from_spec(spec)
     return CallableReward(spec)
 
 

@@ -1,0 +1,63 @@
+"""The IFEval task through a tiny in-process run: prompt metadata from the prompt file to the
+pool and the reward, and the benchmark evaluated per round (and once for the initial policy)."""
+
+import json
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from ampo.cli import main
+from ampo.config import load_config
+from ampo.pipeline import Pipeline
+from conftest import make_tiny_model, make_tiny_tokenizer
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def tiny_policy(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("policy")
+    tok = make_tiny_tokenizer()
+    make_tiny_model(tok).save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+def test_one_round_with_the_ifeval_reward_and_benchmark(tiny_policy, tmp_path, capsys):
+    prompts = tmp_path / "if_prompts.jsonl"
+    assert main(["-q", "make-prompts", "--task", "ifeval", "--output", str(prompts), "--n", "6", "--seed", "1",
+                 "--base", str(ROOT / "examples" / "tiny_prompts.jsonl")]) == 0
+    out = tmp_path / "run"
+    overrides = [f"out={out}", "rounds=1", f"model.policy={tiny_policy}", "model.lora=false",
+                 f"data.prompts={prompts}", "data.heldout=2", "generate.n=4", "generate.max_new_tokens=6",
+                 "generate.shard_prompts=2", "select.k=2", "embed.embedder=policy", "score.reward=ifeval:loose=0.5",
+                 "eval.samples_per_prompt=2", "eval.max_new_tokens=6", "eval.bootstrap=100",
+                 "eval.benchmarks=[ifeval]", "eval.benchmark_limit=3", "eval.benchmark_max_new_tokens=4",
+                 "train.prompts_per_step=2", "train.learning_rate=0.01", "train.save_steps=1"]
+    results = Pipeline(load_config(overrides=overrides), progress=False).run()
+
+    source = {json.loads(line)["id"]: json.loads(line)["meta"] for line in prompts.read_text().splitlines()}
+    pool = pq.read_table(out / "round-0" / "pool.parquet").to_pylist()
+    assert all(json.loads(row["meta"]) == source[row["id"]] for row in pool)
+    rewards = pq.read_table(out / "round-0" / "rewards.parquet").to_pylist()
+    assert all(0 <= r <= 1.5 for row in rewards for r in row["rewards"])
+
+    for folder in (out / "baseline" / "ifeval", out / "round-0" / "ifeval"):
+        metrics = json.loads((folder / "metrics.json").read_text())
+        assert metrics["n_prompts"] == 3 and metrics["limit"] == 3 and metrics["decoding"] == "greedy"
+        assert len((folder / "responses.jsonl").read_text().splitlines()) == 3
+        assert len((folder / "results.jsonl").read_text().splitlines()) == 3
+        assert not (folder / "responses.parts").exists()
+    bench = results[0]["benchmarks"]["ifeval"]
+    assert "avg_prompt_inst_strict_acc" in bench and "avg_prompt_inst_strict_acc" in bench["initial"]
+    assert (out / "benchmarks.png").exists() and "## Benchmarks" in (out / "report.md").read_text()
+
+    stages = json.loads((out / "manifest.json").read_text())["stages"]
+    assert stages["baseline/ifeval"]["status"] == stages["round-0/ifeval"]["status"] == "done"
+    for stage in ("baseline/ifeval", "round-0/ifeval"):  # every file a benchmark stage writes is hashed
+        assert sorted(Path(rel).name for rel in stages[stage]["outputs"]) == [
+            "metrics.json", "responses.jsonl", "results.jsonl"]
+    mtimes = {p: p.stat().st_mtime_ns for p in out.rglob("metrics.json")}
+    Pipeline(load_config(overrides=overrides), progress=False).run()  # a rerun reuses both benchmark runs
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("metrics.json")} == mtimes
