@@ -2,6 +2,7 @@
 pool and the reward, and the benchmark evaluated per round (and once for the initial policy)."""
 
 import json
+import os
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -9,7 +10,7 @@ import pytest
 
 from ampo.cli import main
 from ampo.config import load_config
-from ampo.pipeline import Pipeline
+from ampo.pipeline import Pipeline, RunLock
 from conftest import make_tiny_model, make_tiny_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -61,3 +62,36 @@ def test_one_round_with_the_ifeval_reward_and_benchmark(tiny_policy, tmp_path, c
     mtimes = {p: p.stat().st_mtime_ns for p in out.rglob("metrics.json")}
     Pipeline(load_config(overrides=overrides), progress=False).run()  # a rerun reuses both benchmark runs
     assert {p: p.stat().st_mtime_ns for p in out.rglob("metrics.json")} == mtimes
+
+
+def test_evaluate_a_policy_holds_its_output_folder(tiny_policy, tmp_path, capsys):
+    def argv(output):
+        return ["-q", "evaluate", "--benchmark", "ifeval", "--policy", str(tiny_policy), "--output", str(output),
+                "--limit", "2", "--max-new-tokens", "2", "--bootstrap", "10"]
+
+    out = tmp_path / "eval"
+    assert main(argv(out)) == 0
+    assert "2 of 541 prompts (fixed subset, seed 0)" in capsys.readouterr().out
+    for name in ("metrics.json", "results.jsonl", "responses.jsonl"):
+        assert (out / name).stat().st_mode & 0o777 == 0o666 & ~_umask()  # 0644 under the default umask
+    with RunLock(out):  # another evaluation writing there
+        assert main(argv(out)) == 2
+        assert main(["-q", "evaluate", "--benchmark", "ifeval", "--responses", str(out / "responses.jsonl"),
+                     "--output", str(out)]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 2 and all(f"output folder {out} is in use by another ampo process" in e for e in err)
+
+    run = tmp_path / "run"  # inside a run folder, the run's own lock: never under a running `ampo run`
+    run.mkdir()
+    (run / "manifest.json").write_text("{}")
+    (run / "config.yaml").write_text("{}")
+    with RunLock(run):
+        assert main(argv(run / "round-0" / "ifeval")) == 2
+    assert f"run folder {run} is in use by another ampo process" in capsys.readouterr().err
+    assert not (run / "round-0").exists()
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask

@@ -159,18 +159,22 @@ def _cmd_train_rm(args) -> None:
 
 
 def _cmd_evaluate(args) -> None:
-    from .ifeval.evaluate import evaluate_policy, load_eval_policy, policy_fingerprint, score_file, table
+    from .ifeval.evaluate import (evaluate_policy, load_eval_policy, output_lock, policy_fingerprint, score_file,
+                                  table)
 
     if args.responses:
-        metrics = score_file(args.benchmark, args.responses, args.output, n_boot=args.bootstrap, seed=args.seed)
+        metrics = score_file(args.benchmark, args.responses, args.output, n_boot=args.bootstrap, seed=args.seed,
+                             hold=output_lock)
     else:
         from .config import config_key
 
         key = config_key(policy_fingerprint(args.policy, args.base, args.dtype))
-        metrics = evaluate_policy(args.benchmark, load_eval_policy(args.policy, args.base, args.dtype), args.output,
-                                  key=key, limit=args.limit, seed=args.seed, max_new_tokens=args.max_new_tokens,
-                                  prompts_per_batch=args.prompts_per_batch, shard_prompts=args.shard_prompts,
-                                  n_boot=args.bootstrap, progress=not args.quiet, info={"policy": args.policy})
+        policy = load_eval_policy(args.policy, args.base, args.dtype)
+        with output_lock(args.output):  # one evaluation per output folder, none inside a running run
+            metrics = evaluate_policy(args.benchmark, policy, args.output, key=key, limit=args.limit, seed=args.seed,
+                                      max_new_tokens=args.max_new_tokens, prompts_per_batch=args.prompts_per_batch,
+                                      shard_prompts=args.shard_prompts, n_boot=args.bootstrap,
+                                      progress=not args.quiet, info={"policy": args.policy})
     print(table(metrics))
     print(f"wrote {Path(args.output) / 'metrics.json'} and results.jsonl"
           + ("" if args.responses else " and responses.jsonl"))

@@ -128,13 +128,24 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
 
 
 def widen_permissions(folder: Path) -> None:
-    """Give files under `folder` at least the umask's usual mode (0644 by default): some writers
-    (safetensors' `save_file`) create them 0600."""
+    """Give `folder`, its subfolders and its files at least the umask's usual modes (0755 and 0644
+    by default): some writers create them 0600 (safetensors' `save_file`) or 0700 (`mkdtemp`)."""
     mask = os.umask(0o022)  # reading the umask means setting it: set it straight back
     os.umask(mask)
-    for path in folder.rglob("*"):
-        if path.is_file():
-            path.chmod(stat.S_IMODE(path.stat().st_mode) | (0o666 & ~mask))
+    for path in [folder, *folder.rglob("*")]:
+        if path.is_file() or path.is_dir():
+            usual = (0o777 if path.is_dir() else 0o666) & ~mask
+            path.chmod(stat.S_IMODE(path.stat().st_mode) | usual)
+
+
+def ensure_dir(path: str | Path) -> Path:
+    """Make output folder `path` (and its parents); an OSError names it, as for any output."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise _write_error(path, e) from e
+    return path
 
 
 @contextlib.contextmanager

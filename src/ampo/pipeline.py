@@ -81,7 +81,8 @@ class RunInUseError(ValueError):
 
 
 class RunLock:
-    """An exclusive lock on a run folder (`flock` on `RUN/.lock`) for as long as a process uses it.
+    """An exclusive lock on a run folder (`flock` on `RUN/.lock`) for as long as a process uses it
+    (also taken by `ampo evaluate` on its output folder: `what` and `option` name them).
 
     Two runs on one folder would overwrite each other's manifest and files, so the second is
     refused. The kernel drops the lock when its holder exits, even by SIGKILL, so a killed run
@@ -90,7 +91,7 @@ class RunLock:
     written).
     """
 
-    def __init__(self, folder: Path):
+    def __init__(self, folder: Path, what: str = "run folder", option: str = "'out'"):
         path = folder / ".lock"
         try:
             self.fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
@@ -106,9 +107,9 @@ class RunLock:
         except BlockingIOError:
             holder = path.read_text().strip()
             os.close(self.fd)
-            raise RunInUseError(f"run folder {folder} is in use by another ampo process"
+            raise RunInUseError(f"{what} {folder} is in use by another ampo process"
                                 f"{f' (pid {holder})' if holder else ''}; wait for it to end or choose "
-                                "another 'out'") from None
+                                f"another {option}") from None
         if writable:  # the holder's pid, for the message above
             os.ftruncate(self.fd, 0)
             os.write(self.fd, str(os.getpid()).encode())
@@ -117,6 +118,12 @@ class RunLock:
         if self.fd is not None:
             os.close(self.fd)  # closing the only handle drops the lock
             self.fd = None
+
+    def __enter__(self) -> RunLock:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
 
 
 class Dist:

@@ -5,11 +5,12 @@ responses with a policy first (greedy, chat template, batched, resumable in shar
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -55,9 +56,31 @@ def result_rows(results: Sequence[PromptResult]) -> list[dict]:
 
 
 def write_outputs(out_dir: Path, metrics: dict, results: Sequence[PromptResult]) -> None:
-    """`results.jsonl`, then `metrics.json` (its presence marks a finished evaluation); atomic."""
+    """`results.jsonl`, then `metrics.json` (its presence marks a finished evaluation), each
+    written atomically. A previous `metrics.json` is removed first and a failed write removes the
+    new `results.jsonl`, so a failure never leaves a pair of files that do not belong together."""
+    with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+        (out_dir / "metrics.json").unlink()
     write_rows(out_dir / "results.jsonl", result_rows(results))
-    write_json(out_dir / "metrics.json", metrics)
+    try:
+        write_json(out_dir / "metrics.json", metrics)
+    except OSError:
+        (out_dir / "results.jsonl").unlink(missing_ok=True)
+        raise
+
+
+def output_lock(out_dir: str | Path):
+    """The lock `ampo evaluate` holds while it writes into `out_dir` (a `RunLock`): the enclosing
+    run folder's when `out_dir` lies in one, so that it never writes under a running `ampo run`,
+    else `out_dir`'s own, so that two evaluations never mix their shards or files."""
+    from ampo.data import ensure_dir
+    from ampo.pipeline import RunLock
+
+    out = Path(out_dir)
+    for folder in (out, *out.absolute().parents):
+        if (folder / "manifest.json").is_file() and (folder / "config.yaml").is_file():
+            return RunLock(folder)
+    return RunLock(ensure_dir(out), what="output folder", option="--output")
 
 
 def table(metrics: dict) -> str:
@@ -79,14 +102,17 @@ def table(metrics: dict) -> str:
 
 
 def score_file(benchmark: str, responses: str | Path, out_dir: str | Path, n_boot: int = 1000,
-               seed: int = 0) -> dict:
-    """Score a responses file (see `bench.match_responses`) and write the outputs."""
+               seed: int = 0, hold: Callable[[Path], Any] | None = None) -> dict:
+    """Score a responses file (see `bench.match_responses`) and write the outputs; `hold(out_dir)`,
+    if given, is a context manager held while writing (`output_lock`). Bad input raises before
+    anything is written."""
     from .bench import match_responses
 
     pairs = match_responses(responses, load_items(benchmark))
     metrics, results = score(benchmark, pairs, n_boot, seed)
     metrics["responses"] = str(responses)
-    write_outputs(Path(out_dir), metrics, results)
+    with hold(Path(out_dir)) if hold else contextlib.nullcontext():
+        write_outputs(Path(out_dir), metrics, results)
     return metrics
 
 

@@ -53,6 +53,8 @@ def punkt_tab_texts() -> dict[str, str]:
 def ensure_punkt(root: Path | None = None) -> Path:
     """Write `root/tokenizers/punkt_tab/english/` once (atomically: a temporary folder renamed
     into place) and return `root`."""
+    from ampo.data import widen_permissions
+
     root = Path(root) if root is not None else nltk_data_dir()
     target = root / "tokenizers" / "punkt_tab" / "english"
     if all((target / name).is_file() for name in PUNKT_FILES):
@@ -62,6 +64,7 @@ def ensure_punkt(root: Path | None = None) -> Path:
     try:
         for name, text in punkt_tab_texts().items():
             (tmp / name).write_text(text, encoding="utf-8", newline="")
+        widen_permissions(tmp)  # mkdtemp made it 0700: the usual 0755, like every folder ampo writes
         try:
             os.replace(tmp, target)
         except OSError:  # another process finished first: keep its (identical) folder
