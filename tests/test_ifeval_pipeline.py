@@ -63,6 +63,13 @@ def test_one_round_with_the_ifeval_reward_and_benchmark(tiny_policy, tmp_path, c
     Pipeline(load_config(overrides=overrides), progress=False).run()  # a rerun reuses both benchmark runs
     assert {p: p.stat().st_mtime_ns for p in out.rglob("metrics.json")} == mtimes
 
+    # a damaged responses file is detected, and generated again rather than rescored
+    responses = out / "round-0" / "ifeval" / "responses.jsonl"
+    good = responses.read_bytes()
+    responses.write_bytes(good.replace(b'"response": "', b'"response": "X', 1))
+    Pipeline(load_config(overrides=overrides), progress=False).run()
+    assert responses.read_bytes() == good
+
 
 def test_evaluate_a_policy_holds_its_output_folder(tiny_policy, tmp_path, capsys):
     def argv(output):
@@ -74,6 +81,11 @@ def test_evaluate_a_policy_holds_its_output_folder(tiny_policy, tmp_path, capsys
     assert "2 of 541 prompts (fixed subset, seed 0)" in capsys.readouterr().out
     for name in ("metrics.json", "results.jsonl", "responses.jsonl"):
         assert (out / name).stat().st_mode & 0o777 == 0o666 & ~_umask()  # 0644 under the default umask
+    responses = out / "responses.jsonl"  # a rerun rescores only a whole responses file
+    whole = responses.read_text()
+    responses.write_text(whole.splitlines(keepends=True)[0])
+    assert main(argv(out)) == 0 and responses.read_text() == whole
+    capsys.readouterr()
     with RunLock(out):  # another evaluation writing there
         assert main(argv(out)) == 2
         assert main(["-q", "evaluate", "--benchmark", "ifeval", "--responses", str(out / "responses.jsonl"),

@@ -545,8 +545,14 @@ class Pipeline:
             out, key = self.benchmark_dir(name, r), self.benchmark_key(name, r)
             stage = f"baseline/{name}" if r < 0 else f"round-{r}/{name}"
             outputs = [out / f for f in ("metrics.json", "results.jsonl", "responses.jsonl")]
+            recorded = (self.manifest.data["stages"].get(stage) or {}).get("outputs") or {}
 
-            def run(name=name, out=out, key=key):
+            def run(name=name, out=out, key=key, recorded=recorded):
+                # evaluate_policy rescores a finished generation instead of generating again: only
+                # one whose responses.jsonl is the file this stage recorded (not a damaged one)
+                responses = fingerprints(self.dir, [out / "responses.jsonl"])
+                if any(recorded.get(rel) != fp for rel, fp in responses.items()):
+                    (out / "responses.jsonl").unlink()
                 m = evaluate_policy(name, self.policy(0 if r < 0 else r + 1), out, key=key, limit=e.benchmark_limit,
                                     seed=self.c.seed, max_new_tokens=e.benchmark_max_new_tokens,
                                     prompts_per_batch=e.benchmark_prompts_per_batch,

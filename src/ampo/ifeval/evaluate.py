@@ -139,10 +139,31 @@ def generate(policy, items: Sequence[Item], parts: Path, key: str, max_new_token
 
 
 def finished_generation(out_dir: Path) -> str | None:
-    """The generation key of a finished policy evaluation in `out_dir` (None if there is none)."""
+    """The generation key of a finished policy evaluation in `out_dir` (None if there is none, or
+    its metrics.json is unreadable)."""
     if not (out_dir / "responses.jsonl").is_file() or not (out_dir / "metrics.json").is_file():
         return None
-    return json.loads((out_dir / "metrics.json").read_text()).get("generation_key")
+    try:
+        metrics = json.loads((out_dir / "metrics.json").read_text(encoding="utf-8"))
+    except (ValueError, RecursionError):  # damaged: not a finished evaluation
+        return None
+    return metrics.get("generation_key") if isinstance(metrics, dict) else None
+
+
+def finished_responses(out_dir: Path, items: Sequence[Item], gen_key: str) -> list[dict] | None:
+    """The rows of `out_dir/responses.jsonl` if a finished evaluation with generation key `gen_key`
+    wrote them and they are whole (one row per item, in order, each with a string response, its
+    token count and finish flag); None otherwise (the responses are generated again)."""
+    if finished_generation(out_dir) != gen_key:
+        return None
+    try:
+        rows = [row for _, row in read_rows(out_dir / "responses.jsonl")]
+    except ValueError:
+        return None
+    whole = len(rows) == len(items) and all(
+        row.get("key") == it.key and isinstance(row.get("response"), str) and isinstance(row.get("finished"), bool)
+        and isinstance(row.get("n_tokens"), int) for row, it in zip(rows, items))
+    return rows if whole else None
 
 
 def evaluate_policy(benchmark: str, policy, out_dir: str | Path, *, key: str, limit: int = 0, seed: int = 0,
@@ -158,9 +179,8 @@ def evaluate_policy(benchmark: str, policy, out_dir: str | Path, *, key: str, li
     items = subset(load_items(benchmark), limit, seed)
     gen_key = config_key("benchmark-generate", benchmark, key, [it.key for it in items], max_new_tokens,
                          prompts_per_batch)
-    if finished_generation(out_dir) == gen_key:  # the same responses exist: rescore them
-        rows = [row for _, row in read_rows(out_dir / "responses.jsonl")]
-    else:
+    rows = finished_responses(out_dir, items, gen_key)  # the same responses exist: rescore them
+    if rows is None:
         rows = generate(policy, items, out_dir / "responses.parts", gen_key, max_new_tokens, prompts_per_batch,
                         shard_prompts, progress)
         write_rows(out_dir / "responses.jsonl", rows)
