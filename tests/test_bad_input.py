@@ -81,6 +81,16 @@ def huge_reward_fn(tmp):
     return f"{tmp / 'huge.py'}:reward"
 
 
+def responses(tmp, *more):
+    """An IFEval responses file: a good row (key 1000), then `more`."""
+    return lines(tmp / "responses.jsonl", {"key": 1000, "response": "fine"}, *more)
+
+
+def evaluate(path, output=None):
+    return ["evaluate", "--benchmark", "ifeval", "--responses", str(path), "--output",
+            str(output or path.parent / "out"), "--bootstrap", "10"]
+
+
 def a_file(tmp):
     (tmp / "file").write_text("x")
     return tmp / "file"
@@ -171,6 +181,26 @@ CASES = {
     "unknown output type": lambda t, p: (
         ["score", "--input", str(EXAMPLES / "tiny_pool.jsonl"), "--output", str(t / "out.csv")],
         f"{t}/out.csv: unknown file type '.csv'"),
+    "evaluate: a 400-digit key": lambda t, p: (
+        evaluate(responses(t, {"key": HUGE, "response": "x"})),
+        f"{t}/responses.jsonl: row 2: field 'key': unknown key 1000000000"),
+    "evaluate: an answered prompt answered again": lambda t, p: (
+        evaluate(responses(t, {"key": 1000, "response": "again"})),
+        f"{t}/responses.jsonl: row 2: duplicate: key 1000 was already answered in row 1"),
+    "evaluate: a response that is not a string": lambda t, p: (
+        evaluate(responses(t, {"key": 1001, "response": 7})),
+        f"{t}/responses.jsonl: row 2: field 'response': missing or not a string"),
+    "evaluate: non-UTF-8 responses": lambda t, p: (
+        evaluate(responses(t, b'{"key": 1001, "response": "caf\xe9"}')),
+        f"{t}/responses.jsonl: row 2: not UTF-8 text"),
+    "evaluate: output folder under a file": lambda t, p: (
+        evaluate(responses(t), a_file(t) / "out"), f"cannot write {t}/file/out: Not a directory"),
+    "prompt meta that is not an object": lambda t, p: (
+        generate(t, lines(t / "prompts.jsonl", {"prompt": "x", "meta": [1]})),
+        f"{t}/prompts.jsonl: row 1: field 'meta': must be a JSON object"),
+    "prompt meta as deeply nested JSON text": lambda t, p: (
+        generate(t, lines(t / "prompts.jsonl", {"prompt": "x", "meta": "[" * 100_000 + "]" * 100_000})),
+        f"{t}/prompts.jsonl: row 1: field 'meta': not valid JSON (nested too deeply)"),
     "make-prompts unknown output type": lambda t, p: (
         ["make-prompts", "--task", "ifeval", "--n", "2", "--output", str(t / "prompts.csv")],
         f"{t}/prompts.csv: unknown file type '.csv'"),

@@ -264,6 +264,10 @@ def _check_meta(path: Path, i: int, value: Any) -> dict[str, Any]:
             value = json.loads(value)
         except json.JSONDecodeError as e:
             raise PoolError(path, i, "meta", f"not valid JSON ({e.msg})") from None
+        except RecursionError:
+            raise PoolError(path, i, "meta", "not valid JSON (nested too deeply)") from None
+        except ValueError as e:  # e.g. an integer with more digits than Python converts
+            raise PoolError(path, i, "meta", f"not valid JSON ({e})") from None
     if not isinstance(value, dict):
         raise PoolError(path, i, "meta", "must be a JSON object")
     return value

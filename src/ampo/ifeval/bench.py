@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ampo.config import short
 from ampo.data import PoolError, read_rows
 
 DATA_PACKAGE = "eval_framework"
@@ -108,9 +109,9 @@ def match_responses(path: str | Path, items: tuple[Item, ...] | list[Item]) -> l
         if "key" in row and row["key"] is not None:
             item = by_key.get(str(row["key"]))
             if item is None:
-                raise PoolError(path, i, "key", f"unknown key {row['key']!r}: not a prompt of this benchmark")
+                raise PoolError(path, i, "key", f"unknown key {short(row['key'])}: not a prompt of this benchmark")
             if isinstance(row.get("prompt"), str) and row["prompt"].strip() != item.prompt.strip():
-                raise PoolError(path, i, "prompt", f"does not match the prompt of key {item.key!r}")
+                raise PoolError(path, i, "prompt", f"does not match the prompt of key {short(item.key)}")
         elif isinstance(row.get("prompt"), str):
             item = by_prompt.get(row["prompt"].strip())
             if item is None:
@@ -120,7 +121,8 @@ def match_responses(path: str | Path, items: tuple[Item, ...] | list[Item]) -> l
         if not isinstance(row.get("response"), str):
             raise PoolError(path, i, "response", "missing or not a string")
         if item.key in seen:
-            raise PoolError(path, i, None, f"duplicate: key {item.key!r} was already answered in row {seen[item.key]}")
+            raise PoolError(path, i, None,
+                            f"duplicate: key {short(item.key)} was already answered in row {seen[item.key]}")
         seen[item.key] = i
         found[item.key] = row["response"]
     if not found:
