@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from ampo.losses import (
-    HPARAM_CHOICES,
     LOSSES,
     GroupBatch,
+    check_hparams,
     compute,
     mrpo_clipped_reference,
     mrpo_virtual_reference,
@@ -674,6 +674,21 @@ def test_bad_groups_are_refused():
 def test_bad_hyperparameter_values_are_refused(name, hparams, message):
     with pytest.raises(ValueError, match=message):
         compute(name, toy(), **hparams)
+
+
+@pytest.mark.parametrize("name", sorted(LOSSES))
+def test_check_hparams_accepts_every_default(name):
+    check_hparams(name, {})
+
+
+def test_check_hparams_refuses_values_without_a_batch():
+    # options that need optional batch fields pass: the probe batch has them all
+    check_hparams("ampo", {"eos_reg": "targeted"})
+    check_hparams("mmpo", {"target": "pref"})
+    with pytest.raises(ValueError, match="clamp must be > 0, got -1"):
+        check_hparams("gpo", {"clamp": -1.0})
+    with pytest.raises(ValueError, match="unknown hyperparameter"):
+        check_hparams("tripo", {"margin": 1.0})
 
 
 def test_low_precision_inputs_are_computed_in_float32():

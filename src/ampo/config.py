@@ -237,7 +237,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] = (), base:
 
 def validate(c: RunConfig) -> None:
     """Refuse incompatible options, each with one line naming it."""
-    from .losses import HPARAM_CHOICES, LOSSES
+    from .losses import HPARAM_CHOICES, LOSSES, check_hparams
     from .selection import SELECTORS
 
     if c.rounds < 1:
@@ -267,6 +267,7 @@ def validate(c: RunConfig) -> None:
                           f"loss '{c.train.loss}' (allowed: {', '.join(spec.defaults) or 'none'})")
     for name, value in c.train.hparams.items():
         default = spec.defaults[name]
+        default = 0.0 if default is None else default  # a None default is an optional number
         if isinstance(default, (bool, str)) and type(value) is not type(default):
             raise ConfigError(f"config 'train.hparams.{name}': expected {type(default).__name__}, got {value!r}")
         if name in HPARAM_CHOICES and value not in HPARAM_CHOICES[name]:
@@ -279,6 +280,13 @@ def validate(c: RunConfig) -> None:
     if spec.refs > n_refs:
         raise ConfigError(f"config 'train.extra_references': loss '{c.train.loss}' needs {spec.refs} reference "
                           f"models; give {spec.refs - 1} extra reference path(s)")
+    if c.select.k < spec.negatives:
+        raise ConfigError(f"config 'select.k': loss '{c.train.loss}' needs at least {spec.negatives} negatives "
+                          f"per group, got {c.select.k}")
+    try:
+        check_hparams(c.train.loss, c.train.hparams)
+    except ValueError as e:
+        raise ConfigError(f"config 'train.hparams': {e}") from None
     if c.train.reference not in ("round_start", "initial"):
         raise ConfigError("config 'train.reference': must be 'round_start' or 'initial'")
     if c.model.dtype not in ("float32", "bfloat16"):

@@ -723,6 +723,25 @@ def resolve_hparams(name: str, hparams: dict) -> dict:
     return {**allowed, **hparams}
 
 
+def check_hparams(name: str, hparams: dict) -> None:
+    """Refuse, before any data exists, every hyperparameter value that ``LOSSES[name]`` refuses.
+
+    Runs the loss once on a tiny valid batch that has every optional field, so each range check
+    stays in one place (the loss function) and config validation still catches it up front.
+    """
+    resolved = resolve_hparams(name, hparams)
+    spec = LOSSES[name]
+    k = spec.negatives + 2
+    rewards = torch.linspace(1.0, -1.0, k)[None]
+    probe = GroupBatch(
+        logps=-torch.ones(1, k), lengths=torch.ones(1, k), rewards=rewards, mask=torch.ones(1, k, dtype=torch.bool),
+        ref_logps=-torch.ones(max(spec.refs, 1), 1, k), eos_logps=-torch.ones(1, k),
+        pref_logits=rewards[..., :, None] - rewards[..., None, :],
+    )
+    with torch.no_grad():
+        spec.fn(probe, **resolved)
+
+
 def compute(name: str, batch: GroupBatch, **hparams) -> tuple[Tensor, Metrics]:
     """Batch-mean loss and metrics of ``LOSSES[name]`` with validated hyperparameters."""
     resolved = resolve_hparams(name, hparams)
