@@ -51,6 +51,16 @@ def test_parse_overrides():
     (["train.loss=swepo", "train.hparams.dev_fn=true"], "'train.hparams.dev_fn': expected str, got True"),
     (["train.hparams.eos_reg=budget"], "'train.hparams.eos_reg': must be one of none, targeted, independent"),
     (["generate.backend=tgi"], "config 'generate.backend'"),
+    (["train.loss=gpo", "train.hparams.form=triple"], "'train.hparams.form': must be one of pair, group"),
+    (["train.loss=gpo", "train.hparams.clamp=big"], "'train.hparams.clamp': expected a number, got 'big'"),
+    (["train.loss=gpo", "train.hparams.clamp=0"], "'train.hparams': hyperparameter clamp must be > 0, got 0"),
+    (["train.loss=gpo", "train.hparams.beta=0"], "'train.hparams': hyperparameter beta must be > 0"),
+    (["train.loss=mmpo", "train.hparams.target=judge"], "'train.hparams.target': must be one of reward, pref"),
+    (["train.loss=tripo", "train.hparams.length_norm=1"], "'train.hparams.length_norm': expected bool, got 1"),
+    (["train.loss=tripo", "train.hparams.alpha=-1"], "'train.hparams': hyperparameter alpha must be >= 0"),
+    (["train.loss=tripo", "select.k=1"], "'select.k': loss 'tripo' needs at least 2 negatives per group, got 1"),
+    (["train.loss=pro", "train.hparams.sft_weight=lots"], "'train.hparams.sft_weight': expected a number"),
+    (["train.loss=ipo", "train.hparams.beta=0"], "'train.hparams': hyperparameter beta must be > 0"),
 ])
 def test_bad_config_fails_with_one_line(overrides, fragment):
     with pytest.raises(ConfigError) as e:
@@ -79,3 +89,13 @@ def test_hparams_accept_numbers_flags_and_names():
     assert c.train.hparams == {"dev_fn": "abs", "beta": 0.5}
     c = load_config(overrides=["train.loss=ipo", "train.hparams.per_token=true"])
     assert c.train.hparams == {"per_token": True}
+
+
+def test_new_loss_hyperparameters_are_accepted():
+    c = load_config(overrides=["train.loss=gpo", "train.hparams.form=group", "train.hparams.clamp=1000",
+                               "train.hparams.center=0.5"])
+    assert c.train.hparams == {"form": "group", "clamp": 1000.0, "center": 0.5}
+    c = load_config(overrides=["train.loss=mmpo", "train.hparams.target=pref"])
+    assert c.train.hparams == {"target": "pref"}
+    c = load_config(overrides=["train.loss=tripo", "train.hparams.length_norm=true", "select.k=2"])
+    assert c.train.hparams == {"length_norm": True}

@@ -1,4 +1,5 @@
-"""Tests for ampo.losses against the worked numbers of spec/algorithms.md (sections 0-4)."""
+"""Tests for ampo.losses against the worked numbers of spec/algorithms.md (sections 0-4) and
+spec/algorithms-2.md (gpo, tripo, mmpo target=pref; "spec-2")."""
 
 import math
 
@@ -8,6 +9,7 @@ import torch
 from ampo.losses import (
     LOSSES,
     GroupBatch,
+    check_hparams,
     compute,
     mrpo_clipped_reference,
     mrpo_virtual_reference,
@@ -15,6 +17,7 @@ from ampo.losses import (
     soft_bt_loss,
     soft_target,
 )
+from ampo.preferences import aggregate, scalar_to_logits
 
 # The shared toy prompt of spec section 0.
 TOY_LP = [-40.0, -55.0, -60.0, -80.0]
@@ -23,6 +26,8 @@ TOY_LEN = [40.0, 50.0, 40.0, 64.0]
 TOY_R = [2.0, 1.0, -0.5, -1.5]
 # A second reference for MRPO (ref_logps[1], the spec's ref1); made up, any values work.
 TOY_REF_EXTRA = [-44.0, -53.0, -61.0, -73.0]
+# Preference logits of spec-2 example P1: 0 -> 1 -> 2 -> 0 is a cycle, all beat 3.
+TOY_PREF = [[0.0, 1.5, -1.0, 2.0], [-1.5, 0.0, 1.0, 2.0], [1.0, -1.0, 0.0, 2.0], [-2.0, -2.0, -2.0, 0.0]]
 
 PAIRWISE = {"dpo", "ipo", "simpo", "mmpo", "mrpo"}
 DEFAULT_DTYPE = torch.float64
@@ -42,6 +47,7 @@ def toy(slots=(0, 1, 2, 3), lp=TOY_LP) -> GroupBatch:
         rewards=pick(TOY_R),
         mask=torch.ones(1, len(slots), dtype=torch.bool),
         ref_logps=refs,
+        pref_logits=t([[[TOY_PREF[i][j] for j in slots] for i in slots]]),
     )
 
 
@@ -53,6 +59,7 @@ def stack(batches: list[GroupBatch]) -> GroupBatch:
         rewards=torch.cat([b.rewards for b in batches]),
         mask=torch.cat([b.mask for b in batches]),
         ref_logps=torch.cat([b.ref_logps for b in batches], dim=1),
+        pref_logits=torch.cat([b.pref_logits for b in batches]),
     )
 
 
@@ -277,6 +284,172 @@ def test_lipo_toy(log_base, expected):
 
 
 # ---------------------------------------------------------------------------------------------
+# spec-2: mmpo target=pref (with DNO's and Curry-DPO's worked numbers), gpo, tripo
+
+
+def with_rewards(batch: GroupBatch, rewards) -> GroupBatch:
+    return GroupBatch(**{**batch.__dict__, "rewards": t([list(rewards)])})
+
+
+def exact(value: torch.Tensor, expected: float) -> bool:
+    """Equal to a spec number given to six decimals (or to 1e-6 relative for large ones)."""
+    return abs(float(value) - expected) <= 1e-6 * max(1.0, abs(expected))
+
+
+@pytest.mark.parametrize("j, expected", [(1, 0.609083), (2, 0.805439), (3, 0.486628)])
+def test_mmpo_pref_target_p1(j, expected):
+    loss, metrics = LOSSES["mmpo"].fn(toy(slots=(0, j)), beta=0.1, target="pref")
+    assert exact(loss, expected)
+    assert exact(metrics["soft_target"], float(torch.sigmoid(t(TOY_PREF[0][j]))))
+
+
+def test_mmpo_pref_target_of_a_scalar_reward_is_the_reward_target():
+    batch = toy()
+    for gamma in (0.3, 2.2):
+        scaled = GroupBatch(**{**batch.__dict__, "pref_logits": t(scalar_to_logits([gamma * r for r in TOY_R]))[None]})
+        assert torch.allclose(loss_of("mmpo", scaled, target="pref"), loss_of("mmpo", batch, gamma=gamma), atol=1e-12)
+
+
+def test_mmpo_pref_target_lets_a_cycle_pull_a_negative_up():
+    # At h = 0 the gradient on h_j is beta * (p - 1/2) / n: response 2 beats the positive in P1
+    # (p = 0.27), so its log-prob goes up, while the reward target pushes every negative down.
+    grads = {}
+    for target in ("pref", "reward"):
+        batch = toy(lp=TOY_REF)
+        batch.logps.requires_grad_(True)
+        LOSSES["mmpo"].fn(batch, beta=0.1, gamma=1.0, target=target)[0].sum().backward()
+        grads[target] = batch.logps.grad[0]
+    assert grads["pref"][2] < 0 < grads["pref"][1] and grads["pref"][3] > 0
+    assert (grads["reward"][1:] > 0).all()
+    p02 = 1 / (1 + math.exp(1.0))
+    assert close(grads["pref"][2], 0.1 * (p02 - 0.5) / 3, 1e-12)
+
+
+def test_mmpo_pref_target_needs_pref_logits():
+    batch = GroupBatch(**{**toy().__dict__, "pref_logits": None})
+    with pytest.raises(ValueError, match="target='pref' needs pref_logits"):
+        LOSSES["mmpo"].fn(batch, target="pref")
+    bad = GroupBatch(**{**toy().__dict__, "pref_logits": torch.zeros(1, 4, 3, dtype=DEFAULT_DTYPE)})
+    with pytest.raises(ValueError, match=r"pref_logits has shape \(1, 4, 3\), expected \[1, 4, 4\]"):
+        LOSSES["mmpo"].fn(bad, target="pref")
+
+
+def test_dno_d1_with_win_rate_rewards():
+    # spec-2 D1: rewards = win_rate of P1; soft form = mmpo with gamma = 1, hard form (Prct) = dpo.
+    win_rate = aggregate(TOY_PREF, "win_rate")
+    assert exact(t(win_rate[0] - win_rate[3]), 0.536568)
+    assert exact(loss_of("dpo", toy(slots=(0, 3)), beta=0.1), 0.403186)
+    for j, p, expected in [(1, 0.514415, 0.700031), (2, 0.507209, 0.710132), (3, 0.631014, 0.661476)]:
+        pair = with_rewards(toy(slots=(0, j)), win_rate[[0, j]])
+        loss, metrics = LOSSES["mmpo"].fn(pair, beta=0.1, gamma=1.0)
+        assert exact(metrics["soft_target"], p) and exact(loss, expected)
+
+
+def test_curry_dpo_c1_stage_losses():
+    # spec-2 C1: stage 1 trains (0, 3); with the stage-1 model as reference every pair starts at
+    # log 2; later in stage 2, pair (0, 2) with lp [-38, -63] against reference [-39, -61].
+    assert exact(loss_of("dpo", toy(slots=(0, 3)), beta=0.1), 0.403186)
+    restart = GroupBatch(**{**toy().__dict__, "ref_logps": t([TOY_LP])[None]})
+    assert torch.allclose(loss_of("dpo", restart, beta=0.1), t([math.log(2)]), atol=1e-12)
+    later = GroupBatch(logps=t([[-38.0, -63.0]]), lengths=t([[40.0, 40.0]]), rewards=t([[2.0, -0.5]]),
+                       mask=torch.ones(1, 2, dtype=torch.bool), ref_logps=t([[[-39.0, -61.0]]]))
+    assert exact(loss_of("dpo", later, beta=0.1), 0.554355)
+
+
+@pytest.mark.parametrize(
+    "beta, form, expected",
+    [
+        (1.0, "pair", 2.28125), (1.0, "group", 4.15625),  # eta = 1
+        (0.5, "pair", 0.625), (0.5, "group", 5.875),  # eta = 2
+        (0.001, "pair", 5263764.5),  # GPO's beta: targets in the thousands
+    ],
+)
+def test_gpo_spec_examples(beta, form, expected):
+    batch = with_rewards(toy(), aggregate(TOY_PREF, "mean_logit"))  # s = [1.25, 0.75, 1.0, -3.0]
+    assert exact(loss_of("gpo", batch, beta=beta, form=form), expected)
+
+
+def test_gpo_sppo_variant():
+    batch = with_rewards(toy(), aggregate(TOY_PREF, "win_rate_self"))
+    assert exact(loss_of("gpo", batch, beta=1.0, center=0.5), 12.885962)
+
+
+def test_gpo_clamp_by_hand():
+    # eta = 1000: targets 1250 and -3000 clip to +-1000 -> 1/2 [(2 - 1000)^2 + (-5 + 1000)^2].
+    batch = with_rewards(toy(), aggregate(TOY_PREF, "mean_logit"))
+    assert exact(loss_of("gpo", batch, beta=0.001, clamp=1000.0), 993014.5)
+    assert exact(loss_of("gpo", batch, beta=0.001, clamp=5000.0), 5263764.5)  # no target reaches it
+
+
+def test_gpo_pair_uses_the_lowest_reward_negative_not_the_last_slot():
+    scores = aggregate(TOY_PREF, "mean_logit")
+    in_order = loss_of("gpo", with_rewards(toy(), scores), beta=1.0)
+    scrambled = loss_of("gpo", with_rewards(toy(slots=(0, 3, 1, 2)), scores[[0, 3, 1, 2]]), beta=1.0)
+    assert torch.allclose(in_order, scrambled, atol=1e-12)
+    for form in ("pair", "group"):  # with K = 2 both forms are the same pair
+        pair = with_rewards(toy(slots=(0, 3)), scores[[0, 3]])
+        assert exact(loss_of("gpo", pair, beta=1.0, form=form), 2.28125)
+
+
+def test_gpo_gradient_is_the_regression_residual():
+    batch = with_rewards(toy(), aggregate(TOY_PREF, "mean_logit"))
+    batch.logps.requires_grad_(True)
+    loss_of("gpo", batch, beta=1.0, form="group").sum().backward()
+    residual = t([2 - 1.25, -1 - 0.75, -2 - 1.0, -5 + 3.0])
+    assert torch.allclose(batch.logps.grad[0], 2 * residual / 4, atol=1e-12)
+
+
+@pytest.mark.parametrize("beta, alpha, expected, pair", [(0.1, 0.5, 0.578890, 0.078890), (0.2, 0.9, 0.906715, None)])
+def test_tripo_spec_t1(beta, alpha, expected, pair):
+    # gold = response 0 (NLL 40/40 = 1), chosen = response 1, rejected = response 3: z = 25 beta.
+    loss, metrics = LOSSES["tripo"].fn(toy(), beta=beta, alpha=alpha)
+    assert exact(loss, expected)
+    assert exact(metrics["nll"], 1.0)
+    if pair is not None:
+        assert exact(metrics["pair_loss"], pair)
+
+
+def test_tripo_picks_chosen_and_rejected_by_reward_not_slot():
+    expected = loss_of("tripo", toy(), beta=0.1, alpha=0.5)
+    for slots in [(0, 3, 2, 1), (0, 2, 1, 3), (0, 3, 1, 2)]:
+        assert torch.allclose(loss_of("tripo", toy(slots=slots), beta=0.1, alpha=0.5), expected, atol=1e-12)
+
+
+def test_tripo_length_norm_is_tpo_l_by_hand():
+    # avg_w = -55/50, avg_l = -80/64: z = 0.1 * 0.15 - 0.5.
+    z = 0.1 * (-55 / 50 + 80 / 64) - 0.5
+    expected = math.log1p(math.exp(-z)) + 0.5 * 1.0
+    assert close(loss_of("tripo", toy(), beta=0.1, alpha=0.5, length_norm=True), expected, 1e-12)
+    # gamma only enters the length-normalised form
+    assert torch.equal(loss_of("tripo", toy(), gamma=0.0), loss_of("tripo", toy(), gamma=3.0))
+
+
+def test_tripo_ties_pick_distinct_chosen_and_rejected():
+    # All negatives tie: chosen = first valid negative (slot 1), rejected = last (slot 3).
+    batch = with_rewards(toy(), [2.0, 0.0, 0.0, 0.0])
+    z = 0.1 * (TOY_LP[1] - TOY_LP[3])
+    _, metrics = LOSSES["tripo"].fn(batch, beta=0.1)
+    assert close(metrics["pair_loss"], math.log1p(math.exp(-z)), 1e-12)
+
+
+def test_tripo_nll_is_per_prompt_not_pooled():
+    # spec-2 D6: golds (-40 over 40 tokens) and (-30 over 10): per-prompt mean 2.0, pooled 70/50 = 1.4.
+    second = toy()
+    second.logps[0, 0], second.lengths[0, 0] = -30.0, 10.0
+    loss, metrics = compute("tripo", stack([toy(), second]), alpha=1.0)
+    assert exact(metrics["nll"], 2.0)
+
+
+def test_tripo_needs_two_negatives():
+    with pytest.raises(ValueError, match="'tripo': some group has fewer than 2 valid negatives"):
+        compute("tripo", toy(slots=(0, 1)))
+    ragged = toy()
+    ragged.mask[0, 2:] = False
+    with pytest.raises(ValueError, match="needs >= 3 responses"):
+        compute("tripo", ragged)
+
+
+# ---------------------------------------------------------------------------------------------
 # Masks, batching, gradients
 
 
@@ -290,18 +463,26 @@ def padded_with_garbage() -> tuple[GroupBatch, GroupBatch]:
         cols = [x[..., i] if i is not None else torch.full_like(x[..., 0], garbage) for i in order]
         return torch.stack(cols, dim=-1)
 
+    def pad_rows(x: torch.Tensor, garbage: float) -> torch.Tensor:  # [B, K, K] -> [B, 5, 5]
+        rows = [x[:, i] if i is not None else torch.full_like(x[:, 0], garbage) for i in order]
+        return pad(torch.stack(rows, dim=1), garbage)
+
     padded = GroupBatch(
         logps=pad(compact.logps, nan).index_put_((torch.tensor([0]), torch.tensor([4])), t(inf)),
         lengths=pad(compact.lengths, 0.0),
         rewards=pad(compact.rewards, inf),
         mask=t([[1, 0, 1, 1, 0]]).bool(),
         ref_logps=pad(compact.ref_logps, nan),
+        pref_logits=pad_rows(compact.pref_logits, nan),
     )
     return compact, padded
 
 
 # every loss with its defaults, plus the options that take another code path
-VARIANTS = [(name, {}) for name in sorted(LOSSES)] + [("pro", {"dynamic_temperature": True}), ("mrpo", {"naive": True})]
+VARIANTS = [(name, {}) for name in sorted(LOSSES)] + [
+    ("pro", {"dynamic_temperature": True}), ("mrpo", {"naive": True}), ("mmpo", {"target": "pref"}),
+    ("gpo", {"form": "group"}), ("gpo", {"clamp": 1500.0}), ("tripo", {"length_norm": True}),
+]
 VARIANT_IDS = [name + "".join(f"-{k}" for k in hp) for name, hp in VARIANTS]
 
 
@@ -413,8 +594,10 @@ def test_table_flags_follow_the_contract():
         "simpo": 0,
         "pro": 0,
         "mrpo": 2,
+        "tripo": 0,
     }
     assert {n for n, s in LOSSES.items() if s.length_normalized} == {"ampo", "refa", "simpo", "pro"}
+    assert {name: spec.negatives for name, spec in LOSSES.items() if spec.negatives != 1} == {"tripo": 2}
     assert all(spec.description for spec in LOSSES.values())
 
 
@@ -456,7 +639,7 @@ def test_mrpo_refuses_a_single_reference():
 
 def test_reference_free_losses_ignore_missing_references():
     batch = GroupBatch(**{**toy().__dict__, "ref_logps": None})
-    for name in ("ampo", "simpo", "pro"):
+    for name in ("ampo", "simpo", "pro", "tripo"):
         assert torch.isfinite(compute(name, batch)[0])
 
 
@@ -481,11 +664,31 @@ def test_bad_groups_are_refused():
         ("lipo", {"log_base": 1.0}, "log_base must be > 1"),
         ("mrpo", {"alpha": 1.5}, "alpha must be < 0"),
         ("pro", {"sft_weight": -0.1}, "sft_weight must be >= 0"),
+        ("mmpo", {"target": "judge"}, "target must be one of reward, pref"),
+        ("gpo", {"beta": 0.0}, "beta must be > 0"),
+        ("gpo", {"form": "triple"}, "form must be one of pair, group"),
+        ("gpo", {"clamp": 0.0}, "clamp must be > 0"),
+        ("tripo", {"alpha": -0.5}, "alpha must be >= 0"),
     ],
 )
 def test_bad_hyperparameter_values_are_refused(name, hparams, message):
     with pytest.raises(ValueError, match=message):
         compute(name, toy(), **hparams)
+
+
+@pytest.mark.parametrize("name", sorted(LOSSES))
+def test_check_hparams_accepts_every_default(name):
+    check_hparams(name, {})
+
+
+def test_check_hparams_refuses_values_without_a_batch():
+    # options that need optional batch fields pass: the probe batch has them all
+    check_hparams("ampo", {"eos_reg": "targeted"})
+    check_hparams("mmpo", {"target": "pref"})
+    with pytest.raises(ValueError, match="clamp must be > 0, got -1"):
+        check_hparams("gpo", {"clamp": -1.0})
+    with pytest.raises(ValueError, match="unknown hyperparameter"):
+        check_hparams("tripo", {"margin": 1.0})
 
 
 def test_low_precision_inputs_are_computed_in_float32():

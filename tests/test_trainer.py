@@ -62,7 +62,7 @@ def run_trainer(tmp_path, model, tok, loss, lora=False, steps_data=4, lr=0.05, e
     c = load_config(overrides=[f"train.loss={loss}", f"train.learning_rate={lr}", "train.epochs=1",
                                "train.prompts_per_step=2", "train.warmup_ratio=0", "train.lr_scheduler=constant",
                                f"model.lora={str(lora).lower()}", "train.save_steps=1000", *extra])
-    records = pool_records() * steps_data
+    records = [r for r in pool_records() if len(r.selected) > LOSSES[loss].negatives] * steps_data  # tripo: 2
     refs = None
     if LOSSES[loss].refs:
         n_refs = max(LOSSES[loss].refs, 1)

@@ -364,7 +364,7 @@ def option(c: RunConfig, dotted: str) -> Any:
 def validate(c: RunConfig) -> None:
     """Refuse out-of-range values and incompatible options, each with one line naming it."""
     from .embeddings import embedder_kind
-    from .losses import HPARAM_CHOICES, LOSSES
+    from .losses import HPARAM_CHOICES, LOSSES, check_hparams
     from .pipeline import BUILTIN_PROMPT_SETS
     from .rewards import reward_kind
     from .selection import SELECTORS
@@ -392,6 +392,7 @@ def validate(c: RunConfig) -> None:
                           f"loss '{c.train.loss}' (allowed: {', '.join(spec.defaults) or 'none'})")
     for name, value in c.train.hparams.items():
         default = spec.defaults[name]
+        default = 0.0 if default is None else default  # a None default is an optional number
         if isinstance(default, (bool, str)) and type(value) is not type(default):
             raise ConfigError(f"config 'train.hparams.{name}': expected {type(default).__name__}, got {short(value)}")
         if name in HPARAM_CHOICES and value not in HPARAM_CHOICES[name]:
@@ -404,6 +405,13 @@ def validate(c: RunConfig) -> None:
     if spec.refs > n_refs:
         raise ConfigError(f"config 'train.extra_references': loss '{c.train.loss}' needs {spec.refs} reference "
                           f"models; give {spec.refs - 1} extra reference path(s)")
+    if c.select.k < spec.negatives:
+        raise ConfigError(f"config 'select.k': loss '{c.train.loss}' needs at least {spec.negatives} negatives "
+                          f"per group, got {c.select.k}")
+    try:
+        check_hparams(c.train.loss, c.train.hparams)
+    except ValueError as e:
+        raise ConfigError(f"config 'train.hparams': {e}") from None
     if c.data.prompts not in BUILTIN_PROMPT_SETS and not Path(c.data.prompts).is_file():
         raise ConfigError(f"config 'data.prompts': no such file: {short(c.data.prompts)} "
                           f"(or a bundled set: {', '.join(BUILTIN_PROMPT_SETS)})")

@@ -3,8 +3,9 @@
 Every loss reads a :class:`GroupBatch` of ``[B, K]`` tensors in the group layout: slot 0 of each
 group is the positive, ``mask`` False marks an empty slot of a ragged group, ``ref_logps`` is
 ``[R, B, K]`` (R reference models) or None. A loss returns ``(per_prompt_loss [B], metrics)``;
-the caller averages. Formulas and section numbers refer to ``spec/algorithms.md``; the choices
-made where the spec is ambiguous are listed in ``docs/losses.md``.
+the caller averages. Formulas and section numbers refer to ``spec/algorithms.md`` ("spec-2" is
+``spec/algorithms-2.md``); the choices made where the spec is ambiguous are listed in
+``docs/losses.md``.
 
 Masked slots never reach the maths: their inputs are replaced by harmless finite values before
 any arithmetic (so NaN/inf garbage there cannot leak into the loss or its gradient), and they are
@@ -26,7 +27,11 @@ Metrics = dict[str, Tensor]
 
 SWEPO_DEVIATIONS = ("signed", "abs", "square")
 EOS_REGULARIZERS = ("none", "targeted", "independent")
-HPARAM_CHOICES = {"dev_fn": SWEPO_DEVIATIONS, "eos_reg": EOS_REGULARIZERS}  # string hyperparameters
+MMPO_TARGETS = ("reward", "pref")
+GPO_FORMS = ("pair", "group")
+HPARAM_CHOICES = {  # string hyperparameters
+    "dev_fn": SWEPO_DEVIATIONS, "eos_reg": EOS_REGULARIZERS, "target": MMPO_TARGETS, "form": GPO_FORMS,
+}
 
 
 @dataclass
@@ -39,6 +44,7 @@ class GroupBatch:
     mask: Tensor  # [B, K] bool, False marks an empty slot in a ragged group
     ref_logps: Tensor | None = None  # [R, B, K] summed log-probs under R reference models
     eos_logps: Tensor | None = None  # [B, K] log P(EOS) where each response ends (REFA's regulariser)
+    pref_logits: Tensor | None = None  # [B, K, K] S_ij = logit P(slot i beats slot j) (mmpo target=pref)
 
 
 @dataclass(frozen=True)
@@ -52,6 +58,7 @@ class LossSpec:
     pairwise: bool  # averages over the pairs (0, j), else uses the whole group
     defaults: dict  # default hyperparameters, named as in the spec
     description: str  # one line for `ampo --help` and the docs
+    negatives: int = 1  # valid negatives needed in every group
 
 
 @dataclass
@@ -65,6 +72,7 @@ class _Group:
     neg: Tensor  # mask without slot 0: the valid negatives
     refs: Tensor | None
     eos: Tensor | None = None  # log P_EOS per response, 0 in masked slots
+    prefs: Tensor | None = None  # [B, K, K] preference logits, 0 in masked rows and columns
 
     @property
     def avg(self) -> Tensor:
@@ -92,7 +100,7 @@ def _require_refs(batch: GroupBatch, count: int, name: str) -> None:
         )
 
 
-def _prepare(batch: GroupBatch, name: str, refs: int = 0) -> _Group:
+def _prepare(batch: GroupBatch, name: str, refs: int = 0, negatives: int = 1) -> _Group:
     """Check shapes and masks, cast to float32 or wider, and neutralise masked slots."""
     _require_refs(batch, refs, name)
     shape = batch.logps.shape
@@ -114,8 +122,9 @@ def _prepare(batch: GroupBatch, name: str, refs: int = 0) -> _Group:
         raise ValueError(f"loss {name!r}: slot 0 (the positive) is masked in some group")
     neg = mask.clone()
     neg[:, 0] = False
-    if not bool(neg.any(-1).all()):
-        raise ValueError(f"loss {name!r}: some group has no valid negative (needs >= 2 responses)")
+    if not bool((neg.sum(-1) >= negatives).all()):
+        few = "no valid negative" if negatives == 1 else f"fewer than {negatives} valid negatives"
+        raise ValueError(f"loss {name!r}: some group has {few} (needs >= {negatives + 1} responses)")
     dtype = torch.promote_types(batch.logps.dtype, torch.float32)
     ref = None
     if refs:
@@ -123,8 +132,18 @@ def _prepare(batch: GroupBatch, name: str, refs: int = 0) -> _Group:
     eos = None
     if batch.eos_logps is not None:
         eos = torch.where(mask, batch.eos_logps.to(dtype), 0.0)
+    prefs = None
+    if batch.pref_logits is not None:
+        if batch.pref_logits.shape != (*shape, shape[1]):
+            raise ValueError(
+                f"loss {name!r}: pref_logits has shape {tuple(batch.pref_logits.shape)}, "
+                f"expected [{shape[0]}, {shape[1]}, {shape[1]}]"
+            )
+        both = mask[:, :, None] & mask[:, None, :]
+        prefs = torch.where(both, batch.pref_logits.to(dtype), 0.0).detach()
     return _Group(
         eos=eos,
+        prefs=prefs,
         logps=torch.where(mask, batch.logps.to(dtype), 0.0),
         lengths=torch.where(mask, batch.lengths.to(dtype), 1.0).clamp_min(1.0),
         rewards=torch.where(mask, batch.rewards.to(dtype), 0.0).detach(),
@@ -180,6 +199,23 @@ def _metrics(g: _Group, diff: Tensor, **extra: Tensor) -> Metrics:
 def _list_diff(score: Tensor) -> Tensor:
     """Positive's score minus each slot's score."""
     return (score[:, :1] - score).detach()
+
+
+def _extreme_negatives(g: _Group) -> tuple[Tensor, Tensor]:
+    """Slots ``[B]`` of the highest- and the lowest-reward valid negative, by reward, not slot.
+
+    Ties go to the first slot for the highest and the last for the lowest, so the two differ in
+    every group with two or more valid negatives.
+    """
+    k = g.rewards.shape[-1]
+    highest = torch.where(g.neg, g.rewards, -math.inf).argmax(-1)
+    lowest = k - 1 - torch.where(g.neg, g.rewards, math.inf).flip(-1).argmin(-1)
+    return highest, lowest
+
+
+def _at(x: Tensor, slot: Tensor) -> Tensor:
+    """``x[b, slot[b]]`` for every group b."""
+    return x.gather(-1, slot[:, None])[:, 0]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -442,18 +478,51 @@ def soft_bt_loss(score_w: Tensor, score_l: Tensor, p: Tensor | float) -> Tensor:
     return -p * F.logsigmoid(z) - (1 - p) * F.logsigmoid(-z)
 
 
-def mmpo_loss(batch: GroupBatch, beta: float = 0.01, gamma: float = 0.3) -> tuple[Tensor, Metrics]:
+def mmpo_loss(
+    batch: GroupBatch, beta: float = 0.01, gamma: float = 0.3, target: str = "reward"
+) -> tuple[Tensor, Metrics]:
     """MMPO, spec 2; reference ``ref_logps[0]``: DPO against the soft label of the reward margin.
 
     ``p = sigmoid(gamma*(r_w - r_l))``, ``z = beta*(h_w - h_l)``,
     ``L = -p log sigma(z) - (1-p) log sigma(-z)``. Defaults: the Gemma-7B UltraFeedback recipe.
+    ``target="pref"`` takes ``p = sigmoid(S_0j)`` from ``batch.pref_logits`` instead (spec-2 §1;
+    gamma unused), so a negative that beats the positive under an intransitive judge gets
+    ``p < 0.5`` rather than a false hard label.
     """
+    if target not in MMPO_TARGETS:
+        raise ValueError(f"target must be one of {', '.join(MMPO_TARGETS)}, got {target!r}")
     g = _prepare(batch, "mmpo", refs=1)
     score = beta * (g.logps - g.refs[0])
-    p = soft_target(g.rewards[:, :1], g.rewards, gamma)
+    if target == "pref":
+        if g.prefs is None:
+            raise ValueError("loss 'mmpo': target='pref' needs pref_logits in the batch")
+        p = torch.sigmoid(g.prefs[:, 0, :])
+    else:
+        p = soft_target(g.rewards[:, :1], g.rewards, gamma)
     loss = _masked_mean(soft_bt_loss(score[:, :1], score, p), g.neg)
     diff = (score[:, :1] - score).detach()
     return loss, _metrics(g, diff, soft_target=_masked_mean(p, g.neg))
+
+
+def tripo_loss(
+    batch: GroupBatch, beta: float = 0.1, alpha: float = 1.0, length_norm: bool = False, gamma: float = 0.5
+) -> tuple[Tensor, Metrics]:
+    """Triple-PO, spec-2 §6; reference-free. Gold = slot 0, chosen ``w`` and rejected ``l`` = the
+    highest- and lowest-reward valid negatives (by reward, not slot order).
+
+    ``L = -log sigma(beta*(lp_w - lp_l)) + alpha * NLL`` with ``NLL = -lp_0/|y_0|``, the gold
+    response's per-token NLL for this prompt. ``length_norm=True`` is TRL's TPO-L:
+    ``-log sigma(beta*(avg_w - avg_l) - gamma) + alpha * NLL`` (gamma is used only there).
+    """
+    if alpha < 0:
+        raise ValueError(f"hyperparameter alpha must be >= 0, got {alpha}")
+    g = _prepare(batch, "tripo", negatives=2)
+    score = beta * (g.avg if length_norm else g.logps)
+    chosen, rejected = _extreme_negatives(g)
+    z = _at(score, chosen) - _at(score, rejected) - (gamma if length_norm else 0.0)
+    pair = -F.logsigmoid(z)
+    nll = -g.avg[:, 0]
+    return pair + alpha * nll, _metrics(g, _list_diff(score), pair_loss=pair, nll=nll)
 
 
 def _ctro_clip(extra: Tensor, primary: Tensor, eta: Tensor | float) -> Tensor:
@@ -532,16 +601,52 @@ def mrpo_loss(
 
 
 # ---------------------------------------------------------------------------------------------
+# Regression onto preference scores
+
+
+def gpo_loss(
+    batch: GroupBatch, beta: float = 0.001, center: float = 0.0, form: str = "pair",
+    clamp: float | None = None,
+) -> tuple[Tensor, Metrics]:
+    """GPO / SPPO-style regression, spec-2 §3; reference ``ref_logps[0]``, scores ``s = rewards``.
+
+    The log-ratio ``h = lp - ref`` regresses onto ``t = (s - center)/beta``, clipped to
+    ``[-clamp, clamp]`` when ``clamp`` is set. ``form="pair"``:
+    ``(1/2)[(h_0 - t_0)^2 + (h_l - t_l)^2]`` with ``l`` the lowest-reward valid negative (GPO's
+    chosen and rejected); ``form="group"``: the mean of ``(h_i - t_i)^2`` over every valid slot.
+    ``rewards`` should hold the ``mean_logit`` aggregate (center 0, GPO) or ``win_rate_self``
+    (center 0.5, SPPO).
+    """
+    _positive("beta", beta)
+    if form not in GPO_FORMS:
+        raise ValueError(f"form must be one of {', '.join(GPO_FORMS)}, got {form!r}")
+    if clamp is not None:
+        _positive("clamp", clamp)
+    g = _prepare(batch, "gpo", refs=1)
+    h = g.logps - g.refs[0]
+    target = (g.rewards - center) / beta
+    if clamp is not None:
+        target = target.clamp(-clamp, clamp)
+    error = (h - target).square()
+    if form == "pair":
+        _, lowest = _extreme_negatives(g)
+        loss = 0.5 * (error[:, 0] + _at(error, lowest))
+    else:
+        loss = _masked_mean(error, g.mask)
+    return loss, _metrics(g, _list_diff(h))
+
+
+# ---------------------------------------------------------------------------------------------
 # The table
 
 
 def _spec(
-    fn: Callable, *, refs: int, rewards: bool, normalized: bool, pairwise: bool, doc: str
+    fn: Callable, *, refs: int, rewards: bool, normalized: bool, pairwise: bool, doc: str, negatives: int = 1
 ) -> LossSpec:
     """A LossSpec whose defaults are read from ``fn``'s keyword defaults (one source of truth)."""
     params = list(inspect.signature(fn).parameters.values())[1:]
     defaults = {p.name: p.default for p in params}
-    return LossSpec(fn, refs, rewards, normalized, pairwise, defaults, doc)
+    return LossSpec(fn, refs, rewards, normalized, pairwise, defaults, doc, negatives)
 
 
 LOSSES: dict[str, LossSpec] = {
@@ -593,6 +698,14 @@ LOSSES: dict[str, LossSpec] = {
         lipo_loss, refs=1, rewards=True, normalized=False, pairwise=False,
         doc="LiPO-lambda: lambda-weighted pairwise logistic loss over the reward-labelled list",
     ),
+    "gpo": _spec(
+        gpo_loss, refs=1, rewards=True, normalized=False, pairwise=False,
+        doc="GPO/SPPO: regress log-ratios onto (score - center)/beta, best vs lowest-score or whole group",
+    ),
+    "tripo": _spec(
+        tripo_loss, refs=0, rewards=True, normalized=False, pairwise=False, negatives=2,
+        doc="Triple-PO: ref-free pair of best vs worst negative plus the gold response's NLL",
+    ),
 }
 
 
@@ -608,6 +721,25 @@ def resolve_hparams(name: str, hparams: dict) -> dict:
             f"allowed: {', '.join(sorted(allowed))}"
         )
     return {**allowed, **hparams}
+
+
+def check_hparams(name: str, hparams: dict) -> None:
+    """Refuse, before any data exists, every hyperparameter value that ``LOSSES[name]`` refuses.
+
+    Runs the loss once on a tiny valid batch that has every optional field, so each range check
+    stays in one place (the loss function) and config validation still catches it up front.
+    """
+    resolved = resolve_hparams(name, hparams)
+    spec = LOSSES[name]
+    k = spec.negatives + 2
+    rewards = torch.linspace(1.0, -1.0, k)[None]
+    probe = GroupBatch(
+        logps=-torch.ones(1, k), lengths=torch.ones(1, k), rewards=rewards, mask=torch.ones(1, k, dtype=torch.bool),
+        ref_logps=-torch.ones(max(spec.refs, 1), 1, k), eos_logps=-torch.ones(1, k),
+        pref_logits=rewards[..., :, None] - rewards[..., None, :],
+    )
+    with torch.no_grad():
+        spec.fn(probe, **resolved)
 
 
 def compute(name: str, batch: GroupBatch, **hparams) -> tuple[Tensor, Metrics]:
