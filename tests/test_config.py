@@ -43,6 +43,9 @@ def test_parse_overrides():
     (["train.loss=swepo", "train.hparams.dev_fn=true"], "'train.hparams.dev_fn': expected str, got True"),
     (["train.hparams.eos_reg=budget"], "'train.hparams.eos_reg': must be one of none, targeted, independent"),
     (["generate.backend=tgi"], "config 'generate.backend'"),
+    (["generate.batching=paged"], "config 'generate.batching'"),
+    (["generate.dtype=float16"], "config 'generate.dtype'"),
+    (["generate.batch_rows=4"], "config 'generate.batch_rows': must hold one prompt's generate.n = 8"),
 ])
 def test_bad_config_fails_with_one_line(overrides, fragment):
     with pytest.raises(ConfigError) as e:

@@ -180,11 +180,26 @@ def test_mixed_stopping_flags_and_counts(tiny_model, tiny_tokenizer, path):
 
 
 def test_generation_config_validation():
-    bads = ({"n": 0}, {"temperature": -0.1}, {"top_p": 0.0}, {"max_new_tokens": 0}, {"batch_rows": 0},
+    bads = ({"n": 0}, {"temperature": -0.1}, {"top_p": 0.0}, {"max_new_tokens": 0}, {"batch_rows": 0}, {"n": 4, "batch_rows": 3},
             {"batching": "paged"}, {"dtype": "float16"})
     for bad in bads:
         with pytest.raises(ValueError, match="generation"):
             GenerationConfig(**bad)
+
+
+@pytest.mark.parametrize("top_p", [1.0, 0.7])
+def test_sampler_draws_from_the_tempered_nucleus(tiny_model, tiny_tokenizer, top_p):
+    """The continuous loop's inverse-CDF sampler: frequencies match softmax(logits / T) renormalised
+    over the top-p nucleus (here tokens 0 and 1, 0.81 of the mass at T = 0.5), to 0.01."""
+    config = GenerationConfig(temperature=0.5, top_p=top_p)
+    pick = HFGenerator(tiny_model, tiny_tokenizer, config)._picker(torch.Generator().manual_seed(0))
+    logits = torch.tensor([1.0, 0.8, 0.3, 0.0, -2.0])
+    draws = pick(logits.expand(200_000, -1).contiguous())
+    expected = (logits / 0.5).softmax(-1)
+    if top_p < 1:
+        expected[2:] = 0
+        expected /= expected.sum()
+    assert torch.allclose(torch.bincount(draws, minlength=5) / len(draws), expected, atol=0.01)
 
 
 def test_top_p_sampling_keeps_only_the_nucleus(tiny_model, tiny_tokenizer):

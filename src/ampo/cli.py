@@ -53,14 +53,17 @@ def _print_results(out: str, results: list[dict]) -> None:
 
 def _cmd_generate(args) -> None:
     from .data import PoolRecord, read_prompts, write_pool
-    from .generation import GenerationConfig, make_generator
+    import torch
+
+    from .generation import GenerationConfig, make_generator, resolve_dtype
     from .models import load_policy
 
     prompts = read_prompts(args.input)
-    model, tok = load_policy(args.policy, dtype=args.dtype, trust_remote_code=args.trust_remote_code)
+    dtype = resolve_dtype(args.dtype, torch.device("cpu"))  # load in the generation dtype: no converted copy
+    model, tok = load_policy(args.policy, dtype=dtype, trust_remote_code=args.trust_remote_code)
     cfg = GenerationConfig(n=args.n, temperature=args.temperature, top_p=args.top_p,
                            max_new_tokens=args.max_new_tokens, prompts_per_batch=args.prompts_per_batch,
-                           seed=args.seed)
+                           batching=args.batching, batch_rows=args.batch_rows, dtype=args.dtype, seed=args.seed)
     gen = make_generator(args.backend, args.policy, model=model, tokenizer=tok, config=cfg)
     samples = gen.generate([p for _, p in prompts], progress=not args.quiet)
     write_pool(args.output, [
@@ -175,8 +178,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--temperature", type=float, default=0.8)
     s.add_argument("--top-p", type=float, default=1.0)
     s.add_argument("--max-new-tokens", type=int, default=64)
-    s.add_argument("--prompts-per-batch", type=int, default=8)
-    s.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    s.add_argument("--batching", default="continuous", choices=["continuous", "hf"],
+                   help="continuous: finished rows leave the batch and waiting prompts fill in; "
+                        "hf: transformers generate, --prompts-per-batch prompts at a time")
+    s.add_argument("--batch-rows", type=int, default=64, help="rows decoded together (continuous batching)")
+    s.add_argument("--prompts-per-batch", type=int, default=8, help="prompts per generate call (--batching hf)")
+    s.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"],
+                   help="auto: bf16 on a CPU with native bf16 (avx512_bf16, AMX) or CUDA, else fp32")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--trust-remote-code", action="store_true")
     s.set_defaults(fn=_cmd_generate)

@@ -49,8 +49,11 @@ class GenerateConfig:
     temperature: float = 0.8
     top_p: float = 1.0
     max_new_tokens: int = 64
-    prompts_per_batch: int = 8
-    share_prefill: bool = True
+    prompts_per_batch: int = 8  # batching "hf": prompts per transformers `generate` call
+    share_prefill: bool = True  # batching "hf": one prefill per prompt (continuous always shares it)
+    batching: str = "continuous"  # continuous (finished rows leave, waiting prompts fill in) | hf
+    batch_rows: int = 64  # batching "continuous": rows decoded together (lowered to fit memory)
+    dtype: str = "auto"  # auto (bf16 on CUDA or a CPU with native bf16, else fp32) | float32 | bfloat16
     shard_prompts: int = 32  # prompts per resumable shard
 
 
@@ -237,6 +240,13 @@ def validate(c: RunConfig) -> None:
         raise ConfigError(f"config 'rounds': must be >= 1, got {c.rounds}")
     if c.generate.backend not in ("hf", "vllm"):
         raise ConfigError(f"config 'generate.backend': must be 'hf' or 'vllm', got '{c.generate.backend}'")
+    if c.generate.batching not in ("continuous", "hf"):
+        raise ConfigError(f"config 'generate.batching': must be 'continuous' or 'hf', got '{c.generate.batching}'")
+    if c.generate.dtype not in ("auto", "float32", "bfloat16"):
+        raise ConfigError(f"config 'generate.dtype': must be auto, float32 or bfloat16, got '{c.generate.dtype}'")
+    if c.generate.batch_rows < c.generate.n:
+        raise ConfigError(f"config 'generate.batch_rows': must hold one prompt's generate.n = {c.generate.n} "
+                          f"samples, got {c.generate.batch_rows}")
     if c.generate.n < 2:
         raise ConfigError(f"config 'generate.n': need at least 2 samples per prompt, got {c.generate.n}")
     if c.generate.temperature < 0:
