@@ -142,19 +142,20 @@ class ContinuousDecoder:
     def run(self, prompts: list[list[int]], on_prompt_done: Callable[[], None] = lambda: None) -> list[list[list[int]]]:
         """Decode every prompt's `n` responses; longest prompts are admitted first."""
         self.cache: SlotCache | None = None
+        self.run_slots = min(self.slots, len(prompts) * self.n)  # no more slots than rows to decode
         self.on_prompt_done = on_prompt_done
         self.results: list[list[list[int]]] = [[[] for _ in range(self.n)] for _ in prompts]
         self.pending = [self.n] * len(prompts)  # rows still decoding (or waiting) per prompt
         queue = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
         device = self.model.device
-        self.pos = torch.zeros(self.slots, dtype=torch.long, device=device)  # position of the token fed next
-        self.last = torch.zeros(self.slots, dtype=torch.long, device=device)  # token fed next
+        self.pos = torch.zeros(self.run_slots, dtype=torch.long, device=device)  # position of the token fed next
+        self.last = torch.zeros(self.run_slots, dtype=torch.long, device=device)  # token fed next
         self.owner: list[tuple[int, int]] = []  # (prompt index, sample index) of each active row
         self.tokens: list[list[int]] = []  # generated tokens of each active row
         self.max_prompt = max(len(p) for p in prompts)
         while queue or self.rows:
-            free = self.slots - self.rows
-            if queue and free >= min(len(queue) * self.n, max(self.n, self.slots // 4)):
+            free = self.run_slots - self.rows
+            if queue and free >= min(len(queue) * self.n, max(self.n, self.run_slots // 4)):
                 group, queue = queue[: free // self.n], queue[free // self.n :]
                 self._admit(group, [prompts[i] for i in group])
             if self.rows:
@@ -181,7 +182,7 @@ class ContinuousDecoder:
         prefill = out.past_key_values
         if self.cache is None:
             shapes = [(layer.keys.shape[1], layer.keys.shape[3]) for layer in prefill.layers]
-            self.cache = SlotCache(shapes, self.slots, self.max_prompt + HEADROOM, prefill.layers[0].keys.dtype,
+            self.cache = SlotCache(shapes, self.run_slots, self.max_prompt + HEADROOM, prefill.layers[0].keys.dtype,
                                    device)
             self.cache.start = self.cache.end = self.max_prompt
         c = self.cache
