@@ -103,3 +103,18 @@ def test_train_rm_then_score_with_it(tmp_path):
                  "--reward", str(rm)]) == 0
     recs, _ = read_pool(scored)
     assert all(len(r.rewards) == len(r.responses) and np.isfinite(r.rewards).all() for r in recs)
+
+
+def test_generate_greedy_pools_agree_across_batching_modes(tmp_path, tiny_model, tiny_tokenizer):
+    tiny_model.save_pretrained(tmp_path / "policy")
+    tiny_tokenizer.save_pretrained(tmp_path / "policy")
+    (tmp_path / "prompts.txt").write_text("Hi\nWhy is the sky blue?\nWrite a short happy story\n")
+    pools = []
+    for batching in ("continuous", "hf"):
+        out = tmp_path / f"{batching}.jsonl"
+        assert main(["-q", "generate", "--input", str(tmp_path / "prompts.txt"), "--output", str(out),
+                     "--policy", str(tmp_path / "policy"), "--n", "2", "--temperature", "0", "--max-new-tokens", "6",
+                     "--batching", batching, "--batch-rows", "3", "--dtype", "float32"]) == 0
+        pools.append(read_pool(out)[0])
+    assert [r.responses for r in pools[0]] == [r.responses for r in pools[1]]
+    assert [len(r.responses) for r in pools[0]] == [2, 2, 2]

@@ -61,6 +61,9 @@ def test_parse_overrides():
     (["train.loss=tripo", "select.k=1"], "'select.k': loss 'tripo' needs at least 2 negatives per group, got 1"),
     (["train.loss=pro", "train.hparams.sft_weight=lots"], "'train.hparams.sft_weight': expected a number"),
     (["train.loss=ipo", "train.hparams.beta=0"], "'train.hparams': hyperparameter beta must be > 0"),
+    (["generate.batching=paged"], "config 'generate.batching'"),
+    (["generate.dtype=float16"], "config 'generate.dtype'"),
+    (["generate.batch_rows=4"], "config 'generate.batch_rows': must hold one prompt's generate.n = 8"),
 ])
 def test_bad_config_fails_with_one_line(overrides, fragment):
     with pytest.raises(ConfigError) as e:

@@ -10,15 +10,24 @@ import numpy as np
 import pytest
 import torch
 
-from ampo.generation import GenerationConfig, HFGenerator, Sample, make_generator
+from ampo import decoding
+from ampo.generation import GenerationConfig, HFGenerator, Sample, choose_dtype, make_generator
 from ampo.logprobs import response_ids, response_logprobs
 from ampo.models import DEFAULT_POLICY, encode_prompt, load_policy
+
+# The HF path (transformers `generate`, with and without prefill sharing) and the continuous loop.
+PATHS = {
+    "hf-shared": {"batching": "hf", "share_prefill": True},
+    "hf-unshared": {"batching": "hf", "share_prefill": False},
+    "continuous": {"batching": "continuous"},
+}
 
 PROMPTS = [
     "Write a short happy story",
     [{"role": "system", "content": "Be kind."}, {"role": "user", "content": "Why is the sky blue?"}],
     "Hi",
 ]
+MANY_PROMPTS = PROMPTS + [f"Tell me about the number {i} and a cat" * (1 + i % 3) for i in range(7)]
 
 
 def with_eos_bias(model, tokenizer, bias: float):
@@ -54,10 +63,10 @@ def test_shapes_and_types(tiny_model, tiny_tokenizer):
         assert 1 <= sample.n_tokens <= 6
 
 
-@pytest.mark.parametrize("share_prefill", [True, False])
-def test_sampling_is_deterministic_per_seed_and_keeps_global_rng(tiny_model, tiny_tokenizer, share_prefill):
+@pytest.mark.parametrize("path", PATHS)
+def test_sampling_is_deterministic_per_seed_and_keeps_global_rng(tiny_model, tiny_tokenizer, path):
     def run(seed):
-        config = GenerationConfig(n=4, temperature=1.0, max_new_tokens=8, seed=seed, share_prefill=share_prefill)
+        config = GenerationConfig(n=4, temperature=1.0, max_new_tokens=8, seed=seed, batch_rows=6, **PATHS[path])
         return HFGenerator(tiny_model, tiny_tokenizer, config).generate(PROMPTS, progress=False)
 
     rng_before = torch.get_rng_state()
@@ -68,18 +77,59 @@ def test_sampling_is_deterministic_per_seed_and_keeps_global_rng(tiny_model, tin
     assert len({s.text for s in first[0]}) > 1  # samples of one prompt differ
 
 
-@pytest.mark.parametrize("share_prefill", [True, False])
-def test_greedy_matches_a_hand_written_decoder(tiny_model, tiny_tokenizer, share_prefill):
-    """Left padding and (for share_prefill) the repeated prefill cache change nothing."""
-    config = GenerationConfig(n=3, temperature=0.0, max_new_tokens=10, share_prefill=share_prefill)
+@pytest.mark.parametrize("path", PATHS)
+def test_greedy_matches_a_hand_written_decoder(tiny_model, tiny_tokenizer, path):
+    """Left padding, the repeated prefill cache and slot refills change nothing."""
+    config = GenerationConfig(n=3, temperature=0.0, max_new_tokens=10, batch_rows=4, dtype="float32", **PATHS[path])
     out = HFGenerator(tiny_model, tiny_tokenizer, config).generate(PROMPTS, progress=False)
     for prompt, samples in zip(PROMPTS, out):
         assert samples == [greedy_reference(tiny_model, tiny_tokenizer, prompt, 10)] * 3
 
 
+@pytest.mark.parametrize("batch_rows", [1, 3, 64])
+def test_continuous_greedy_equals_hf_path_with_early_stops_and_refills(tiny_model, tiny_tokenizer, batch_rows,
+                                                                        monkeypatch):
+    """Rows of varied length retire and their slots are refilled; a 2-column headroom forces the
+    cache to be re-laid out many times. Outputs equal transformers' `generate`."""
+    monkeypatch.setattr(decoding, "HEADROOM", 2)
+    model = with_eos_bias(tiny_model, tiny_tokenizer, 0.15)  # greedy answers of 7 to 24 tokens
+
+    def run(batching):
+        config = GenerationConfig(n=1, temperature=0.0, max_new_tokens=24, batching=batching, batch_rows=batch_rows,
+                                  dtype="float32")
+        return HFGenerator(model, tiny_tokenizer, config).generate(MANY_PROMPTS, progress=False)
+
+    out = run("continuous")
+    lengths = {s.n_tokens for group in out for s in group}
+    assert len(lengths) > 3 and {s.finished for group in out for s in group} == {True, False}
+    assert out == run("hf")
+
+
+def test_continuous_decodes_no_finished_row_and_keeps_the_batch_full(tiny_model, tiny_tokenizer):
+    """Every decode step's rows are unfinished responses (row-steps = generated tokens minus the
+    first token of each, which comes from the prefill), prompts wait for free slots, and prompts
+    are prefilled while other rows are still decoding."""
+    model = with_eos_bias(tiny_model, tiny_tokenizer, 2.5)
+    calls = []
+    hook = model.model.register_forward_hook(
+        lambda module, args, kwargs, out: calls.append(tuple(kwargs["input_ids"].shape)), with_kwargs=True
+    )
+    config = GenerationConfig(n=2, temperature=1.0, max_new_tokens=20, batch_rows=6)
+    out = HFGenerator(model, tiny_tokenizer, config).generate(MANY_PROMPTS, progress=False)
+    hook.remove()
+    samples = [s for group in out for s in group]
+    decode_rows = [rows for rows, length in calls if length == 1]
+    prefills = [i for i, (rows, length) in enumerate(calls) if length > 1]
+    assert sum(decode_rows) == sum(s.n_tokens for s in samples) - len(samples)
+    assert max(decode_rows) <= 6 and sum(rows for rows, length in calls if length > 1) == len(MANY_PROMPTS)
+    assert len(prefills) > 2 and prefills[-1] > len(calls) // 2  # refills happen mid-run
+    assert {s.finished for s in samples} == {True, False}
+
+
 def test_greedy_identical_with_and_without_prefill_sharing(tiny_model, tiny_tokenizer):
     def run(share):
-        config = GenerationConfig(n=2, temperature=0.0, max_new_tokens=16, share_prefill=share, prompts_per_batch=3)
+        config = GenerationConfig(n=2, temperature=0.0, max_new_tokens=16, share_prefill=share, prompts_per_batch=3,
+                                  batching="hf")
         return HFGenerator(tiny_model, tiny_tokenizer, config).generate(PROMPTS, progress=False)
 
     assert run(True) == run(False)
@@ -91,7 +141,7 @@ def test_prefill_runs_once_per_prompt_only_when_shared(tiny_model, tiny_tokenize
     hook = tiny_model.model.register_forward_hook(
         lambda module, args, kwargs, out: calls.append(tuple(kwargs["input_ids"].shape)), with_kwargs=True
     )
-    config = GenerationConfig(n=4, max_new_tokens=3, share_prefill=share_prefill)
+    config = GenerationConfig(n=4, max_new_tokens=3, share_prefill=share_prefill, batching="hf")
     HFGenerator(tiny_model, tiny_tokenizer, config).generate(PROMPTS[:2], progress=False)
     hook.remove()
     width = max(len(encode_prompt(tiny_tokenizer, p)) for p in PROMPTS[:2])
@@ -102,23 +152,26 @@ def test_prefill_runs_once_per_prompt_only_when_shared(tiny_model, tiny_tokenize
     assert all(rows == 8 and length == 1 for rows, length in calls[-2:])
 
 
-def test_finished_when_eos_comes_first(tiny_model, tiny_tokenizer):
+@pytest.mark.parametrize("path", PATHS)
+def test_finished_when_eos_comes_first(tiny_model, tiny_tokenizer, path):
     model = with_eos_bias(tiny_model, tiny_tokenizer, 50.0)
-    config = GenerationConfig(n=3, temperature=1.0, max_new_tokens=5)
+    config = GenerationConfig(n=3, temperature=1.0, max_new_tokens=5, **PATHS[path])
     out = HFGenerator(model, tiny_tokenizer, config).generate(PROMPTS[:2], progress=False)
     assert all(s == Sample("", 1, True) for samples in out for s in samples)
 
 
-def test_unfinished_when_max_new_tokens_is_hit(tiny_model, tiny_tokenizer):
+@pytest.mark.parametrize("path", PATHS)
+def test_unfinished_when_max_new_tokens_is_hit(tiny_model, tiny_tokenizer, path):
     model = with_eos_bias(tiny_model, tiny_tokenizer, -50.0)
-    config = GenerationConfig(n=3, temperature=1.0, max_new_tokens=7)
+    config = GenerationConfig(n=3, temperature=1.0, max_new_tokens=7, **PATHS[path])
     out = HFGenerator(model, tiny_tokenizer, config).generate(PROMPTS[:2], progress=False)
     assert all(not s.finished and s.n_tokens == 7 for samples in out for s in samples)
 
 
-def test_mixed_stopping_flags_and_counts(tiny_model, tiny_tokenizer):
+@pytest.mark.parametrize("path", PATHS)
+def test_mixed_stopping_flags_and_counts(tiny_model, tiny_tokenizer, path):
     model = with_eos_bias(tiny_model, tiny_tokenizer, 3.5)
-    config = GenerationConfig(n=8, temperature=1.0, max_new_tokens=10)
+    config = GenerationConfig(n=8, temperature=1.0, max_new_tokens=10, **PATHS[path])
     samples = [s for group in HFGenerator(model, tiny_tokenizer, config).generate(PROMPTS, False) for s in group]
     assert {s.finished for s in samples} == {True, False}
     for s in samples:
@@ -127,9 +180,98 @@ def test_mixed_stopping_flags_and_counts(tiny_model, tiny_tokenizer):
 
 
 def test_generation_config_validation():
-    for bad in ({"n": 0}, {"temperature": -0.1}, {"top_p": 0.0}, {"max_new_tokens": 0}):
+    bads = ({"n": 0}, {"temperature": -0.1}, {"top_p": 0.0}, {"max_new_tokens": 0}, {"batch_rows": 0}, {"n": 4, "batch_rows": 3},
+            {"batching": "paged"}, {"dtype": "float16"})
+    for bad in bads:
         with pytest.raises(ValueError, match="generation"):
             GenerationConfig(**bad)
+
+
+@pytest.mark.parametrize("top_p", [1.0, 0.7])
+def test_sampler_draws_from_the_tempered_nucleus(tiny_model, tiny_tokenizer, top_p):
+    """The continuous loop's inverse-CDF sampler: frequencies match softmax(logits / T) renormalised
+    over the top-p nucleus (here tokens 0 and 1, 0.81 of the mass at T = 0.5), to 0.01."""
+    config = GenerationConfig(temperature=0.5, top_p=top_p)
+    pick = HFGenerator(tiny_model, tiny_tokenizer, config)._picker(torch.Generator().manual_seed(0))
+    logits = torch.tensor([1.0, 0.8, 0.3, 0.0, -2.0])
+    draws = pick(logits.expand(200_000, -1).contiguous())
+    expected = (logits / 0.5).softmax(-1)
+    if top_p < 1:
+        expected[2:] = 0
+        expected /= expected.sum()
+    assert torch.allclose(torch.bincount(draws, minlength=5) / len(draws), expected, atol=0.01)
+
+
+def test_top_p_sampling_keeps_only_the_nucleus(tiny_model, tiny_tokenizer):
+    """With top_p tiny, sampling keeps only the most likely token: it equals greedy decoding."""
+    greedy = GenerationConfig(n=2, temperature=0.0, max_new_tokens=8, dtype="float32")
+    nucleus = GenerationConfig(n=2, temperature=1.0, top_p=1e-6, max_new_tokens=8, dtype="float32")
+    run = lambda c: HFGenerator(tiny_model, tiny_tokenizer, c).generate(PROMPTS, progress=False)  # noqa: E731
+    assert run(nucleus) == run(greedy)
+
+
+@pytest.mark.parametrize(
+    ("requested", "device", "flags", "expected"),
+    [
+        ("auto", "cpu", {"avx2", "fma"}, "float32"),  # AVX2 only: bf16 is emulated, slower
+        ("auto", "cpu", {"avx2", "avx512f", "avx512_bf16"}, "bfloat16"),
+        ("auto", "cpu", {"avx2", "amx_bf16", "amx_tile"}, "bfloat16"),
+        ("auto", "cpu", {"avx512f", "avx512_vnni"}, "float32"),  # AVX-512 without its bf16 extension
+        ("auto", "cuda", set(), "bfloat16"),
+        ("auto", "mps", set(), "float32"),
+        ("float32", "cuda", set(), "float32"),
+        ("bfloat16", "cpu", {"avx2"}, "bfloat16"),  # forced
+    ],
+)
+def test_choose_dtype(requested, device, flags, expected):
+    assert choose_dtype(requested, device, flags) == expected
+
+
+def test_generator_runs_a_bf16_copy_and_leaves_the_model_alone(tiny_model, tiny_tokenizer):
+    config = GenerationConfig(n=2, temperature=0.0, max_new_tokens=4, dtype="bfloat16")
+    generator = HFGenerator(tiny_model, tiny_tokenizer, config)
+    assert generator.model.dtype == torch.bfloat16 and tiny_model.dtype == torch.float32
+    assert [len(group) for group in generator.generate(PROMPTS, progress=False)] == [2, 2, 2]
+    fp32 = HFGenerator(tiny_model, tiny_tokenizer, GenerationConfig(dtype="float32"))
+    assert fp32.model is tiny_model
+
+
+def test_bf16_greedy_agrees_with_fp32_where_the_margin_exceeds_bf16_error(tiny_model, tiny_tokenizer):
+    """Teacher-force fp32's greedy answers through the bf16 model: log-probs agree to 0.05 nats, and
+    bf16 picks fp32's token wherever fp32's top-2 logit margin exceeds twice that (the tolerance:
+    bf16 keeps 8 mantissa bits, so near-ties may flip). The output head is scaled up 10x so that
+    the random model has clear choices at all (its logits are otherwise nearly uniform)."""
+    with torch.no_grad():
+        tiny_model.lm_head.weight.mul_(10)
+    config = GenerationConfig(n=1, temperature=0.0, max_new_tokens=12, dtype="float32")
+    out = HFGenerator(tiny_model, tiny_tokenizer, config).generate(MANY_PROMPTS, progress=False)
+    bf16 = HFGenerator(tiny_model, tiny_tokenizer, GenerationConfig(dtype="bfloat16")).model
+    checked = 0
+    for prompt, (sample,) in zip(MANY_PROMPTS, out):
+        prompt_ids = encode_prompt(tiny_tokenizer, prompt)
+        ids = torch.tensor([prompt_ids + response_ids(tiny_tokenizer, sample.text, sample.finished)])
+        with torch.no_grad():
+            ref = tiny_model(ids).logits[0, len(prompt_ids) - 1 : -1].log_softmax(-1)
+            low = bf16(ids).logits[0, len(prompt_ids) - 1 : -1].float().log_softmax(-1)
+        assert (ref - low).abs().max() < 0.05
+        top2 = ref.topk(2).values
+        clear = (top2[:, 0] - top2[:, 1]) > 0.1
+        assert torch.equal(low.argmax(-1)[clear], ref.argmax(-1)[clear])
+        checked += int(clear.sum())
+    assert checked > 50
+
+
+def test_unsupported_cache_layers_fall_back_to_hf_generate(tiny_tokenizer):
+    from transformers import MistralConfig, MistralForCausalLM
+
+    config = MistralConfig(vocab_size=len(tiny_tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                           num_key_value_heads=2, intermediate_size=64, sliding_window=8,
+                           eos_token_id=tiny_tokenizer.eos_token_id, pad_token_id=tiny_tokenizer.pad_token_id)
+    model = MistralForCausalLM(config).eval()
+    with pytest.warns(UserWarning, match="batching='hf'"):
+        generator = HFGenerator(model, tiny_tokenizer, GenerationConfig(n=2, max_new_tokens=4))
+    assert not generator.continuous
+    assert [len(group) for group in generator.generate(PROMPTS, progress=False)] == [2, 2, 2]
 
 
 def test_make_generator(tiny_model, tiny_tokenizer, tmp_path):

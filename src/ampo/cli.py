@@ -59,16 +59,19 @@ def _print_results(out: str, results: list[dict]) -> None:
 
 
 def _cmd_generate(args) -> None:
+    import torch
+
     from .data import PoolRecord, output_format, read_prompt_rows, write_pool
-    from .generation import GenerationConfig, make_generator
+    from .generation import GenerationConfig, make_generator, resolve_dtype
     from .models import load_policy
 
     output_format(args.output)
     prompts = read_prompt_rows(args.input)
-    model, tok = load_policy(args.policy, dtype=args.dtype, trust_remote_code=args.trust_remote_code)
+    dtype = resolve_dtype(args.dtype, torch.device("cpu"))  # load in the generation dtype: no converted copy
+    model, tok = load_policy(args.policy, dtype=dtype, trust_remote_code=args.trust_remote_code)
     cfg = GenerationConfig(n=args.n, temperature=args.temperature, top_p=args.top_p,
                            max_new_tokens=args.max_new_tokens, prompts_per_batch=args.prompts_per_batch,
-                           seed=args.seed)
+                           batching=args.batching, batch_rows=args.batch_rows, dtype=args.dtype, seed=args.seed)
     gen = make_generator(args.backend, args.policy, model=model, tokenizer=tok, config=cfg)
     samples = gen.generate([p["prompt"] for p in prompts], progress=not args.quiet)
     write_pool(args.output, [
@@ -262,8 +265,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--temperature", type=_like("generate.temperature", float), default=0.8)
     s.add_argument("--top-p", type=_like("generate.top_p", float), default=1.0)
     s.add_argument("--max-new-tokens", type=_like("generate.max_new_tokens"), default=64)
-    s.add_argument("--prompts-per-batch", type=_like("generate.prompts_per_batch"), default=8)
-    s.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    s.add_argument("--batching", default="continuous", choices=["continuous", "hf"],
+                   help="continuous: finished rows leave the batch and waiting prompts fill in; "
+                        "hf: transformers generate, --prompts-per-batch prompts at a time")
+    s.add_argument("--batch-rows", type=_like("generate.batch_rows"), default=64,
+                   help="rows decoded together (continuous batching)")
+    s.add_argument("--prompts-per-batch", type=_like("generate.prompts_per_batch"), default=8,
+                   help="prompts per generate call (--batching hf)")
+    s.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"],
+                   help="auto: bf16 on a CPU with native bf16 (avx512_bf16, AMX) or CUDA, else fp32")
     s.add_argument("--seed", type=_like("seed"), default=0)
     s.add_argument("--trust-remote-code", action="store_true")
     s.set_defaults(fn=_cmd_generate)

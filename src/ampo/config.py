@@ -52,8 +52,11 @@ class GenerateConfig:
     temperature: float = 0.8
     top_p: float = 1.0
     max_new_tokens: int = 64
-    prompts_per_batch: int = 8
-    share_prefill: bool = True
+    prompts_per_batch: int = 8  # batching "hf": prompts per transformers `generate` call
+    share_prefill: bool = True  # batching "hf": one prefill per prompt (continuous always shares it)
+    batching: str = "continuous"  # continuous (finished rows leave, waiting prompts fill in) | hf
+    batch_rows: int = 64  # batching "continuous": rows decoded together (lowered to fit memory)
+    dtype: str = "auto"  # auto (bf16 on CUDA or a CPU with native bf16, else fp32) | float32 | bfloat16
     shard_prompts: int = 32  # prompts per resumable shard
 
 
@@ -328,6 +331,7 @@ RANGES: dict[str, Range] = {
     "data.heldout": Range(1), "data.train_prompts": Range(0), "data.split_seed": Range(0),
     "generate.n": Range(2), "generate.temperature": Range(0), "generate.top_p": Range(0, 1, lo_open=True),
     "generate.max_new_tokens": Range(1), "generate.prompts_per_batch": Range(1), "generate.shard_prompts": Range(1),
+    "generate.batch_rows": Range(1),
     "embed.batch_size": Range(1),
     "select.k": Range(1),
     "train.learning_rate": Range(0, lo_open=True), "train.epochs": Range(0, lo_open=True),
@@ -351,6 +355,8 @@ LR_SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "cons
 CHOICES: dict[str, tuple[str, ...]] = {
     "model.dtype": ("float32", "bfloat16"),
     "generate.backend": ("hf", "vllm"),
+    "generate.batching": ("continuous", "hf"),
+    "generate.dtype": ("auto", "float32", "bfloat16"),
     "train.lr_scheduler": LR_SCHEDULERS,
     "train.reference": ("round_start", "initial"),
 }
@@ -375,6 +381,9 @@ def validate(c: RunConfig) -> None:
     for name, choices in CHOICES.items():
         if option(c, name) not in choices:
             raise ConfigError(f"config '{name}': must be one of {', '.join(choices)}, got {short(option(c, name))}")
+    if c.generate.batch_rows < c.generate.n:
+        raise ConfigError(f"config 'generate.batch_rows': must hold one prompt's generate.n = {c.generate.n} "
+                          f"samples, got {c.generate.batch_rows}")
     if c.select.strategy not in SELECTORS:
         raise ConfigError(f"config 'select.strategy': unknown {short(c.select.strategy)} "
                           f"(known: {', '.join(SELECTORS)})")

@@ -345,6 +345,7 @@ class Pipeline:
             model, tok = (None, None) if g.backend == "vllm" else self.policy(r)
             cfg = GenerationConfig(n=g.n, temperature=g.temperature, top_p=g.top_p, max_new_tokens=g.max_new_tokens,
                                    prompts_per_batch=g.prompts_per_batch, share_prefill=g.share_prefill,
+                                   batching=g.batching, batch_rows=g.batch_rows, dtype=g.dtype,
                                    seed=seed_from("generate", self.c.seed, r, s))
             gen = make_generator(g.backend, self.policy_folder(r), model=model, tokenizer=tok, config=cfg)
             samples = gen.generate([p["prompt"] for p in shard], progress=self.progress)
