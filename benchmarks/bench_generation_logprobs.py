@@ -134,7 +134,8 @@ def time_paths(model, tokenizer, prompts: list[str], sampling: dict, paths: dict
 
 def bf16_numerics(model, tokenizer, prompts: list[str], max_new_tokens: int) -> dict:
     """bf16 against fp32 on fixed prompts: identical greedy answers, and the fp32 greedy answers'
-    per-token log-probs under both (teacher-forced), as max and mean absolute differences."""
+    log-probs under both (teacher-forced): per-token max and mean absolute differences, and the
+    largest difference of a whole answer's summed log-prob."""
     greedy = {"n": 1, "temperature": 0.0, "max_new_tokens": max_new_tokens, "batching": "continuous"}
     fp32 = HFGenerator(model, tokenizer, GenerationConfig(**greedy, dtype="float32"))
     bf16 = HFGenerator(model, tokenizer, GenerationConfig(**greedy, dtype="bfloat16"))
@@ -155,7 +156,8 @@ def bf16_numerics(model, tokenizer, prompts: list[str], max_new_tokens: int) -> 
         "greedy_identical": sum(a == b for a, b in zip(ref, low)),
         "first_divergence_token": [first_difference(a[0], b[0], tokenizer) for a, b in zip(ref, low)],
         "token_logp_abs_diff_max": round(float(every.max()), 4), "token_logp_abs_diff_mean": round(float(every.mean()), 5),
-        "sequence_logp_abs_diff_max": round(max(float(d.sum()) for d in pairs), 3),
+        "sequence_logp_abs_diff_max": round(max(abs(float(diffs[i].sum() - diffs[i + 1].sum()))
+                                                for i in range(0, len(diffs), 2)), 3),
     }
 
 
