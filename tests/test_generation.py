@@ -126,6 +126,33 @@ def test_continuous_decodes_no_finished_row_and_keeps_the_batch_full(tiny_model,
     assert {s.finished for s in samples} == {True, False}
 
 
+@pytest.mark.parametrize("headroom", [2, 128])
+def test_slot_cache_masks_exactly_each_rows_tokens_through_moves_relayouts_and_wider_admissions(monkeypatch,
+                                                                                                headroom):
+    """Random admissions, steps and retirements, with frequent or rare re-layouts: in the attended
+    window every row sees exactly its own columns, also after a moved row took an old row's slot
+    and a longer prompt widened the window again."""
+    monkeypatch.setattr(decoding, "HEADROOM", headroom)
+    rng = np.random.default_rng(0)
+    cache = decoding.SlotCache([(1, 2)], slots=4, capacity=32, dtype=torch.float32, device=torch.device("cpu"))
+    cache.start = cache.end = 30
+    for _ in range(300):
+        free = cache.slots - cache.rows
+        if free and rng.random() < 0.3:
+            lengths = rng.integers(1, 31, size=rng.integers(1, free + 1)).tolist()
+            if max(lengths) > cache.end:
+                cache.relayout(min_end=max(lengths))
+            cache.add_rows(lengths)
+        if cache.rows and rng.random() < 0.3:
+            cache.remove_row(int(rng.integers(cache.rows)))
+        if cache.rows:
+            cache.open_column()
+            cache.close_column()
+        cols = torch.arange(cache.start, cache.end)
+        for row in range(cache.rows):
+            assert torch.equal(cache.mask[row, cache.start : cache.end], cols >= cache.first[row])
+
+
 def test_greedy_identical_with_and_without_prefill_sharing(tiny_model, tiny_tokenizer):
     def run(share):
         config = GenerationConfig(n=2, temperature=0.0, max_new_tokens=16, share_prefill=share, prompts_per_batch=3,
