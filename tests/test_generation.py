@@ -237,13 +237,13 @@ def test_top_p_sampling_keeps_only_the_nucleus(tiny_model, tiny_tokenizer):
     assert run(nucleus) == run(greedy)
 
 
-def test_batch_rows_are_lowered_to_fit_a_quarter_of_memory(tiny_model, tiny_tokenizer, monkeypatch):
+def test_batch_rows_are_lowered_to_fit_an_eighth_of_memory(tiny_model, tiny_tokenizer, monkeypatch):
     import ampo.generation
 
     config = GenerationConfig(n=2, max_new_tokens=10, batch_rows=64, dtype="float32")
     generator = HFGenerator(tiny_model, tiny_tokenizer, config)
     per_row = 2 * 2 * 2 * 8 * 4 * (20 + 10 + decoding.HEADROOM)  # K and V, 2 layers, 2 KV heads of 8, fp32
-    for memory, rows in ((4 * per_row * 5, 5), (0, 2), (None, 64), (4 * per_row * 1000, 64)):
+    for memory, rows in ((8 * per_row * 5, 5), (0, 2), (None, 64), (8 * per_row * 1000, 64)):
         monkeypatch.setattr(ampo.generation, "device_memory", lambda device, m=memory: m)
         assert generator._fit_rows(max_prompt=20) == rows
 

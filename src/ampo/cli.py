@@ -181,7 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--batching", default="continuous", choices=["continuous", "hf"],
                    help="continuous: finished rows leave the batch and waiting prompts fill in; "
                         "hf: transformers generate, --prompts-per-batch prompts at a time")
-    s.add_argument("--batch-rows", type=int, default=64, help="rows decoded together (continuous batching)")
+    s.add_argument("--batch-rows", type=int, default=128, help="rows decoded together (continuous batching)")
     s.add_argument("--prompts-per-batch", type=int, default=8, help="prompts per generate call (--batching hf)")
     s.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"],
                    help="auto: bf16 on a CPU with native bf16 (avx512_bf16, AMX) or CUDA, else fp32")

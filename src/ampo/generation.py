@@ -60,7 +60,7 @@ class GenerationConfig:
     share_prefill: bool = True
     seed: int = 0
     batching: str = "continuous"
-    batch_rows: int = 64
+    batch_rows: int = 128
     dtype: str = "auto"
 
     def __post_init__(self) -> None:
@@ -162,8 +162,8 @@ class HFGenerator:
         return [[self._to_sample(t) for t in group] for group in tokens]
 
     def _fit_rows(self, max_prompt: int) -> int:
-        """`config.batch_rows`, lowered so that the KV cache of full-length rows takes at most a
-        quarter of the device's memory (when it reports it), and at least `n`."""
+        """`config.batch_rows`, lowered so that the KV cache of full-length rows takes at most an
+        eighth of the device's memory (a quarter while it is re-laid out), and at least `n`."""
         c, cfg = self.config, self.model.config.get_text_config()
         heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
         head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
@@ -172,7 +172,7 @@ class HFGenerator:
         memory = device_memory(self.model.device)
         if memory is None:
             return max(c.batch_rows, c.n)
-        return max(c.n, min(c.batch_rows, memory // 4 // per_row))
+        return max(c.n, min(c.batch_rows, memory // 8 // per_row))
 
     def _picker(self, generator: torch.Generator):
         """Next-token choice from fp32 logits: argmax, or temperature / top-p sampling (transformers'
