@@ -40,7 +40,7 @@ test-e2e: install
 # Smoke runs of every benchmark (CI runs these); `make bench` runs them at full size (hours on 2 cores).
 bench-quick: install
 	$(PY) benchmarks/bench_selection.py --quick
-	$(PY) benchmarks/bench_generation_logprobs.py --quick --only generation
+	$(PY) benchmarks/bench_generation_logprobs.py --quick --only generation --threads 1
 	$(PY) benchmarks/bench_train_vs_trl.py --quick --arms ampo-shared ampo trl
 	$(PY) benchmarks/bench_alignment.py --quick --out runs/bench_alignment_quick
 

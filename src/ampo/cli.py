@@ -268,7 +268,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--batching", default="continuous", choices=["continuous", "hf"],
                    help="continuous: finished rows leave the batch and waiting prompts fill in; "
                         "hf: transformers generate, --prompts-per-batch prompts at a time")
-    s.add_argument("--batch-rows", type=_like("generate.batch_rows"), default=64,
+    s.add_argument("--batch-rows", type=_like("generate.batch_rows"), default=128,
                    help="rows decoded together (continuous batching)")
     s.add_argument("--prompts-per-batch", type=_like("generate.prompts_per_batch"), default=8,
                    help="prompts per generate call (--batching hf)")

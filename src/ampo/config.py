@@ -55,7 +55,7 @@ class GenerateConfig:
     prompts_per_batch: int = 8  # batching "hf": prompts per transformers `generate` call
     share_prefill: bool = True  # batching "hf": one prefill per prompt (continuous always shares it)
     batching: str = "continuous"  # continuous (finished rows leave, waiting prompts fill in) | hf
-    batch_rows: int = 64  # batching "continuous": rows decoded together (lowered to fit memory)
+    batch_rows: int = 128  # batching "continuous": rows decoded together (lowered to fit memory)
     dtype: str = "auto"  # auto (bf16 on CUDA or a CPU with native bf16, else fp32) | float32 | bfloat16
     shard_prompts: int = 32  # prompts per resumable shard
 

@@ -97,23 +97,38 @@ class SlotCache(Cache):
         self.first = [f + shift for f in self.first]
         self.start, self.end = self.start + shift, new_end
 
-    def add_rows(self, count: int, lengths: list[int]) -> slice:
-        """Claim the next `count` slots for rows whose tokens are the last `lengths` columns
-        (the caller fills their keys, values and mask); returns the slots."""
-        slots = slice(self.rows, self.rows + count)
-        self.rows += count
-        self.first += [self.end - length for length in lengths]
+    def add_rows(self, lengths: list[int]) -> slice:
+        """Claim the next slots for rows whose tokens are the last `lengths[i]` columns and mask
+        the rest of their columns; returns the slots (the caller fills their keys and values)."""
+        slots = slice(self.rows, self.rows + len(lengths))
+        first = [self.end - length for length in lengths]
+        self.mask[slots] = False
+        for row, col in zip(range(slots.start, slots.stop), first):
+            self.mask[row, col : self.end] = True
+        self.rows, self.first = slots.stop, self.first + first
         self.start = min(self.first)
         return slots
 
+    def open_column(self) -> None:
+        """Make room for one more column (re-laying out when full) and unmask it for every row;
+        the model's forward then writes it through `_SlotLayer.update`."""
+        if self.end == self.capacity:
+            self.relayout()
+        self.mask[: self.rows, self.end] = True
+
+    def close_column(self) -> None:
+        """The forward has written column `end`: it joins the window."""
+        self.end += 1
+
     def remove_row(self, row: int) -> None:
-        """Drop a row: the last active row moves into its slot (the window's columns only)."""
+        """Drop a row: the last active row moves into its slot (its keys and values in the window's
+        columns, its whole mask row)."""
         last = self.rows - 1
         if row != last:
             window = slice(self.start, self.end)
             for store in self.keys + self.values:
                 store[row, :, window] = store[last, :, window]
-            self.mask[row, window] = self.mask[last, window]
+            self.mask[row] = self.mask[last]
             self.first[row] = self.first[last]
         self.first.pop()
         self.rows = last
@@ -189,14 +204,12 @@ class ContinuousDecoder:
         if c.end < width:
             c.relayout(min_end=width)
         lengths = [len(p) for p in prompts for _ in range(n)]
-        new = c.add_rows(m * n, lengths)
-        cols = slice(c.end - width, c.end)
+        new = c.add_rows(lengths)
+        cols = slice(c.end - width, c.end)  # left-padded: row i's prompt is its last lengths[i] columns
         for store, layer in zip(c.keys, prefill.layers):
             store[new].view(m, n, *store.shape[1:])[:, :, :, cols] = layer.keys[:, None]
         for store, layer in zip(c.values, prefill.layers):
             store[new].view(m, n, *store.shape[1:])[:, :, :, cols] = layer.values[:, None]
-        c.mask[new] = False
-        c.mask[new, cols] = attn.bool().repeat_interleave(n, 0)
         self.pos[new] = torch.tensor(lengths, device=device)
         self.owner += [(i, j) for i in owners for j in range(n)]
         self.tokens += [[] for _ in range(m * n)]
@@ -206,13 +219,11 @@ class ContinuousDecoder:
     def _step(self) -> None:
         """One decode step for every active row."""
         c = self.cache
-        if c.end == c.capacity:
-            c.relayout()
+        c.open_column()
         r = c.rows
-        c.mask[:r, c.end] = True
         out = self.model(input_ids=self.last[:r, None], attention_mask=c.mask[:r, c.start : c.end + 1],
                          position_ids=self.pos[:r, None], past_key_values=c, use_cache=True, logits_to_keep=1)
-        c.end += 1
+        c.close_column()
         self.pos[:r] += 1
         self._record(self.pick(out.logits[:, -1].float()), 0)
 

@@ -61,7 +61,7 @@ class GenerationConfig:
     share_prefill: bool = True
     seed: int = 0
     batching: str = "continuous"
-    batch_rows: int = 64
+    batch_rows: int = 128
     dtype: str = "auto"
 
     def __post_init__(self) -> None:
@@ -73,8 +73,6 @@ class GenerationConfig:
             raise ValueError(f"generation top_p must be in (0, 1], got {self.top_p}")
         if self.batching not in BATCHING:
             raise ValueError(f"generation batching must be one of {BATCHING}, got {self.batching!r}")
-        if self.batch_rows < self.n:
-            raise ValueError(f"generation batch_rows ({self.batch_rows}) must hold one prompt's n = {self.n} samples")
         if self.dtype not in GENERATION_DTYPES:
             raise ValueError(f"generation dtype must be one of {GENERATION_DTYPES}, got {self.dtype!r}")
 
@@ -165,17 +163,17 @@ class HFGenerator:
         return [[self._to_sample(t) for t in group] for group in tokens]
 
     def _fit_rows(self, max_prompt: int) -> int:
-        """`config.batch_rows`, lowered so that the KV cache of full-length rows takes at most a
-        quarter of the memory available now (when the device reports it), and at least `n`."""
+        """`config.batch_rows`, lowered so that the KV cache of full-length rows takes at most an
+        eighth of the device's memory (a quarter while it is re-laid out), and at least `n`."""
         c, cfg = self.config, self.model.config.get_text_config()
         heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
         head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
         per_token = 2 * cfg.num_hidden_layers * heads * head_dim * DTYPES[self.dtype].itemsize
         per_row = per_token * (max_prompt + c.max_new_tokens + HEADROOM)
-        available = available_memory(self.model.device)
-        if available is None:
+        memory = device_memory(self.model.device)
+        if memory is None:
             return max(c.batch_rows, c.n)
-        return max(c.n, min(c.batch_rows, available // 4 // per_row))
+        return max(c.n, min(c.batch_rows, memory // 8 // per_row))
 
     def _picker(self, generator: torch.Generator):
         """Next-token choice from fp32 logits: argmax, or temperature / top-p sampling (transformers'
@@ -275,13 +273,14 @@ class HFGenerator:
         return Sample(text=text, n_tokens=n_tokens, finished=finished)
 
 
-def available_memory(device: torch.device) -> int | None:
-    """Bytes free for new tensors: CUDA's free memory, Linux's MemAvailable, else None."""
+def device_memory(device: torch.device) -> int | None:
+    """The device's total memory in bytes (CUDA's, or Linux's MemTotal), else None. Total, not
+    free: the row count, and with it the samples, must not change from run to run."""
     if device.type == "cuda":
-        return torch.cuda.mem_get_info(device)[0]
+        return torch.cuda.mem_get_info(device)[1]
     try:
         for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
+            if line.startswith("MemTotal:"):
                 return int(line.split()[1]) * 1024
     except OSError:
         pass

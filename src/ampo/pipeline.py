@@ -328,6 +328,7 @@ class Pipeline:
     def generate_key(self, r: int) -> str:
         prompts = self.round_prompts(r)
         g = dataclasses.asdict(self.c.generate)  # all of it: even the batch size decides each prompt's seed
+        g["dtype"] = generation_dtype(g["dtype"])  # the dtype "auto" resolves to on this machine
         return config_key("generate", self.policy_key(r), [p["id"] for p in prompts], g, self.c.seed, r)
 
     def generate(self, r: int) -> None:
@@ -657,6 +658,17 @@ def _write_if_changed(path: Path, text: str) -> None:
     if not (path.is_file() and path.read_text() == text):
         with atomic_path(path) as tmp:
             tmp.write_text(text)
+
+
+def generation_dtype(requested: str) -> str:
+    """The dtype generation runs in here: "auto" resolved for this machine's device, so that a run
+    resumed on a machine that resolves it differently regenerates instead of mixing dtypes."""
+    import torch
+
+    from .generation import resolve_dtype
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return resolve_dtype(requested, device)
 
 
 def sharded_map(items: list, shard_size: int, work: Callable[[int, list], list[dict]], parts: Path, key: str,
