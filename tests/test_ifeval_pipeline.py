@@ -11,18 +11,7 @@ import pytest
 from ampo.cli import main
 from ampo.config import load_config
 from ampo.pipeline import Pipeline, RunLock
-from conftest import make_tiny_model, make_tiny_tokenizer
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def tiny_policy(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("policy")
-    tok = make_tiny_tokenizer()
-    make_tiny_model(tok).save_pretrained(path)
-    tok.save_pretrained(path)
-    return path
+from test_pipeline import ROOT, tiny_policy  # noqa: F401 (tiny_policy is a fixture)
 
 
 def test_one_round_with_the_ifeval_reward_and_benchmark(tiny_policy, tmp_path, capsys):

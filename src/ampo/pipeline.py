@@ -25,7 +25,7 @@ import numpy as np
 from . import __version__
 from .config import RunConfig, config_key, dump_config, seed_from
 from .data import (PoolRecord, atomic_dir, atomic_path, prompt_text, read_pool, read_prompt_rows,
-                   write_json, write_pool, write_rows)
+                   write_json, write_rows)
 
 log = logging.getLogger("ampo")
 
