@@ -7,6 +7,7 @@ encode/decode) with a ChatML-style template and `<|im_end|>` as eos = pad, like 
 from __future__ import annotations
 
 import functools
+from pathlib import Path
 
 import pytest
 import torch
@@ -101,3 +102,13 @@ def tiny_model(tiny_tokenizer) -> LlamaForCausalLM:
     """Random LlamaForCausalLM (hidden 32, 2 layers, seed 0) matching `tiny_tokenizer`; a fresh
     copy per test, so tests may train it."""
     return make_tiny_model(tiny_tokenizer)
+
+
+@pytest.fixture(scope="module")
+def tiny_policy(tmp_path_factory) -> Path:
+    """A tiny random policy saved as a normal model folder (what users pass as model.policy)."""
+    path = tmp_path_factory.mktemp("policy")
+    tok = make_tiny_tokenizer()
+    make_tiny_model(tok).save_pretrained(path)
+    tok.save_pretrained(path)
+    return path

@@ -15,7 +15,7 @@ from safetensors.torch import load_file, save_file
 
 from ampo.cli import main
 from ampo.config import ConfigError, load_config
-from test_pipeline import ROOT, tiny_policy  # noqa: F401 (tiny_policy is a fixture)
+from test_pipeline import ROOT
 
 EXAMPLES = ROOT / "examples"
 GOOD = {"prompt": "p", "responses": ["a", "b", "c"], "rewards": [0.1, 0.5, -0.2], "embeddings": [[1, 0], [0, 1], [1, 1]]}

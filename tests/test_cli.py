@@ -9,7 +9,6 @@ import pytest
 
 from ampo.cli import main
 from ampo.data import read_pool
-from test_pipeline import tiny_policy  # noqa: F401 (a fixture)
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 

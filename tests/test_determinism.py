@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from test_pipeline import ROOT, tiny_overrides, tiny_policy  # noqa: F401 (tiny_policy is a fixture)
+from test_pipeline import ROOT, tiny_overrides
 
 # Files that legitimately differ between two runs, and why:
 VARYING = {

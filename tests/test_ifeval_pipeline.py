@@ -6,12 +6,11 @@ import os
 from pathlib import Path
 
 import pyarrow.parquet as pq
-import pytest
 
 from ampo.cli import main
 from ampo.config import load_config
 from ampo.pipeline import Pipeline, RunLock
-from test_pipeline import ROOT, tiny_policy  # noqa: F401 (tiny_policy is a fixture)
+from test_pipeline import ROOT
 
 
 def test_one_round_with_the_ifeval_reward_and_benchmark(tiny_policy, tmp_path, capsys):

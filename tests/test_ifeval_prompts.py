@@ -1,9 +1,6 @@
 """Training prompts for the ifeval reward: seeded, reproducible, conflict-free, checkable from
 their metadata, and never a benchmark prompt."""
 
-import json
-from pathlib import Path
-
 import pytest
 
 from ampo.cli import main

@@ -5,7 +5,7 @@ loop on benchmark prompts."""
 import numpy as np
 import pytest
 
-from ampo.ifeval.bench import Item, load_items
+from ampo.ifeval.bench import load_items
 from ampo.ifeval.offline import registry
 from ampo.ifeval.scoring import PromptResult, aggregate, follow_instructions, loose_variants
 

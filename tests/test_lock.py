@@ -11,7 +11,7 @@ import time
 import pytest
 
 from ampo.pipeline import RunInUseError, RunLock
-from test_pipeline import ROOT, tiny_overrides, tiny_policy  # noqa: F401 (tiny_policy is a fixture)
+from test_pipeline import ROOT, tiny_overrides
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
 

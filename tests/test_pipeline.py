@@ -14,19 +14,8 @@ import pytest
 
 from ampo.config import load_config
 from ampo.pipeline import Pipeline
-from conftest import make_tiny_model, make_tiny_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def tiny_policy(tmp_path_factory) -> Path:
-    """A tiny random policy saved as a normal model folder (what users pass as model.policy)."""
-    path = tmp_path_factory.mktemp("policy")
-    tok = make_tiny_tokenizer()
-    make_tiny_model(tok).save_pretrained(path)
-    tok.save_pretrained(path)
-    return path
 
 
 def tiny_overrides(policy: Path, out: Path, *extra: str) -> list[str]:
