@@ -119,6 +119,9 @@ class EvalConfig:
 
 
 BENCHMARKS = ("ifeval", "ifbench")
+# `score.aggregate` (besides "auto"): "reward" keeps a scalar reward as it is; the others are
+# `ampo.preferences.AGGREGATES` of the preference matrix
+AGGREGATES = ("reward", "mean_logit", "win_rate", "win_rate_self", "copeland")
 
 
 @dataclass
@@ -379,7 +382,7 @@ def validate(c: RunConfig) -> None:
     from .embeddings import embedder_kind
     from .losses import HPARAM_CHOICES, LOSSES, check_hparams
     from .pipeline import BUILTIN_PROMPT_SETS
-    from .rewards import AGGREGATES, PAIRWISE_KINDS, reward_kind
+    from .rewards import PAIRWISE_KINDS, reward_kind
     from .selection import SELECTORS
 
     for name, allowed in RANGES.items():

@@ -24,7 +24,7 @@ import numpy as np
 
 from . import __version__
 from .config import RunConfig, config_key, dump_config, seed_from
-from .data import (PoolRecord, atomic_dir, atomic_path, prompt_text, read_pool, read_prompt_rows,
+from .data import (PoolRecord, atomic_dir, atomic_path, read_pool, read_prompt_rows,
                    write_json, write_rows)
 
 log = logging.getLogger("ampo")
@@ -747,19 +747,11 @@ def sharded_map(items: list, shard_size: int, work: Callable[[int, list], list[d
 
 
 def score_pool(reward_fn, pool: list[PoolRecord]) -> list[np.ndarray]:
-    """Score every response of every record in one batched call (with each record's `meta` for
-    rewards that need it); one array per record."""
-    from .rewards import score_texts
+    """Score every response of every record with a scalar reward in one batched call (with each
+    record's `meta` for rewards that need it); one array per record."""
+    from .rewards import score_records
 
-    prompts = [prompt_text(rec.prompt) for rec in pool for _ in rec.responses]
-    responses = [t for rec in pool for t in rec.responses]
-    metas = [rec.meta for rec in pool for _ in rec.responses]
-    flat = np.asarray(score_texts(reward_fn, prompts, responses, metas), dtype=np.float64)
-    out, offset = [], 0
-    for rec in pool:
-        out.append(flat[offset: offset + len(rec.responses)])
-        offset += len(rec.responses)
-    return out
+    return [np.asarray(row["rewards"], dtype=np.float64) for row in score_records(reward_fn, pool)]
 
 
 def load_round_policy(c: RunConfig, checkpoints: list[Path]):

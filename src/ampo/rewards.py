@@ -21,6 +21,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
+from .config import AGGREGATES
 from .losses import soft_bt_loss
 
 # A reward model trained from a backbone gets a new head: the only weights it may lack
@@ -397,8 +398,6 @@ def score_records(scorer: Any, pool: Sequence[Any], aggregate: str = "reward") -
     return [{"rewards": aggregate_matrix(S, aggregate).tolist(), "pref_logits": S.tolist()} for S in matrices]
 
 
-# `score.aggregate`: "reward" keeps a scalar reward as it is; the others are `ampo.preferences.AGGREGATES`
-AGGREGATES = ("reward", "mean_logit", "win_rate", "win_rate_self", "copeland")
 PAIRWISE_KINDS = ("pairwise", "gpm")
 
 
