@@ -89,7 +89,9 @@ def main() -> None:
             folder = train_reward_model(train, Path(tmp) / name.replace(" ", "_"), epochs=args.epochs, lr=args.lr,
                                         max_length=32, seed=args.seed, head=head, gpm=gpm)
             seconds = time.perf_counter() - t0
-            result = {"head": name, **accuracy(load_reward(str(folder)), held_out, gpm is not None),
+            scorer = load_reward(str(folder))
+            result = {"head": name, **accuracy(scorer, held_out, gpm is not None),
+                      "train_accuracy": accuracy(scorer, train, gpm is not None)["accuracy"],
                       "train_seconds": round(seconds, 1)}
             results.append(result)
             print(json.dumps(result), flush=True)
@@ -99,11 +101,12 @@ def main() -> None:
              "torch_threads": torch.get_num_threads()}
     print(f"\n{args.pairs} training pairs, {args.held_out} held-out pairs (unseen phrasings), "
           f"{args.epochs} epochs, lr {args.lr}, MiniLM backbone\n")
-    print("| head | held-out accuracy | " + " | ".join(f"{m}>{BEATS[m]}" for m in MOVES) + " | train s |")
-    print("|---|---|" + "---|" * len(MOVES) + "---|")
+    print("| head | held-out accuracy | " + " | ".join(f"{m}>{BEATS[m]}" for m in MOVES)
+          + " | training-pair accuracy | train s |")
+    print("|---|---|" + "---|" * len(MOVES) + "---|---|")
     for r in results:
-        print(f"| {r['head']} | {r['accuracy']:.3f} | "
-              + " | ".join(f"{r[f'{m}>{BEATS[m]}']:.2f}" for m in MOVES) + f" | {r['train_seconds']} |")
+        print(f"| {r['head']} | {r['accuracy']:.3f} | " + " | ".join(f"{r[f'{m}>{BEATS[m]}']:.2f}" for m in MOVES)
+              + f" | {r['train_accuracy']:.3f} | {r['train_seconds']} |")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps({"setup": setup, "results": results}, indent=1) + "\n")
