@@ -33,15 +33,18 @@ BEATS = {"rock": "scissors", "scissors": "paper", "paper": "rock"}  # each move 
 TRAIN_PHRASES = ("I pick {}.", "My choice is {}.", "Let's go with {}.", "Definitely {}!", "{} is my move.",
                  "I will play {}.")
 HELD_OUT_PHRASES = ("I'd say {}.", "{}, for sure.", "My answer: {}.", "Going with {} this time.")
-PROMPT = "Rock, paper or scissors?"
+# A neutral prompt: one that names all three moves ("Rock, paper or scissors?") makes every
+# response's starting embedding nearly the same, and from there neither head learns the cycle in
+# this budget (docs/preferences.md: a balanced cycle starts at a saddle or a local minimum)
+PROMPT = "Your move?"
 
 
-def cycle_pairs(rng: random.Random, n: int, phrases: tuple[str, ...]) -> list[dict]:
+def cycle_pairs(rng: random.Random, n: int, phrases: tuple[str, ...], prompt: str = PROMPT) -> list[dict]:
     """`n` pairs (winner, loser) of the cycle, each move pair equally often, phrased at random."""
     pairs = []
     for i in range(n):
         winner = MOVES[i % 3]
-        pairs.append({"prompt": PROMPT, "chosen": rng.choice(phrases).format(winner),
+        pairs.append({"prompt": prompt, "chosen": rng.choice(phrases).format(winner),
                       "rejected": rng.choice(phrases).format(BEATS[winner])})
     rng.shuffle(pairs)
     return pairs
@@ -71,6 +74,7 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=1e-4)
     ap.add_argument("--dims", type=int, nargs="+", default=[4, 2], help="GPM value_head_dim values (2k) to train")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--prompt", default=PROMPT, help="the one prompt of every pair")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     ap.add_argument("--out", type=Path, default=None, help="also write the results as JSON here")
     args = ap.parse_args()
@@ -79,7 +83,8 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     rng = random.Random(args.seed)
-    train, held_out = cycle_pairs(rng, args.pairs, TRAIN_PHRASES), cycle_pairs(rng, args.held_out, HELD_OUT_PHRASES)
+    train = cycle_pairs(rng, args.pairs, TRAIN_PHRASES, args.prompt)
+    held_out = cycle_pairs(rng, args.held_out, HELD_OUT_PHRASES, args.prompt)
     heads = [("bt", None)] + [("gpm", GPMHead(value_head_dim=d, tau=0.1)) for d in args.dims]
     results = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -96,11 +101,11 @@ def main() -> None:
             results.append(result)
             print(json.dumps(result), flush=True)
     setup = {"pairs": args.pairs, "held_out": args.held_out, "epochs": args.epochs, "lr": args.lr,
-             "batch_size": 16, "backbone": "bundled all-MiniLM-L6-v2", "seed": args.seed, "quick": args.quick,
+             "batch_size": 16, "backbone": "bundled all-MiniLM-L6-v2", "prompt": args.prompt, "seed": args.seed, "quick": args.quick,
              "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cpus",
              "torch_threads": torch.get_num_threads()}
     print(f"\n{args.pairs} training pairs, {args.held_out} held-out pairs (unseen phrasings), "
-          f"{args.epochs} epochs, lr {args.lr}, MiniLM backbone\n")
+          f"{args.epochs} epochs, lr {args.lr}, MiniLM backbone, prompt {args.prompt!r}\n")
     print("| head | held-out accuracy | " + " | ".join(f"{m}>{BEATS[m]}" for m in MOVES)
           + " | training-pair accuracy | train s |")
     print("|---|---|" + "---|" * len(MOVES) + "---|---|")
