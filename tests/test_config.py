@@ -44,6 +44,8 @@ def test_parse_overrides():
     (["train.loss=mrpo"], "needs 2 reference models"),
     (["train.loss=nope"], "config 'train.loss': unknown 'nope'"),
     (["select.strategy=nope"], "config 'select.strategy': unknown 'nope'"),
+    (["select.strategy=sweet_spot"], "config 'select.k': strategy 'sweet_spot' selects exactly one negative"),
+    (["select.strategy=best_worst", "select.k=2"], "strategy 'best_worst' selects exactly one negative"),
     (["select.k=8", "generate.n=8"], "config 'select.k': 8 negatives need generate.n >= 9"),
     (["train.hparams.zeta=1"], "'zeta' is not a hyperparameter of loss 'ampo'"),
     (["train.loss=ipo", "train.hparams.per_token=3"], "'train.hparams.per_token': expected bool, got 3"),
@@ -102,3 +104,8 @@ def test_new_loss_hyperparameters_are_accepted():
     assert c.train.hparams == {"target": "pref"}
     c = load_config(overrides=["train.loss=tripo", "train.hparams.length_norm=true", "select.k=2"])
     assert c.train.hparams == {"length_norm": True}
+
+
+def test_sweet_spot_with_one_negative_and_dpo_is_accepted():
+    c = load_config(DEMO_RECIPE, ["select.strategy=sweet_spot", "select.k=1", "train.loss=dpo"])
+    assert c.select.strategy == "sweet_spot" and c.select.k == 1

@@ -373,7 +373,7 @@ def validate(c: RunConfig) -> None:
     from .losses import HPARAM_CHOICES, LOSSES, check_hparams
     from .pipeline import BUILTIN_PROMPT_SETS
     from .rewards import reward_kind
-    from .selection import SELECTORS
+    from .selection import ONE_NEGATIVE, SELECTORS
 
     for name, allowed in RANGES.items():
         if problem := allowed.problem(option(c, name)):
@@ -387,6 +387,9 @@ def validate(c: RunConfig) -> None:
     if c.select.strategy not in SELECTORS:
         raise ConfigError(f"config 'select.strategy': unknown {short(c.select.strategy)} "
                           f"(known: {', '.join(SELECTORS)})")
+    if c.select.strategy in ONE_NEGATIVE and c.select.k != 1:
+        raise ConfigError(f"config 'select.k': strategy '{c.select.strategy}' selects exactly one negative; "
+                          f"set select.k=1, got {c.select.k}")
     if c.select.k > c.generate.n - 1:
         raise ConfigError(f"config 'select.k': {c.select.k} negatives need generate.n >= {c.select.k + 1}, "
                           f"got generate.n={c.generate.n}")
