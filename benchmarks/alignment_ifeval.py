@@ -70,7 +70,7 @@ RATES = {
     "policy_response": 0.0,   # policy hidden-state embedding: per response
     "train_token": 0.0,       # training: per token of a selected response, one epoch (forward + backward)
     "ref_token": 0.0,         # reference log-probs: per token of a selected response
-    "arm_overhead": 0.0,      # per arm: loading models, selection, bookkeeping
+    "arm_overhead": 0.0,      # per arm: selection, the held-out evaluation (data.heldout samples), loading
 }
 
 
@@ -297,7 +297,6 @@ def estimate(sizes: Sizes, arms: list[str], jobs: int, rates: dict = RATES) -> l
         ("round-0 pools: ifeval reward", seeds * p * n * rates["score_response"]),
         ("round-0 pools: MiniLM embeddings", seeds * p * n * rates["minilm_response"]),
         ("round-0 pools: policy embeddings", seeds * p * n * rates["policy_response"] * bool(policy_arms)),
-        ("held-out samples (initial + each arm)", seeds * (1 + len(arms)) * sizes.heldout * g * rates["sample_token"]),
     ]
     train = refs = 0.0
     for arm in arms:
@@ -311,20 +310,57 @@ def estimate(sizes: Sizes, arms: list[str], jobs: int, rates: dict = RATES) -> l
         extra = (sizes.rounds - 1) * seeds * len(arms) * p * n * (g * rates["sample_token"] + rates["score_response"])
         parts.append((f"rounds 2..{sizes.rounds}: each arm's own pool (+ training as above)", extra + (
             sizes.rounds - 1) * (train + refs)))
-    parts += [("arm overhead (loading, selection)", seeds * len(arms) * rates["arm_overhead"]),
+    parts += [("per arm: selection, held-out evaluation, loading", seeds * len(arms) * rates["arm_overhead"]),
               ("benchmarks: each arm's final policy", seeds * len(arms) * bench_prompts * sizes.eval_tokens
                * rates["greedy_token"]),
               ("benchmarks: the initial policy (once)", bench_prompts * sizes.eval_tokens * rates["greedy_token"])]
     return parts
 
 
-def estimate_table(sizes: Sizes, arms: list[str], jobs: int) -> str:
-    parts = estimate(sizes, arms, jobs)
+def rates_from(out: Path) -> dict:
+    """Single-thread seconds per unit (the keys of RATES) measured by a finished run in `out`, from
+    its results.json (sizes and timings): what RATES was set from."""
+    from ampo.losses import LOSSES
+
+    saved = json.loads((out / "results.json").read_text())
+    z, t = Sizes(**{**saved["sizes"], "seeds": tuple(saved["sizes"]["seeds"])}), saved["timings"]
+    arms = saved["arms"]
+
+    def total(part):
+        return t[part]["total_s"] if part in t else 0.0
+
+    def count(part):
+        return t[part]["count"] if part in t else 0
+
+    responses = z.train_prompts * z.n
+    groups = {a: z.n if "select.strategy=all" in ARMS[a] else (2 if "select.k=1" in ARMS[a] else z.k + 1) for a in arms}
+    with_refs = [a for a in arms if LOSSES[dict(o.split("=", 1) for o in ARMS[a])["train.loss"]].refs]
+    per_seed = lambda names: max(1, count("train") / max(len(arms), 1)) * z.train_prompts * z.gen_tokens * sum(
+        groups[a] for a in names)
+    greedy = sum(total(f"benchmark {b} ({w})") for b in BENCHMARKS for w in ("arm", "initial"))
+    greedy_tokens = sum(count(f"benchmark {b} ({w})") * (min(z.limit, BENCH_PROMPTS[b]) if z.limit else
+                                                         BENCH_PROMPTS[b]) * z.eval_tokens
+                        for b in BENCHMARKS for w in ("arm", "initial"))
+    return {
+        "sample_token": total("generate") / max(1, count("generate") * responses * z.gen_tokens),
+        "greedy_token": greedy / max(1, greedy_tokens),
+        "score_response": total("score") / max(1, count("score") * responses),
+        "minilm_response": total("embed (minilm)") / max(1, count("embed (minilm)") * responses),
+        "policy_response": total("embed (policy)") / max(1, count("embed (policy)") * responses),
+        "train_token": total("train") / max(1, per_seed(arms)),
+        "ref_token": total("refs") / max(1, per_seed(with_refs)),
+        "arm_overhead": (total("select") + total("evaluate") + total("baseline (minilm)") + total("baseline (policy)"))
+        / max(1, count("evaluate")),
+    }
+
+
+def estimate_table(sizes: Sizes, arms: list[str], jobs: int, rates: dict = RATES) -> str:
+    parts = estimate(sizes, arms, jobs, rates)
     total = sum(s for _, s in parts)
     lines = [f"Cost estimate: {len(arms)} arms x {len(sizes.seeds)} seeds, {sizes.train_prompts} training prompts x "
              f"N={sizes.n} at {sizes.gen_tokens} tokens, k={sizes.k}, {sizes.rounds} round(s), benchmarks "
              f"{'all prompts' if not sizes.limit else f'{sizes.limit} prompts each'} at {sizes.eval_tokens} tokens "
-             f"(single-thread rates of RATES in {Path(__file__).name})", "",
+             f"(single-thread rates: RATES in {Path(__file__).name} or --rates-from)", "",
              "| part | single-thread hours | share |", "|---|---|---|"]
     lines += [f"| {name} | {s / 3600:.2f} | {s / total:.0%} |" for name, s in parts]
     lines += [f"| **total** | **{total / 3600:.1f}** | |", "",
@@ -366,7 +402,8 @@ def timings(out: Path, sizes: Sizes, arms: list[str]) -> dict:
                     if ident in seen:
                         continue
                     seen.add(ident)
-                add(stage.split("/")[-1] if "/" in stage else stage, entry["seconds"])
+                part = stage.split("/")[-1]
+                add(f"{part} ({embedder_of(arm)})" if part in ("embed", "baseline") else part, entry["seconds"])
             for name in BENCHMARKS:
                 done = folder / "bench" / name / "done.json"
                 if done.is_file():
@@ -509,7 +546,10 @@ def main(args) -> None:
         raise SystemExit(f"bench_alignment: unknown arm(s) {sorted(unknown)}; known: {list(ARMS)}")
     sizes = sizes_from(args)
     if args.estimate:
-        print(estimate_table(sizes, arms, args.jobs))
+        rates = rates_from(Path(args.rates_from)) if args.rates_from else RATES
+        if args.rates_from:
+            print("rates measured in", args.rates_from, json.dumps({k: float(f"{v:.3g}") for k, v in rates.items()}))
+        print(estimate_table(sizes, arms, args.jobs, rates))
         return
     out = Path(args.out)
     if args.unit:

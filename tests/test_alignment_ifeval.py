@@ -44,7 +44,7 @@ def test_estimate_counts_each_part():
     parts = dict(ai.estimate(sizes, ["ampo+random", "dpo best-vs-worst"], jobs=1, rates=rates))
     assert parts["round-0 pools: sampling"] == 2 * 10 * 4 * 5
     assert parts["round-0 pools: policy embeddings"] == 0  # no arm on policy embeddings
-    assert parts["held-out samples (initial + each arm)"] == 2 * 3 * 3 * 5
+    assert parts["per arm: selection, held-out evaluation, loading"] == 2 * 2
     # ampo+random: groups of k+1 = 3; dpo: pairs, and only dpo needs reference log-probs
     assert parts["training (one round, every arm)"] == 2 * 10 * (3 + 2) * 5
     assert parts["reference log-probs"] == 2 * 10 * 2 * 5
@@ -91,6 +91,12 @@ def test_timings_count_shared_stages_once(tmp_path):
         (folder / "bench" / "ifeval" / "done.json").write_text(json.dumps({"seconds": 30.0}))
     t = ai.timings(tmp_path, sizes, arms)
     assert t["generate"] == {"count": 1, "total_s": 100.0, "mean_s": 100.0}
+    (tmp_path / "results.json").write_text(json.dumps({"sizes": {**sizes.__dict__, "seeds": [0]}, "arms": arms,
+                                                       "timings": t}))
+    rates = ai.rates_from(tmp_path)
+    assert rates["sample_token"] == 100.0 / (1 * 2 * 1)  # 1 prompt x n=2 x 1 token
+    assert rates["train_token"] == 12.0 / (1 * 1 * (2 + 2))  # groups of k+1 = 2, two arms
+    assert rates["greedy_token"] == 60.0 / (2 * 1 * 1)  # two evaluations of limit=1 prompt, 1 token
     assert t["train"]["count"] == 2 and t["train"]["total_s"] == 12.0
     assert t["benchmark ifeval (arm)"]["count"] == 2
 
