@@ -60,17 +60,23 @@ POOL_STAGES = ("split", "round-0/generate", "round-0/score")
 EMBEDDER_FILES = ("round-0/embeddings.npy", "baseline/samples.parquet", "baseline/summary.json")
 EMBEDDER_STAGES = ("round-0/embed", "baseline")
 
-# Seconds per unit on ONE thread of this project's shared 2-core box (AMD EPYC, AVX2, fp32), measured
-# on small runs (docs/benchmarks.md says how); `--estimate` multiplies them out.
+# Seconds per unit on ONE thread of this project's 2-core box (AMD EPYC, fp32), for `--estimate`.
+# Provisional: derived from figures measured elsewhere, not from this benchmark (docs/benchmarks.md):
+# sampling 154 tokens/s on one thread with continuous batching (models_generation.md); greedy IFEval
+# answers ~1.5 s per prompt on 2 threads at 256 tokens (the lead's run, answers often at the cap,
+# i.e. ~0.013 s per token and thread); the ifeval reward ~3 ms per
+# response (ifeval.md); training, references and policy embeddings from their FLOPs (6, 2 and 2 x
+# 134.5M per token) at ~40 GFLOP/s, half the measured one-thread matmul limit. Replace them with
+# `--estimate --rates-from SMALL_RUN` once a small run of this benchmark has finished on the machine.
 RATES = {
-    "sample_token": 0.0,      # pool / held-out sampling: per generated token (N rows per prompt, batched)
-    "greedy_token": 0.0,      # benchmark greedy decoding: per generated token (answers run to the cap)
-    "score_response": 0.0,    # ifeval reward: per response
-    "minilm_response": 0.0,   # MiniLM embedding: per response
-    "policy_response": 0.0,   # policy hidden-state embedding: per response
-    "train_token": 0.0,       # training: per token of a selected response, one epoch (forward + backward)
-    "ref_token": 0.0,         # reference log-probs: per token of a selected response
-    "arm_overhead": 0.0,      # per arm: selection, the held-out evaluation (data.heldout samples), loading
+    "sample_token": 0.0065,   # pool sampling: per generated token (N rows per prompt, batched)
+    "greedy_token": 0.013,    # benchmark greedy decoding: per generated token (answers run to the cap)
+    "score_response": 0.004,  # ifeval reward: per response
+    "minilm_response": 0.01,  # MiniLM embedding: per response
+    "policy_response": 0.7,   # policy hidden-state embedding: per response of ~128 tokens
+    "train_token": 0.025,     # training: per token of a selected response, one epoch (+ the shared prompt)
+    "ref_token": 0.008,       # reference log-probs: per token of a selected response
+    "arm_overhead": 120.0,    # per arm: selection, the held-out evaluation (32 prompts), loading
 }
 
 
@@ -97,7 +103,7 @@ class Sizes:
 def sizes_from(args) -> Sizes:
     quick = args.quick
     return Sizes(seeds=tuple(args.seeds or ([0] if quick else [0, 1, 2])),
-                 train_prompts=args.train_prompts or (4 if quick else 128), heldout=1 if quick else 32,
+                 train_prompts=args.train_prompts or (4 if quick else 64), heldout=1 if quick else 32,
                  n=args.n or (4 if quick else 16), k=args.k or (2 if quick else 7),
                  gen_tokens=args.gen_tokens or (12 if quick else 128),
                  eval_tokens=args.eval_tokens or (12 if quick else 256),

@@ -88,7 +88,7 @@ def parse_args():
     ifeval.add_argument("--estimate", action="store_true", help="print the cost estimate per part and exit")
     ifeval.add_argument("--rates-from", help="with --estimate: take the per-unit costs from this finished "
                         "(small) run's results.json instead of the built-in RATES")
-    ifeval.add_argument("--train-prompts", type=int, help="training prompts per seed (default 128; quick 4)")
+    ifeval.add_argument("--train-prompts", type=int, help="training prompts per seed (default 64; quick 4)")
     ifeval.add_argument("--n", type=int, help="samples per prompt (default 16; quick 4)")
     ifeval.add_argument("--k", type=int, help="negatives per group for the group arms (default 7; quick 2)")
     ifeval.add_argument("--gen-tokens", type=int, help="max new tokens of the pool samples (default 128)")
