@@ -326,10 +326,14 @@ class Pipeline:
     # -- the stages of a round --------------------------------------------------------------
 
     def generate_key(self, r: int) -> str:
+        from .sampling import SAMPLER
+
         prompts = self.round_prompts(r)
-        g = dataclasses.asdict(self.c.generate)  # all of it: even the batch size decides each prompt's seed
+        # all of it: batch sizes do not choose a response's random stream, but they can move its
+        # logits by rounding, and with them (rarely) a sampled token
+        g = dataclasses.asdict(self.c.generate)
         g["dtype"] = generation_dtype(g["dtype"])  # the dtype "auto" resolves to on this machine
-        return config_key("generate", self.policy_key(r), [p["id"] for p in prompts], g, self.c.seed, r)
+        return config_key("generate", self.policy_key(r), [p["id"] for p in prompts], g, self.c.seed, r, SAMPLER)
 
     def generate(self, r: int) -> None:
         out = self.round_dir(r) / "pool.parquet"
@@ -347,9 +351,10 @@ class Pipeline:
             cfg = GenerationConfig(n=g.n, temperature=g.temperature, top_p=g.top_p, max_new_tokens=g.max_new_tokens,
                                    prompts_per_batch=g.prompts_per_batch, share_prefill=g.share_prefill,
                                    batching=g.batching, batch_rows=g.batch_rows, dtype=g.dtype,
-                                   seed=seed_from("generate", self.c.seed, r, s))
+                                   seed=seed_from("generate", self.c.seed, r))
             gen = make_generator(g.backend, self.policy_folder(r), model=model, tokenizer=tok, config=cfg)
-            samples = gen.generate([p["prompt"] for p in shard], progress=self.progress)
+            # each response's random stream follows from (seed, round, prompt id, sample index)
+            samples = gen.generate([p["prompt"] for p in shard], progress=self.progress, keys=[p["id"] for p in shard])
             return [{"id": p["id"], "prompt": p["prompt"], "responses": [x.text for x in ss],
                      "finished": [x.finished for x in ss], "n_tokens": [x.n_tokens for x in ss],
                      **({"meta": p["meta"]} if "meta" in p else {})}
@@ -523,9 +528,11 @@ class Pipeline:
         return config_key("eval", self.train_key(r), self.baseline_key(), self.eval_options(), *benchmarks)
 
     def baseline_key(self) -> str:
+        from .sampling import SAMPLER
+
         self.split()
         return config_key("baseline", self.policy_key(0), self._split_key, self.c.score.reward,
-                          self.c.embed.embedder, self.eval_options(), self.c.seed)
+                          self.c.embed.embedder, self.eval_options(), self.c.seed, SAMPLER)
 
     def benchmark_key(self, name: str, r: int) -> str:
         """Key of benchmark `name` on the policy after round r (the initial policy for r = -1)."""
