@@ -109,8 +109,9 @@ def test_pairs_resume_at_the_stage_they_were_in_and_give_the_same_adapter(tiny_p
     extra = (*PAIRS, *LORA, "train.epochs=4")
     reference = run(tiny_policy, ref_out, *extra)[0]
     proc = _run_cli(tiny_overrides(tiny_policy, out, *extra))
+    stage_2 = out / "round-0" / "stage-2" / "train"
     ready = {"after-stage-1": _stage_done(out, "round-0/train-s1"),
-             "mid-stage-2": lambda: any((out / "round-0" / "stage-2" / "train").glob("checkpoint-*/trainer_state.json"))}
+             "mid-stage-2": lambda: any(stage_2.glob("checkpoint-*/trainer_state.json"))}
     _kill_when(proc, ready[point])
     assert stages_of(out)["round-0/train"]["status"] == "running"
     stage_1 = stages_of(out)["round-0/train-s1"]

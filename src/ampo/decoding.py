@@ -144,8 +144,9 @@ class ContinuousDecoder:
 
     `pick(logits, owners, steps)` maps fp32 next-token logits `[rows, vocab]` to token ids `[rows]`
     (greedy or sampled); it is told each row's (prompt index, sample index) and how many tokens the
-    row has generated, so that a sampler can give every response its own random stream. `run` returns, per prompt in input order, `n` token lists that end at the first EOS
-    (included) or after `max_new_tokens` tokens.
+    row has generated, so that a sampler can give every response its own random stream. `run`
+    returns, per prompt in input order, `n` token lists that end at the first EOS (included) or
+    after `max_new_tokens` tokens.
     """
 
     def __init__(self, model: PreTrainedModel, pad_id: int, eos_id: int, n: int, max_new_tokens: int,

@@ -120,7 +120,8 @@ class Generator(Protocol):
     """Anything that samples `config.n` responses for each prompt (`keys`: one per prompt, naming
     its random stream; default the prompts' indices)."""
 
-    def generate(self, prompts: list[Prompt], progress: bool = True, keys: list | None = None) -> list[list[Sample]]: ...
+    def generate(self, prompts: list[Prompt], progress: bool = True,
+                 keys: list | None = None) -> list[list[Sample]]: ...
 
 
 class HFGenerator:

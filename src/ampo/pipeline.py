@@ -601,7 +601,8 @@ class Pipeline:
             rows = pq.read_table(self.round_dir(r) / "ref_logps.parquet").to_pylist()
             ref_rows = [[[col[0], col[slot]] for col in rows[i]["ref_logps"]] for i, slot in picked]
         elif self.n_refs():
-            ref_rows = [row["ref_logps"] for row in pq.read_table(self.stage_dir(r, t) / "ref_logps.parquet").to_pylist()]
+            rows = pq.read_table(self.stage_dir(r, t) / "ref_logps.parquet").to_pylist()
+            ref_rows = [row["ref_logps"] for row in rows]
         previous = self.stage_dir(r, t - 1) / "checkpoint" if t > 1 else None
         if previous is not None and not self.c.model.lora:
             self._loaded.clear()

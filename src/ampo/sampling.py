@@ -40,7 +40,8 @@ def stream_ids(seed: int, keys: list[Any], n: int) -> np.ndarray:
 def uniforms(streams: np.ndarray, steps: np.ndarray) -> np.ndarray:
     """float64 in [0, 1): number `steps[i]` (0-based) of SplitMix64 started at state `streams[i]`,
     to 53 bits."""
-    z = np.atleast_1d(np.asarray(streams, dtype=np.uint64)) + (np.asarray(steps, dtype=np.uint64) + np.uint64(1)) * _GOLDEN
+    counters = np.asarray(steps, dtype=np.uint64) + np.uint64(1)
+    z = np.atleast_1d(np.asarray(streams, dtype=np.uint64)) + counters * _GOLDEN
     z = (z ^ (z >> np.uint64(30))) * _MIX1
     z = (z ^ (z >> np.uint64(27))) * _MIX2
     z = z ^ (z >> np.uint64(31))
