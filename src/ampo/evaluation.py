@@ -23,13 +23,16 @@ from .rewards import is_pairwise
 
 
 def sample_and_score(policy, reward_fn, prompts: list[dict], eval_cfg, seed: int, progress: bool = True) -> list[dict]:
-    """`samples_per_prompt` samples per held-out prompt, with their rewards. One row per prompt."""
+    """`samples_per_prompt` samples per held-out prompt, with their rewards. One row per prompt.
+    Sample j of a prompt draws from the stream of (seed, prompt id, j) whichever policy samples:
+    the baseline and every round share their random numbers (common random numbers)."""
     from .generation import GenerationConfig, HFGenerator
 
     model, tok = policy
     cfg = GenerationConfig(n=eval_cfg.samples_per_prompt, temperature=eval_cfg.temperature,
                            max_new_tokens=eval_cfg.max_new_tokens, seed=seed)
-    samples = HFGenerator(model, tok, cfg).generate([p["prompt"] for p in prompts], progress=progress)
+    samples = HFGenerator(model, tok, cfg).generate([p["prompt"] for p in prompts], progress=progress,
+                                                    keys=[p["id"] for p in prompts])
     texts = [[s.text for s in ss] for ss in samples]
     if is_pairwise(reward_fn):
         from .preferences import aggregate
