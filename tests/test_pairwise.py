@@ -4,6 +4,7 @@ config validation (spec-2 §1 and §5, examples P1 and D1)."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -150,3 +151,18 @@ def test_config_accepts_the_preference_options():
     c = load_config(overrides=[f"score.reward=pairwise:{JUDGES}:cyclic", "select.require_beats=0.5",
                                "select.min_margin=0.1", "score.aggregate=mean_logit", "data.gold_field=gold"])
     assert (c.select.require_beats, c.select.min_margin, c.score.aggregate) == (0.5, 0.1, "mean_logit")
+
+
+def test_unset_preference_options_leave_the_stage_keys_of_existing_runs_alone(tmp_path):
+    from ampo.config import config_key
+    from ampo.pipeline import Pipeline
+
+    with Pipeline(load_config(overrides=[f"out={tmp_path / 'run'}"]), progress=False) as pipe:
+        pipe.generate_key = lambda r: "gen"
+        pipe.embed_key = lambda r: "emb"
+        assert pipe.score_key(0) == config_key("score", "gen", "builtin")
+        select = {k: v for k, v in dataclasses.asdict(pipe.c.select).items() if k not in ("require_beats", "min_margin")}
+        assert pipe.select_key(0) == config_key("select", pipe.score_key(0), "emb", select, 0)
+        pipe.c.score.aggregate, pipe.c.select.min_margin = "win_rate", 0.1
+        assert pipe.score_key(0) == config_key("score", "gen", "builtin", "win_rate")
+        assert pipe.select_key(0) == config_key("select", pipe.score_key(0), "emb", {**select, "min_margin": 0.1}, 0)

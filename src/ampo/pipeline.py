@@ -435,8 +435,11 @@ class Pipeline:
         self.stage(f"round-{r}/embed", key, run, [out], everyone=True)
 
     def select_key(self, r: int) -> str:
-        return config_key("select", self.score_key(r), self.embed_key(r),
-                          dataclasses.asdict(self.c.select), self.c.seed)
+        s = dataclasses.asdict(self.c.select)
+        for option in ("require_beats", "min_margin"):  # keyed only when set, so older runs keep their keys
+            if s[option] is None:
+                del s[option]
+        return config_key("select", self.score_key(r), self.embed_key(r), s, self.c.seed)
 
     def select(self, r: int) -> None:
         out = self.round_dir(r) / "selection.parquet"
