@@ -5,6 +5,7 @@ config validation (spec-2 §1 and §5, examples P1 and D1)."""
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 
 import numpy as np
@@ -166,3 +167,20 @@ def test_unset_preference_options_leave_the_stage_keys_of_existing_runs_alone(tm
         pipe.c.score.aggregate, pipe.c.select.min_margin = "win_rate", 0.1
         assert pipe.score_key(0) == config_key("score", "gen", "builtin", "win_rate")
         assert pipe.select_key(0) == config_key("select", pipe.score_key(0), "emb", {**select, "min_margin": 0.1}, 0)
+
+
+def test_score_cli_with_a_judge_writes_the_matrix_and_names_a_bad_one(tmp_path, capsys):
+    from ampo.cli import main
+
+    pool = tmp_path / "pool.jsonl"
+    pool.write_text('{"id": "a", "prompt": "p", "responses": ["a", "a b", "a b c"]}\n')
+    out = tmp_path / "scored.jsonl"
+    assert main(["score", "--input", str(pool), "--output", str(out), "--reward", f"pairwise:{JUDGES}:cyclic",
+                 "--aggregate", "copeland"]) == 0
+    row = json.loads(out.read_text())
+    np.testing.assert_allclose(row["rewards"], [0, 0, 0])  # a perfect 3-cycle: one win, one loss each
+    assert np.array(row["pref_logits"]).shape == (3, 3)
+    bad = tmp_path / "bad.jsonl"
+    assert main(["score", "--input", str(pool), "--output", str(bad), "--reward", f"pairwise:{JUDGES}:wrong_shape"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and r"returned shape (3, 4) for 3 responses" in err and not bad.exists()
