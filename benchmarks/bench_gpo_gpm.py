@@ -33,6 +33,7 @@ import pyarrow.parquet as pq
 
 from ampo.cli import DEMO_RECIPE
 from ampo.config import load_config
+from ampo.data import prompt_text
 from ampo.evaluation import mean_with_ci, pairwise_vs_base, win_rate
 from ampo.gpm import GPMHead
 from ampo.pipeline import Pipeline
@@ -57,8 +58,7 @@ def rm_pairs(run: Path) -> list[dict]:
     for rec, row in zip(pool, rewards, strict=True):
         r = np.asarray(row["rewards"])
         best = int(np.argmax(r))
-        prompt = rec["prompt"] if isinstance(rec["prompt"], str) else rec["prompt"][-1]["content"]
-        pairs += [{"prompt": prompt, "chosen": rec["responses"][best], "rejected": rec["responses"][j],
+        pairs += [{"prompt": prompt_text(rec["prompt"]), "chosen": rec["responses"][best], "rejected": rec["responses"][j],
                    "score_chosen": float(r[best]), "score_rejected": float(r[j])}
                   for j in range(len(r)) if r[j] < r[best]]
     return pairs
@@ -80,8 +80,7 @@ def judge(run: Path, rounds: int, builtin: BuiltinReward, gpm, bootstrap: int) -
     """The final round's held-out samples judged against the baseline by both scorers."""
     rows = pq.read_table(run / f"round-{rounds - 1}" / "eval_samples.parquet").to_pylist()
     base = pq.read_table(run / "baseline" / "samples.parquet").to_pylist()
-    score = lambda rs: np.array([builtin([r["prompt"] if isinstance(r["prompt"], str) else r["prompt"][-1]["content"]]
-                                         * len(r["responses"]), r["responses"]) for r in rs])
+    score = lambda rs: np.array([builtin([prompt_text(r["prompt"])] * len(r["responses"]), r["responses"]) for r in rs])
     new, old = score(rows), score(base)
     wr, ci = win_rate(new, old, bootstrap)
     gpm_wr, gpm_ci = mean_with_ci(pairwise_vs_base(gpm, rows, base).mean(axis=1), bootstrap)
