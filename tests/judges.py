@@ -26,3 +26,12 @@ def position_biased(prompt, responses):
 
 def wrong_shape(prompt, responses):
     return np.zeros((len(responses), len(responses) + 1))
+
+
+def ties_on_weather_and_flights(prompt, responses):
+    """All ties for the prompts about rain or flights (a zero win-rate margin, so `select.min_margin`
+    drops them); longer wins otherwise."""
+    if "rainy" in prompt or "flight" in prompt:
+        return np.zeros((len(responses), len(responses)))
+    lengths = np.array([len(r) for r in responses], dtype=float)
+    return 0.2 * (lengths[:, None] - lengths[None, :])

@@ -75,3 +75,18 @@ def test_dno_recipe_with_gold_responses_and_margin_filter(tiny_policy, tmp_path)
     for name in ("round-0/eval_samples.parquet", "baseline/samples.parquet"):
         for row in pq.read_table(out / name).to_pylist():
             assert len(row["responses"]) == 2 and not golds & set(row["responses"])  # the policy's own only
+
+
+def test_curry_dpo_stages_train_the_groups_min_margin_keeps(tiny_policy, tmp_path):
+    judge = f"pairwise:{Path(__file__).parent / 'judges.py'}:ties_on_weather_and_flights"
+    out = tmp_path / "run"
+    run(tiny_policy, out, f"score.reward={judge}", "select.min_margin=0.01", "train.curriculum=pairs",
+        "train.loss=dpo", "select.strategy=bottomk")
+    split = json.loads((out / "split.json").read_text())
+    flat = sum("rainy" in str(p["prompt"]) or "flight" in str(p["prompt"]) for p in split["train"])
+    assert 0 < flat < len(split["train"])  # the fixed split puts some tied prompts in training
+    stages = json.loads((out / "manifest.json").read_text())["stages"]
+    assert stages["round-0/select"]["min_margin_dropped"] == flat
+    kept = len(split["train"]) - flat
+    assert stages["round-0/train"]["pairs_per_stage"] == [kept, kept]  # k = 2: two stages of one pair each
+    assert len(pq.read_table(out / "round-0" / "ref_logps.parquet").to_pylist()) == kept
