@@ -1,0 +1,102 @@
+"""The stage functions, from inputs to outputs, that both the stage commands (`ampo generate`,
+`score`, `embed`, `select`, `train`) and `Pipeline` call: sampling, scoring, embedding, selection,
+reference log-probs, and the policy a round starts from. They know nothing of run folders, keys or
+processes (that is `ampo.runner` and `ampo.pipeline`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+
+from .data import PoolRecord, prompt_text
+
+
+def sample_rows(generator, prompts: list[dict], progress: bool = True) -> list[dict]:
+    """N samples per prompt row (`id`, `prompt`, optional `meta`) as pool rows."""
+    samples = generator.generate([p["prompt"] for p in prompts], progress=progress)
+    return [{"id": p["id"], "prompt": p["prompt"], "responses": [x.text for x in ss],
+             "finished": [x.finished for x in ss], "n_tokens": [x.n_tokens for x in ss],
+             **({"meta": p["meta"]} if p.get("meta") is not None else {})}
+            for p, ss in zip(prompts, samples)]
+
+
+def score_pool(reward_fn, pool: list[PoolRecord]) -> list[np.ndarray]:
+    """Score every response of every record in one batched call (with each record's `meta` for
+    rewards that need it); one array per record."""
+    from .rewards import score_texts
+
+    prompts = [prompt_text(rec.prompt) for rec in pool for _ in rec.responses]
+    responses = [t for rec in pool for t in rec.responses]
+    metas = [rec.meta for rec in pool for _ in rec.responses]
+    flat = np.asarray(score_texts(reward_fn, prompts, responses, metas), dtype=np.float64)
+    return _per_record(flat, pool)
+
+
+def embed_pool(embedder, pool: list[PoolRecord]) -> list[np.ndarray]:
+    """Embed every response in one call; one float32 `[n_responses, d]` array per record."""
+    emb = np.asarray(embedder([t for rec in pool for t in rec.responses]), dtype=np.float32)
+    return _per_record(emb, pool)
+
+
+def _per_record(flat: np.ndarray, pool: list[PoolRecord]) -> list[np.ndarray]:
+    return np.split(flat, np.cumsum([len(rec.responses) for rec in pool])[:-1]) if pool else []
+
+
+def select_pool(strategy: str, k: int, pool: list[PoolRecord], seed: int, progress: bool = True):
+    """Active selection on scored records (embedded where the strategy needs it): a
+    `ampo.selection.BatchSelection`, positive first in each prompt's indices."""
+    from .selection import NEEDS_EMBEDDINGS, select_batch
+
+    embeddings = [rec.embeddings for rec in pool] if strategy in NEEDS_EMBEDDINGS else None
+    return select_batch(strategy, [np.asarray(rec.rewards) for rec in pool], embeddings, k, seed=seed,
+                        progress=progress)
+
+
+def reference_logps(references: Iterable[tuple], pool: list[PoolRecord], shared_prefix: bool = False,
+                    progress: bool = True) -> list[list[list[float]]]:
+    """Summed log-probs of each record's selected responses under each reference (model,
+    tokenizer): per record `[R][K]`. `references` may load each model lazily (one in memory)."""
+    from .logprobs import response_logprobs
+
+    prompts = [rec.prompt for rec in pool]
+    responses = [[rec.responses[i] for i in rec.selected] for rec in pool]
+    finished = [[rec.finished[i] if rec.finished else True for i in rec.selected] for rec in pool]
+    columns = []
+    for model, tok in references:
+        columns.append(response_logprobs(model, tok, prompts, responses, finished, progress=progress,
+                                         shared_prefix=shared_prefix)[0])
+        del model
+    return [[col[i].tolist() for col in columns] for i in range(len(pool))]
+
+
+def load_round_policy(c, checkpoints: list[Path]):
+    """The initial policy (`c.model`) with the given round checkpoints applied in order.
+
+    A LoRA checkpoint is an adapter merged into the weights; a full fine-tune checkpoint is a
+    complete model folder, so only the last one matters.
+    """
+    from .models import load_policy
+
+    full = [p for p in checkpoints if (p / "config.json").exists()]
+    start = full[-1] if full else c.model.policy
+    model, tok = load_policy(str(start), dtype=c.model.dtype, trust_remote_code=c.model.trust_remote_code)
+    adapters = checkpoints[checkpoints.index(full[-1]) + 1:] if full else checkpoints
+    if adapters:
+        from peft import PeftModel
+
+        for path in adapters:
+            model = PeftModel.from_pretrained(model, str(path)).merge_and_unload()
+    return model, tok
+
+
+def references(c, first: tuple):
+    """The reference models of `c.train`: `first` (model, tokenizer), then each of
+    `train.extra_references`, loaded one at a time."""
+    from .models import load_policy
+
+    yield first
+    for path in c.train.extra_references:
+        yield load_policy(path, dtype=c.model.dtype, trust_remote_code=c.model.trust_remote_code)
