@@ -147,6 +147,37 @@ def _cmd_select(args) -> None:
     print(msg)
 
 
+TRAIN_FLAGS = {"policy": "model.policy", "loss": "train.loss", "strategy": "select.strategy", "k": "select.k",
+               "epochs": "train.epochs", "max_steps": "train.max_steps", "learning_rate": "train.learning_rate",
+               "embedder": "embed.embedder", "lora": "model.lora", "seed": "seed"}
+
+
+def train_config(args):
+    """`ampo train`'s RunConfig: the `--config` YAML, then the flags, then the dotted overrides."""
+    import json
+
+    from .config import load_config
+
+    flags = [f"{option}={json.dumps(getattr(args, flag))}" for flag, option in TRAIN_FLAGS.items()
+             if getattr(args, flag) is not None]
+    return load_config(args.config, [f"out={json.dumps(str(args.output))}", *flags, *args.overrides],
+                       self_play=False)
+
+
+def _cmd_train(args) -> None:
+    from .pooltrain import PoolTraining
+
+    config = train_config(args)
+    s = PoolTraining(config, args.input, args.output, merge=args.merge, progress=not args.quiet).run()
+    if os.environ.get("RANK", "0") != "0":
+        return
+    loss = "" if s["first_loss"] is None else f"; loss {s['first_loss']:.4f} -> {s['last_loss']:.4f}"
+    print(f"trained {config.model.policy} with '{config.train.loss}' on {s['groups']} groups "
+          f"({config.select.strategy}, k={config.select.k}) for {s['steps']} steps{loss}")
+    what = "LoRA adapter + tokenizer" if s["adapter"] else "model + tokenizer"
+    print(f"{what}: {s['checkpoint']}" + (f"; merged model: {s['merged']}" if s["merged"] else ""))
+
+
 def _cmd_train_rm(args) -> None:
     from .data import PoolError, read_rows
     from .rewards import preference_labels, train_reward_model
@@ -292,6 +323,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--policy", default="smollm2-135m-instruct", help="the policy, for --embedder policy")
     s.set_defaults(fn=_cmd_embed)
 
+    from .losses import LOSSES
     from .selection import SELECTORS
 
     s = sub.add_parser("select", help="active selection on a scored (and embedded) pool file")
@@ -302,6 +334,31 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=_like("seed"), default=0)
     s.add_argument("--trl-pairs", help="also write the groups as TRL prompt/chosen/rejected pairs here")
     s.set_defaults(fn=_cmd_select)
+
+    s = sub.add_parser("train", help="train a policy on a pool you already have (any layout select reads)",
+                       description="Select groups from a scored pool (embedding it on the fly when the strategy "
+                                   "needs it), compute reference log-probs once when the loss needs them, and "
+                                   "train with any loss (LoRA or full). Writes OUTPUT/checkpoint (a model, or a "
+                                   "LoRA adapter; --merge adds OUTPUT/merged). Rerunning on OUTPUT resumes.")
+    s.add_argument("--input", required=True, help="pool: JSONL/Parquet (any layout `ampo select` reads, A0..An / "
+                                                   "score_A0..An too) or a datasets save_to_disk folder")
+    s.add_argument("--output", required=True, help="output folder; rerunning on it resumes")
+    s.add_argument("--config", help="YAML config (the sections of `ampo run`'s; generation and data are unused)")
+    s.add_argument("--policy", help="built-in name or model folder (default smollm2-135m-instruct)")
+    s.add_argument("--loss", choices=list(LOSSES), help="default ampo")
+    s.add_argument("--strategy", choices=list(SELECTORS), help="default optselect; 'all' trains on every response")
+    s.add_argument("--k", type=_like("select.k"), help="negatives per group (default 3)")
+    s.add_argument("--epochs", type=_like("train.epochs", float), help="default 1")
+    s.add_argument("--max-steps", type=_like("train.max_steps"), help="optimizer steps (default 0: as epochs make)")
+    s.add_argument("--learning-rate", type=_like("train.learning_rate", float))
+    s.add_argument("--embedder", help="for strategies that need embeddings when the pool has none "
+                                      "(minilm | policy | sentence-transformers folder; default minilm)")
+    s.add_argument("--lora", action=argparse.BooleanOptionalAction, default=None,
+                   help="LoRA adapter (default) or, with --no-lora, a full fine-tune")
+    s.add_argument("--merge", action="store_true", help="also write the base with the adapter merged in (LoRA)")
+    s.add_argument("--seed", type=_like("seed"))
+    s.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.hparams.beta=2 train.prompts_per_step=4")
+    s.set_defaults(fn=_cmd_train)
 
     s = sub.add_parser("train-rm", help="train a reward model on preference pairs (MMPO soft labels or BT)")
     s.add_argument("--input", required=True, help="JSONL/Parquet pairs: prompt, chosen, rejected "

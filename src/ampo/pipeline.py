@@ -279,9 +279,9 @@ class Pipeline(Runner):
         self.stage(f"round-{r}/refs", self.refs_key(r), run, [out])
 
     def train_key(self, r: int) -> str:
-        t = dataclasses.asdict(self.c.train)
-        for cosmetic in ("save_steps", "report_to", "logprob_chunk", "gradient_checkpointing", "shared_prefix"):
-            t.pop(cosmetic)
+        from .trainer import train_options
+
+        t = train_options(self.c)
         m = dataclasses.asdict(self.c.model)
         return config_key("train", self.policy_key(r), self.select_key(r), self.refs_key(r), t, m, self.c.seed)
 
