@@ -84,8 +84,8 @@ def _cmd_generate(args) -> None:
 
 def _cmd_score(args) -> None:
     from .data import output_format, read_pool, write_pool
-    from .pipeline import score_pool
     from .rewards import load_reward
+    from .stages import score_pool
 
     output_format(args.output)
     pool, layout = read_pool(args.input)
@@ -96,46 +96,49 @@ def _cmd_score(args) -> None:
           f"with '{args.reward}' -> {args.output}")
 
 
-def _cmd_embed(args) -> None:
-    import numpy as np
-
-    from .data import output_format, read_pool, write_pool
+def _embed_records(pool, embedder: str, policy: str) -> int:
+    """Embed every response of `pool` in place with `embedder`; return the width."""
     from .embeddings import load_embedder
+    from .stages import embed_pool
+
+    loaded = None
+    if embedder == "policy":
+        from .models import load_policy
+
+        loaded = load_policy(policy)
+    for rec, emb in zip(pool, embed_pool(load_embedder(embedder, policy=loaded), pool)):
+        rec.embeddings = emb
+    return pool[0].embeddings.shape[1]
+
+
+def _cmd_embed(args) -> None:
+    from .data import output_format, read_pool, write_pool
 
     output_format(args.output)
     pool, layout = read_pool(args.input)
-    policy = None
-    if args.embedder == "policy":
-        from .models import load_policy
-
-        policy = load_policy(args.policy)
-    emb = load_embedder(args.embedder, policy=policy)([t for rec in pool for t in rec.responses])
-    offset = 0
-    for rec in pool:
-        rec.embeddings = np.asarray(emb[offset: offset + len(rec.responses)], dtype=np.float32)
-        offset += len(rec.responses)
+    width = _embed_records(pool, args.embedder, args.policy)
     write_pool(args.output, pool)
-    print(f"read {args.input} ({layout} layout); embedded {offset} responses ({emb.shape[1]}-d) -> {args.output}")
+    print(f"read {args.input} ({layout} layout); embedded {sum(len(r.responses) for r in pool)} responses "
+          f"({width}-d) -> {args.output}")
 
 
 def _cmd_select(args) -> None:
-    import numpy as np
-
     from .data import atomic_path, dump_rows, output_format, read_pool, trl_pairs, write_rows
-    from .selection import select_batch
+    from .selection import NEEDS_EMBEDDINGS
+    from .stages import select_pool
 
     fmt = output_format(args.output)
     if args.trl_pairs:
         output_format(args.trl_pairs)
-    needs_embeddings = args.strategy in ("coreset", "optselect", "exact")
-    pool, layout = read_pool(args.input, require=("rewards", "embeddings") if needs_embeddings else ("rewards",))
-    embeddings = [r.embeddings if r.embeddings is not None else np.zeros((len(r.responses), 1), np.float32)
-                  for r in pool]
-    sel = select_batch(args.strategy, [np.asarray(r.rewards) for r in pool], embeddings, args.k,
-                       seed=args.seed, progress=not args.quiet)
+    pool, layout = read_pool(args.input, require=("rewards",))
+    msg = f"read {args.input} ({layout} layout); "
+    if args.strategy in NEEDS_EMBEDDINGS and any(r.embeddings is None for r in pool):
+        width = _embed_records(pool, args.embedder, args.policy)  # written with the selection
+        msg += f"embedded {sum(len(r.responses) for r in pool)} responses ({args.embedder}, {width}-d); "
+    sel = select_pool(args.strategy, args.k, pool, args.seed, progress=not args.quiet)
     for rec, idx in zip(pool, sel.indices):
         rec.selected = idx.tolist()
-    msg = f"read {args.input} ({layout} layout); selected 1 positive + {args.k} negatives ({args.strategy}) -> {args.output}"
+    msg += f"selected 1 positive + {args.k} negatives ({args.strategy}) -> {args.output}"
     if sel.short.any():
         msg += f"; {int(sel.short.sum())} prompt(s) had <= k+1 responses: took all"
     with atomic_path(args.output) as tmp:  # the output appears only if the TRL pairs were written too
@@ -333,6 +336,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--k", type=_like("select.k"), default=3, help="negatives per prompt")
     s.add_argument("--seed", type=_like("seed"), default=0)
     s.add_argument("--trl-pairs", help="also write the groups as TRL prompt/chosen/rejected pairs here")
+    s.add_argument("--embedder", default="minilm",
+                   help="embeds the pool first when the strategy needs embeddings and it has none "
+                        "(minilm | policy | sentence-transformers folder)")
+    s.add_argument("--policy", default="smollm2-135m-instruct", help="the policy, for --embedder policy")
     s.set_defaults(fn=_cmd_select)
 
     s = sub.add_parser("train", help="train a policy on a pool you already have (any layout select reads)",
