@@ -164,3 +164,41 @@ def test_bad_pools_are_refused_with_one_line_naming_the_row(rows, expected, tmp_
     err = capsys.readouterr().err
     assert err == f"ampo: error: {pool}: {expected}\n"
     assert not (tmp_path / "o" / "checkpoint").exists()
+
+
+def test_evaluate_a_policy_against_another_writes_a_rounds_eval_json(tiny_policy, tmp_path):
+    """A policy against itself draws the same samples (same seed): win rate exactly 1/2, no drift;
+    an adapter from `ampo train` against its base gets every key a round's eval.json has."""
+    from test_pipeline import run
+
+    round_keys = set(run(tiny_policy, tmp_path / "run")[0]) - {"round"}
+    common = ["-q", "evaluate", "--prompts", str(EXAMPLES / "tiny_prompts.jsonl"), "--max-new-tokens", "6",
+              "--embedder", "policy", "--bootstrap", "200"]
+    assert main([*common, "--policy", str(tiny_policy), "--against", str(tiny_policy),
+                 "--output", str(tmp_path / "self")]) == 0
+    same = json.loads((tmp_path / "self" / "eval.json").read_text())
+    assert same["win_rate"] == 0.5 and same["win_rate_ci"] == [0.5, 0.5] and same["drift"] == 0.0
+    assert same.keys() == round_keys | {"policy", "against"}
+    trained = tmp_path / "trained"
+    assert main(["-q", "train", "--input", str(EXAMPLES / "trl_pairs.jsonl"), "--output", str(trained),
+                 "--policy", str(tiny_policy), "--max-steps", "2", "model.lora_r=2", "train.learning_rate=0.05"]) == 0
+    assert main([*common, "--policy", str(trained / "checkpoint"), "--base", str(tiny_policy),
+                 "--output", str(tmp_path / "adapter")]) == 0
+    e = json.loads((tmp_path / "adapter" / "eval.json").read_text())
+    assert e["against"] == str(tiny_policy) and e["n_prompts"] == 6 and 0 <= e["win_rate"] <= 1
+    assert e["baseline_mean_reward"] == same["baseline_mean_reward"]  # the same baseline samples
+
+
+@pytest.mark.slow
+@pytest.mark.ci
+def test_real_smollm2_lora_train_then_evaluate_the_adapter(tmp_path):
+    """The real SmolLM2-135M-Instruct: a few LoRA steps on the published-layout example pool
+    (optselect, MiniLM embeddings on the fly), then the adapter evaluated against its base."""
+    out = tmp_path / "lora"
+    assert main(["-q", "train", "--input", str(EXAMPLES / "ampo_published.jsonl"), "--output", str(out),
+                 "--k", "3", "--max-steps", "3", "train.prompts_per_step=2"]) == 0
+    assert (out / "checkpoint" / "adapter_model.safetensors").exists() and len(losses(out)) == 3
+    assert main(["-q", "evaluate", "--policy", str(out / "checkpoint"), "--output", str(tmp_path / "eval"),
+                 "--limit", "4", "--max-new-tokens", "16", "--bootstrap", "100"]) == 0
+    e = json.loads((tmp_path / "eval" / "eval.json").read_text())
+    assert e["n_prompts"] == 4 and 0 <= e["win_rate"] <= 1

@@ -196,9 +196,13 @@ def _cmd_train_rm(args) -> None:
 
 
 def _cmd_evaluate(args) -> None:
+    if args.benchmark is None:
+        return _cmd_evaluate_held_out(args)
     from .ifeval.evaluate import (evaluate_policy, load_eval_policy, output_lock, policy_fingerprint, score_file,
                                   table)
 
+    if args.max_new_tokens is None:
+        args.max_new_tokens = 256
     if args.responses:
         metrics = score_file(args.benchmark, args.responses, args.output, n_boot=args.bootstrap, seed=args.seed,
                              hold=output_lock)
@@ -215,6 +219,34 @@ def _cmd_evaluate(args) -> None:
     print(table(metrics))
     print(f"wrote {Path(args.output) / 'metrics.json'} and results.jsonl"
           + ("" if args.responses else " and responses.jsonl"))
+
+
+def _cmd_evaluate_held_out(args) -> None:
+    """`ampo evaluate --policy P [--against Q]`: held-out reward, win rate, length, diversity, drift."""
+    import numpy as np
+
+    from .config import EvalConfig
+    from .data import read_prompt_rows
+    from .evaluation import evaluate_policies
+    from .pipeline import BUILTIN_PROMPT_SETS
+
+    if args.responses or not args.policy:
+        raise ValueError("ampo evaluate: --responses needs --benchmark; without --benchmark give --policy")
+    prompts = read_prompt_rows(BUILTIN_PROMPT_SETS.get(args.prompts) or args.prompts)
+    if 0 < args.limit < len(prompts):
+        keep = np.sort(np.random.default_rng(args.seed).choice(len(prompts), args.limit, replace=False))
+        prompts = [prompts[i] for i in keep]
+    cfg = EvalConfig(samples_per_prompt=args.samples_per_prompt, temperature=args.temperature,
+                     max_new_tokens=args.max_new_tokens or 64, bootstrap=args.bootstrap)
+    against = args.against or args.base
+    e = evaluate_policies(args.policy, against, args.base, prompts, Path(args.output), cfg, reward=args.reward,
+                          embedder=args.embedder, seed=args.seed, dtype=args.dtype, progress=not args.quiet)
+    lo, hi = e["win_rate_ci"]
+    print(f"{len(prompts)} prompts x {cfg.samples_per_prompt} samples: reward {e['mean_reward']:.4f} "
+          f"({against}: {e['baseline_mean_reward']:.4f}); win rate vs {against} {e['win_rate']:.3f} "
+          f"[{lo:.3f}, {hi:.3f}]; length {e['mean_length']:.1f} tokens ({e['baseline_mean_length']:.1f}); "
+          f"distinct-2 {e['distinct_2']:.3f}")
+    print(f"wrote {Path(args.output) / 'eval.json'} and eval_samples.parquet")
 
 
 def _cmd_make_prompts(args) -> None:
@@ -379,20 +411,31 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=_like("seed"), default=0)
     s.set_defaults(fn=_cmd_train_rm)
 
-    s = sub.add_parser("evaluate", help="IFEval / IFBench: score a responses file, or a policy's greedy responses",
-                       description="Score responses to IFEval or IFBench with the official checks (offline), "
-                                   "or generate them first with a policy. Writes OUTPUT/metrics.json, "
+    s = sub.add_parser("evaluate", help="a policy against another on held-out prompts, or IFEval / IFBench",
+                       description="Without --benchmark: sample a policy and --against on held-out prompts "
+                                   "(same seed), score both with --reward, and write OUTPUT/eval.json (reward, win "
+                                   "rate with a bootstrap interval, length, diversity, drift; a round's schema). "
+                                   "With --benchmark: score responses to IFEval or IFBench with the official checks "
+                                   "(offline), or generate them first with a policy; writes OUTPUT/metrics.json, "
                                    "OUTPUT/results.jsonl (and OUTPUT/responses.jsonl). See docs/ifeval.md.")
-    s.add_argument("--benchmark", required=True, choices=["ifeval", "ifbench"])
+    s.add_argument("--benchmark", choices=["ifeval", "ifbench"])
     what = s.add_mutually_exclusive_group(required=True)
     what.add_argument("--responses", help="JSONL/Parquet rows with 'key' (the benchmark's) or 'prompt', and 'response'")
     what.add_argument("--policy", help="built-in name, model folder, or LoRA adapter folder (merged into --base)")
     s.add_argument("--output", required=True, help="output folder; rerunning a --policy evaluation on it resumes")
     s.add_argument("--base", default="smollm2-135m-instruct", help="base model of a LoRA adapter --policy")
+    s.add_argument("--against", help="held-out: the policy to compare with (default --base)")
+    s.add_argument("--prompts", default="builtin", help="held-out: prompt file (JSONL/Parquet/TXT) or a bundled set "
+                                                        "(builtin, builtin-ifeval)")
+    s.add_argument("--reward", default="builtin", help="held-out: the judge (as `ampo score --reward`)")
+    s.add_argument("--embedder", default="minilm", help="held-out: for embedding diversity")
+    s.add_argument("--samples-per-prompt", type=_like("eval.samples_per_prompt"), default=2)
+    s.add_argument("--temperature", type=_like("eval.temperature", float), default=0.8)
     s.add_argument("--limit", type=_like("eval.benchmark_limit"), default=0,
                    help="evaluate a fixed, seeded subset of N prompts (0 = all)")
     s.add_argument("--seed", type=_like("seed"), default=0, help="seed of the --limit subset and of the bootstrap")
-    s.add_argument("--max-new-tokens", type=_like("eval.benchmark_max_new_tokens"), default=256)
+    s.add_argument("--max-new-tokens", type=_like("eval.benchmark_max_new_tokens"),
+                   help="default 256 with --benchmark, 64 held-out")
     s.add_argument("--prompts-per-batch", type=_like("eval.benchmark_prompts_per_batch"), default=16)
     s.add_argument("--shard-prompts", type=_like("generate.shard_prompts"), default=64,
                    help="prompts per resumable shard")

@@ -377,15 +377,34 @@ class Pipeline(Runner):
         out = self.round_dir(r) / "eval.json"
 
         def run():
-            from .evaluation import evaluate_round
-
-            result = evaluate_round(self, r)
+            result = self._evaluate(r)
             write_json(out, result)
             log.info("round %d: held-out reward %.4f (initial %.4f), win rate %.3f [%.3f, %.3f]", r,
                      result["mean_reward"], result["baseline_mean_reward"], result["win_rate"],
                      *result["win_rate_ci"])
 
         self.stage(f"round-{r}/evaluate", self.eval_key(r), run, [out, self.round_dir(r) / "eval_samples.parquet"])
+
+    def _evaluate(self, r: int) -> dict:
+        """The policy after round `r` against the baseline samples, plus the benchmarks' figures."""
+        import pyarrow.parquet as pq
+
+        from .evaluation import compare, sample_and_score
+
+        rows = sample_and_score(self.policy(r + 1), self.reward_fn(), self.split()["heldout"], self.c.eval,
+                                seed=seed_from("eval", self.c.seed), progress=self.progress)
+        write_rows(self.round_dir(r) / "eval_samples.parquet", rows)
+        base_rows = pq.read_table(self.dir / "baseline" / "samples.parquet").to_pylist()
+        base = json.loads((self.dir / "baseline" / "summary.json").read_text())
+        result = {"round": r, **compare(rows, base_rows, base, self.embedder(round_idx=r + 1), self.policy(0),
+                                        self.c.eval.bootstrap, self.c.seed)}
+        if self.c.eval.benchmarks:
+            from .ifeval.evaluate import summary
+
+            read = lambda name, i: json.loads((self.benchmark_dir(name, i) / "metrics.json").read_text())
+            result["benchmarks"] = {name: {**summary(read(name, r)), "initial": summary(read(name, -1))}
+                                    for name in self.c.eval.benchmarks}
+        return result
 
     # -- the whole run ----------------------------------------------------------------------
 
