@@ -303,6 +303,10 @@ def _like(option: str, kind: type = int):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .generation import BACKENDS
+    from .losses import LOSSES
+    from .selection import SELECTORS
+
     p = _Parser(prog="ampo", description=__doc__.split("\n\n")[0])
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     sub = p.add_subparsers(dest="command", required=True)
@@ -325,7 +329,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--input", required=True, help="prompts: JSONL/Parquet with a 'prompt' field, or .txt")
     s.add_argument("--output", required=True, help="pool file (.jsonl or .parquet)")
     s.add_argument("--policy", default="smollm2-135m-instruct", help="built-in name, local folder or hub id")
-    s.add_argument("--backend", default="hf", choices=["hf", "vllm"])
+    s.add_argument("--backend", default="hf", choices=list(BACKENDS))
     s.add_argument("--n", type=_like("generate.n"), default=8,
                    help="responses per prompt (1 for single answers; a self-play round needs >= 2)")
     s.add_argument("--temperature", type=_like("generate.temperature", float), default=0.8)
@@ -357,9 +361,6 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--embedder", default="minilm", help="minilm | policy | sentence-transformers folder")
     s.add_argument("--policy", default="smollm2-135m-instruct", help="the policy, for --embedder policy")
     s.set_defaults(fn=_cmd_embed)
-
-    from .losses import LOSSES
-    from .selection import SELECTORS
 
     s = sub.add_parser("select", help="active selection on a scored (and embedded) pool file")
     s.add_argument("--input", required=True)

@@ -358,12 +358,18 @@ LR_SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "cons
 
 CHOICES: dict[str, tuple[str, ...]] = {
     "model.dtype": ("float32", "bfloat16"),
-    "generate.backend": ("hf", "vllm"),
     "generate.batching": ("continuous", "hf"),
     "generate.dtype": ("auto", "float32", "bfloat16"),
     "train.lr_scheduler": LR_SCHEDULERS,
     "train.reference": ("round_start", "initial"),
 }
+
+
+def choices() -> dict[str, tuple[str, ...]]:
+    """`CHOICES`, plus the options whose choices a table defines (`generation.BACKENDS`)."""
+    from .generation import BACKENDS
+
+    return {**CHOICES, "generate.backend": tuple(BACKENDS)}
 
 
 def option(c: RunConfig, dotted: str) -> Any:
@@ -383,9 +389,9 @@ def validate(c: RunConfig, self_play: bool = True) -> None:
     for name, allowed in RANGES.items():
         if problem := allowed.problem(option(c, name)):
             raise ConfigError(f"config '{name}': {problem}")
-    for name, choices in CHOICES.items():
-        if option(c, name) not in choices:
-            raise ConfigError(f"config '{name}': must be one of {', '.join(choices)}, got {short(option(c, name))}")
+    for name, allowed in choices().items():
+        if option(c, name) not in allowed:
+            raise ConfigError(f"config '{name}': must be one of {', '.join(allowed)}, got {short(option(c, name))}")
     if c.generate.batch_rows < c.generate.n:
         raise ConfigError(f"config 'generate.batch_rows': must hold one prompt's generate.n = {c.generate.n} "
                           f"samples, got {c.generate.batch_rows}")

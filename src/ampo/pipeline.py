@@ -152,18 +152,21 @@ class Pipeline(Runner):
         self.stage(f"round-{r}/generate", key, lambda: self._generate(r, key, out), [out], everyone=True)
 
     def _generate(self, r: int, key: str, out: Path) -> dict:
-        from .generation import GenerationConfig, make_generator
+        from .generation import BACKENDS, GenerationConfig, make_generator
 
         prompts = self.round_prompts(r)
         g = self.c.generate
 
+        from_disk = BACKENDS[g.backend].loads_from_disk
+
         def work(s: int, shard: list[dict]) -> list[dict]:
-            model, tok = (None, None) if g.backend == "vllm" else self.policy(r)
+            model, tok = (None, None) if from_disk else self.policy(r)
             cfg = GenerationConfig(n=g.n, temperature=g.temperature, top_p=g.top_p, max_new_tokens=g.max_new_tokens,
                                    prompts_per_batch=g.prompts_per_batch, share_prefill=g.share_prefill,
                                    batching=g.batching, batch_rows=g.batch_rows, dtype=g.dtype,
                                    seed=seed_from("generate", self.c.seed, r, s))
-            gen = make_generator(g.backend, self.policy_folder(r), model=model, tokenizer=tok, config=cfg)
+            source = self.policy_folder(r) if from_disk else self.c.model.policy  # no merged copy for in-memory
+            gen = make_generator(g.backend, source, model=model, tokenizer=tok, config=cfg)
             return sample_rows(gen, shard, progress=self.progress)
 
         rows, info = sharded_map(prompts, g.shard_prompts, work, self.round_dir(r) / "generate.parts", key, self.dist)
