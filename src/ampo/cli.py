@@ -303,7 +303,7 @@ def _like(option: str, kind: type = int):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .generation import BACKENDS
+    from .backends import BACKENDS
     from .losses import LOSSES
     from .selection import SELECTORS
 

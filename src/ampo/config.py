@@ -366,8 +366,8 @@ CHOICES: dict[str, tuple[str, ...]] = {
 
 
 def choices() -> dict[str, tuple[str, ...]]:
-    """`CHOICES`, plus the options whose choices a table defines (`generation.BACKENDS`)."""
-    from .generation import BACKENDS
+    """`CHOICES`, plus the options whose choices a table defines (`backends.BACKENDS`)."""
+    from .backends import BACKENDS
 
     return {**CHOICES, "generate.backend": tuple(BACKENDS)}
 

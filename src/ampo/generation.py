@@ -13,7 +13,7 @@ import math
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import Protocol
 
 import torch
 from tqdm.auto import tqdm
@@ -22,7 +22,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from transformers.generation.logits_process import TopPLogitsWarper
 
 from ampo.decoding import HEADROOM, ContinuousDecoder, supports_slot_cache
-from ampo.models import DTYPES, encode_prompt, load_policy, load_tokenizer, resolve_policy
+from ampo.models import DTYPES, encode_prompt, load_tokenizer, resolve_policy
 
 Prompt = str | list[dict]
 
@@ -329,36 +329,6 @@ class VLLMGenerator:
         return Sample(text=output.text, n_tokens=n_tokens, finished=finished)
 
 
-@dataclass(frozen=True)
-class Backend:
-    """A generation backend: how to build it, and whether it loads the policy from a folder (then
-    a LoRA run saves each round's merged policy for it) instead of taking the model in memory."""
-
-    build: Callable[..., "Generator"]
-    loads_from_disk: bool
-    description: str
-
-
-def _hf(model_name_or_path, model=None, tokenizer=None, config=None) -> HFGenerator:
-    if model is None:
-        model, loaded_tokenizer = load_policy(model_name_or_path)
-        tokenizer = tokenizer or loaded_tokenizer
-    elif tokenizer is None:
-        tokenizer = load_tokenizer(model_name_or_path)
-    return HFGenerator(model, tokenizer, config)
-
-
-def _vllm(model_name_or_path, model=None, tokenizer=None, config=None) -> VLLMGenerator:
-    return VLLMGenerator(model_name_or_path, tokenizer, config)
-
-
-BACKENDS: dict[str, Backend] = {
-    "hf": Backend(_hf, loads_from_disk=False, description="transformers, the model in memory (CPU or GPU)"),
-    "vllm": Backend(_vllm, loads_from_disk=True, description="vLLM on GPU, n samples per prompt from a model folder"),
-}
-"""Backend name -> `Backend`: the one place a new generation backend is added."""
-
-
 def make_generator(
     backend: str,
     model_name_or_path: str,
@@ -366,7 +336,10 @@ def make_generator(
     tokenizer: PreTrainedTokenizerBase | None = None,
     config: GenerationConfig | None = None,
 ) -> Generator:
-    """Build a generator from `BACKENDS` ("hf" uses `model`/`tokenizer` when given, else loads them)."""
+    """Build a generator from `ampo.backends.BACKENDS` ("hf" uses `model`/`tokenizer` when given,
+    else loads them)."""
+    from .backends import BACKENDS
+
     if backend not in BACKENDS:
         raise ValueError(f"generation backend {backend!r} is not one of {', '.join(map(repr, BACKENDS))}")
     return BACKENDS[backend].build(model_name_or_path, model=model, tokenizer=tokenizer, config=config)

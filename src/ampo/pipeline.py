@@ -19,8 +19,8 @@ import numpy as np
 
 from .config import RunConfig, config_key, dump_config, seed_from
 from .data import PoolRecord, atomic_dir, atomic_path, read_pool, read_prompt_rows, write_json, write_rows
-from .runner import Dist, Manifest, RunInUseError, RunLock, Runner, fingerprints, sharded_map  # noqa: F401
-from .stages import (embed_pool, load_round_policy, references, reference_logps, sample_rows,  # noqa: F401
+from .runner import Runner, fingerprints, sharded_map
+from .stages import (embed_pool, load_round_policy, references, reference_logps, sample_rows,
                      score_pool, select_pool)
 
 log = logging.getLogger("ampo")
@@ -152,7 +152,8 @@ class Pipeline(Runner):
         self.stage(f"round-{r}/generate", key, lambda: self._generate(r, key, out), [out], everyone=True)
 
     def _generate(self, r: int, key: str, out: Path) -> dict:
-        from .generation import BACKENDS, GenerationConfig, make_generator
+        from .backends import BACKENDS
+        from .generation import GenerationConfig, make_generator
 
         prompts = self.round_prompts(r)
         g = self.c.generate
