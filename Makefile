@@ -43,6 +43,7 @@ bench-quick: install
 	$(PY) benchmarks/bench_generation_logprobs.py --quick --only generation --threads 1
 	$(PY) benchmarks/bench_train_vs_trl.py --quick --arms ampo-shared ampo trl
 	$(PY) benchmarks/bench_alignment.py --quick --out runs/bench_alignment_quick
+	$(PY) benchmarks/bench_alignment.py --task ifeval --quick --jobs 2 --out runs/bench_alignment_ifeval_quick
 
 bench: install
 	$(PY) benchmarks/bench_selection.py

@@ -1,4 +1,5 @@
-"""Does active selection beat best-vs-worst? AMPO arms against pairwise baselines on the demo task.
+"""Does active selection beat best-vs-worst? AMPO arms against pairwise baselines, on the demo task
+(`--task demo`, the default; below) or on IFEval (`--task ifeval`: see alignment_ifeval.py).
 
 Every arm starts from the same round-0 pool of the same seed (generation, rewards, embeddings and
 the initial policy's held-out samples are made once per seed and copied into each arm's run
@@ -8,6 +9,9 @@ same held-out prompts.
 
     python benchmarks/bench_alignment.py              # full: 3 seeds, ~1 h on 2 CPU cores
     python benchmarks/bench_alignment.py --quick      # smoke run, a few minutes
+    python benchmarks/bench_alignment.py --task ifeval --estimate         # the IFEval benchmark's cost
+    python benchmarks/bench_alignment.py --task ifeval --jobs 2           # run it (resumable), hours
+    python benchmarks/bench_alignment.py --task ifeval --quick --jobs 2   # every arm at toy size
 
 Writes `results.json`, `alignment.md` (with `pool_analysis.py`'s statistics of the round-0 pools)
 and `alignment.png` into --out.
@@ -70,14 +74,52 @@ def run_arm(out: Path, base: Path, overrides: list[str]) -> dict:
     return result
 
 
-def main() -> None:
+def parse_args():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--out", default="runs/bench_alignment")
+    ap.add_argument("--task", choices=["demo", "ifeval"], default="demo")
+    ap.add_argument("--out", default=None, help="default: runs/bench_alignment[_ifeval]")
     ap.add_argument("--seeds", type=int, nargs="+", default=None)
-    ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--arms", nargs="+", choices=list(ARMS), default=list(ARMS),
+    ap.add_argument("--quick", action="store_true", help="toy sizes: a smoke run of every arm")
+    ap.add_argument("--arms", nargs="+", default=None,
                     help="run only these arms (the first run of a seed also makes its shared round-0 pool)")
+    ifeval = ap.add_argument_group("--task ifeval")
+    ifeval.add_argument("--jobs", type=int, default=1, help="units (seeds, the initial policy) run at once, "
+                        "each a single-threaded process (OMP_NUM_THREADS=1)")
+    ifeval.add_argument("--estimate", action="store_true", help="print the cost estimate per part and exit")
+    ifeval.add_argument("--rates-from", help="with --estimate: take the per-unit costs from this finished "
+                        "(small) run's results.json instead of the built-in RATES")
+    ifeval.add_argument("--train-prompts", type=int, help="training prompts per seed (default 64; quick 4)")
+    ifeval.add_argument("--n", type=int, help="samples per prompt (default 16; quick 4)")
+    ifeval.add_argument("--k", type=int, help="negatives per group for the group arms (default 7; quick 2)")
+    ifeval.add_argument("--gen-tokens", type=int, help="max new tokens of the pool samples (default 128)")
+    ifeval.add_argument("--eval-tokens", type=int, help="max new tokens of the greedy benchmark answers (default 256)")
+    ifeval.add_argument("--limit", type=int, help="benchmark prompts per benchmark, a fixed subset (default 0 = "
+                        "all 541 + 300; quick 3)")
+    ifeval.add_argument("--rounds", type=int, default=1, choices=[1, 2], help="2: a second round per arm, "
+                        "on its own pool")
+    ifeval.add_argument("--unit", help=argparse.SUPPRESS)  # one unit of work, as --jobs starts it
     args = ap.parse_args()
+    args.out = args.out or ("runs/bench_alignment_ifeval" if args.task == "ifeval" else "runs/bench_alignment")
+    for name in ("jobs", "train_prompts", "n", "k", "gen_tokens", "eval_tokens"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            ap.error(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+    if args.limit is not None and args.limit < 0:
+        ap.error(f"--limit must be >= 0, got {args.limit}")
+    return args
+
+
+def main() -> None:
+    args = parse_args()
+    if args.task == "ifeval":
+        import alignment_ifeval
+
+        alignment_ifeval.main(args)
+        return
+    unknown = set(args.arms or []) - set(ARMS)
+    if unknown:
+        raise SystemExit(f"bench_alignment: unknown demo arm(s) {sorted(unknown)}; known: {list(ARMS)}")
+    args.arms = args.arms or list(ARMS)
     seeds = args.seeds or ([0] if args.quick else [0, 1, 2])
     out = Path(args.out)
     common = ["rounds=1", *sizes(args.quick)]

@@ -125,3 +125,21 @@ def test_generate_greedy_pools_agree_across_batching_modes(tmp_path, tiny_model,
         pools.append(read_pool(out)[0])
     assert [r.responses for r in pools[0]] == [r.responses for r in pools[1]]
     assert [len(r.responses) for r in pools[0]] == [2, 2, 2]
+
+
+def test_select_sweet_spot_one_negative(tmp_path, capsys):
+    out = tmp_path / "sel.jsonl"
+    assert main(["-q", "select", "--input", str(EXAMPLES / "tiny_pool.jsonl"), "--output", str(out),
+                 "--strategy", "sweet_spot", "--k", "1"]) == 0
+    for rec in read_pool(out)[0]:
+        r = np.asarray(rec.rewards)
+        target = r.mean() - 2 * r.std()
+        rest = [i for i in range(len(r)) if i != rec.selected[0]]
+        assert rec.selected[0] == int(np.argmax(r)) and len(rec.selected) == 2
+        assert rec.selected[1] == min(rest, key=lambda i: (abs(r[i] - target), i))
+    capsys.readouterr()
+    assert main(["-q", "select", "--input", str(EXAMPLES / "tiny_pool.jsonl"), "--output", str(tmp_path / "x.jsonl"),
+                 "--strategy", "sweet_spot", "--k", "3"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "'sweet_spot' selects exactly one negative" in err
+    assert not (tmp_path / "x.jsonl").exists()

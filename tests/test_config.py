@@ -44,6 +44,8 @@ def test_parse_overrides():
     (["train.loss=mrpo"], "needs 2 reference models"),
     (["train.loss=nope"], "config 'train.loss': unknown 'nope'"),
     (["select.strategy=nope"], "config 'select.strategy': unknown 'nope'"),
+    (["select.strategy=sweet_spot"], "config 'select.k': strategy 'sweet_spot' selects exactly one negative"),
+    (["select.strategy=best_worst", "select.k=2"], "strategy 'best_worst' selects exactly one negative"),
     (["select.k=8", "generate.n=8"], "config 'select.k': 8 negatives need generate.n >= 9"),
     (["train.hparams.zeta=1"], "'zeta' is not a hyperparameter of loss 'ampo'"),
     (["train.loss=ipo", "train.hparams.per_token=3"], "'train.hparams.per_token': expected bool, got 3"),
@@ -64,6 +66,14 @@ def test_parse_overrides():
     (["generate.batching=paged"], "config 'generate.batching'"),
     (["generate.dtype=float16"], "config 'generate.dtype'"),
     (["generate.batch_rows=4"], "config 'generate.batch_rows': must hold one prompt's generate.n = 8"),
+    (["train.curriculum=steps"], "config 'train.curriculum': must be one of none, groups, pairs, got 'steps'"),
+    (["train.curriculum=pairs", "train.loss=tripo"], "'pairs' trains pairs (one negative each); loss 'tripo' needs 2"),
+    (["train.curriculum=pairs", "train.loss=mrpo", "train.extra_references=[x]"],
+     "'pairs' moves one reference forward each stage"),
+    (["train.curriculum=pairs", "train.loss=dpo", "train.extra_references=[x]"],
+     "cannot be used with train.extra_references"),
+    (["train.curriculum=pairs", "select.strategy=best_worst", "select.k=1"],
+     "'pairs' needs at least 2 negatives per prompt to order its pairs, got 1"),
 ])
 def test_bad_config_fails_with_one_line(overrides, fragment):
     with pytest.raises(ConfigError) as e:
@@ -102,3 +112,19 @@ def test_new_loss_hyperparameters_are_accepted():
     assert c.train.hparams == {"target": "pref"}
     c = load_config(overrides=["train.loss=tripo", "train.hparams.length_norm=true", "select.k=2"])
     assert c.train.hparams == {"length_norm": True}
+
+
+def test_sweet_spot_with_one_negative_and_dpo_is_accepted():
+    c = load_config(DEMO_RECIPE, ["select.strategy=sweet_spot", "select.k=1", "train.loss=dpo"])
+    assert c.select.strategy == "sweet_spot" and c.select.k == 1
+
+
+def test_curriculum_keeps_its_yes_no_form():
+    """`true` keeps meaning whole groups easy -> hard; `false` none; pairs works with any loss a
+    pair satisfies and with strategy `all` (which takes every candidate whatever select.k says)."""
+    assert load_config(overrides=["train.curriculum=true"]).train.curriculum == "groups"
+    assert load_config(overrides=["train.curriculum=false"]).train.curriculum == "none"
+    assert load_config().train.curriculum == "none"
+    for loss in ("dpo", "ampo", "simpo", "gpo", "mmpo"):
+        assert load_config(overrides=["train.curriculum=pairs", f"train.loss={loss}"]).train.curriculum == "pairs"
+    assert load_config(overrides=["train.curriculum=pairs", "select.strategy=all", "select.k=1"])

@@ -42,7 +42,8 @@ def _start(args: list[str]) -> subprocess.Popen:
 @pytest.mark.parametrize("mode", [
     ["model.lora=true", "model.lora_r=2", "model.lora_targets=[q_proj]", "model.lora_dropout=0.1", "rounds=2"],
     ["model.lora=false"],
-], ids=["lora-2-rounds", "full"])
+    ["model.lora=true", "model.lora_r=2", "model.lora_targets=[q_proj]", "train.curriculum=pairs", "train.loss=dpo"],
+], ids=["lora-2-rounds", "full", "curry-dpo-stages"])
 def test_two_runs_give_identical_files(tiny_policy, tmp_path, mode):  # noqa: F811
     runs = [tmp_path / "a", tmp_path / "b"]
     procs = [_start(tiny_overrides(tiny_policy, out, *mode)) for out in runs]  # concurrently: 2 cores

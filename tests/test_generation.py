@@ -14,6 +14,7 @@ from ampo import decoding
 from ampo.generation import GenerationConfig, HFGenerator, Sample, choose_dtype, make_generator
 from ampo.logprobs import response_ids, response_logprobs
 from ampo.models import DEFAULT_POLICY, encode_prompt, load_policy
+from ampo.sampling import Sampler, stream_ids, uniforms
 
 # The HF path (transformers `generate`, with and without prefill sharing) and the continuous loop.
 PATHS = {
@@ -215,18 +216,75 @@ def test_generation_config_validation():
 
 
 @pytest.mark.parametrize("top_p", [1.0, 0.7])
-def test_sampler_draws_from_the_tempered_nucleus(tiny_model, tiny_tokenizer, top_p):
-    """The continuous loop's inverse-CDF sampler: frequencies match softmax(logits / T) renormalised
-    over the top-p nucleus (here tokens 0 and 1, 0.81 of the mass at T = 0.5), to 0.01."""
-    config = GenerationConfig(temperature=0.5, top_p=top_p)
-    pick = HFGenerator(tiny_model, tiny_tokenizer, config)._picker(torch.Generator().manual_seed(0))
+def test_sampler_draws_from_the_tempered_nucleus(top_p):
+    """The inverse-CDF sampler, one stream per row: frequencies match softmax(logits / T)
+    renormalised over the top-p nucleus (here tokens 0 and 1, 0.81 of the mass at T = 0.5), to 0.01."""
+    sampler = Sampler(temperature=0.5, top_p=top_p)
     logits = torch.tensor([1.0, 0.8, 0.3, 0.0, -2.0])
-    draws = pick(logits.expand(200_000, -1).contiguous())
+    streams = stream_ids(0, list(range(2000)), 100).reshape(-1)
+    draws = sampler(logits.expand(len(streams), -1).contiguous(), streams, np.zeros(len(streams), dtype=int))
     expected = (logits / 0.5).softmax(-1)
     if top_p < 1:
         expected[2:] = 0
         expected /= expected.sum()
     assert torch.allclose(torch.bincount(draws, minlength=5) / len(draws), expected, atol=0.01)
+
+
+def test_uniforms_are_splitmix64():
+    """Stream state 1234567 gives SplitMix64's published first output 6457827717110365317 (to 53
+    bits); other draws match a plain-Python SplitMix64, including state 2**64 - 1 (wrap-around)."""
+    def splitmix64(state: int, step: int) -> int:
+        mask = (1 << 64) - 1
+        z = (state + (step + 1) * 0x9E3779B97F4A7C15) & mask
+        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & mask
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & mask
+        return z ^ (z >> 31)
+
+    assert splitmix64(1234567, 0) == 6457827717110365317
+    states, steps = [1234567, 2**64 - 1, 0, 42], [0, 5, 100, 1000]
+    got = uniforms(np.array(states, dtype=np.uint64), np.array(steps))
+    assert got.tolist() == [(splitmix64(s, t) >> 11) * 2.0**-53 for s, t in zip(states, steps)]
+    assert (0 <= got).all() and (got < 1).all()
+
+
+def test_stream_ids_depend_on_seed_key_and_sample_only():
+    a = stream_ids(0, ["p1", "p2"], 3)
+    assert a.shape == (2, 3) and len(set(a.reshape(-1).tolist())) == 6
+    assert np.array_equal(stream_ids(0, ["p2"], 3)[0], a[1])  # a prompt's streams ignore the others
+    assert np.array_equal(stream_ids(0, ["p1"], 2)[0], a[0, :2])
+    assert not np.array_equal(stream_ids(1, ["p1", "p2"], 3), a)
+
+
+def sampled(model, tokenizer, prompts=MANY_PROMPTS, keys=None, **options):
+    config = GenerationConfig(n=3, temperature=1.0, max_new_tokens=12, dtype="float32", seed=7, **options)
+    return HFGenerator(model, tokenizer, config).generate(prompts, progress=False, keys=keys)
+
+
+def test_samples_do_not_depend_on_batch_rows_or_prompts_per_batch(tiny_model, tiny_tokenizer):
+    """A response's tokens depend only on its prompt, its sample index and the seed: the same
+    samples with 4 or 64 rows decoded together, 1 or 8 prompts per `generate` call, with or
+    without a shared prefill, and from either decode loop; rows of varied length retire early."""
+    model = with_eos_bias(tiny_model, tiny_tokenizer, 1.0)
+    out = sampled(model, tiny_tokenizer, batch_rows=4)
+    assert {s.finished for group in out for s in group} == {True, False}
+    assert len({s.text for group in out for s in group}) > len(MANY_PROMPTS)  # samples differ
+    assert sampled(model, tiny_tokenizer, batch_rows=64) == out
+    for per_batch in (1, 8):
+        for share in (True, False):
+            assert sampled(model, tiny_tokenizer, batching="hf", prompts_per_batch=per_batch,
+                           share_prefill=share) == out, (per_batch, share)
+
+
+def test_keys_make_samples_independent_of_the_prompt_list(tiny_model, tiny_tokenizer):
+    """With keys (the pipeline passes prompt ids) a prompt's samples are the same in any list."""
+    keys = [f"id{i}" for i in range(len(MANY_PROMPTS))]
+    out = sampled(tiny_model, tiny_tokenizer, keys=keys)
+    order = [4, 0, 9]
+    assert sampled(tiny_model, tiny_tokenizer, [MANY_PROMPTS[i] for i in order], [keys[i] for i in order]) == \
+        [out[i] for i in order]
+    assert sampled(tiny_model, tiny_tokenizer, keys=keys[::-1]) != out
+    with pytest.raises(ValueError, match="keys"):
+        sampled(tiny_model, tiny_tokenizer, keys=keys[:2])
 
 
 def test_top_p_sampling_keeps_only_the_nucleus(tiny_model, tiny_tokenizer):
@@ -354,7 +412,10 @@ def test_vllm_backend_maps_requests_and_outputs(monkeypatch, tiny_tokenizer, tmp
     out = generator.generate(PROMPTS[:2], progress=False)
 
     assert calls["llm"] == {"model": str(tmp_path), "seed": 5}
-    assert calls["params"] == {"n": 3, "temperature": 0.7, "top_p": 0.9, "max_tokens": 3, "seed": 5}
+    seeds = [int(s) >> 1 for s in stream_ids(5, [0, 1], 1)[:, 0]]  # one seed per prompt
+    assert calls["params"] == [{"n": 3, "temperature": 0.7, "top_p": 0.9, "max_tokens": 3, "seed": seed}
+                               for seed in seeds]
+    assert all(0 <= seed < 2**63 for seed in seeds) and seeds[0] != seeds[1]
     assert calls["requests"] == [{"prompt_token_ids": encode_prompt(tiny_tokenizer, p)} for p in PROMPTS[:2]]
     expected = [Sample("done", 3, True), Sample("ok", 2, True), Sample("cut", 3, False)]
     assert out == [expected, expected]

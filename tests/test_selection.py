@@ -8,12 +8,14 @@ from hypothesis import strategies as st
 from ampo.selection import (
     EXACT_MAX_POOL,
     NEEDS_EMBEDDINGS,
+    ONE_NEGATIVE,
     SELECTORS,
     BatchSelection,
     coverage_cost,
     prompt_seed,
     select,
     select_batch,
+    sweet_spot_target,
 )
 
 # The spec's 9-point worked example (k = 3, positive = id 6).
@@ -28,7 +30,7 @@ SPEC = {  # strategy -> (selected negatives, cost), from the spec's table
     "optselect": ({0, 3, 7}, 3.3043),
     "exact": ({0, 3, 7}, 3.3043),
 }
-K_FOR = {"best_worst": 1}  # strategies with a fixed k
+K_FOR = {name: 1 for name in ONE_NEGATIVE}  # strategies with a fixed k
 
 
 def ascending_reward(rewards, idx):
@@ -96,7 +98,7 @@ def test_selectors_work_on_the_candidate_pool():
 # ---------------------------------------------------------------- edge cases
 
 
-@pytest.mark.parametrize("strategy", sorted(set(SELECTORS) - {"best_worst"}))
+@pytest.mark.parametrize("strategy", sorted(set(SELECTORS) - ONE_NEGATIVE))
 def test_short_pool_returns_everything(strategy):
     r = np.array([0.5, 2.0, -1.0, 0.5])
     idx = select(strategy, r, np.eye(4), 5)
@@ -186,12 +188,63 @@ def test_validation_errors():
         select("random", REW, EMB, 3, seed=-1)
 
 
+@pytest.mark.parametrize("strategy", sorted(ONE_NEGATIVE))
 @pytest.mark.parametrize("k", [0, 2])
-def test_best_worst_requires_k_one(k):
-    with pytest.raises(ValueError, match="best_worst.*k=" + str(k)):
-        select("best_worst", REW, EMB, k)
-    with pytest.raises(ValueError, match="best_worst"):
-        select_batch("best_worst", [REW], [EMB], k)
+def test_one_negative_strategies_require_k_one(strategy, k):
+    with pytest.raises(ValueError, match=f"{strategy}.*k={k}"):
+        select(strategy, REW, EMB, k)
+    with pytest.raises(ValueError, match=strategy):
+        select_batch(strategy, [REW], [EMB], k)
+    with pytest.raises(ValueError, match=strategy):
+        SELECTORS[strategy](REW, EMB, 2)
+
+
+# ---------------------------------------------------------------- sweet_spot (arXiv 2502.16825)
+
+
+def test_sweet_spot_target_uses_population_sd():
+    # mean 0, population sd 1 (sample sd would be 2/sqrt(3))
+    assert sweet_spot_target([1.0, -1.0, 1.0, -1.0]) == pytest.approx(-2.0)
+    assert sweet_spot_target([0.3, 0.3, 0.3]) == pytest.approx(0.3)
+
+
+def test_sweet_spot_picks_nearest_to_mean_minus_two_sd_not_the_worst():
+    # 8 x 1, 6 x 0, -1, -3: mean 0.25, population sd sqrt(17)/4 = 1.0308, target -1.8116;
+    # |-1 - t| = 0.81 < |-3 - t| = 1.19, so the negative is index 14 (reward -1), not the worst.
+    r = np.array([1.0] * 8 + [0.0] * 6 + [-1.0, -3.0])
+    assert sweet_spot_target(r) == pytest.approx(0.25 - np.sqrt(17) / 2)
+    assert select("sweet_spot", r, None, 1).tolist() == [0, 14]
+    assert select("best_worst", r, None, 1).tolist() == [0, 15]
+
+
+def test_sweet_spot_target_comes_from_the_whole_pool_positive_included():
+    # Whole pool (5, 7 x 1, 6 x 0, -1, -3): mean 0.5, sd sqrt(2.375) = 1.5411, target -2.582:
+    # nearest is -3 (0.418 away; -1 is 1.582 away). Without the positive the candidates' own
+    # target would be 0.2 - 2 * 1.0456 = -1.891, nearest -1: the target must not come from them.
+    r = np.array([5.0] + [1.0] * 7 + [0.0] * 6 + [-1.0, -3.0])
+    assert select("sweet_spot", r, None, 1).tolist() == [0, 15]
+    candidates = r[1:]
+    assert SELECTORS["sweet_spot"](candidates, None, 1).tolist() == [13]  # candidates as the whole pool
+    assert SELECTORS["sweet_spot"](candidates, None, 1, target=sweet_spot_target(r)).tolist() == [14]
+    assert select_batch("sweet_spot", [r, r[::-1].copy()], None, 1).indices[1].tolist() == [15, 0]
+
+
+def test_sweet_spot_ties_go_to_the_lower_index():
+    # equal distances from distinct rewards (target 0.5 between 0 and 1): the lower position wins
+    assert SELECTORS["sweet_spot"]([0.0, 1.0], None, 1, target=0.5).tolist() == [0]
+    assert SELECTORS["sweet_spot"]([1.0, 0.0], None, 1, target=0.5).tolist() == [0]
+    # equal rewards: mean 2/3, sd sqrt(14)/3 = 1.247, target -1.828; the two -1s tie, index 2 wins
+    r = np.array([2.0, 1.0, -1.0, 2.0, -1.0, 1.0])
+    assert select("sweet_spot", r, None, 1).tolist() == [0, 2]
+
+
+def test_sweet_spot_constant_rewards_and_short_pools():
+    # constant rewards: sd 0, target = the reward; every candidate ties; positive 0, negative 1
+    assert select("sweet_spot", [0.7] * 5, None, 1).tolist() == [0, 1]
+    assert select("sweet_spot", [0.0, 1.0], None, 1).tolist() == [1, 0]  # k + 1 responses: all
+    assert select("sweet_spot", [0.4], None, 1).tolist() == [0]
+    assert not select_batch("sweet_spot", [[1.0, 0.0, 0.5]], None, 1).short[0]
+    assert select_batch("sweet_spot", [[1.0, 0.0]], None, 1).short[0]
 
 
 def test_exact_refuses_large_pools():

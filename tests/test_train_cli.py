@@ -202,3 +202,9 @@ def test_real_smollm2_lora_train_then_evaluate_the_adapter(tmp_path):
                  "--limit", "4", "--max-new-tokens", "16", "--bootstrap", "100"]) == 0
     e = json.loads((tmp_path / "eval" / "eval.json").read_text())
     assert e["n_prompts"] == 4 and 0 <= e["win_rate"] <= 1
+
+
+def test_curriculum_pairs_is_refused_by_ampo_train(tmp_path, capsys):
+    assert main(["-q", "train", "--input", str(EXAMPLES / "trl_pairs.jsonl"), "--output", str(tmp_path / "o"),
+                 "train.curriculum=pairs"]) == 2
+    assert "'train.curriculum': 'pairs' (Curry-DPO stages) runs in `ampo run` only" in capsys.readouterr().err

@@ -73,7 +73,8 @@ def _cmd_generate(args) -> None:
                            max_new_tokens=args.max_new_tokens, prompts_per_batch=args.prompts_per_batch,
                            batching=args.batching, batch_rows=args.batch_rows, dtype=args.dtype, seed=args.seed)
     gen = make_generator(args.backend, args.policy, model=model, tokenizer=tok, config=cfg)
-    samples = gen.generate([p["prompt"] for p in prompts], progress=not args.quiet)
+    samples = gen.generate([p["prompt"] for p in prompts], progress=not args.quiet,
+                           keys=[p["id"] for p in prompts])
     write_pool(args.output, [
         PoolRecord(prompt=p["prompt"], id=p["id"], responses=[s.text for s in ss], finished=[s.finished for s in ss],
                    n_tokens=[s.n_tokens for s in ss], meta=p.get("meta"))

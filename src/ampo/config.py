@@ -90,7 +90,9 @@ class TrainConfig:
     lr_scheduler: str = "cosine"
     warmup_ratio: float = 0.1
     weight_decay: float = 0.0
-    curriculum: bool = False  # order groups easy -> hard by reward gap (Curry-DPO) instead of shuffling
+    curriculum: str | bool = "none"  # none | groups (whole groups easy -> hard, no shuffle) | pairs (Curry-DPO
+    # stages: stage t trains every prompt's t-th easiest pair against the previous stage's policy);
+    # true = groups, false = none
     reference: str = "round_start"  # round_start | initial: the first reference model
     extra_references: list[str] = field(default_factory=list)  # more reference models (MRPO)
     logprob_chunk: int = 1024
@@ -98,6 +100,10 @@ class TrainConfig:
     shared_prefix: bool = False  # one row per group, prompt forwarded once (sdpa/eager attention)
     save_steps: int = 20
     report_to: list[str] = field(default_factory=list)  # e.g. ["tensorboard"]; nothing by default
+
+    def __post_init__(self) -> None:
+        if isinstance(self.curriculum, bool):  # the option's older yes/no form
+            self.curriculum = "groups" if self.curriculum else "none"
 
 
 @dataclass
@@ -362,6 +368,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "generate.dtype": ("auto", "float32", "bfloat16"),
     "train.lr_scheduler": LR_SCHEDULERS,
     "train.reference": ("round_start", "initial"),
+    "train.curriculum": ("none", "groups", "pairs"),
 }
 
 
@@ -384,7 +391,7 @@ def validate(c: RunConfig, self_play: bool = True) -> None:
     from .losses import HPARAM_CHOICES, LOSSES, check_hparams
     from .pipeline import BUILTIN_PROMPT_SETS
     from .rewards import reward_kind
-    from .selection import SELECTORS
+    from .selection import ONE_NEGATIVE, SELECTORS
 
     for name, allowed in RANGES.items():
         if problem := allowed.problem(option(c, name)):
@@ -398,6 +405,9 @@ def validate(c: RunConfig, self_play: bool = True) -> None:
     if c.select.strategy not in SELECTORS:
         raise ConfigError(f"config 'select.strategy': unknown {short(c.select.strategy)} "
                           f"(known: {', '.join(SELECTORS)})")
+    if c.select.strategy in ONE_NEGATIVE and c.select.k != 1:
+        raise ConfigError(f"config 'select.k': strategy '{c.select.strategy}' selects exactly one negative; "
+                          f"set select.k=1, got {c.select.k}")
     if self_play and c.select.k > c.generate.n - 1:
         raise ConfigError(f"config 'select.k': {c.select.k} negatives need generate.n >= {c.select.k + 1}, "
                           f"got generate.n={c.generate.n}")
@@ -428,6 +438,8 @@ def validate(c: RunConfig, self_play: bool = True) -> None:
     if c.select.k < spec.negatives:
         raise ConfigError(f"config 'select.k': loss '{c.train.loss}' needs at least {spec.negatives} negatives "
                           f"per group, got {c.select.k}")
+    if c.train.curriculum == "pairs":
+        check_pair_stages(c, spec)
     try:
         check_hparams(c.train.loss, c.train.hparams)
     except ValueError as e:
@@ -446,6 +458,23 @@ def validate(c: RunConfig, self_play: bool = True) -> None:
             kind(option(c, name))
         except ValueError as e:
             raise ConfigError(f"config '{name}': {e}") from None
+
+
+def check_pair_stages(c: RunConfig, spec) -> None:
+    """`train.curriculum: pairs` trains pairs (one negative each) against one reference that moves
+    forward every stage, and needs at least two pairs per prompt to order."""
+    where = "config 'train.curriculum': 'pairs'"
+    if spec.negatives > 1:
+        raise ConfigError(f"{where} trains pairs (one negative each); loss '{c.train.loss}' needs "
+                          f"{spec.negatives} negatives per group")
+    if spec.refs > 1 or c.train.extra_references:
+        raise ConfigError(f"{where} moves one reference forward each stage; it cannot be used with "
+                          f"train.extra_references or loss '{c.train.loss}' ({spec.refs} references)")
+    negatives = c.generate.n - 1 if c.select.strategy == "all" else c.select.k
+    if negatives < 2:
+        raise ConfigError(f"{where} needs at least 2 negatives per prompt to order its pairs, got "
+                          f"{negatives} (select.k={c.select.k}, strategy '{c.select.strategy}'); "
+                          f"use curriculum 'none'")
 
 
 def config_key(*parts: Any) -> str:

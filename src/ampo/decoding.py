@@ -135,15 +135,18 @@ class SlotCache(Cache):
         self.start = min(self.first, default=self.end)
 
 
-Pick = Callable[[torch.Tensor], torch.Tensor]
+# (fp32 logits [rows, vocab], each row's (prompt index, sample index), each row's tokens so far) -> ids [rows]
+Pick = Callable[[torch.Tensor, list[tuple[int, int]], list[int]], torch.Tensor]
 
 
 class ContinuousDecoder:
     """Decodes `n` responses for each of a list of prompts with at most `slots` rows at a time.
 
-    `pick(logits)` maps fp32 next-token logits `[rows, vocab]` to token ids `[rows]` (greedy or
-    sampled). `run` returns, per prompt in input order, `n` token lists that end at the first EOS
-    (included) or after `max_new_tokens` tokens.
+    `pick(logits, owners, steps)` maps fp32 next-token logits `[rows, vocab]` to token ids `[rows]`
+    (greedy or sampled); it is told each row's (prompt index, sample index) and how many tokens the
+    row has generated, so that a sampler can give every response its own random stream. `run`
+    returns, per prompt in input order, `n` token lists that end at the first EOS (included) or
+    after `max_new_tokens` tokens.
     """
 
     def __init__(self, model: PreTrainedModel, pad_id: int, eos_id: int, n: int, max_new_tokens: int,
@@ -213,7 +216,7 @@ class ContinuousDecoder:
         self.pos[new] = torch.tensor(lengths, device=device)
         self.owner += [(i, j) for i in owners for j in range(n)]
         self.tokens += [[] for _ in range(m * n)]
-        first = self.pick(out.logits[:, -1].float().repeat_interleave(n, 0))
+        first = self.pick(out.logits[:, -1].float().repeat_interleave(n, 0), self.owner[new], [0] * (m * n))
         self._record(first, new.start)
 
     def _step(self) -> None:
@@ -225,7 +228,8 @@ class ContinuousDecoder:
                          position_ids=self.pos[:r, None], past_key_values=c, use_cache=True, logits_to_keep=1)
         c.close_column()
         self.pos[:r] += 1
-        self._record(self.pick(out.logits[:, -1].float()), 0)
+        steps = [len(tokens) for tokens in self.tokens]
+        self._record(self.pick(out.logits[:, -1].float(), self.owner, steps), 0)
 
     def _record(self, tokens: torch.Tensor, first_row: int) -> None:
         """Append `tokens` to rows `first_row...`, then retire the rows that ended."""

@@ -18,14 +18,17 @@ from .data import prompt_text
 
 
 def sample_and_score(policy, reward_fn, prompts: list[dict], eval_cfg, seed: int, progress: bool = True) -> list[dict]:
-    """`samples_per_prompt` samples per held-out prompt, with their rewards. One row per prompt."""
+    """`samples_per_prompt` samples per held-out prompt, with their rewards. One row per prompt.
+    Sample j of a prompt draws from the stream of (seed, prompt id, j) whichever policy samples:
+    the baseline and every round share their random numbers (common random numbers)."""
     from .generation import GenerationConfig, HFGenerator
     from .rewards import score_texts
 
     model, tok = policy
     cfg = GenerationConfig(n=eval_cfg.samples_per_prompt, temperature=eval_cfg.temperature,
                            max_new_tokens=eval_cfg.max_new_tokens, seed=seed)
-    samples = HFGenerator(model, tok, cfg).generate([p["prompt"] for p in prompts], progress=progress)
+    samples = HFGenerator(model, tok, cfg).generate([p["prompt"] for p in prompts], progress=progress,
+                                                    keys=[p["id"] for p in prompts])
     texts = [[s.text for s in ss] for ss in samples]
     flat = score_texts(reward_fn, [prompt_text(p["prompt"]) for p, ts in zip(prompts, texts) for _ in ts],
                        [t for ts in texts for t in ts], [p.get("meta") for p, ts in zip(prompts, texts) for _ in ts])
@@ -132,7 +135,10 @@ def evaluate_policies(policy: str, against: str, base: str, prompts: list[dict],
 
     options = dataclasses.asdict(eval_cfg)
     ids = [[p["id"], p["prompt"]] for p in prompts]
-    key_base = config_key("baseline", policy_fingerprint(against, base, dtype), ids, reward, embedder, options, seed)
+    from .sampling import SAMPLER
+
+    key_base = config_key("baseline", policy_fingerprint(against, base, dtype), ids, reward, embedder, options, seed,
+                          SAMPLER)
     key_eval = config_key("eval", key_base, policy_fingerprint(policy, base, dtype))
     samples_base, summary_base = out / "baseline" / "samples.parquet", out / "baseline" / "summary.json"
     with Runner(out, progress=progress) as run:

@@ -15,14 +15,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 from transformers import GenerationConfig as HFGenerationConfig
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
-from transformers.generation.logits_process import TopPLogitsWarper
+from transformers.generation.logits_process import LogitsProcessorList
 
 from ampo.decoding import HEADROOM, ContinuousDecoder, supports_slot_cache
 from ampo.models import DTYPES, encode_prompt, load_tokenizer, resolve_policy
+from ampo.sampling import Sampler, StreamSampling, stream_ids
 
 Prompt = str | list[dict]
 
@@ -115,9 +117,11 @@ def resolve_dtype(requested: str, device: torch.device) -> str:
 
 
 class Generator(Protocol):
-    """Anything that samples `config.n` responses for each prompt."""
+    """Anything that samples `config.n` responses for each prompt (`keys`: one per prompt, naming
+    its random stream; default the prompts' indices)."""
 
-    def generate(self, prompts: list[Prompt], progress: bool = True) -> list[list[Sample]]: ...
+    def generate(self, prompts: list[Prompt], progress: bool = True,
+                 keys: list | None = None) -> list[list[Sample]]: ...
 
 
 class HFGenerator:
@@ -145,19 +149,25 @@ class HFGenerator:
             warnings.warn(f"{type(model).__name__} has sliding-window or non-attention cache layers: "
                           "generating with batching='hf'", stacklevel=2)
 
-    def generate(self, prompts: list[Prompt], progress: bool = True) -> list[list[Sample]]:
-        """Return `config.n` samples per prompt, in prompt order; the same call gives the same samples."""
+    def generate(self, prompts: list[Prompt], progress: bool = True, keys: list | None = None) -> list[list[Sample]]:
+        """Return `config.n` samples per prompt, in prompt order. Sample j of prompt i draws its
+        tokens from its own stream, a hash of (`config.seed`, `keys[i]`, j) (`keys` default to the
+        prompts' indices: pass ids to make samples independent of the list's order), so it does
+        not depend on the batch sizes or on the other prompts (`ampo.sampling`)."""
+        keys = list(range(len(prompts))) if keys is None else list(keys)
+        if len(keys) != len(prompts):
+            raise ValueError(f"generate got {len(prompts)} prompts but {len(keys)} keys")
+        streams = stream_ids(self.config.seed, keys, self.config.n)
         if self.continuous:
-            return self._generate_continuous(prompts, progress)
-        return self._generate_batches(prompts, progress)
+            return self._generate_continuous(prompts, streams, progress)
+        return self._generate_batches(prompts, streams, progress)
 
-    def _generate_continuous(self, prompts: list[Prompt], progress: bool) -> list[list[Sample]]:
-        """Decode with `ContinuousDecoder`; sampling draws from one generator seeded with `config.seed`."""
+    def _generate_continuous(self, prompts: list[Prompt], streams: np.ndarray, progress: bool) -> list[list[Sample]]:
+        """Decode with `ContinuousDecoder`, prompt i's sample j drawing from `streams[i, j]`."""
         ids = [encode_prompt(self.tokenizer, p) for p in prompts]
         rows = self._fit_rows(max(len(i) for i in ids))
-        generator = torch.Generator(device=self.model.device).manual_seed(self.config.seed)
         decoder = ContinuousDecoder(self.model, self.tokenizer.pad_token_id, self.tokenizer.eos_token_id,
-                                    self.config.n, self.config.max_new_tokens, rows, self._picker(generator))
+                                    self.config.n, self.config.max_new_tokens, rows, self._picker(streams))
         with tqdm(total=len(prompts), desc="generate", unit="prompt", disable=not progress) as bar:
             tokens = decoder.run(ids, lambda: bar.update(1))
         return [[self._to_sample(t) for t in group] for group in tokens]
@@ -175,60 +185,53 @@ class HFGenerator:
             return max(c.batch_rows, c.n)
         return max(c.n, min(c.batch_rows, memory // 8 // per_row))
 
-    def _picker(self, generator: torch.Generator):
-        """Next-token choice from fp32 logits: argmax, or temperature / top-p sampling (transformers'
-        warpers, no top-k) by inverse CDF with `generator`: one uniform per row and a float64
-        cumulative sum, where `torch.multinomial` draws one exponential per vocabulary entry (a fifth
-        of a SmolLM2 decode step on a CPU)."""
-        c = self.config
-        if c.temperature == 0:
-            return lambda logits: logits.argmax(-1)
-        top_p = TopPLogitsWarper(c.top_p) if c.top_p < 1 else None
+    def _picker(self, streams: np.ndarray):
+        """The decoder's `pick`: `Sampler` with row (prompt i, sample j) drawing from `streams[i, j]`."""
+        sampler = Sampler(self.config.temperature, self.config.top_p)
 
-        def pick(logits: torch.Tensor) -> torch.Tensor:
-            scores = logits / c.temperature
-            if top_p is not None:
-                scores = top_p(None, scores)
-            cdf = scores.softmax(-1).double().cumsum(-1)
-            u = torch.rand(len(cdf), 1, generator=generator, device=cdf.device, dtype=cdf.dtype) * cdf[:, -1:]
-            return torch.searchsorted(cdf, u, right=True).squeeze(-1).clamp(max=cdf.shape[-1] - 1)
+        def pick(logits: torch.Tensor, owners: list[tuple[int, int]], steps: list[int]) -> torch.Tensor:
+            if sampler.greedy:
+                return logits.argmax(-1)
+            prompt, sample = np.asarray(owners).T
+            return sampler(logits, streams[prompt, sample], np.asarray(steps))
 
         return pick
 
-    def _generate_batches(self, prompts: list[Prompt], progress: bool) -> list[list[Sample]]:
-        """transformers `generate` on `prompts_per_batch` prompts at a time; batch `b` is seeded with
-        `config.seed + b`."""
+    def _generate_batches(self, prompts: list[Prompt], streams: np.ndarray, progress: bool) -> list[list[Sample]]:
+        """transformers `generate` on `prompts_per_batch` prompts at a time."""
         size = self.config.prompts_per_batch
         samples: list[list[Sample]] = []
         with tqdm(total=len(prompts), desc="generate", unit="prompt", disable=not progress) as bar:
-            for b, start in enumerate(range(0, len(prompts), size)):
+            for start in range(0, len(prompts), size):
                 batch = prompts[start : start + size]
-                samples.extend(self._generate_batch(batch, self.config.seed + b))
+                samples.extend(self._generate_batch(batch, streams[start : start + size]))
                 bar.update(len(batch))
         return samples
 
-    def _generate_batch(self, prompts: list[Prompt], seed: int) -> list[list[Sample]]:
-        """Sample one batch of prompts; the global RNG state is left untouched."""
+    def _generate_batch(self, prompts: list[Prompt], streams: np.ndarray) -> list[list[Sample]]:
+        """Sample one batch of prompts: `generate` runs greedy on scores where `StreamSampling` has
+        kept only the token it drew for each row (prompt i's sample j from `streams[i, j]`)."""
         n = self.config.n
         device = self.model.device
         ids = [encode_prompt(self.tokenizer, p) for p in prompts]
         enc = self.tokenizer.pad({"input_ids": ids}, padding_side="left", return_tensors="pt")
         input_ids, attention_mask = enc["input_ids"].to(device), enc["attention_mask"].to(device)
-        rng_devices = [device] if device.type == "cuda" else []
-        with torch.random.fork_rng(devices=rng_devices), torch.no_grad():
-            torch.manual_seed(seed)
+        sampler = Sampler(self.config.temperature, self.config.top_p)
+        processors = [] if sampler.greedy else [StreamSampling(sampler, streams.reshape(-1), input_ids.shape[1])]
+        with torch.no_grad():
             if self.config.share_prefill and n > 1 and input_ids.shape[1] > 1:
-                out = self._generate_shared(input_ids, attention_mask)
+                out = self._generate_shared(input_ids, attention_mask, processors)
             else:
                 out = self.model.generate(
                     input_ids=input_ids.repeat_interleave(n, dim=0),
                     attention_mask=attention_mask.repeat_interleave(n, dim=0),
                     generation_config=self._hf_config(),
+                    logits_processor=LogitsProcessorList(processors),
                 )
         rows = [self._to_sample(row) for row in out[:, input_ids.shape[1] :].tolist()]
         return [rows[i * n : (i + 1) * n] for i in range(len(prompts))]
 
-    def _generate_shared(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    def _generate_shared(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, processors: list) -> torch.Tensor:
         """Prefill all but the last prompt token once per prompt, repeat the KV cache `n` times,
         and let `generate` continue from it (it feeds only the uncached last token)."""
         n = self.config.n
@@ -247,18 +250,14 @@ class HFGenerator:
             attention_mask=attention_mask.repeat_interleave(n, dim=0),
             past_key_values=cache,
             generation_config=self._hf_config(),
+            logits_processor=LogitsProcessorList(processors),
         )
 
     def _hf_config(self) -> HFGenerationConfig:
-        """transformers' sampling settings: pure temperature/top-p sampling (no top-k), or greedy."""
-        c = self.config
-        sampling = c.temperature > 0
+        """transformers' settings: greedy (sampling, if any, is `StreamSampling`'s), no top-k."""
         return HFGenerationConfig(
-            do_sample=sampling,
-            temperature=c.temperature if sampling else None,
-            top_p=c.top_p if sampling else None,
-            top_k=0 if sampling else None,
-            max_new_tokens=c.max_new_tokens,
+            do_sample=False,
+            max_new_tokens=self.config.max_new_tokens,
             eos_token_id=self.tokenizer.eos_token_id,
             pad_token_id=self.tokenizer.pad_token_id,
         )
@@ -309,12 +308,15 @@ class VLLMGenerator:
         self.llm = vllm.LLM(model=path, seed=self.config.seed, **llm_kwargs)
         self._sampling_params = vllm.SamplingParams
 
-    def generate(self, prompts: list[Prompt], progress: bool = True) -> list[list[Sample]]:
-        """Return `config.n` samples per prompt, in prompt order."""
+    def generate(self, prompts: list[Prompt], progress: bool = True, keys: list | None = None) -> list[list[Sample]]:
+        """Return `config.n` samples per prompt, in prompt order. Each prompt is a request with its
+        own seed, a hash of (`config.seed`, its key); vLLM draws its `n` samples from that seed.
+        (Not the HF backend's streams: the two backends give different samples.)"""
         c = self.config
-        params = self._sampling_params(
-            n=c.n, temperature=c.temperature, top_p=c.top_p, max_tokens=c.max_new_tokens, seed=c.seed
-        )
+        keys = list(range(len(prompts))) if keys is None else list(keys)
+        seeds = stream_ids(c.seed, keys, 1)[:, 0] >> np.uint64(1)  # vLLM takes a signed 64-bit seed
+        params = [self._sampling_params(n=c.n, temperature=c.temperature, top_p=c.top_p, max_tokens=c.max_new_tokens,
+                                        seed=int(seed)) for seed in seeds]
         requests = [{"prompt_token_ids": encode_prompt(self.tokenizer, p)} for p in prompts]
         outputs = self.llm.generate(requests, params, use_tqdm=progress)
         return [[self._to_sample(o) for o in request.outputs] for request in outputs]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,7 @@ from .config import RunConfig, config_key, dump_config, seed_from
 from .data import PoolRecord, atomic_dir, atomic_path, read_pool, read_prompt_rows, write_json, write_rows
 from .runner import Runner, fingerprints, sharded_map
 from .stages import (embed_pool, load_round_policy, references, reference_logps, sample_rows,
-                     score_pool, select_pool)
+                     score_pool, select_pool, selected_logprobs)
 
 log = logging.getLogger("ampo")
 
@@ -141,10 +142,14 @@ class Pipeline(Runner):
     # -- the stages of a round --------------------------------------------------------------
 
     def generate_key(self, r: int) -> str:
+        from .sampling import SAMPLER
+
         prompts = self.round_prompts(r)
-        g = dataclasses.asdict(self.c.generate)  # all of it: even the batch size decides each prompt's seed
+        # all of it: batch sizes do not choose a response's random stream, but they can move its
+        # logits by rounding, and with them (rarely) a sampled token
+        g = dataclasses.asdict(self.c.generate)
         g["dtype"] = generation_dtype(g["dtype"])  # the dtype "auto" resolves to on this machine
-        return config_key("generate", self.policy_key(r), [p["id"] for p in prompts], g, self.c.seed, r)
+        return config_key("generate", self.policy_key(r), [p["id"] for p in prompts], g, self.c.seed, r, SAMPLER)
 
     def generate(self, r: int) -> None:
         out = self.round_dir(r) / "pool.parquet"
@@ -165,7 +170,7 @@ class Pipeline(Runner):
             cfg = GenerationConfig(n=g.n, temperature=g.temperature, top_p=g.top_p, max_new_tokens=g.max_new_tokens,
                                    prompts_per_batch=g.prompts_per_batch, share_prefill=g.share_prefill,
                                    batching=g.batching, batch_rows=g.batch_rows, dtype=g.dtype,
-                                   seed=seed_from("generate", self.c.seed, r, s))
+                                   seed=seed_from("generate", self.c.seed, r))
             source = self.policy_folder(r) if from_disk else self.c.model.policy  # no merged copy for in-memory
             gen = make_generator(g.backend, source, model=model, tokenizer=tok, config=cfg)
             return sample_rows(gen, shard, progress=self.progress)
@@ -282,17 +287,28 @@ class Pipeline(Runner):
 
         self.stage(f"round-{r}/refs", self.refs_key(r), run, [out])
 
+    def selected_logprobs(self, policy, pool: list[PoolRecord]) -> list[np.ndarray]:
+        """Summed log-probs of each record's selected responses under `policy` (model, tokenizer)."""
+        return selected_logprobs(policy, pool, self.c.train.shared_prefix, self.progress)
+
     def train_key(self, r: int) -> str:
         from .trainer import train_options
 
         t = train_options(self.c)
         m = dataclasses.asdict(self.c.model)
-        return config_key("train", self.policy_key(r), self.select_key(r), self.refs_key(r), t, m, self.c.seed)
+        lora_seed = self.lora_seed(r) if self.c.model.lora else None
+        return config_key("train", self.policy_key(r), self.select_key(r), self.refs_key(r), t, m, self.c.seed,
+                          lora_seed)
+
+    def lora_seed(self, r: int) -> int:
+        """The seed of round r's new LoRA adapter: each round draws different initial weights."""
+        return seed_from("lora", self.c.seed, r)
 
     def train(self, r: int) -> None:
         out = self.round_dir(r) / "checkpoint"
         key = self.train_key(r)
-        self.stage(f"round-{r}/train", key, lambda: self._train(r, key, out),
+        work = self._train_pair_stages if self.c.train.curriculum == "pairs" else self._train
+        self.stage(f"round-{r}/train", key, lambda: work(r, key, out),
                    [out, self.round_dir(r) / "train_log.json"], everyone=True)
 
     def _train(self, r: int, key: str, out: Path) -> None:
@@ -306,7 +322,95 @@ class Pipeline(Runner):
             ref_rows = [row["ref_logps"] for row in pq.read_table(self.round_dir(r) / "ref_logps.parquet").to_pylist()]
         model, tok = self.policy(r)
         self._loaded.clear()  # training modifies the model in place (LoRA) or its weights
-        train_round(self.c, model, tok, pool, ref_rows, self.round_dir(r) / "train", key, out, progress=self.progress)
+        train_round(self.c, model, tok, pool, ref_rows, self.round_dir(r) / "train", key, out, progress=self.progress,
+                    lora_seed=self.lora_seed(r))
+
+    # -- Curry-DPO stages (`train.curriculum: pairs`) ---------------------------------------
+
+    def _train_pair_stages(self, r: int, key: str, out: Path) -> dict:
+        """Train round r in stages 1..n (n = the most negatives of any group), each a resumable
+        stage `round-r/train-s{t}` (with `round-r/refs-s{t}` before it for t >= 2), then copy the
+        last stage's checkpoint to `out` and join the stages' logs (steps counted on)."""
+        from .curriculum import stage_count
+
+        n = stage_count([rec.selected for rec in self.scored_pool(r)])
+        pairs = []
+        for t in range(1, n + 1):
+            self.stage_refs(r, t)
+            d, stage_key = self.stage_dir(r, t), config_key("train-stage", key, t)
+            self.stage(f"round-{r}/train-s{t}", stage_key, lambda: self._train_stage(r, t, stage_key),
+                       [d / "checkpoint", d / "train_log.json"], everyone=True)
+            pairs.append(self.manifest.data["stages"][f"round-{r}/train-s{t}"].get("pairs"))
+        if self.dist.main:
+            with atomic_dir(out) as tmp:
+                shutil.copytree(self.stage_dir(r, n) / "checkpoint", tmp, dirs_exist_ok=True)
+            history, offset = [], 0
+            for t in range(1, n + 1):
+                stage_log = json.loads((self.stage_dir(r, t) / "train_log.json").read_text())
+                history += [{**h, "stage": t, **({"step": h["step"] + offset} if "step" in h else {})}
+                            for h in stage_log]
+                offset += max((h.get("step", 0) for h in stage_log), default=0)
+            write_json(self.round_dir(r) / "train_log.json", history)
+        return {"stages": n, "pairs_per_stage": pairs}
+
+    def stage_dir(self, r: int, t: int) -> Path:
+        return self.round_dir(r) / f"stage-{t}"
+
+    def stage_pool(self, r: int, t: int) -> tuple[list[PoolRecord], list[tuple[int, int]]]:
+        """Round r's pool narrowed to stage t: each record's selection becomes its t-th easiest
+        pair (positive, negative) and records with fewer negatives are left out. Also returns the
+        `(record index, negative slot)` of each pair (`ampo.curriculum.stage_pairs`)."""
+        from .curriculum import stage_pairs
+
+        pool = self.scored_pool(r)
+        picked = stage_pairs([[rec.rewards[i] for i in rec.selected] for rec in pool], t)
+        for i, slot in picked:
+            pool[i].selected = [pool[i].selected[0], pool[i].selected[slot]]
+        return [pool[i] for i, _ in picked], picked
+
+    def stage_refs(self, r: int, t: int) -> None:
+        """Reference log-probs of stage t's pairs under the policy after stage t - 1 (t >= 2; stage
+        1 reads the round's `ref_logps.parquet`)."""
+        if t == 1 or not self.n_refs():
+            return
+        out = self.stage_dir(r, t) / "ref_logps.parquet"
+
+        def run():
+            pool, _ = self.stage_pool(r, t)
+            self._loaded.clear()  # one policy in memory
+            previous = load_round_policy(self.c, [self.round_dir(i) / "checkpoint" for i in range(r)]
+                                         + [self.stage_dir(r, t - 1) / "checkpoint"])
+            column = self.selected_logprobs(previous, pool)
+            write_rows(out, [{"id": rec.id, "ref_logps": [col.tolist()]} for rec, col in zip(pool, column)])
+
+        self.stage(f"round-{r}/refs-s{t}", config_key("refs-stage", self.train_key(r), t), run, [out])
+
+    def _train_stage(self, r: int, t: int, key: str) -> dict:
+        """Stage t: train on its pairs, starting from the policy after stage t - 1 (LoRA: the same
+        adapter trained further), into `stage-t/checkpoint`."""
+        import pyarrow.parquet as pq
+
+        from .trainer import train_round
+
+        pool, picked = self.stage_pool(r, t)
+        ref_rows = None
+        if self.n_refs() and t == 1:
+            rows = pq.read_table(self.round_dir(r) / "ref_logps.parquet").to_pylist()
+            ref_rows = [[[col[0], col[slot]] for col in rows[i]["ref_logps"]] for i, slot in picked]
+        elif self.n_refs():
+            rows = pq.read_table(self.stage_dir(r, t) / "ref_logps.parquet").to_pylist()
+            ref_rows = [row["ref_logps"] for row in rows]
+        previous = self.stage_dir(r, t - 1) / "checkpoint" if t > 1 else None
+        if previous is not None and not self.c.model.lora:
+            self._loaded.clear()
+            model, tok = load_round_policy(self.c, [previous])  # a full fine-tune's complete model
+        else:
+            model, tok = self.policy(r)
+            self._loaded.clear()  # training changes the model in place
+        d = self.stage_dir(r, t)
+        train_round(self.c, model, tok, pool, ref_rows, d / "train", key, d / "checkpoint", progress=self.progress,
+                    lora_seed=self.lora_seed(r), adapter=previous if self.c.model.lora else None)
+        return {"pairs": len(pool)}
 
     def eval_options(self) -> dict:
         """The `eval` options of the held-out evaluation (the benchmark ones key their own stages)."""
@@ -317,9 +421,11 @@ class Pipeline(Runner):
         return config_key("eval", self.train_key(r), self.baseline_key(), self.eval_options(), *benchmarks)
 
     def baseline_key(self) -> str:
+        from .sampling import SAMPLER
+
         self.split()
         return config_key("baseline", self.policy_key(0), self._split_key, self.c.score.reward,
-                          self.c.embed.embedder, self.eval_options(), self.c.seed)
+                          self.c.embed.embedder, self.eval_options(), self.c.seed, SAMPLER)
 
     def benchmark_key(self, name: str, r: int) -> str:
         """Key of benchmark `name` on the policy after round r (the initial policy for r = -1)."""

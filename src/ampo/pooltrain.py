@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import RunConfig, config_key, dump_config
+from .config import ConfigError, RunConfig, config_key, dump_config, seed_from
 from .data import PoolRecord, atomic_dir, atomic_path, read_pool, write_rows
 from .runner import Runner, fingerprints
 from .stages import embed_pool, load_round_policy, reference_logps, references, select_pool
@@ -41,6 +41,9 @@ class PoolTraining(Runner):
 
     def __init__(self, config: RunConfig, source: str | Path, out: str | Path, merge: bool = False,
                  progress: bool = True):
+        if config.train.curriculum == "pairs":  # its stages live in the pipeline's round folders
+            raise ConfigError("config 'train.curriculum': 'pairs' (Curry-DPO stages) runs in `ampo run` only; "
+                              "`ampo train` takes none or groups")
         super().__init__(out, dump_config(config), progress)
         self.c = config
         self.source = Path(source)
@@ -85,9 +88,13 @@ class PoolTraining(Runner):
             return None
         return config_key("refs", self.select_key(), self.policy_key(), self.c.train.extra_references)
 
+    def lora_seed(self) -> int:
+        """The new adapter's seed: round 0's, as in a run."""
+        return seed_from("lora", self.c.seed, 0)
+
     def train_key(self) -> str:
         return config_key("train", self.policy_key(), self.select_key(), self.refs_key(), train_options(self.c),
-                          dataclasses.asdict(self.c.model), self.c.seed)
+                          dataclasses.asdict(self.c.model), self.c.seed, self.lora_seed() if self.c.model.lora else None)
 
     # -- stages ----------------------------------------------------------------------------
 
@@ -164,7 +171,7 @@ class PoolTraining(Runner):
                 ref_rows = [row["ref_logps"] for row in pq.read_table(self.dir / "ref_logps.parquet").to_pylist()]
             model, tok = load_round_policy(self.c, [])
             train_round(self.c, model, tok, self.pool, ref_rows, self.dir / "train", key, out,
-                        progress=self.progress, save_tokenizer=True)
+                        progress=self.progress, lora_seed=self.lora_seed(), save_tokenizer=True)
 
         self.stage("train", key, run, [out, self.dir / "train_log.json"], everyone=True)
 

@@ -27,6 +27,8 @@ from threadpoolctl import ThreadpoolController
 EXACT_MAX_POOL = 64
 # Strategies that read the embeddings; the others accept ``embeddings=None``.
 NEEDS_EMBEDDINGS = frozenset({"coreset", "optselect", "exact"})
+# Strategies that pick exactly one negative (a pair): ``k`` must be 1.
+ONE_NEGATIVE = frozenset({"best_worst", "sweet_spot"})
 
 _KMEANS_RESTARTS = 4  # k-means++ restarts for coreset; the lowest-inertia run wins
 _KMEANS_MAX_ITER = 100  # Lloyd iterations per restart (pools are tiny; convergence is quick)
@@ -57,11 +59,11 @@ def _check_seed(seed: int) -> int:
 
 
 def _check_strategy(strategy: str, k: int) -> None:
-    """Refuse unknown strategies and ``best_worst`` with ``k != 1``."""
+    """Refuse unknown strategies and the one-negative strategies with ``k != 1``."""
     if strategy not in SELECTORS:
         raise ValueError(f"unknown selection strategy {strategy!r}; known: {', '.join(SELECTORS)}")
-    if strategy == "best_worst" and k != 1:
-        raise ValueError(f"strategy 'best_worst' selects exactly one negative; got k={k}")
+    if strategy in ONE_NEGATIVE and k != 1:
+        raise ValueError(f"strategy {strategy!r} selects exactly one negative; got k={k}")
 
 
 def _check_pool(
@@ -468,6 +470,27 @@ def best_worst(rewards, embeddings, k: int = 1, seed: int = 0) -> np.ndarray:
     return _by_reward(r, np.arange(r.size))[:1]
 
 
+def sweet_spot_target(rewards) -> float:
+    """``mean - 2 * sd`` of a whole pool's rewards (population sd, the positive included): where
+    "Finding the Sweet Spot" (arXiv 2502.16825) found the most useful rejected response."""
+    r = np.asarray(rewards, dtype=np.float64)
+    return float(r.mean() - 2.0 * r.std())
+
+
+def sweet_spot(rewards, embeddings, k: int = 1, seed: int = 0, *, target: float | None = None) -> np.ndarray:
+    """The single candidate whose reward is nearest to ``target`` (ties to the lower position).
+
+    ``target`` is ``sweet_spot_target`` of the *whole* pool, positive included; ``select`` and
+    ``select_batch`` compute it before the positive is removed and pass it in. Without it, the
+    rewards given are taken as the whole pool. ``k`` must be 1, as for ``best_worst``.
+    """
+    r, _, k = _check_selector_input(rewards, embeddings, k, needs_embeddings=False)
+    if k != 1:
+        raise ValueError(f"strategy 'sweet_spot' selects exactly one negative; got k={k}")
+    t = sweet_spot_target(r) if target is None else float(target)
+    return np.array([int(np.argmin(np.abs(r - t)))], dtype=np.int64)  # argmin: first of equal distances
+
+
 def all_responses(rewards, embeddings, k: int = 0, seed: int = 0) -> np.ndarray:
     """Every candidate, ascending reward (``k`` is ignored): the "all responses" baseline."""
     r, _ = _check_pool(rewards, embeddings, needs_embeddings=False)
@@ -481,6 +504,7 @@ SELECTORS: dict[str, Callable[..., np.ndarray]] = {
     "exact": exact,
     "random": random,
     "best_worst": best_worst,
+    "sweet_spot": sweet_spot,
     "all": all_responses,
 }
 """Strategy name -> ``fn(rewards, embeddings, k, seed=0) -> positions``.
@@ -488,6 +512,7 @@ SELECTORS: dict[str, Callable[..., np.ndarray]] = {
 Each function works on the *candidate pool* (the responses other than the positive) and returns
 ``k`` distinct positions into it, in ascending reward (ties by position). Direct calls need
 ``1 <= k < len(rewards)``; ``select`` handles ``k = 0`` and short pools. ``all`` ignores ``k``.
+``sweet_spot`` also takes ``target=`` (from the whole pool; ``select`` passes it).
 """
 
 
@@ -523,7 +548,7 @@ def select(strategy: str, rewards, embeddings, k: int, seed: int = 0) -> np.ndar
     Returns int64 indices into the pool: the positive (highest reward, ties to the lowest index)
     first, then the negatives in ascending reward (ties by index). If the pool has at most
     ``k + 1`` responses, all of it is returned in that order; ``k = 0`` returns the positive
-    alone. ``all`` ignores ``k``; ``best_worst`` needs ``k = 1``. ``embeddings`` may be None for
+    alone. ``all`` ignores ``k``; ``best_worst`` and ``sweet_spot`` need ``k = 1``. ``embeddings`` may be None for
     strategies that do not use them (see ``NEEDS_EMBEDDINGS``).
     """
     k = _check_k(k)
@@ -623,7 +648,8 @@ def _select_many(strategy: str, pools: list, k: int, seeds: list[int], progress:
             cands = [
                 (pools[i][0][rests[i]], pools[i][1][rests[i]] if uses_emb else None) for i in block
             ]
-            negatives = _select_block(strategy, cands, k, [seeds[i] for i in block])
+            targets = [sweet_spot_target(pools[i][0]) for i in block] if strategy == "sweet_spot" else None
+            negatives = _select_block(strategy, cands, k, [seeds[i] for i in block], targets)
             for i, local in zip(block, negatives):
                 out[i] = np.concatenate([[positives[i]], rests[i][local]])
             bar.update(len(block))
@@ -631,8 +657,9 @@ def _select_many(strategy: str, pools: list, k: int, seeds: list[int], progress:
     return out
 
 
-def _select_block(strategy: str, cands: list, k: int, seeds: list[int]) -> list:
-    """Negatives (positions in each candidate pool) for candidate pools of equal size."""
+def _select_block(strategy: str, cands: list, k: int, seeds: list[int], targets: list[float] | None = None) -> list:
+    """Negatives (positions in each candidate pool) for candidate pools of equal size; ``targets``:
+    each whole pool's ``sweet_spot_target`` (``sweet_spot`` only)."""
     if strategy in ("coreset", "optselect"):
         rewards = np.stack([r for r, _ in cands])
         with _one_blas_thread():
@@ -640,5 +667,7 @@ def _select_block(strategy: str, cands: list, k: int, seeds: list[int]) -> list:
             if strategy == "coreset":
                 return _coreset_block(rewards, d2, k, seeds)
             return _optselect_block(rewards, d2, k)
+    if strategy == "sweet_spot":
+        return [sweet_spot(r, e, k, s, target=t) for (r, e), s, t in zip(cands, seeds, targets)]
     fn = SELECTORS[strategy]
     return [fn(r, e, k, s) for (r, e), s in zip(cands, seeds)]

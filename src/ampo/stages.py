@@ -15,8 +15,9 @@ from .data import PoolRecord, prompt_text
 
 
 def sample_rows(generator, prompts: list[dict], progress: bool = True) -> list[dict]:
-    """N samples per prompt row (`id`, `prompt`, optional `meta`) as pool rows."""
-    samples = generator.generate([p["prompt"] for p in prompts], progress=progress)
+    """N samples per prompt row (`id`, `prompt`, optional `meta`) as pool rows. Each response's
+    random stream follows from (the generator's seed, the prompt's id, the sample index)."""
+    samples = generator.generate([p["prompt"] for p in prompts], progress=progress, keys=[p["id"] for p in prompts])
     return [{"id": p["id"], "prompt": p["prompt"], "responses": [x.text for x in ss],
              "finished": [x.finished for x in ss], "n_tokens": [x.n_tokens for x in ss],
              **({"meta": p["meta"]} if p.get("meta") is not None else {})}
@@ -59,17 +60,20 @@ def reference_logps(references: Iterable[tuple], pool: list[PoolRecord], shared_
                     progress: bool = True) -> list[list[list[float]]]:
     """Summed log-probs of each record's selected responses under each reference (model,
     tokenizer): per record `[R][K]`. `references` may load each model lazily (one in memory)."""
+    columns = [selected_logprobs(policy, pool, shared_prefix, progress) for policy in references]
+    return [[col[i].tolist() for col in columns] for i in range(len(pool))]
+
+
+def selected_logprobs(policy: tuple, pool: list[PoolRecord], shared_prefix: bool = False,
+                      progress: bool = True) -> list[np.ndarray]:
+    """Summed log-probs of each record's selected responses under `policy` (model, tokenizer)."""
     from .logprobs import response_logprobs
 
     prompts = [rec.prompt for rec in pool]
     responses = [[rec.responses[i] for i in rec.selected] for rec in pool]
     finished = [[rec.finished[i] if rec.finished else True for i in rec.selected] for rec in pool]
-    columns = []
-    for model, tok in references:
-        columns.append(response_logprobs(model, tok, prompts, responses, finished, progress=progress,
-                                         shared_prefix=shared_prefix)[0])
-        del model
-    return [[col[i].tolist() for col in columns] for i in range(len(pool))]
+    return response_logprobs(*policy, prompts, responses, finished, progress=progress,
+                             shared_prefix=shared_prefix)[0]
 
 
 def load_round_policy(c, checkpoints: list[Path]):

@@ -34,13 +34,15 @@ class Group:
     ref_logps: list[list[float]] | None = None  # [R][K]: per reference model, per response
 
     def reward_gap(self) -> float:
-        """Positive's reward minus the mean negative's: large = easy (Curry-DPO ordering)."""
+        """Positive's reward minus the mean negative's: large = easy (`curriculum: groups`)."""
         negs = self.rewards[1:]
         return self.rewards[0] - sum(negs) / max(len(negs), 1)
 
 
 class GroupDataset(torch.utils.data.Dataset):
-    """A list of `Group`s, optionally ordered easy -> hard for a curriculum."""
+    """A list of `Group`s, optionally ordered easy -> hard by `reward_gap` (`curriculum: groups`:
+    whole groups in order, all of a prompt's pairs in one step; not Curry-DPO, whose stages
+    `ampo.curriculum` and the pipeline run)."""
 
     def __init__(self, groups: list[Group], curriculum: bool = False):
         self.groups = sorted(groups, key=lambda g: -g.reward_gap()) if curriculum else list(groups)
@@ -223,7 +225,7 @@ def training_args(c, output_dir: Path, progress: bool = True):
         seed=c.seed,
         data_seed=c.seed,
         remove_unused_columns=False,
-        train_sampling_strategy="sequential" if t.curriculum else "random",
+        train_sampling_strategy="sequential" if t.curriculum == "groups" else "random",
         use_cpu=not cuda,
         bf16=c.model.dtype == "bfloat16",
         disable_tqdm=not progress,
@@ -265,13 +267,14 @@ def last_complete_checkpoint(work_dir: Path) -> Path | None:
     return None
 
 
-def train_round(c, model, tokenizer, pool, ref_rows, work_dir: Path, key: str, out: Path, progress: bool = True,
-                save_tokenizer: bool = False) -> None:
-    """Train `model` on the round's selected groups and save the result atomically to `out`.
+def train_round(c, model, tokenizer, pool, ref_rows, work_dir: Path, key: str, out: Path, progress: bool = True, *,
+                lora_seed: int, adapter: Path | None = None, save_tokenizer: bool = False) -> None:
+    """Train `model` on the selected groups of `pool` and save the result atomically to `out`.
 
     Trainer checkpoints go to `work_dir` (tagged with the stage key): a rerun with the same key
-    resumes from the last one; a different key starts afresh. With LoRA, `out` holds the adapter
-    (and the tokenizer, with `save_tokenizer`).
+    resumes from the last one; a different key starts afresh. With LoRA, `out` holds the adapter:
+    a new one drawn from `lora_seed`, or `adapter` (a saved one) trained further (and the
+    tokenizer, with `save_tokenizer`).
     """
     import shutil
 
@@ -283,16 +286,20 @@ def train_round(c, model, tokenizer, pool, ref_rows, work_dir: Path, key: str, o
     work_dir.mkdir(parents=True, exist_ok=True)
     key_file.write_text(key)
 
-    if c.model.lora:
+    if c.model.lora and adapter is not None:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, str(adapter), is_trainable=True)
+    elif c.model.lora:
         from peft import LoraConfig, get_peft_model
         from transformers import set_seed
 
-        set_seed(c.seed)  # the adapter's initial weights are random: draw them from the run's seed
+        set_seed(lora_seed)  # the adapter's initial weights are random: draw them from the given seed
         model = get_peft_model(model, LoraConfig(
             r=c.model.lora_r, lora_alpha=c.model.lora_alpha, lora_dropout=c.model.lora_dropout,
             target_modules=list(c.model.lora_targets), task_type="CAUSAL_LM"))
     model.train()
-    dataset = GroupDataset(build_groups(tokenizer, pool, ref_rows), curriculum=c.train.curriculum)
+    dataset = GroupDataset(build_groups(tokenizer, pool, ref_rows), curriculum=c.train.curriculum == "groups")
     trainer = GroupTrainer(
         model=model,
         args=training_args(c, work_dir, progress),

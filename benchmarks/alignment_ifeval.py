@@ -1,0 +1,566 @@
+"""The alignment benchmark on IFEval (`bench_alignment.py --task ifeval`): does active selection of
+negatives beat best-vs-worst pairs, the sweet-spot pair and random negatives at equal compute?
+
+Per seed, one round-0 pool (the same prompts, N samples each, the same `ifeval` rewards, MiniLM and
+policy embeddings) is made once and copied into every arm's run folder; each arm then selects,
+trains one round (optionally two: `--rounds 2`, the second on its own pool) with the same number of
+optimizer steps (one group per prompt, the same prompts per step), and its final policy is
+evaluated greedily on IFEval (541 prompts) and IFBench (300). The initial policy is evaluated once,
+shared by every seed. Everything is cached: the pipeline's stages are keyed and resumable, the
+benchmark generation resumes from its finished shards, and a finished evaluation is not redone.
+
+Units of work: `initial` (the initial policy's evaluation) and `seedS:ARM` (one arm of one seed,
+after the seed's pool exists); `--jobs J` runs J units at once as single-threaded processes
+(OMP_NUM_THREADS=1), logs in OUT/logs/. Writes OUT/results.json, OUT/alignment.md and OUT/alignment.png.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+import alignment_stats as stats
+
+HERE = Path(__file__).resolve().parent
+BENCHMARKS = ("ifeval", "ifbench")
+BENCH_PROMPTS = {"ifeval": 541, "ifbench": 300}
+
+# Arm -> overrides of the ifeval recipe. `bottomk` and `random` read no embedding, and training reads
+# none either, so their arms on the policy's hidden states would train exactly the same policy as
+# the MiniLM ones: they are not run twice.
+ARMS: dict[str, list[str]] = {
+    "ampo+optselect": ["select.strategy=optselect", "train.loss=ampo"],
+    "ampo+optselect+policy-emb": ["select.strategy=optselect", "train.loss=ampo", "embed.embedder=policy"],
+    "ampo+coreset": ["select.strategy=coreset", "train.loss=ampo"],
+    "ampo+coreset+policy-emb": ["select.strategy=coreset", "train.loss=ampo", "embed.embedder=policy"],
+    "ampo+bottomk": ["select.strategy=bottomk", "train.loss=ampo"],
+    "ampo+random": ["select.strategy=random", "train.loss=ampo"],
+    "dpo best-vs-worst": ["select.strategy=best_worst", "select.k=1", "train.loss=dpo"],
+    "simpo best-vs-worst": ["select.strategy=best_worst", "select.k=1", "train.loss=simpo"],
+    "dpo sweet-spot": ["select.strategy=sweet_spot", "select.k=1", "train.loss=dpo"],
+    "swepo all": ["select.strategy=all", "train.loss=swepo"],
+}
+BASELINES = ("dpo best-vs-worst", "ampo+random")  # the paired differences are taken against these
+# selector label in the pool statistics -> the arm whose round-0 selection it is (simpo best-vs-worst
+# has the same selection as dpo best-vs-worst; `all` selects everything)
+SELECTIONS = {"bottomk": "ampo+bottomk", "random": "ampo+random", "coreset/minilm": "ampo+coreset",
+              "coreset/policy": "ampo+coreset+policy-emb", "optselect/minilm": "ampo+optselect",
+              "optselect/policy": "ampo+optselect+policy-emb", "best_worst": "dpo best-vs-worst",
+              "sweet_spot": "dpo sweet-spot"}
+POOL_FILES = ("split.json", "round-0/pool.parquet", "round-0/rewards.parquet")
+POOL_STAGES = ("split", "round-0/generate", "round-0/score")
+EMBEDDER_FILES = ("round-0/embeddings.npy", "baseline/samples.parquet", "baseline/summary.json")
+EMBEDDER_STAGES = ("round-0/embed", "baseline")
+
+# Seconds per unit on ONE thread of this project's 2-core box (AMD EPYC, fp32), for `--estimate`.
+# Provisional: derived from figures measured elsewhere, not from this benchmark (docs/benchmarks.md):
+# sampling 154 tokens/s on one thread with continuous batching (models_generation.md); greedy IFEval
+# answers ~1.5 s per prompt on 2 threads at 256 tokens (the lead's run, answers often at the cap,
+# i.e. ~0.013 s per token and thread); the ifeval reward ~3 ms per
+# response (ifeval.md); training, references and policy embeddings from their FLOPs (6, 2 and 2 x
+# 134.5M per token) at ~40 GFLOP/s, half the measured one-thread matmul limit. Replace them with
+# `--estimate --rates-from SMALL_RUN` once a small run of this benchmark has finished on the machine.
+RATES = {
+    "sample_token": 0.0065,   # pool sampling: per generated token (N rows per prompt, batched)
+    "greedy_token": 0.013,    # benchmark greedy decoding: per generated token (answers run to the cap)
+    "score_response": 0.004,  # ifeval reward: per response
+    "minilm_response": 0.01,  # MiniLM embedding: per response
+    "policy_response": 0.7,   # policy hidden-state embedding: per response of ~128 tokens
+    "train_token": 0.025,     # training: per token of a selected response, one epoch (+ the shared prompt)
+    "ref_token": 0.008,       # reference log-probs: per token of a selected response
+    "arm_overhead": 120.0,    # per arm: selection, the held-out evaluation (32 prompts), loading
+}
+
+
+@dataclass(frozen=True)
+class Sizes:
+    seeds: tuple[int, ...]
+    train_prompts: int
+    heldout: int
+    n: int
+    k: int
+    gen_tokens: int
+    eval_tokens: int
+    limit: int
+    rounds: int
+
+    def overrides(self, seed: int) -> list[str]:
+        return [f"seed={seed}", f"rounds={self.rounds}", f"data.train_prompts={self.train_prompts}",
+                f"data.heldout={self.heldout}", f"generate.n={self.n}", f"select.k={self.k}",
+                f"generate.max_new_tokens={self.gen_tokens}", f"eval.max_new_tokens={self.gen_tokens}",
+                "eval.samples_per_prompt=1", "eval.benchmarks=[]", "train.prompts_per_step=4",
+                "train.shared_prefix=true"]  # the prompt forwarded once per group: same values, less time
+
+
+def sizes_from(args) -> Sizes:
+    quick = args.quick
+    return Sizes(seeds=tuple(args.seeds or ([0] if quick else [0, 1, 2])),
+                 train_prompts=args.train_prompts or (4 if quick else 64), heldout=1 if quick else 32,
+                 n=args.n or (4 if quick else 16), k=args.k or (2 if quick else 7),
+                 gen_tokens=args.gen_tokens or (12 if quick else 128),
+                 eval_tokens=args.eval_tokens or (12 if quick else 256),
+                 limit=args.limit if args.limit is not None else (3 if quick else 0), rounds=args.rounds)
+
+
+def arm_dir(out: Path, seed: int, arm: str) -> Path:
+    return out / f"seed{seed}" / arm.replace(" ", "_")
+
+
+def embedder_of(arm: str) -> str:
+    return "policy" if "embed.embedder=policy" in ARMS[arm] else "minilm"
+
+
+# ------------------------------------------------------------------ one arm
+
+
+def arm_config(arm: str, sizes: Sizes, seed: int, folder: Path):
+    """The arm's run config: the ifeval recipe, the benchmark's sizes, then the arm's own options
+    (last, so that a pair arm's select.k=1 wins)."""
+    from ampo.cli import RECIPES
+    from ampo.config import load_config
+
+    return load_config(RECIPES["ifeval"], [*sizes.overrides(seed), *ARMS[arm], f"out={folder}"])
+
+
+def seed_round0(folder: Path, source: Path, with_embedder: bool) -> None:
+    """Copy a seed's round-0 pool (and, `with_embedder`, its embeddings and held-out baseline, which
+    depend on the embedder) from the run folder `source` into the new arm folder `folder`, with their
+    manifest entries, so that the pipeline finds those stages done."""
+    files, stages = POOL_FILES + (EMBEDDER_FILES if with_embedder else ()), POOL_STAGES + (
+        EMBEDDER_STAGES if with_embedder else ())
+    folder.mkdir(parents=True)
+    for name in files:
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(source / name, folder / name)
+    manifest = json.loads((source / "manifest.json").read_text())
+    manifest["stages"] = {k: v for k, v in manifest["stages"].items() if k in stages}
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+
+
+def run_arm(out: Path, seed: int, arm: str, sizes: Sizes, arms: list[str]) -> None:
+    """The arm's pipeline run (reusing the seed's round-0 pool made by the first arm of `arms`, and
+    the embeddings made by the first arm with the same embedder), then its benchmark evaluations."""
+    from ampo.pipeline import Pipeline
+
+    folder = arm_dir(out, seed, arm)
+    order = arm_order(arms)
+    same_embedder = [a for a in order if embedder_of(a) == embedder_of(arm)]
+    if not folder.exists() and arm != order[0]:
+        first, source_emb = arm_dir(out, seed, order[0]), arm_dir(out, seed, same_embedder[0])
+        use_emb = arm != same_embedder[0] and (source_emb / "round-0" / "embeddings.npy").exists()
+        if (first / "round-0" / "rewards.parquet").exists():
+            seed_round0(folder, source_emb if use_emb else first, use_emb)
+    config = arm_config(arm, sizes, seed, folder)
+    Pipeline(config, progress=False).run()
+    manifest = json.loads((folder / "manifest.json").read_text())
+    key = manifest["stages"][f"round-{sizes.rounds - 1}/train"]["key"]
+
+    def policy():
+        from ampo.pipeline import load_round_policy
+
+        return load_round_policy(config, [folder / f"round-{r}" / "checkpoint" for r in range(sizes.rounds)])
+
+    for name in BENCHMARKS:
+        evaluate(name, policy, key, folder / "bench" / name, sizes)
+
+
+def arm_order(arms: list[str]) -> list[str]:
+    """The order arms run in within a seed: ARMS' order (the MiniLM pool source first)."""
+    return [a for a in ARMS if a in arms]
+
+
+def evaluate(name: str, load_policy, key: str, out: Path, sizes: Sizes) -> dict:
+    """The policy's greedy evaluation on benchmark `name` into `out` (metrics.json, results.jsonl,
+    responses.jsonl), unless `out/done.json` records the same policy and settings. Resumes from
+    finished generation shards. Records the seconds it took in done.json."""
+    from ampo.config import config_key
+    from ampo.data import write_json
+    from ampo.ifeval.evaluate import evaluate_policy, output_lock
+
+    done_key = config_key("alignment-eval", name, key, sizes.eval_tokens, sizes.limit)
+    done = out / "done.json"
+    if done.is_file() and (out / "metrics.json").is_file() and json.loads(done.read_text()).get("key") == done_key:
+        return json.loads((out / "metrics.json").read_text())
+    t0 = time.perf_counter()
+    policy = load_policy()
+    with output_lock(out):
+        metrics = evaluate_policy(name, policy, out, key=key, limit=sizes.limit, seed=0,
+                                  max_new_tokens=sizes.eval_tokens, prompts_per_batch=16, shard_prompts=32,
+                                  progress=False)
+        write_json(done, {"key": done_key, "seconds": round(time.perf_counter() - t0, 1),
+                          "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S")})
+    return metrics
+
+
+def run_initial(out: Path, sizes: Sizes) -> None:
+    from ampo.config import config_key
+    from ampo.models import DEFAULT_POLICY, load_policy
+
+    for name in BENCHMARKS:
+        evaluate(name, lambda: load_policy(DEFAULT_POLICY), config_key("initial", DEFAULT_POLICY),
+                 out / "initial" / name, sizes)
+
+
+def units(sizes: Sizes, arms: list[str]) -> dict[str, list[str]]:
+    """Every unit of work and the units it waits for: `seedS:ARM` (one arm of one seed) waits for
+    the seed's first arm (which makes the round-0 pool) and, for a policy-embedding arm, for the
+    seed's first policy-embedding arm (which makes those embeddings); `initial` waits for nothing.
+    In this order, every unit comes after the ones it waits for."""
+    order = arm_order(arms)
+    out: dict[str, list[str]] = {}
+    for seed in sizes.seeds:
+        for arm in order:
+            first_same = next(a for a in order if embedder_of(a) == embedder_of(arm))
+            out[f"seed{seed}:{arm}"] = [f"seed{seed}:{a}" for a in dict.fromkeys((order[0], first_same)) if a != arm]
+    out["initial"] = []
+    return out
+
+
+def run_unit(unit: str, out: Path, sizes: Sizes, arms: list[str]) -> None:
+    t0 = time.perf_counter()
+    if unit == "initial":
+        run_initial(out, sizes)
+    else:
+        seed, arm = unit.split(":", 1)
+        run_arm(out, int(seed.removeprefix("seed")), arm, sizes, arms)
+    print(f"{unit}: done ({time.perf_counter() - t0:.0f} s this call)", flush=True)
+
+
+# ------------------------------------------------------------------ several units, several processes
+
+
+def run_all(args, sizes: Sizes, arms: list[str]) -> None:
+    """Every unit, `args.jobs` at a time as single-threaded processes, each as soon as the units it
+    waits for are done (in `units` order); with one job, in this process, one after another."""
+    out = Path(args.out)
+    todo = units(sizes, arms)
+    if args.jobs <= 1:
+        for unit in todo:
+            run_unit(unit, out, sizes, arms)
+        return
+    (out / "logs").mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
+    waiting, running, done, failed = list(todo), {}, set(), set()
+    while waiting or running:
+        for unit in [u for u in waiting if set(todo[u]) & failed]:
+            waiting.remove(unit)
+            failed.add(unit)
+            print(f"{unit}: skipped (waits for a failed unit)", flush=True)
+        ready = [u for u in waiting if set(todo[u]) <= done]
+        while ready and len(running) < args.jobs:
+            unit = ready.pop(0)
+            waiting.remove(unit)
+            log_path = out / "logs" / f"{unit.replace(':', '_').replace(' ', '_')}.log"
+            log = open(log_path, "a")
+            cmd = [sys.executable, str(HERE / "bench_alignment.py"), *worker_argv(args, sizes, arms), "--unit", unit]
+            running[unit] = (subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env), log)
+            print(f"{unit}: started (log {log_path})", flush=True)
+        time.sleep(1)
+        for unit, (proc, log) in list(running.items()):
+            if proc.poll() is not None:
+                log.close()
+                del running[unit]
+                (done if proc.returncode == 0 else failed).add(unit)
+                if proc.returncode:
+                    print(f"{unit}: FAILED (exit {proc.returncode})", flush=True)
+                else:
+                    print(f"{unit}: done", flush=True)
+    if failed:
+        raise SystemExit(f"bench_alignment: {len(failed)} unit(s) failed or skipped: {', '.join(sorted(failed))} "
+                         f"(logs in {out / 'logs'}); rerun the same command to continue")
+
+
+def worker_argv(args, sizes: Sizes, arms: list[str]) -> list[str]:
+    """The command-line of one unit's process: the same sizes, one thread."""
+    argv = ["--task", "ifeval", "--out", str(args.out), "--seeds", *map(str, sizes.seeds),
+            "--arms", *arms, "--train-prompts", str(sizes.train_prompts), "--n", str(sizes.n), "--k", str(sizes.k),
+            "--gen-tokens", str(sizes.gen_tokens), "--eval-tokens", str(sizes.eval_tokens),
+            "--limit", str(sizes.limit), "--rounds", str(sizes.rounds)]
+    return argv + (["--quick"] if args.quick else [])
+
+
+# ------------------------------------------------------------------ cost estimate
+
+
+def estimate(sizes: Sizes, arms: list[str], jobs: int, rates: dict = RATES) -> list[tuple[str, float]]:
+    """(part, single-thread seconds) for the whole benchmark at these sizes, from `rates`."""
+    from ampo.losses import LOSSES
+
+    p, n, g = sizes.train_prompts, sizes.n, sizes.gen_tokens
+    seeds = len(sizes.seeds)
+    bench_prompts = sum(min(sizes.limit, v) if sizes.limit else v for v in BENCH_PROMPTS.values())
+    policy_arms = [a for a in arms if embedder_of(a) == "policy"]
+    parts = [
+        ("round-0 pools: sampling", seeds * p * n * g * rates["sample_token"]),
+        ("round-0 pools: ifeval reward", seeds * p * n * rates["score_response"]),
+        ("round-0 pools: MiniLM embeddings", seeds * p * n * rates["minilm_response"]),
+        ("round-0 pools: policy embeddings", seeds * p * n * rates["policy_response"] * bool(policy_arms)),
+    ]
+    train = refs = 0.0
+    for arm in arms:
+        overrides = dict(o.split("=", 1) for o in ARMS[arm])
+        group = n if overrides["select.strategy"] == "all" else int(overrides.get("select.k", sizes.k)) + 1
+        train += seeds * p * group * g * rates["train_token"]
+        if LOSSES[overrides["train.loss"]].refs:
+            refs += seeds * p * group * g * rates["ref_token"]
+    parts += [("training (one round, every arm)", train), ("reference log-probs", refs)]
+    if sizes.rounds > 1:
+        extra = (sizes.rounds - 1) * seeds * len(arms) * p * n * (g * rates["sample_token"] + rates["score_response"])
+        parts.append((f"rounds 2..{sizes.rounds}: each arm's own pool (+ training as above)", extra + (
+            sizes.rounds - 1) * (train + refs)))
+    parts += [("per arm: selection, held-out evaluation, loading", seeds * len(arms) * rates["arm_overhead"]),
+              ("benchmarks: each arm's final policy", seeds * len(arms) * bench_prompts * sizes.eval_tokens
+               * rates["greedy_token"]),
+              ("benchmarks: the initial policy (once)", bench_prompts * sizes.eval_tokens * rates["greedy_token"])]
+    return parts
+
+
+def rates_from(out: Path) -> dict:
+    """Single-thread seconds per unit (the keys of RATES) measured by a finished run in `out`, from
+    its results.json (sizes and timings): what RATES was set from."""
+    from ampo.losses import LOSSES
+
+    saved = json.loads((out / "results.json").read_text())
+    z, t = Sizes(**{**saved["sizes"], "seeds": tuple(saved["sizes"]["seeds"])}), saved["timings"]
+    arms = saved["arms"]
+
+    def total(part):
+        return t[part]["total_s"] if part in t else 0.0
+
+    def count(part):
+        return t[part]["count"] if part in t else 0
+
+    responses = z.train_prompts * z.n
+    groups = {a: z.n if "select.strategy=all" in ARMS[a] else (2 if "select.k=1" in ARMS[a] else z.k + 1) for a in arms}
+    with_refs = [a for a in arms if LOSSES[dict(o.split("=", 1) for o in ARMS[a])["train.loss"]].refs]
+    per_seed = lambda names: max(1, count("train") / max(len(arms), 1)) * z.train_prompts * z.gen_tokens * sum(
+        groups[a] for a in names)
+    greedy = sum(total(f"benchmark {b} ({w})") for b in BENCHMARKS for w in ("arm", "initial"))
+    greedy_tokens = sum(count(f"benchmark {b} ({w})") * (min(z.limit, BENCH_PROMPTS[b]) if z.limit else
+                                                         BENCH_PROMPTS[b]) * z.eval_tokens
+                        for b in BENCHMARKS for w in ("arm", "initial"))
+    return {
+        "sample_token": total("generate") / max(1, count("generate") * responses * z.gen_tokens),
+        "greedy_token": greedy / max(1, greedy_tokens),
+        "score_response": total("score") / max(1, count("score") * responses),
+        "minilm_response": total("embed (minilm)") / max(1, count("embed (minilm)") * responses),
+        "policy_response": total("embed (policy)") / max(1, count("embed (policy)") * responses),
+        "train_token": total("train") / max(1, per_seed(arms)),
+        "ref_token": total("refs") / max(1, per_seed(with_refs)),
+        "arm_overhead": (total("select") + total("evaluate") + total("baseline (minilm)") + total("baseline (policy)"))
+        / max(1, count("evaluate")),
+    }
+
+
+def estimate_table(sizes: Sizes, arms: list[str], jobs: int, rates: dict = RATES) -> str:
+    parts = estimate(sizes, arms, jobs, rates)
+    total = sum(s for _, s in parts)
+    lines = [f"Cost estimate: {len(arms)} arms x {len(sizes.seeds)} seeds, {sizes.train_prompts} training prompts x "
+             f"N={sizes.n} at {sizes.gen_tokens} tokens, k={sizes.k}, {sizes.rounds} round(s), benchmarks "
+             f"{'all prompts' if not sizes.limit else f'{sizes.limit} prompts each'} at {sizes.eval_tokens} tokens "
+             f"(single-thread rates: RATES in {Path(__file__).name} or --rates-from)", "",
+             "| part | single-thread hours | share |", "|---|---|---|"]
+    lines += [f"| {name} | {s / 3600:.2f} | {s / total:.0%} |" for name, s in parts]
+    lines += [f"| **total** | **{total / 3600:.1f}** | |", "",
+              f"With --jobs {jobs} on {jobs} free cores: about {total / 3600 / max(jobs, 1):.1f} h wall "
+              f"({len(sizes.seeds) * len(arms) + 1} units of one arm and seed each, or the initial policy; "
+              "a seed's other arms wait for the arm that makes its pool)."]
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------ analysis
+
+
+def read_metrics(folder: Path) -> tuple[dict, list[dict]] | None:
+    if not ((folder / "done.json").is_file() and (folder / "metrics.json").is_file()):
+        return None
+    rows = [json.loads(line) for line in (folder / "results.jsonl").read_text().splitlines()]
+    return json.loads((folder / "metrics.json").read_text()), rows
+
+
+def timings(out: Path, sizes: Sizes, arms: list[str]) -> dict:
+    """Seconds per part, from the manifests' stage records and the evaluations' done.json; shared
+    round-0 stages counted once per seed (in the arm that ran them)."""
+    parts: dict[str, list[float]] = {}
+
+    def add(part, seconds):
+        parts.setdefault(part, []).append(seconds)
+
+    for seed in sizes.seeds:
+        seen = set()
+        for arm in arm_order(arms):
+            folder = arm_dir(out, seed, arm)
+            if not (folder / "manifest.json").is_file():
+                continue
+            for stage, entry in json.loads((folder / "manifest.json").read_text())["stages"].items():
+                if entry.get("status") != "done" or "seconds" not in entry:
+                    continue
+                if stage in POOL_STAGES + EMBEDDER_STAGES:
+                    ident = (stage, entry["key"])
+                    if ident in seen:
+                        continue
+                    seen.add(ident)
+                part = stage.split("/")[-1]
+                add(f"{part} ({embedder_of(arm)})" if part in ("embed", "baseline") else part, entry["seconds"])
+            for name in BENCHMARKS:
+                done = folder / "bench" / name / "done.json"
+                if done.is_file():
+                    add(f"benchmark {name} (arm)", json.loads(done.read_text())["seconds"])
+    for name in BENCHMARKS:
+        done = out / "initial" / name / "done.json"
+        if done.is_file():
+            add(f"benchmark {name} (initial)", json.loads(done.read_text())["seconds"])
+    return {part: {"count": len(v), "total_s": round(sum(v), 1), "mean_s": round(sum(v) / len(v), 1)}
+            for part, v in parts.items()}
+
+
+def pool_data(out: Path, seed: int, arms: list[str]) -> tuple[list[dict], dict, list[str]] | None:
+    """One seed's round-0 pools with each response's failure mode (cached in the seed folder), the
+    embeddings under each embedder, and the selectors' picks."""
+    import pandas as pd
+
+    from ampo.data import prompt_text, read_pool
+    from ampo.ifeval.offline import registry
+    from ampo.ifeval.scoring import follow_instructions
+
+    order = arm_order(arms)
+    base = arm_dir(out, seed, order[0]) / "round-0"
+    if not (base / "rewards.parquet").is_file():
+        return None
+    pool, _ = read_pool(base / "pool.parquet")
+    cache = out / f"seed{seed}" / "pool_failures.json"
+    pool_key = json.loads((arm_dir(out, seed, order[0]) / "manifest.json").read_text())["stages"][
+        "round-0/generate"]["key"]
+    cached = json.loads(cache.read_text()) if cache.is_file() else {}
+    if cached.get("key") != pool_key:
+        checks = registry("ifeval")
+        flags = [[follow_instructions(checks, rec.meta["instruction_id_list"], rec.meta["kwargs"],
+                                      prompt_text(rec.prompt), text)[0] for text in rec.responses] for rec in pool]
+        cached = {"key": pool_key, "strict": flags}
+        cache.write_text(json.dumps(cached))
+    rewards = pd.read_parquet(base / "rewards.parquet")["rewards"].map(np.asarray).tolist()
+    bounds = np.cumsum([0] + [len(r) for r in rewards])
+    pools = [{"rewards": r, "modes": stats.failure_modes(f, rec.meta["instruction_id_list"])}
+             for r, f, rec in zip(rewards, cached["strict"], pool)]
+    embedders = []
+    for emb_name in ("minilm", "policy"):
+        source = next((a for a in order if embedder_of(a) == emb_name), None)
+        path = source and arm_dir(out, seed, source) / "round-0" / "embeddings.npy"
+        if path and path.is_file():
+            flat = np.load(path)
+            for p, a, b in zip(pools, bounds[:-1], bounds[1:]):
+                p[emb_name] = flat[a:b]
+            embedders.append(emb_name)
+    selections = {}
+    for label, arm in SELECTIONS.items():
+        path = arm_dir(out, seed, arm) / "round-0" / "selection.parquet"
+        if arm in arms and path.is_file():
+            selections[label] = [list(s) for s in pd.read_parquet(path)["selected"]]
+    return pools, selections, embedders
+
+
+def analyse(out: Path, sizes: Sizes, arms: list[str], n_boot: int = 2000) -> dict:
+    """Collect what is finished, compute the statistics, write results.json, alignment.md and
+    alignment.png; missing arms or seeds are named, not guessed."""
+    results: dict = {"sizes": asdict(sizes), "arms": arms, "benchmarks": {}, "missing": []}
+    md = [f"# Alignment benchmark on IFEval\n", f"Sizes: `{json.dumps(asdict(sizes))}`. Figures in %; mean ± sd over "
+          "seeds; paired differences in percentage points with a paired bootstrap over prompts "
+          f"({n_boot} samples).\n"]
+    for name in BENCHMARKS:
+        initial = read_metrics(out / "initial" / name)
+        figures, counts = {}, {}
+        for arm in arms:
+            found = {s: read_metrics(arm_dir(out, s, arm) / "bench" / name) for s in sizes.seeds}
+            results["missing"] += [f"seed{s}/{arm}/{name}" for s, v in found.items() if v is None]
+            done = {s: v for s, v in found.items() if v is not None}
+            if done:
+                figures[arm] = [m for m, _ in done.values()]
+                counts[arm] = {s: stats.prompt_counts(rows) for s, (_, rows) in done.items()}
+        bench = {"initial": initial and {f: initial[0][f] for f in stats.FIGURES},
+                 "arms": {arm: [{f: m[f] for f in stats.FIGURES} for m in ms] for arm, ms in figures.items()},
+                 "differences": {}}
+        md += [f"## {name}\n", stats.arm_table(figures, initial and initial[0], name), ""]
+        for against in BASELINES:
+            if against not in counts:
+                continue
+            diffs = {}
+            for arm in counts:
+                common = [s for s in sizes.seeds if s in counts[arm] and s in counts[against]]
+                if arm != against and common:
+                    diffs[arm] = stats.paired_difference([counts[arm][s] for s in common],
+                                                         [counts[against][s] for s in common], n_boot=n_boot)
+                    diffs[arm]["seeds"] = common
+            bench["differences"][against] = diffs
+            md += [stats.difference_table(diffs, against, name), ""]
+        results["benchmarks"][name] = bench
+    pools = {}
+    for seed in sizes.seeds:
+        data = pool_data(out, seed, arms)
+        if data is not None:
+            pools[f"seed{seed}"] = stats.pool_statistics(data[0], data[1], data[2])
+    results["pools"] = pools
+    if pools:
+        md += ["## Round-0 pools\n", stats.pool_table(pools), ""]
+    results["timings"] = timings(out, sizes, arms)
+    md += ["## Time per part (seconds, as measured in this run)\n", "| part | count | total s | mean s |",
+           "|---|---|---|---|"] + [f"| {k} | {v['count']} | {v['total_s']} | {v['mean_s']} |"
+                                   for k, v in sorted(results["timings"].items())]
+    if results["missing"]:
+        md += ["", f"Not finished yet ({len(results['missing'])}): " + ", ".join(results["missing"])]
+    (out / "results.json").write_text(json.dumps(results, indent=2))
+    (out / "alignment.md").write_text("\n".join(md) + "\n")
+    plot(out, results)
+    return results
+
+
+def plot(out: Path, results: dict) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(BENCHMARKS), figsize=(11, 3.6), sharey=False)
+    for ax, name in zip(axes, BENCHMARKS):
+        bench = results["benchmarks"][name]
+        arms = list(bench["arms"])
+        for i, arm in enumerate(arms):
+            v = 100 * np.array([m["avg_prompt_inst_strict_acc"] for m in bench["arms"][arm]])
+            ax.scatter([i] * len(v), v, s=14, color="C0")
+            ax.errorbar(i, v.mean(), yerr=v.std(ddof=1) if len(v) > 1 else 0, fmt="_", color="k", capsize=5)
+        if bench["initial"]:
+            ax.axhline(100 * bench["initial"]["avg_prompt_inst_strict_acc"], color="grey", ls="--", lw=0.8,
+                       label="initial policy")
+            ax.legend(fontsize=7)
+        ax.set_xticks(range(len(arms)), arms, rotation=35, ha="right", fontsize=7)
+        ax.set_title(f"{name}: average prompt/inst strict (%)", fontsize=9)
+    fig.savefig(out / "alignment.png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+
+
+def main(args) -> None:
+    arms = [a for a in ARMS if a in (args.arms or list(ARMS))]
+    unknown = set(args.arms or []) - set(ARMS)
+    if unknown:
+        raise SystemExit(f"bench_alignment: unknown arm(s) {sorted(unknown)}; known: {list(ARMS)}")
+    sizes = sizes_from(args)
+    if args.estimate:
+        rates = rates_from(Path(args.rates_from)) if args.rates_from else RATES
+        if args.rates_from:
+            print("rates measured in", args.rates_from, json.dumps({k: float(f"{v:.3g}") for k, v in rates.items()}))
+        print(estimate_table(sizes, arms, args.jobs, rates))
+        return
+    out = Path(args.out)
+    if args.unit:
+        run_unit(args.unit, out, sizes, arms)
+        return
+    run_all(args, sizes, arms)
+    analyse(out, sizes, arms)
+    print((out / "alignment.md").read_text())

@@ -1,0 +1,240 @@
+"""Statistics of the IFEval alignment benchmark (`bench_alignment.py --task ifeval`): pure functions
+on per-prompt benchmark results and on round-0 pools, tested on synthetic data
+(tests/test_alignment_stats.py).
+
+- Benchmark figures: the IFEval average (prompt- and instruction-level strict accuracy, averaged)
+  and the four accuracies per arm and seed; mean and sd over seeds.
+- Paired comparisons of two arms on the same prompts: the difference of the averages, a paired
+  bootstrap over prompts (the same resampled prompts for both arms) with its 95% interval, per seed
+  and pooled over seeds; the sign count of the per-seed differences.
+- Pool statistics: failure modes (the distinct sets of unfollowed instructions among a pool's
+  responses), whether an embedding separates them (nearest-neighbour agreement against chance),
+  how many of them each selector's negatives cover, and the overlap between selectors' negatives.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Iterable, Mapping, Sequence
+
+import numpy as np
+
+FIGURES = ("avg_prompt_inst_strict_acc", "prompt_level_strict_acc", "inst_level_strict_acc",
+           "prompt_level_loose_acc", "inst_level_loose_acc")
+
+
+# ------------------------------------------------------------------ benchmark figures
+
+
+def prompt_counts(rows: Sequence[Mapping], mode: str = "strict") -> dict:
+    """Per prompt of a `results.jsonl` (rows with `key` and `follow_instruction_list_<mode>`):
+    key -> (all followed, # followed, # scored). Unscored (None) instructions are left out and a
+    prompt with none scored is dropped, as `ampo.ifeval.scoring.aggregate` does."""
+    out = {}
+    for row in rows:
+        flags = [f for f in row[f"follow_instruction_list_{mode}"] if f is not None]
+        if flags:
+            out[row["key"]] = (float(all(flags)), float(sum(flags)), float(len(flags)))
+    return out
+
+
+def average(counts: np.ndarray) -> float:
+    """(prompt-level + instruction-level accuracy) / 2 of an array of (all_ok, followed, scored) rows."""
+    return float((counts[:, 0].mean() + counts[:, 1].sum() / counts[:, 2].sum()) / 2)
+
+
+def _aligned(a: Mapping, b: Mapping) -> tuple[np.ndarray, np.ndarray]:
+    """The two arms' count rows on the prompts both have, in one order."""
+    keys = sorted(a.keys() & b.keys(), key=str)
+    if not keys:
+        raise ValueError("the two arms share no scored prompt")
+    return np.array([a[k] for k in keys]), np.array([b[k] for k in keys])
+
+
+def _boot_average(counts: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """The average for each bootstrap row of prompt indices `idx` [B, n]."""
+    c = counts[idx]  # [B, n, 3]
+    return (c[..., 0].mean(axis=1) + c[..., 1].sum(axis=1) / c[..., 2].sum(axis=1)) / 2
+
+
+def paired_difference(a: Sequence[Mapping], b: Sequence[Mapping], n_boot: int = 2000, seed: int = 0) -> dict:
+    """Average(a) - average(b) of two arms' prompt counts, one pair per seed (`a[s]`, `b[s]`: the
+    `prompt_counts` of seed s), with a paired bootstrap over prompts: every bootstrap sample draws
+    one set of prompts and uses it for both arms and every seed. Returns the per-seed differences
+    with their 95% intervals and the mean over seeds with its interval (which reflects the prompt
+    sample, not the seed spread; the sign count and the per-seed values show that)."""
+    if len(a) != len(b) or not a:
+        raise ValueError(f"need one pair of results per seed, got {len(a)} and {len(b)}")
+    pairs = [_aligned(x, y) for x, y in zip(a, b)]
+    n = len(pairs[0][0])
+    if any(len(x) != n for x, _ in pairs):
+        raise ValueError("the seeds' results cover different prompts")
+    idx = np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
+    diffs = np.array([average(x) - average(y) for x, y in pairs])
+    boots = np.stack([_boot_average(x, idx) - _boot_average(y, idx) for x, y in pairs])  # [seeds, B]
+
+    def interval(values):
+        return [float(np.percentile(values, 2.5)), float(np.percentile(values, 97.5))]
+
+    return {"per_seed": diffs.tolist(), "per_seed_ci": [interval(v) for v in boots],
+            "mean": float(diffs.mean()), "mean_ci": interval(boots.mean(axis=0)),
+            "signs": sign_count(diffs), "n_prompts": n, "n_boot": n_boot}
+
+
+def sign_count(values: Iterable[float]) -> dict:
+    """How many values are above, below and exactly at zero."""
+    v = np.asarray(list(values), dtype=float)
+    return {"positive": int((v > 0).sum()), "negative": int((v < 0).sum()), "zero": int((v == 0).sum())}
+
+
+def over_seeds(values: Sequence[float]) -> tuple[float, float | None]:
+    """Mean and sample sd (ddof=1; None with one seed)."""
+    v = np.asarray(values, dtype=float)
+    return float(v.mean()), (float(v.std(ddof=1)) if len(v) > 1 else None)
+
+
+# ------------------------------------------------------------------ pool statistics
+
+
+def failure_modes(strict_flags: Sequence[Sequence[bool]], instruction_ids: Sequence[str]) -> list[frozenset]:
+    """Per response, the set of instructions it does not follow (strict); the empty set = all followed."""
+    return [frozenset(i for i, ok in zip(instruction_ids, flags, strict=True) if not ok) for flags in strict_flags]
+
+
+def distinct_failures(modes: Sequence[frozenset]) -> int:
+    """How many distinct non-empty sets of unfollowed instructions a pool has."""
+    return len({m for m in modes if m})
+
+
+def nn_agreement(embeddings: np.ndarray, labels: Sequence) -> tuple[float, float] | None:
+    """Share of responses whose nearest other response (cosine) has the same label, and the share
+    expected by chance (for each response, the fraction of the others with its label). None for a
+    pool with one response or one label (nothing to separate)."""
+    labels = list(labels)
+    n = len(labels)
+    if n < 2 or len(set(labels)) < 2:
+        return None
+    e = np.asarray(embeddings, dtype=np.float64)
+    unit = e / np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-12)
+    sim = unit @ unit.T
+    np.fill_diagonal(sim, -np.inf)
+    nearest = sim.argmax(axis=1)  # ties: the lower index
+    same = np.array([[a == b for b in labels] for a in labels])
+    agree = float(np.mean([same[i, nearest[i]] for i in range(n)]))
+    chance = float(np.mean([(same[i].sum() - 1) / (n - 1) for i in range(n)]))
+    return agree, chance
+
+
+def modes_covered(modes: Sequence[frozenset], positive: int, negatives: Iterable[int]) -> float | None:
+    """Share of the failure modes among the candidates (every response but the positive) that the
+    negatives include at least one response of. None when the candidates have no failure."""
+    candidate_modes = {m for i, m in enumerate(modes) if i != positive and m}
+    if not candidate_modes:
+        return None
+    return len({modes[i] for i in negatives if modes[i]} & candidate_modes) / len(candidate_modes)
+
+
+def jaccard(a: Iterable[int], b: Iterable[int]) -> float:
+    """|a & b| / |a | b| (1.0 for two empty sets)."""
+    a, b = set(a), set(b)
+    return len(a & b) / len(a | b) if a | b else 1.0
+
+
+def pool_statistics(pools: Sequence[Mapping], selections: Mapping[str, Sequence[Sequence[int]]],
+                    embedders: Sequence[str]) -> dict:
+    """Statistics of one seed's round-0 pools. Each pool: `rewards` [N], `modes` (`failure_modes`)
+    and, per name in `embedders`, its embeddings [N, d] under that name. `selections`: selector ->
+    one index list per pool (positive first, as `ampo.selection.select` returns)."""
+    out: dict = {"pools": len(pools), "responses_per_pool": float(np.mean([len(p["rewards"]) for p in pools]))}
+    distinct = [distinct_failures(p["modes"]) for p in pools]
+    out["distinct_failure_modes_mean"] = float(np.mean(distinct))
+    out["pools_with_2plus_failure_modes"] = float(np.mean([d >= 2 for d in distinct]))
+    out["pools_all_responses_follow_all"] = float(np.mean([d == 0 for d in distinct]))
+    out["reward_within_pool_sd"] = float(np.mean([np.std(p["rewards"]) for p in pools]))
+    out["best_reward_mean"] = float(np.mean([np.max(p["rewards"]) for p in pools]))
+    for name in embedders:
+        found = [nn_agreement(p[name], p["modes"]) for p in pools]
+        found = [f for f in found if f is not None]
+        out[f"{name}_nn_same_mode"] = float(np.mean([f[0] for f in found])) if found else None
+        out[f"{name}_nn_same_mode_chance"] = float(np.mean([f[1] for f in found])) if found else None
+    out["selectors"] = {}
+    for sel, picks in selections.items():
+        covered = [modes_covered(p["modes"], s[0], s[1:]) for p, s in zip(pools, picks, strict=True)]
+        covered = [c for c in covered if c is not None]
+        out["selectors"][sel] = {
+            "modes_covered": float(np.mean(covered)) if covered else None,
+            "negative_reward_mean": float(np.mean([np.mean(np.asarray(p["rewards"])[list(s[1:])])
+                                                   for p, s in zip(pools, picks) if len(s) > 1])),
+        }
+    out["jaccard"] = {f"{a}/{b}": float(np.mean([jaccard(x[1:], y[1:]) for x, y in zip(selections[a], selections[b])]))
+                      for a, b in itertools.combinations(sorted(selections), 2)}
+    return out
+
+
+# ------------------------------------------------------------------ tables
+
+
+def _fmt(mean: float, sd: float | None, scale: float = 100.0) -> str:
+    return f"{scale * mean:.1f}" + (f" ± {scale * sd:.1f}" if sd is not None else " (1 seed)")
+
+
+def arm_table(figures: Mapping[str, Sequence[Mapping]], initial: Mapping | None, benchmark: str) -> str:
+    """Markdown: per arm, mean ± sd over seeds (in %) of the average and the four accuracies."""
+    head = ["average (strict)", "prompt strict", "inst strict", "prompt loose", "inst loose"]
+    lines = [f"| {benchmark}: arm | " + " | ".join(head) + " | seeds |", "|---|" + "---|" * (len(head) + 1)]
+    if initial is not None:
+        lines.append("| initial policy | " + " | ".join(f"{100 * initial[f]:.1f}" for f in FIGURES) + " | – |")
+    for arm, metrics in figures.items():
+        cells = [_fmt(*over_seeds([m[f] for m in metrics])) for f in FIGURES]
+        lines.append(f"| {arm} | " + " | ".join(cells) + f" | {len(metrics)} |")
+    return "\n".join(lines)
+
+
+def difference_table(diffs: Mapping[str, Mapping], against: str, benchmark: str) -> str:
+    """Markdown: per arm, the paired difference of the average against `against` (percentage points)."""
+    lines = [f"| {benchmark}: arm − {against} | per seed [95% paired bootstrap] | mean over seeds [95%] | "
+             "signs (+/−/0) |", "|---|---|---|---|"]
+    for arm, d in diffs.items():
+        seeds = ", ".join(f"{100 * v:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}]"
+                          for v, (lo, hi) in zip(d["per_seed"], d["per_seed_ci"]))
+        s = d["signs"]
+        lines.append(f"| {arm} | {seeds} | {100 * d['mean']:+.1f} [{100 * d['mean_ci'][0]:+.1f}, "
+                     f"{100 * d['mean_ci'][1]:+.1f}] | {s['positive']}/{s['negative']}/{s['zero']} |")
+    return "\n".join(lines)
+
+
+def pool_table(stats: Mapping[str, Mapping]) -> str:
+    """Markdown: the pool statistics, one column per seed."""
+    seeds = list(stats)
+    first = stats[seeds[0]]
+
+    def row(label, get):
+        cells = []
+        for s in seeds:
+            v = get(stats[s])
+            cells.append("–" if v is None else f"{v:.3f}")
+        return f"| {label} | " + " | ".join(cells) + " |"
+
+    lines = ["| pool statistic (round 0) | " + " | ".join(seeds) + " |", "|---|" + "---|" * len(seeds),
+             row("prompts", lambda r: r["pools"]),
+             row("distinct failure modes per pool (sets of unfollowed instructions)",
+                 lambda r: r["distinct_failure_modes_mean"]),
+             row("share of pools with >= 2 failure modes", lambda r: r["pools_with_2plus_failure_modes"]),
+             row("share of pools where every response follows every instruction",
+                 lambda r: r["pools_all_responses_follow_all"]),
+             row("within-pool reward sd", lambda r: r["reward_within_pool_sd"]),
+             row("mean best reward", lambda r: r["best_reward_mean"])]
+    for key in first:
+        if key.endswith("_nn_same_mode"):
+            name = key[: -len("_nn_same_mode")]
+            lines.append(row(f"{name} embedding: nearest neighbour has the same failure mode",
+                             lambda r, k=key: r[k]))
+            lines.append(row(f"{name} embedding: same, by chance", lambda r, k=key + "_chance": r[k]))
+    for sel in first["selectors"]:
+        lines.append(row(f"{sel}: share of the pool's failure modes among its negatives",
+                         lambda r, s=sel: r["selectors"][s]["modes_covered"]))
+        lines.append(row(f"{sel}: mean reward of its negatives",
+                         lambda r, s=sel: r["selectors"][s]["negative_reward_mean"]))
+    for pair in first["jaccard"]:
+        lines.append(row(f"Jaccard overlap of negatives, {pair}", lambda r, p=pair: r["jaccard"][p]))
+    return "\n".join(lines)

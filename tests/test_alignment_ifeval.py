@@ -1,0 +1,124 @@
+"""The IFEval alignment benchmark's plumbing (benchmarks/alignment_ifeval.py): arms, the cost
+estimate, the worker command line, copying a seed's round-0 pool, timings. The runs themselves are
+smoke-tested by `make bench-quick` (`bench_alignment.py --task ifeval --quick`)."""
+
+import json
+import sys
+from argparse import Namespace
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
+import alignment_ifeval as ai  # noqa: E402
+
+
+
+def args(**kw):
+    base = dict(quick=False, seeds=None, train_prompts=None, n=None, k=None, gen_tokens=None, eval_tokens=None,
+                limit=None, rounds=1, out="runs/x", jobs=2)
+    return Namespace(**{**base, **kw})
+
+
+def test_every_arm_is_a_valid_config_at_full_and_quick_size():
+    for quick in (False, True):
+        sizes = ai.sizes_from(args(quick=quick))
+        for arm in ai.ARMS:
+            c = ai.arm_config(arm, sizes, 0, Path("/tmp/unused"))
+            assert c.generate.n == sizes.n and c.train.shared_prefix and c.score.reward.startswith("ifeval")
+            assert c.select.k == (1 if c.select.strategy in ("best_worst", "sweet_spot") else sizes.k)
+    full = ai.sizes_from(args())
+    assert (full.n, full.k, full.eval_tokens, full.limit, len(full.seeds)) == (16, 7, 256, 0, 3)
+
+
+def test_reward_only_selectors_are_not_run_twice():
+    policy_arms = {a for a in ai.ARMS if ai.embedder_of(a) == "policy"}
+    assert policy_arms == {"ampo+optselect+policy-emb", "ampo+coreset+policy-emb"}
+    assert set(ai.SELECTIONS.values()) <= set(ai.ARMS)
+
+
+def test_estimate_counts_each_part():
+    sizes = ai.Sizes(seeds=(0, 1), train_prompts=10, heldout=3, n=4, k=2, gen_tokens=5, eval_tokens=7, limit=0,
+                     rounds=1)
+    rates = {name: 1.0 for name in ai.RATES}
+    parts = dict(ai.estimate(sizes, ["ampo+random", "dpo best-vs-worst"], jobs=1, rates=rates))
+    assert parts["round-0 pools: sampling"] == 2 * 10 * 4 * 5
+    assert parts["round-0 pools: policy embeddings"] == 0  # no arm on policy embeddings
+    assert parts["per arm: selection, held-out evaluation, loading"] == 2 * 2
+    # ampo+random: groups of k+1 = 3; dpo: pairs, and only dpo needs reference log-probs
+    assert parts["training (one round, every arm)"] == 2 * 10 * (3 + 2) * 5
+    assert parts["reference log-probs"] == 2 * 10 * 2 * 5
+    assert parts["benchmarks: each arm's final policy"] == 2 * 2 * 841 * 7
+    assert parts["benchmarks: the initial policy (once)"] == 841 * 7
+
+
+def test_worker_argv_reproduces_the_sizes(monkeypatch):
+    import bench_alignment
+
+    a = args(quick=True, seeds=[3, 4], train_prompts=6, limit=2)
+    sizes = ai.sizes_from(a)
+    argv = ai.worker_argv(a, sizes, ["ampo+random", "dpo sweet-spot"]) + ["--unit", "seed3"]
+    monkeypatch.setattr(sys, "argv", ["bench_alignment.py", *argv])
+    parsed = bench_alignment.parse_args()
+    assert ai.sizes_from(parsed) == sizes and parsed.unit == "seed3" and parsed.arms == ["ampo+random", "dpo sweet-spot"]
+
+
+def test_seed_round0_copies_the_pool_and_its_manifest_entries(tmp_path):
+    src = tmp_path / "src"
+    for name in ai.POOL_FILES + ai.EMBEDDER_FILES:
+        (src / name).parent.mkdir(parents=True, exist_ok=True)
+        (src / name).write_text(name)
+    stages = {s: {"key": s, "status": "done"} for s in ai.POOL_STAGES + ai.EMBEDDER_STAGES + ("round-0/train",)}
+    (src / "manifest.json").write_text(json.dumps({"stages": stages}))
+    ai.seed_round0(tmp_path / "a", src, with_embedder=False)
+    assert not (tmp_path / "a" / "round-0" / "embeddings.npy").exists()
+    assert set(json.loads((tmp_path / "a" / "manifest.json").read_text())["stages"]) == set(ai.POOL_STAGES)
+    ai.seed_round0(tmp_path / "b", src, with_embedder=True)
+    assert (tmp_path / "b" / "round-0" / "embeddings.npy").read_text() == "round-0/embeddings.npy"
+    assert "round-0/train" not in json.loads((tmp_path / "b" / "manifest.json").read_text())["stages"]
+
+
+def test_timings_count_shared_stages_once(tmp_path):
+    sizes = ai.Sizes(seeds=(0,), train_prompts=1, heldout=1, n=2, k=1, gen_tokens=1, eval_tokens=1, limit=1, rounds=1)
+    arms = ["ampo+optselect", "ampo+random"]
+    for arm, train in zip(arms, (5.0, 7.0)):
+        folder = ai.arm_dir(tmp_path, 0, arm)
+        folder.mkdir(parents=True)
+        stages = {"round-0/generate": {"key": "g", "status": "done", "seconds": 100.0},
+                  "round-0/train": {"key": arm, "status": "done", "seconds": train}}
+        (folder / "manifest.json").write_text(json.dumps({"stages": stages}))
+        (folder / "bench" / "ifeval").mkdir(parents=True)
+        (folder / "bench" / "ifeval" / "done.json").write_text(json.dumps({"seconds": 30.0}))
+    t = ai.timings(tmp_path, sizes, arms)
+    assert t["generate"] == {"count": 1, "total_s": 100.0, "mean_s": 100.0}
+    (tmp_path / "results.json").write_text(json.dumps({"sizes": {**sizes.__dict__, "seeds": [0]}, "arms": arms,
+                                                       "timings": t}))
+    rates = ai.rates_from(tmp_path)
+    assert rates["sample_token"] == 100.0 / (1 * 2 * 1)  # 1 prompt x n=2 x 1 token
+    assert rates["train_token"] == 12.0 / (1 * 1 * (2 + 2))  # groups of k+1 = 2, two arms
+    assert rates["greedy_token"] == 60.0 / (2 * 1 * 1)  # two evaluations of limit=1 prompt, 1 token
+    assert t["train"]["count"] == 2 and t["train"]["total_s"] == 12.0
+    assert t["benchmark ifeval (arm)"]["count"] == 2
+
+
+@pytest.mark.parametrize("flag", [["--jobs", "0"], ["--limit", "-1"], ["--n", "0"]])
+def test_bad_flags_exit_2(monkeypatch, flag):
+    import bench_alignment
+
+    monkeypatch.setattr(sys, "argv", ["bench_alignment.py", "--task", "ifeval", *flag])
+    with pytest.raises(SystemExit) as e:
+        bench_alignment.parse_args()
+    assert e.value.code == 2
+
+
+def test_units_wait_for_the_pool_and_the_policy_embeddings():
+    sizes = ai.sizes_from(args(seeds=[0, 1]))
+    arms = ["ampo+random", "ampo+coreset+policy-emb", "ampo+optselect+policy-emb", "dpo sweet-spot"]
+    u = ai.units(sizes, arms)
+    assert list(u)[-1] == "initial" and u["initial"] == [] and len(u) == 2 * 4 + 1
+    first, policy = "seed1:ampo+optselect+policy-emb", "seed1:ampo+coreset+policy-emb"  # ARMS order
+    assert u[first] == [] and u[policy] == [first]
+    assert u["seed1:ampo+random"] == [first]  # the first MiniLM arm: makes its own embeddings
+    assert u["seed1:dpo sweet-spot"] == [first, "seed1:ampo+random"]
+    order = list(u)
+    assert all(order.index(d) < order.index(x) for x, deps in u.items() for d in deps)

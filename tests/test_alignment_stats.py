@@ -1,0 +1,103 @@
+"""benchmarks/alignment_stats.py on synthetic results and pools, against hand-derived values."""
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
+import alignment_stats as st  # noqa: E402
+
+
+def rows(flags_per_prompt, mode="strict"):
+    return [{"key": 1000 + i, f"follow_instruction_list_{mode}": f} for i, f in enumerate(flags_per_prompt)]
+
+
+def counts(flags_per_prompt):
+    return st.prompt_counts(rows(flags_per_prompt))
+
+
+def test_prompt_counts_drop_unscored_like_the_official_aggregate():
+    got = st.prompt_counts(rows([[True, False], [None], [True, None]]))
+    assert got == {1000: (0.0, 1.0, 2.0), 1002: (1.0, 1.0, 1.0)}
+    # prompt level 1/2, instruction level 2/3
+    assert st.average(np.array(list(got.values()))) == pytest.approx((0.5 + 2 / 3) / 2)
+
+
+def test_paired_difference_of_a_dominating_arm_is_never_negative():
+    a = counts([[True], [True], [False], [False]])  # average (0.5 + 0.5) / 2 = 0.5
+    b = counts([[True], [False], [False], [False]])  # 0.25
+    d = st.paired_difference([a], [b], n_boot=500, seed=1)
+    assert d["per_seed"] == [pytest.approx(0.25)] and d["mean"] == pytest.approx(0.25)
+    lo, hi = d["per_seed_ci"][0]
+    assert 0.0 <= lo <= 0.25 <= hi <= 1.0  # paired: a >= b on every prompt, so every resample too
+    assert d["signs"] == {"positive": 1, "negative": 0, "zero": 0} and d["n_prompts"] == 4
+
+
+def test_paired_difference_identical_arms_and_several_seeds():
+    a = counts([[True, False], [True], [False, False, True]])
+    d = st.paired_difference([a, a], [a, a], n_boot=200)
+    assert d["per_seed"] == [0.0, 0.0] and d["per_seed_ci"] == [[0.0, 0.0], [0.0, 0.0]]
+    assert d["signs"]["zero"] == 2
+    b = counts([[False, False], [True], [False, False, True]])  # a is better on prompt 0 only
+    d = st.paired_difference([a, b], [b, a], n_boot=300)  # +x in seed 0, -x in seed 1
+    assert d["per_seed"][0] == pytest.approx(-d["per_seed"][1]) and d["mean"] == pytest.approx(0.0)
+    assert d["signs"] == {"positive": 1, "negative": 1, "zero": 0}
+
+
+def test_paired_difference_refuses_mismatched_inputs():
+    a = counts([[True], [False]])
+    with pytest.raises(ValueError, match="one pair of results per seed"):
+        st.paired_difference([a], [a, a])
+    with pytest.raises(ValueError, match="different prompts"):
+        st.paired_difference([a, counts([[True]])], [a, counts([[True]])])
+
+
+def test_over_seeds_and_sign_count():
+    mean, sd = st.over_seeds([0.2, 0.4])
+    assert mean == pytest.approx(0.3) and sd == pytest.approx(np.sqrt(0.02))
+    assert st.over_seeds([0.5]) == (0.5, None)
+    assert st.sign_count([0.1, -0.2, 0.0, 0.3]) == {"positive": 2, "negative": 1, "zero": 1}
+
+
+def test_failure_modes_and_distinct_count():
+    modes = st.failure_modes([[True, True], [False, True], [False, True], [False, False]], ["a", "b"])
+    assert modes == [frozenset(), {"a"}, {"a"}, {"a", "b"}]
+    assert st.distinct_failures(modes) == 2  # {a} and {a, b}; all-followed is not a failure
+
+
+def test_nn_agreement_separated_crossed_and_degenerate():
+    e = np.array([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.1, 0.9]])
+    assert st.nn_agreement(e, ["x", "x", "y", "y"]) == pytest.approx((1.0, 1 / 3))
+    assert st.nn_agreement(e, ["x", "y", "x", "y"]) == pytest.approx((0.0, 1 / 3))
+    assert st.nn_agreement(e, ["x"] * 4) is None
+
+
+def test_modes_covered_and_jaccard():
+    modes = [frozenset(), frozenset({"x"}), frozenset({"x"}), frozenset({"y"})]
+    assert st.modes_covered(modes, 0, [1, 2]) == 0.5
+    assert st.modes_covered(modes, 0, [1, 3]) == 1.0
+    assert st.modes_covered([frozenset()] * 3, 0, [1]) is None
+    assert st.jaccard([1, 2], [2, 3]) == pytest.approx(1 / 3) and st.jaccard([], []) == 1.0
+
+
+def test_pool_statistics_and_tables():
+    e = np.array([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.1, 0.9]])
+    modes = [frozenset(), frozenset({"x"}), frozenset({"y"}), frozenset({"y"})]
+    pools = [{"rewards": [1.0, 0.5, 0.0, 0.0], "modes": modes, "minilm": e, "policy": e[::-1]}]
+    selections = {"bottomk": [[0, 2, 3]], "coreset": [[0, 1, 2]]}
+    stats = st.pool_statistics(pools, selections, ["minilm", "policy"])
+    assert stats["distinct_failure_modes_mean"] == 2 and stats["pools_with_2plus_failure_modes"] == 1.0
+    assert stats["selectors"]["bottomk"]["modes_covered"] == 0.5
+    assert stats["selectors"]["coreset"]["modes_covered"] == 1.0
+    assert stats["selectors"]["coreset"]["negative_reward_mean"] == pytest.approx(0.25)
+    assert stats["jaccard"]["bottomk/coreset"] == pytest.approx(1 / 3)
+    assert stats["minilm_nn_same_mode"] == pytest.approx(0.5)  # 0<->1 differ, 2<->3 agree
+    table = st.pool_table({"seed0": stats})
+    assert "| distinct failure modes per pool" in table and "Jaccard overlap of negatives, bottomk/coreset" in table
+    metrics = {f: 0.3 for f in st.FIGURES}
+    arms = st.arm_table({"dpo": [metrics, {**metrics, "avg_prompt_inst_strict_acc": 0.5}]}, metrics, "IFEval")
+    assert "| dpo | 40.0 ± 14.1 |" in arms and "| initial policy | 30.0 |" in arms
+    d = st.paired_difference([counts([[True]])], [counts([[False]])], n_boot=10)
+    assert "| ampo | +100.0 [+100.0, +100.0] |" in st.difference_table({"ampo": d}, "random", "IFEval")
