@@ -112,7 +112,7 @@ CASES = {
         ["score", "--input", str(EXAMPLES / "tiny_pool.jsonl"), "--output", str(a_file(t) / "out.jsonl")],
         f"cannot write {t}/file/out.jsonl: Not a directory"),
     "input directory named .jsonl": lambda t, p: (
-        (t / "dir.jsonl").mkdir() or score(t / "dir.jsonl"), f"{t}/dir.jsonl: not a file"),
+        (t / "dir.jsonl").mkdir() or score(t / "dir.jsonl"), f"{t}/dir.jsonl: a folder, but not one written by datasets' save_to_disk"),
     "reward function returning a huge integer": lambda t, p: (
         ["score", "--input", str(EXAMPLES / "tiny_pool.jsonl"), "--output", str(t / "out.jsonl"),
          "--reward", huge_reward_fn(t)],

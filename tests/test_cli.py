@@ -18,7 +18,7 @@ def test_help_lists_the_stages(capsys):
         main(["--help"])
     assert e.value.code == 0
     out = capsys.readouterr().out
-    for cmd in ("run", "demo", "generate", "score", "embed", "select", "train-rm", "evaluate", "make-prompts",
+    for cmd in ("run", "demo", "generate", "score", "embed", "select", "train", "train-rm", "evaluate", "make-prompts",
                 "report"):
         assert cmd in out
 
@@ -51,14 +51,22 @@ def test_score_then_select_bottomk_without_embeddings(tmp_path, capsys):
     assert len(rows) == 2 * len(sel) and {"prompt", "chosen", "rejected"} <= rows[0].keys()
 
 
-def test_select_needs_embeddings_for_optselect(tmp_path, capsys):
-    out = tmp_path / "sel.jsonl"
-    code = main(["-q", "select", "--input", str(EXAMPLES / "tiny_pool.jsonl"), "--output", str(out),
-                 "--strategy", "optselect", "--k", "2"])
-    assert code == 2
-    err = capsys.readouterr().err.strip()
-    assert err.count("\n") == 0 and "tiny_pool.jsonl: row 1: field 'embeddings': missing" in err
-    assert not out.exists()
+def test_select_embeds_on_the_fly_when_the_strategy_needs_it(tiny_policy, tmp_path, capsys):
+    """optselect on a pool without embeddings embeds it first (here with the policy's hidden
+    states), the same as `ampo embed` then `ampo select`."""
+    direct, embedded, two_step = tmp_path / "direct.jsonl", tmp_path / "emb.jsonl", tmp_path / "two.jsonl"
+    flags = ["--embedder", "policy", "--policy", str(tiny_policy)]
+    assert main(["-q", "select", "--input", str(EXAMPLES / "tiny_pool.jsonl"), "--output", str(direct),
+                 "--strategy", "optselect", "--k", "2", *flags]) == 0
+    assert "embedded" in capsys.readouterr().out
+    assert main(["-q", "embed", "--input", str(EXAMPLES / "tiny_pool.jsonl"), "--output", str(embedded), *flags]) == 0
+    capsys.readouterr()
+    assert main(["-q", "select", "--input", str(embedded), "--output", str(two_step), "--strategy", "optselect",
+                 "--k", "2"]) == 0
+    assert "embedded" not in capsys.readouterr().out
+    a, b = read_pool(direct)[0], read_pool(two_step)[0]
+    assert [r.selected for r in a] == [r.selected for r in b]
+    assert all(np.array_equal(x.embeddings, y.embeddings) for x, y in zip(a, b))
 
 
 def test_bad_pool_exits_2_with_one_line_and_no_output(tmp_path, capsys):

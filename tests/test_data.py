@@ -178,3 +178,36 @@ def test_duplicate_id_check_is_linear(tmp_path):
     t0 = time.perf_counter()
     assert len(read_prompts(path)) == 40_000
     assert time.perf_counter() - t0 < 5
+
+
+def test_numbered_layout_reads_a0_to_an_and_their_scores(tmp_path):
+    """The AMPO authors' `A0..An` / `score_A0..An` columns; a null `Aj` is no response."""
+    from ampo.data import PoolError, read_pool
+
+    path = tmp_path / "numbered.jsonl"
+    path.write_text('{"prompt_id": "p1", "prompt": "hi", "A0": "a", "A1": null, "A2": "c", '
+                    '"score_A0": 1, "score_A1": null, "score_A2": 0.5}\n'
+                    '{"prompt_id": "p2", "prompt": "yo", "A0": "x", "A1": "y"}\n')
+    pool, layout = read_pool(path)
+    assert layout == "numbered"
+    assert (pool[0].id, pool[0].responses, pool[0].rewards) == ("p1", ["a", "c"], [1.0, 0.5])
+    assert (pool[1].responses, pool[1].rewards) == (["x", "y"], None)
+    path.write_text('{"prompt": "hi", "A0": "a", "A1": "b", "score_A0": 1}\n')
+    with pytest.raises(PoolError, match=r"row 1: field 'score_A1': missing while other responses have scores"):
+        read_pool(path)
+
+
+def test_a_save_to_disk_folder_reads_like_a_file(tmp_path):
+    import datasets
+
+    from ampo.data import PoolError, read_pool
+
+    rows = [{"prompt": "hi", "all_generated_responses": ["a", "b"], "all_reward_scores": [1.0, 0.0]}]
+    datasets.Dataset.from_list(rows).save_to_disk(str(tmp_path / "single"))
+    datasets.DatasetDict({"train": datasets.Dataset.from_list(rows * 2),
+                          "test": datasets.Dataset.from_list(rows)}).save_to_disk(str(tmp_path / "dict"))
+    assert [r.responses for r in read_pool(tmp_path / "single")[0]] == [["a", "b"]]
+    assert len(read_pool(tmp_path / "dict")[0]) == 2  # the train split
+    (tmp_path / "plain").mkdir()
+    with pytest.raises(PoolError, match="not one written by datasets' save_to_disk"):
+        read_pool(tmp_path / "plain")

@@ -9,7 +9,8 @@ import pyarrow.parquet as pq
 
 from ampo.cli import main
 from ampo.config import load_config
-from ampo.pipeline import Pipeline, RunLock
+from ampo.pipeline import Pipeline
+from ampo.runner import RunLock
 from test_pipeline import ROOT
 
 

@@ -7,7 +7,7 @@ import pytest
 from ampo.cli import main
 from ampo.data import PoolRecord, read_pool, write_pool
 from ampo.ifeval.reward import IFEvalReward
-from ampo.pipeline import score_pool
+from ampo.stages import score_pool
 from ampo.rewards import load_reward, score_texts
 
 META = {"instruction_id_list": ["punctuation:no_comma", "change_case:english_lowercase"], "kwargs": [{}, {}]}

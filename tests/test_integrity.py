@@ -15,7 +15,7 @@ import subprocess
 import pytest
 
 from ampo.cli import main
-from ampo.pipeline import Manifest
+from ampo.runner import Manifest
 from test_pipeline import run
 
 CONFIG = ("model.lora=true", "model.lora_r=2", "model.lora_targets=[q_proj]", "train.loss=dpo")

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from ampo.pipeline import RunInUseError, RunLock
+from ampo.runner import RunInUseError, RunLock
 from test_pipeline import ROOT, tiny_overrides
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
@@ -47,7 +47,7 @@ def test_second_run_on_the_same_folder_is_refused(tiny_policy, tmp_path):  # noq
 
 def test_a_killed_holder_leaves_no_lock(tmp_path):
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from pathlib import Path; from ampo.pipeline import RunLock; "
+        [sys.executable, "-c", "import sys, time; from pathlib import Path; from ampo.runner import RunLock; "
                                "RunLock(Path(sys.argv[1])); print('locked', flush=True); time.sleep(120)",
          str(tmp_path)], env=ENV, stdout=subprocess.PIPE, text=True)
     try:

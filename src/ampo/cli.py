@@ -99,46 +99,49 @@ def _cmd_score(args) -> None:
           f"with '{args.reward}' -> {args.output}")
 
 
-def _cmd_embed(args) -> None:
-    import numpy as np
-
-    from .data import output_format, read_pool, write_pool
+def _embed_records(pool, embedder: str, policy: str) -> int:
+    """Embed every response of `pool` in place with `embedder`; return the width."""
     from .embeddings import load_embedder
+    from .stages import embed_pool
+
+    loaded = None
+    if embedder == "policy":
+        from .models import load_policy
+
+        loaded = load_policy(policy)
+    for rec, emb in zip(pool, embed_pool(load_embedder(embedder, policy=loaded), pool)):
+        rec.embeddings = emb
+    return pool[0].embeddings.shape[1]
+
+
+def _cmd_embed(args) -> None:
+    from .data import output_format, read_pool, write_pool
 
     output_format(args.output)
     pool, layout = read_pool(args.input)
-    policy = None
-    if args.embedder == "policy":
-        from .models import load_policy
-
-        policy = load_policy(args.policy)
-    emb = load_embedder(args.embedder, policy=policy)([t for rec in pool for t in rec.responses])
-    offset = 0
-    for rec in pool:
-        rec.embeddings = np.asarray(emb[offset: offset + len(rec.responses)], dtype=np.float32)
-        offset += len(rec.responses)
+    width = _embed_records(pool, args.embedder, args.policy)
     write_pool(args.output, pool)
-    print(f"read {args.input} ({layout} layout); embedded {offset} responses ({emb.shape[1]}-d) -> {args.output}")
+    print(f"read {args.input} ({layout} layout); embedded {sum(len(r.responses) for r in pool)} responses "
+          f"({width}-d) -> {args.output}")
 
 
 def _cmd_select(args) -> None:
-    import numpy as np
-
     from .data import atomic_path, dump_rows, output_format, read_pool, trl_pairs, write_rows
-    from .selection import select_batch
+    from .selection import NEEDS_EMBEDDINGS
+    from .stages import select_pool
 
     fmt = output_format(args.output)
     if args.trl_pairs:
         output_format(args.trl_pairs)
-    needs_embeddings = args.strategy in ("coreset", "optselect", "exact")
-    pool, layout = read_pool(args.input, require=("rewards", "embeddings") if needs_embeddings else ("rewards",))
-    embeddings = [r.embeddings if r.embeddings is not None else np.zeros((len(r.responses), 1), np.float32)
-                  for r in pool]
-    sel = select_batch(args.strategy, [np.asarray(r.rewards) for r in pool], embeddings, args.k,
-                       seed=args.seed, progress=not args.quiet)
+    pool, layout = read_pool(args.input, require=("rewards",))
+    msg = f"read {args.input} ({layout} layout); "
+    if args.strategy in NEEDS_EMBEDDINGS and any(r.embeddings is None for r in pool):
+        width = _embed_records(pool, args.embedder, args.policy)  # written with the selection
+        msg += f"embedded {sum(len(r.responses) for r in pool)} responses ({args.embedder}, {width}-d); "
+    sel = select_pool(args.strategy, args.k, pool, args.seed, progress=not args.quiet)
     for rec, idx in zip(pool, sel.indices):
         rec.selected = idx.tolist()
-    msg = f"read {args.input} ({layout} layout); selected 1 positive + {args.k} negatives ({args.strategy}) -> {args.output}"
+    msg += f"selected 1 positive + {args.k} negatives ({args.strategy}) -> {args.output}"
     if sel.short.any():
         msg += f"; {int(sel.short.sum())} prompt(s) had <= k+1 responses: took all"
     with atomic_path(args.output) as tmp:  # the output appears only if the TRL pairs were written too
@@ -148,6 +151,37 @@ def _cmd_select(args) -> None:
             write_rows(args.trl_pairs, pairs)
             msg += f"; {len(pairs)} TRL pairs -> {args.trl_pairs}"
     print(msg)
+
+
+TRAIN_FLAGS = {"policy": "model.policy", "loss": "train.loss", "strategy": "select.strategy", "k": "select.k",
+               "epochs": "train.epochs", "max_steps": "train.max_steps", "learning_rate": "train.learning_rate",
+               "embedder": "embed.embedder", "lora": "model.lora", "seed": "seed"}
+
+
+def train_config(args):
+    """`ampo train`'s RunConfig: the `--config` YAML, then the flags, then the dotted overrides."""
+    import json
+
+    from .config import load_config
+
+    flags = [f"{option}={json.dumps(getattr(args, flag))}" for flag, option in TRAIN_FLAGS.items()
+             if getattr(args, flag) is not None]
+    return load_config(args.config, [f"out={json.dumps(str(args.output))}", *flags, *args.overrides],
+                       self_play=False)
+
+
+def _cmd_train(args) -> None:
+    from .pooltrain import PoolTraining
+
+    config = train_config(args)
+    s = PoolTraining(config, args.input, args.output, merge=args.merge, progress=not args.quiet).run()
+    if os.environ.get("RANK", "0") != "0":
+        return
+    loss = "" if s["first_loss"] is None else f"; loss {s['first_loss']:.4f} -> {s['last_loss']:.4f}"
+    print(f"trained {config.model.policy} with '{config.train.loss}' on {s['groups']} groups "
+          f"({config.select.strategy}, k={config.select.k}) for {s['steps']} steps{loss}")
+    what = "LoRA adapter + tokenizer" if s["adapter"] else "model + tokenizer"
+    print(f"{what}: {s['checkpoint']}" + (f"; merged model: {s['merged']}" if s["merged"] else ""))
 
 
 def _cmd_train_rm(args) -> None:
@@ -172,9 +206,13 @@ def _cmd_train_rm(args) -> None:
 
 
 def _cmd_evaluate(args) -> None:
+    if args.benchmark is None:
+        return _cmd_evaluate_held_out(args)
     from .ifeval.evaluate import (evaluate_policy, load_eval_policy, output_lock, policy_fingerprint, score_file,
                                   table)
 
+    if args.max_new_tokens is None:
+        args.max_new_tokens = 256
     if args.responses:
         metrics = score_file(args.benchmark, args.responses, args.output, n_boot=args.bootstrap, seed=args.seed,
                              hold=output_lock)
@@ -191,6 +229,34 @@ def _cmd_evaluate(args) -> None:
     print(table(metrics))
     print(f"wrote {Path(args.output) / 'metrics.json'} and results.jsonl"
           + ("" if args.responses else " and responses.jsonl"))
+
+
+def _cmd_evaluate_held_out(args) -> None:
+    """`ampo evaluate --policy P [--against Q]`: held-out reward, win rate, length, diversity, drift."""
+    import numpy as np
+
+    from .config import EvalConfig
+    from .data import read_prompt_rows
+    from .evaluation import evaluate_policies
+    from .pipeline import BUILTIN_PROMPT_SETS
+
+    if args.responses or not args.policy:
+        raise ValueError("ampo evaluate: --responses needs --benchmark; without --benchmark give --policy")
+    prompts = read_prompt_rows(BUILTIN_PROMPT_SETS.get(args.prompts) or args.prompts)
+    if 0 < args.limit < len(prompts):
+        keep = np.sort(np.random.default_rng(args.seed).choice(len(prompts), args.limit, replace=False))
+        prompts = [prompts[i] for i in keep]
+    cfg = EvalConfig(samples_per_prompt=args.samples_per_prompt, temperature=args.temperature,
+                     max_new_tokens=args.max_new_tokens or 64, bootstrap=args.bootstrap)
+    against = args.against or args.base
+    e = evaluate_policies(args.policy, against, args.base, prompts, Path(args.output), cfg, reward=args.reward,
+                          embedder=args.embedder, seed=args.seed, dtype=args.dtype, progress=not args.quiet)
+    lo, hi = e["win_rate_ci"]
+    print(f"{len(prompts)} prompts x {cfg.samples_per_prompt} samples: reward {e['mean_reward']:.4f} "
+          f"({against}: {e['baseline_mean_reward']:.4f}); win rate vs {against} {e['win_rate']:.3f} "
+          f"[{lo:.3f}, {hi:.3f}]; length {e['mean_length']:.1f} tokens ({e['baseline_mean_length']:.1f}); "
+          f"distinct-2 {e['distinct_2']:.3f}")
+    print(f"wrote {Path(args.output) / 'eval.json'} and eval_samples.parquet")
 
 
 def _cmd_make_prompts(args) -> None:
@@ -247,6 +313,10 @@ def _like(option: str, kind: type = int):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .backends import BACKENDS
+    from .losses import LOSSES
+    from .selection import SELECTORS
+
     p = _Parser(prog="ampo", description=__doc__.split("\n\n")[0])
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     sub = p.add_subparsers(dest="command", required=True)
@@ -269,7 +339,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--input", required=True, help="prompts: JSONL/Parquet with a 'prompt' field, or .txt")
     s.add_argument("--output", required=True, help="pool file (.jsonl or .parquet)")
     s.add_argument("--policy", default="smollm2-135m-instruct", help="built-in name, local folder or hub id")
-    s.add_argument("--backend", default="hf", choices=["hf", "vllm"])
+    s.add_argument("--backend", default="hf", choices=list(BACKENDS))
     s.add_argument("--n", type=_like("generate.n"), default=8,
                    help="responses per prompt (1 for single answers; a self-play round needs >= 2)")
     s.add_argument("--temperature", type=_like("generate.temperature", float), default=0.8)
@@ -306,8 +376,6 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--policy", default="smollm2-135m-instruct", help="the policy, for --embedder policy")
     s.set_defaults(fn=_cmd_embed)
 
-    from .selection import SELECTORS
-
     s = sub.add_parser("select", help="active selection on a scored (and embedded) pool file")
     s.add_argument("--input", required=True)
     s.add_argument("--output", required=True)
@@ -315,7 +383,36 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--k", type=_like("select.k"), default=3, help="negatives per prompt")
     s.add_argument("--seed", type=_like("seed"), default=0)
     s.add_argument("--trl-pairs", help="also write the groups as TRL prompt/chosen/rejected pairs here")
+    s.add_argument("--embedder", default="minilm",
+                   help="embeds the pool first when the strategy needs embeddings and it has none "
+                        "(minilm | policy | sentence-transformers folder)")
+    s.add_argument("--policy", default="smollm2-135m-instruct", help="the policy, for --embedder policy")
     s.set_defaults(fn=_cmd_select)
+
+    s = sub.add_parser("train", help="train a policy on a pool you already have (any layout select reads)",
+                       description="Select groups from a scored pool (embedding it on the fly when the strategy "
+                                   "needs it), compute reference log-probs once when the loss needs them, and "
+                                   "train with any loss (LoRA or full). Writes OUTPUT/checkpoint (a model, or a "
+                                   "LoRA adapter; --merge adds OUTPUT/merged). Rerunning on OUTPUT resumes.")
+    s.add_argument("--input", required=True, help="pool: JSONL/Parquet (any layout `ampo select` reads, A0..An / "
+                                                   "score_A0..An too) or a datasets save_to_disk folder")
+    s.add_argument("--output", required=True, help="output folder; rerunning on it resumes")
+    s.add_argument("--config", help="YAML config (the sections of `ampo run`'s; generation and data are unused)")
+    s.add_argument("--policy", help="built-in name or model folder (default smollm2-135m-instruct)")
+    s.add_argument("--loss", choices=list(LOSSES), help="default ampo")
+    s.add_argument("--strategy", choices=list(SELECTORS), help="default optselect; 'all' trains on every response")
+    s.add_argument("--k", type=_like("select.k"), help="negatives per group (default 3)")
+    s.add_argument("--epochs", type=_like("train.epochs", float), help="default 1")
+    s.add_argument("--max-steps", type=_like("train.max_steps"), help="optimizer steps (default 0: as epochs make)")
+    s.add_argument("--learning-rate", type=_like("train.learning_rate", float))
+    s.add_argument("--embedder", help="for strategies that need embeddings when the pool has none "
+                                      "(minilm | policy | sentence-transformers folder; default minilm)")
+    s.add_argument("--lora", action=argparse.BooleanOptionalAction, default=None,
+                   help="LoRA adapter (default) or, with --no-lora, a full fine-tune")
+    s.add_argument("--merge", action="store_true", help="also write the base with the adapter merged in (LoRA)")
+    s.add_argument("--seed", type=_like("seed"))
+    s.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.hparams.beta=2 train.prompts_per_step=4")
+    s.set_defaults(fn=_cmd_train)
 
     s = sub.add_parser("train-rm", help="train a reward model on preference pairs (MMPO soft labels or BT)")
     s.add_argument("--input", required=True, help="JSONL/Parquet pairs: prompt, chosen, rejected "
@@ -337,20 +434,31 @@ def build_parser() -> argparse.ArgumentParser:
                    help="gpm: optional prompt gate weighting the k blocks")
     s.set_defaults(fn=_cmd_train_rm)
 
-    s = sub.add_parser("evaluate", help="IFEval / IFBench: score a responses file, or a policy's greedy responses",
-                       description="Score responses to IFEval or IFBench with the official checks (offline), "
-                                   "or generate them first with a policy. Writes OUTPUT/metrics.json, "
+    s = sub.add_parser("evaluate", help="a policy against another on held-out prompts, or IFEval / IFBench",
+                       description="Without --benchmark: sample a policy and --against on held-out prompts "
+                                   "(same seed), score both with --reward, and write OUTPUT/eval.json (reward, win "
+                                   "rate with a bootstrap interval, length, diversity, drift; a round's schema). "
+                                   "With --benchmark: score responses to IFEval or IFBench with the official checks "
+                                   "(offline), or generate them first with a policy; writes OUTPUT/metrics.json, "
                                    "OUTPUT/results.jsonl (and OUTPUT/responses.jsonl). See docs/ifeval.md.")
-    s.add_argument("--benchmark", required=True, choices=["ifeval", "ifbench"])
+    s.add_argument("--benchmark", choices=["ifeval", "ifbench"])
     what = s.add_mutually_exclusive_group(required=True)
     what.add_argument("--responses", help="JSONL/Parquet rows with 'key' (the benchmark's) or 'prompt', and 'response'")
     what.add_argument("--policy", help="built-in name, model folder, or LoRA adapter folder (merged into --base)")
     s.add_argument("--output", required=True, help="output folder; rerunning a --policy evaluation on it resumes")
     s.add_argument("--base", default="smollm2-135m-instruct", help="base model of a LoRA adapter --policy")
+    s.add_argument("--against", help="held-out: the policy to compare with (default --base)")
+    s.add_argument("--prompts", default="builtin", help="held-out: prompt file (JSONL/Parquet/TXT) or a bundled set "
+                                                        "(builtin, builtin-ifeval)")
+    s.add_argument("--reward", default="builtin", help="held-out: the judge (as `ampo score --reward`)")
+    s.add_argument("--embedder", default="minilm", help="held-out: for embedding diversity")
+    s.add_argument("--samples-per-prompt", type=_like("eval.samples_per_prompt"), default=2)
+    s.add_argument("--temperature", type=_like("eval.temperature", float), default=0.8)
     s.add_argument("--limit", type=_like("eval.benchmark_limit"), default=0,
                    help="evaluate a fixed, seeded subset of N prompts (0 = all)")
     s.add_argument("--seed", type=_like("seed"), default=0, help="seed of the --limit subset and of the bootstrap")
-    s.add_argument("--max-new-tokens", type=_like("eval.benchmark_max_new_tokens"), default=256)
+    s.add_argument("--max-new-tokens", type=_like("eval.benchmark_max_new_tokens"),
+                   help="default 256 with --benchmark, 64 held-out")
     s.add_argument("--prompts-per-batch", type=_like("eval.benchmark_prompts_per_batch"), default=16)
     s.add_argument("--shard-prompts", type=_like("generate.shard_prompts"), default=64,
                    help="prompts per resumable shard")

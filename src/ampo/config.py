@@ -90,6 +90,7 @@ class TrainConfig:
     hparams: dict[str, float | bool | str] = field(default_factory=dict)  # loss hyperparameters (beta, gamma, ...)
     learning_rate: float = 5e-4
     epochs: float = 1.0
+    max_steps: int = 0  # optimizer steps; 0 = as many as `epochs` make
     prompts_per_step: int = 2  # groups per device per optimizer micro-step
     grad_accum: int = 1
     max_grad_norm: float = 1.0
@@ -288,8 +289,11 @@ def _merge(base: dict, over: dict) -> dict:
     return out
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] = (), base: dict | None = None) -> RunConfig:
-    """Read YAML (optional), apply dotted overrides on top, build and validate a RunConfig."""
+def load_config(path: str | Path | None = None, overrides: list[str] = (), base: dict | None = None,
+                self_play: bool = True) -> RunConfig:
+    """Read YAML (optional), apply dotted overrides on top, build and validate a RunConfig.
+    `self_play=False` (`ampo train` on a pool): the options of generation and prompts are not
+    checked against selection, since nothing is generated."""
     data = dict(base or {})
     if path is not None:
         path = Path(path)
@@ -308,7 +312,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] = (), base:
         data = _merge(data, loaded)
     data = _merge(data, parse_overrides(list(overrides)))
     config = _build(RunConfig, data)
-    validate(config)
+    validate(config, self_play)
     return config
 
 
@@ -350,7 +354,7 @@ RANGES: dict[str, Range] = {
     "generate.batch_rows": Range(1),
     "embed.batch_size": Range(1),
     "select.k": Range(1), "select.require_beats": Range(0, 1), "select.min_margin": Range(0),
-    "train.learning_rate": Range(0, lo_open=True), "train.epochs": Range(0, lo_open=True),
+    "train.learning_rate": Range(0, lo_open=True), "train.epochs": Range(0, lo_open=True), "train.max_steps": Range(0),
     "train.prompts_per_step": Range(1), "train.grad_accum": Range(1), "train.max_grad_norm": Range(0),
     "train.warmup_ratio": Range(0, 1, hi_open=True), "train.weight_decay": Range(0),
     "train.logprob_chunk": Range(1), "train.save_steps": Range(1),
@@ -370,7 +374,6 @@ LR_SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "cons
 
 CHOICES: dict[str, tuple[str, ...]] = {
     "model.dtype": ("float32", "bfloat16"),
-    "generate.backend": ("hf", "vllm"),
     "generate.batching": ("continuous", "hf"),
     "generate.dtype": ("auto", "float32", "bfloat16"),
     "train.lr_scheduler": LR_SCHEDULERS,
@@ -379,13 +382,21 @@ CHOICES: dict[str, tuple[str, ...]] = {
 }
 
 
+def choices() -> dict[str, tuple[str, ...]]:
+    """`CHOICES`, plus the options whose choices a table defines (`backends.BACKENDS`)."""
+    from .backends import BACKENDS
+
+    return {**CHOICES, "generate.backend": tuple(BACKENDS)}
+
+
 def option(c: RunConfig, dotted: str) -> Any:
     """The value of a dotted option, e.g. `option(c, "select.k")`."""
     return functools.reduce(getattr, dotted.split("."), c)
 
 
-def validate(c: RunConfig) -> None:
-    """Refuse out-of-range values and incompatible options, each with one line naming it."""
+def validate(c: RunConfig, self_play: bool = True) -> None:
+    """Refuse out-of-range values and incompatible options, each with one line naming it
+    (`self_play=False`: not generation against selection, nor the prompt file)."""
     from .embeddings import embedder_kind
     from .losses import HPARAM_CHOICES, LOSSES, check_hparams
     from .pipeline import BUILTIN_PROMPT_SETS
@@ -395,9 +406,9 @@ def validate(c: RunConfig) -> None:
     for name, allowed in RANGES.items():
         if option(c, name) is not None and (problem := allowed.problem(option(c, name))):
             raise ConfigError(f"config '{name}': {problem}")
-    for name, choices in CHOICES.items():
-        if option(c, name) not in choices:
-            raise ConfigError(f"config '{name}': must be one of {', '.join(choices)}, got {short(option(c, name))}")
+    for name, allowed in choices().items():
+        if option(c, name) not in allowed:
+            raise ConfigError(f"config '{name}': must be one of {', '.join(allowed)}, got {short(option(c, name))}")
     if c.generate.batch_rows < c.generate.n:
         raise ConfigError(f"config 'generate.batch_rows': must hold one prompt's generate.n = {c.generate.n} "
                           f"samples, got {c.generate.batch_rows}")
@@ -407,7 +418,7 @@ def validate(c: RunConfig) -> None:
     if c.select.strategy in ONE_NEGATIVE and c.select.k != 1:
         raise ConfigError(f"config 'select.k': strategy '{c.select.strategy}' selects exactly one negative; "
                           f"set select.k=1, got {c.select.k}")
-    if c.select.k > c.generate.n - 1:
+    if self_play and c.select.k > c.generate.n - 1:
         raise ConfigError(f"config 'select.k': {c.select.k} negatives need generate.n >= {c.select.k + 1}, "
                           f"got generate.n={c.generate.n}")
     if c.model.lora and not c.model.lora_targets:
@@ -443,7 +454,7 @@ def validate(c: RunConfig) -> None:
         check_hparams(c.train.loss, c.train.hparams)
     except ValueError as e:
         raise ConfigError(f"config 'train.hparams': {e}") from None
-    if c.data.prompts not in BUILTIN_PROMPT_SETS and not Path(c.data.prompts).is_file():
+    if self_play and c.data.prompts not in BUILTIN_PROMPT_SETS and not Path(c.data.prompts).is_file():
         raise ConfigError(f"config 'data.prompts': no such file: {short(c.data.prompts)} "
                           f"(or a bundled set: {', '.join(BUILTIN_PROMPT_SETS)})")
     for name in c.eval.benchmarks:

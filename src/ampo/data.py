@@ -186,10 +186,14 @@ def write_json(path: str | Path, obj: Any) -> None:
 
 
 def read_rows(path: str | Path) -> Iterator[tuple[int, dict]]:
-    """Raw rows (1-based row numbers, as the user counts lines) from JSONL or Parquet."""
+    """Raw rows (1-based row numbers, as the user counts lines) from JSONL, Parquet, or a folder
+    written by `datasets`' `save_to_disk` (a `DatasetDict`'s `train` split, or its only one)."""
     path = Path(path)
     if not path.exists():
         raise PoolError(path, None, None, "file not found")
+    if path.is_dir():
+        yield from enumerate(_saved_dataset_rows(path), start=1)
+        return
     if not path.is_file():
         raise PoolError(path, None, None, "not a file")
     suffix = path.suffix.lower()
@@ -210,6 +214,39 @@ def read_rows(path: str | Path) -> Iterator[tuple[int, dict]]:
             yield i, row
     else:
         raise PoolError(path, None, None, f"unknown file type '{suffix}' (use .jsonl or .parquet)")
+
+
+def _saved_dataset_rows(folder: Path) -> Iterator[dict]:
+    """Rows of a `save_to_disk` folder, read with pyarrow from the Arrow files its `state.json`
+    lists (no `datasets` import, no pickle)."""
+    import pyarrow as pa
+
+    if (folder / "dataset_dict.json").is_file():
+        try:
+            splits = json.loads((folder / "dataset_dict.json").read_text())["splits"]
+        except (ValueError, KeyError, TypeError):
+            raise PoolError(folder / "dataset_dict.json", None, None, "not a datasets DatasetDict description") from None
+        split = "train" if "train" in splits else splits[0] if len(splits) == 1 else None
+        if split is None:
+            raise PoolError(folder, None, None, f"a DatasetDict without a 'train' split (splits: {', '.join(splits)}); "
+                            "give the split's folder instead")
+        folder = folder / split
+    state = folder / "state.json"
+    if not state.is_file():
+        raise PoolError(folder, None, None, "a folder, but not one written by datasets' save_to_disk "
+                        "(no state.json or dataset_dict.json)")
+    try:
+        files = [entry["filename"] for entry in json.loads(state.read_text())["_data_files"]]
+    except (ValueError, KeyError, TypeError):
+        raise PoolError(state, None, None, "not a datasets state.json (no _data_files)") from None
+    for name in files:
+        arrow = folder / Path(name).name  # a file of this folder, never a path elsewhere
+        try:
+            with pa.memory_map(str(arrow)) as f:
+                table = pa.ipc.open_stream(f).read_all()
+        except (OSError, pa.ArrowException) as e:
+            raise PoolError(arrow, None, None, f"not a readable Arrow file ({str(e).splitlines()[0]})") from None
+        yield from table.to_pylist()
 
 
 def _json_row(path: Path, i: int, raw: bytes) -> dict:
@@ -237,6 +274,8 @@ def detect_layout(row: dict) -> str:
         return "multi_response"
     if "completions" in row:
         return "ultrafeedback"
+    if "A0" in row:
+        return "numbered"
     if "chosen" in row and "rejected" in row:
         return "trl_pairs"
     if "prompt" in row:
@@ -368,6 +407,9 @@ def _parse_row(path: Path, i: int, row: dict, layout: str) -> PoolRecord:
         scores = [c.get("overall_score") for c in comps]
         rewards = None if all(s is None for s in scores) else _check_floats(
             path, i, scores, "completions.overall_score", len(responses))
+    elif layout == "numbered":
+        prompt = _check_prompt(path, i, row.get("prompt"))
+        responses, rewards = _numbered_columns(path, i, row)
     elif layout == "trl_pairs":
         prompt = _check_prompt(path, i, row.get("prompt"))
         responses = [_check_responses(path, i, [_field(path, i, row, name, layout)], name)[0]
@@ -401,13 +443,36 @@ def _parse_row(path: Path, i: int, row: dict, layout: str) -> PoolRecord:
     return rec
 
 
-def read_pool(path: str | Path, require: tuple[str, ...] = ()) -> tuple[list[PoolRecord], str]:
+def _numbered_columns(path: Path, i: int, row: dict) -> tuple[list[str], list[float] | None]:
+    """Responses `A0, A1, ...` and their rewards `score_A0, score_A1, ...` (the AMPO authors'
+    published layout). A missing or null `Aj` (sets whose rows differ in size) is no response."""
+    names = [f"A{j}" for j in range(len(row)) if row.get(f"A{j}") is not None]
+    if not names:
+        raise PoolError(path, i, "A0", "no responses (every A0, A1, ... is missing or null)")
+    responses = _check_responses(path, i, [row[n] for n in names], "A0..An")
+    scores = [row.get(f"score_{n}") for n in names]
+    if all(s is None for s in scores):
+        return responses, None
+    missing = next((n for n, s in zip(names, scores) if s is None), None)
+    if missing:
+        raise PoolError(path, i, f"score_{missing}", "missing while other responses have scores")
+    return responses, [_check_number(path, i, s, f"score_{n}") for n, s in zip(names, scores)]
+
+
+RESPONSE_FIELDS = {"ampo": "responses", "multi_response": "all_generated_responses", "ultrafeedback": "completions",
+                   "numbered": "A0..An", "trl_pairs": "chosen/rejected"}  # where each layout keeps its responses
+
+
+def read_pool(path: str | Path, require: tuple[str, ...] = (), min_responses: int = 1,
+              why: str = "run the stage that produces it first") -> tuple[list[PoolRecord], str]:
     """Read and validate a pool file; return (records, layout name).
 
     Layouts: `ampo` (prompt/responses/rewards/embeddings), `multi_response`
     (all_generated_responses/all_reward_scores), `ultrafeedback` (completions with
-    overall_score), `trl_pairs` (prompt/chosen/rejected; rewards 1/0 unless scores are given).
-    `require` names fields every record must have (e.g. "rewards", "embeddings").
+    overall_score), `numbered` (A0..An/score_A0..score_An), `trl_pairs` (prompt/chosen/rejected;
+    rewards 1/0 unless scores are given). `path` may also be a `save_to_disk` folder.
+    `require` names fields every record must have (e.g. "rewards", "embeddings"; `why` says what
+    to do about a missing one), `min_responses` how many responses each needs.
     """
     path = Path(path)
     records: list[PoolRecord] = []
@@ -418,7 +483,10 @@ def read_pool(path: str | Path, require: tuple[str, ...] = ()) -> tuple[list[Poo
         rec = _parse_row(path, i, row, layout)
         for name in require:
             if getattr(rec, name) is None:
-                raise PoolError(path, i, name, "missing (run the stage that produces it first)")
+                raise PoolError(path, i, name, f"missing ({why})")
+        if len(rec.responses) < min_responses:
+            raise PoolError(path, i, RESPONSE_FIELDS[layout], f"{len(rec.responses)} usable response(s); "
+                            f"a training group needs at least {min_responses}")
         if rec.embeddings is not None:
             width = width or (rec.embeddings.shape[1], i)
             if rec.embeddings.shape[1] != width[0]:

@@ -1,4 +1,5 @@
-"""Held-out evaluation of a round's policy against the initial policy.
+"""Held-out evaluation of a policy against another: a round's policy against the initial one
+(`Pipeline.evaluate`), or any two policies (`ampo evaluate --policy P --against Q`).
 
 Metrics (written to each round's `eval.json`): mean reward, win rate against the initial
 policy's samples judged by the reward function (ties count half) with a bootstrap confidence
@@ -15,6 +16,7 @@ rewards are their win rates among themselves.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 
@@ -64,6 +66,17 @@ def pairwise_vs_base(scorer, rows: list[dict], base_rows: list[dict]) -> np.ndar
                                [r["responses"] + b["responses"] for r, b in zip(rows, base_rows)])
     return np.array([sigmoid(S[: len(r["responses"]), len(r["responses"]):]).mean(axis=1)
                      for S, r in zip(matrices, rows)])
+
+
+def judge_against(scorer, rows: list[dict], base_rows: list[dict]) -> bool:
+    """With a pairwise scorer, replace each row's rewards by its samples' win probabilities against
+    the same prompt's `base_rows` samples (`pairwise_vs_base`) and return True; a scalar reward
+    leaves the rows alone (False)."""
+    if not is_pairwise(scorer):
+        return False
+    for row, vs_base in zip(rows, pairwise_vs_base(scorer, rows, base_rows)):
+        row["rewards"] = vs_base.tolist()
+    return True
 
 
 def win_rate(new: np.ndarray, base: np.ndarray, bootstrap: int = 1000, seed: int = 0) -> tuple[float, list[float]]:
@@ -141,34 +154,76 @@ def baseline_summary(initial_policy, embedder, rows: list[dict]) -> dict:
             "initial_logp_per_token": per_token_logp(initial_policy, rows)}
 
 
-def evaluate_round(pipe, r: int) -> dict:
-    """Evaluate the policy after round `r` of a `Pipeline` against its baseline samples."""
-    import pyarrow.parquet as pq
-
-    from .config import seed_from
-    from .data import write_rows
-
-    c = pipe.c
-    held = pipe.split()["heldout"]
-    base_rows = pq.read_table(pipe.dir / "baseline" / "samples.parquet").to_pylist()
-    base = json.loads((pipe.dir / "baseline" / "summary.json").read_text())
-    rows = sample_and_score(pipe.policy(r + 1), pipe.reward_fn(), held, c.eval,
-                            seed=seed_from("eval", c.seed), progress=pipe.progress)
-    pairwise = is_pairwise(pipe.reward_fn())
-    if pairwise:
-        for row, vs_base in zip(rows, pairwise_vs_base(pipe.reward_fn(), rows, base_rows)):
-            row["rewards"] = vs_base.tolist()
-    write_rows(pipe.round_dir(r) / "eval_samples.parquet", rows)
-    result = {"round": r, **summarize(rows, base_rows, c.eval.bootstrap, c.seed, pairwise)}
-    result["embedding_diversity"] = embedding_diversity(pipe.embedder(round_idx=r + 1), rows)
-    result["baseline_embedding_diversity"] = base["embedding_diversity"]
-    result["initial_logp_per_token"] = per_token_logp(pipe.policy(0), rows)
-    result["baseline_initial_logp_per_token"] = base["initial_logp_per_token"]
+def compare(rows: list[dict], base_rows: list[dict], base_summary: dict, embedder, reference_policy,
+            bootstrap: int, seed: int, pairwise: bool = False) -> dict:
+    """A round's `eval.json` metrics for samples `rows` against `base_rows` (the same prompts and
+    sampling seed): `summarize`, embedding diversity, and drift = how much less likely `rows` are
+    under `reference_policy` than `base_rows` were (`base_summary`, from `baseline_summary`).
+    `pairwise`: the rows' rewards are win probabilities against `base_rows` (`judge_against`)."""
+    result = summarize(rows, base_rows, bootstrap, seed, pairwise)
+    result["embedding_diversity"] = embedding_diversity(embedder, rows)
+    result["baseline_embedding_diversity"] = base_summary["embedding_diversity"]
+    result["initial_logp_per_token"] = per_token_logp(reference_policy, rows)
+    result["baseline_initial_logp_per_token"] = base_summary["initial_logp_per_token"]
     result["drift"] = result["baseline_initial_logp_per_token"] - result["initial_logp_per_token"]
-    if c.eval.benchmarks:
-        from .ifeval.evaluate import summary
-
-        read = lambda name, i: json.loads((pipe.benchmark_dir(name, i) / "metrics.json").read_text())
-        result["benchmarks"] = {name: {**summary(read(name, r)), "initial": summary(read(name, -1))}
-                                for name in c.eval.benchmarks}
     return result
+
+
+def evaluate_policies(policy: str, against: str, base: str, prompts: list[dict], out: Path, eval_cfg, *,
+                      reward: str, embedder: str, seed: int, dtype: str = "float32", progress: bool = True) -> dict:
+    """`ampo evaluate` without a benchmark: `policy` against `against` (each a built-in name, a
+    model folder, or a LoRA adapter on `base`) on held-out `prompts`, as a round is evaluated
+    against the initial policy. Writes `out/eval.json` (a round's schema, with `policy` and
+    `against` in place of `round`), `out/eval_samples.parquet`, `out/baseline/`; resumable."""
+    from .config import config_key, seed_from
+    from .data import write_json, write_rows
+    from .embeddings import load_embedder
+    from .ifeval.evaluate import load_eval_policy, policy_fingerprint
+    from .rewards import load_reward
+    from .runner import Runner
+
+    import dataclasses
+
+    options = dataclasses.asdict(eval_cfg)
+    ids = [[p["id"], p["prompt"]] for p in prompts]
+    from .sampling import SAMPLER
+
+    key_base = config_key("baseline", policy_fingerprint(against, base, dtype), ids, reward, embedder, options, seed,
+                          SAMPLER)
+    key_eval = config_key("eval", key_base, policy_fingerprint(policy, base, dtype))
+    samples_base, summary_base = out / "baseline" / "samples.parquet", out / "baseline" / "summary.json"
+    with Runner(out, progress=progress) as run:
+        loaded = {}
+
+        def component(name):
+            if name not in loaded:
+                loaded[name] = {"reward": lambda: load_reward(reward),
+                                "against": lambda: load_eval_policy(against, base, dtype)}[name]()
+            return loaded[name]
+
+        def embedder_of(pol):  # `policy` embeds with the policy whose samples it measures, as in a run
+            return load_embedder(embedder, policy=pol if embedder == "policy" else None)
+
+        def make_baseline():
+            rows = sample_and_score(component("against"), component("reward"), prompts, eval_cfg,
+                                    seed=seed_from("eval", seed), progress=run.progress)
+            write_rows(samples_base, rows)
+            write_json(summary_base, baseline_summary(component("against"), embedder_of(component("against")), rows))
+
+        def make_eval():
+            evaluated = load_eval_policy(policy, base, dtype)
+            import pyarrow.parquet as pq
+
+            rows = sample_and_score(evaluated, component("reward"), prompts, eval_cfg,
+                                    seed=seed_from("eval", seed), progress=run.progress)
+            base_rows = pq.read_table(samples_base).to_pylist()
+            pairwise = judge_against(component("reward"), rows, base_rows)
+            write_rows(out / "eval_samples.parquet", rows)
+            result = {"policy": policy, "against": against,
+                      **compare(rows, base_rows, json.loads(summary_base.read_text()),
+                                embedder_of(evaluated), component("against"), eval_cfg.bootstrap, seed, pairwise)}
+            write_json(out / "eval.json", result)
+
+        run.stage("baseline", key_base, make_baseline, [samples_base, summary_base])
+        run.stage("evaluate", key_eval, make_eval, [out / "eval.json", out / "eval_samples.parquet"])
+    return json.loads((out / "eval.json").read_text())

@@ -23,7 +23,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from transformers.generation.logits_process import LogitsProcessorList
 
 from ampo.decoding import HEADROOM, ContinuousDecoder, supports_slot_cache
-from ampo.models import DTYPES, encode_prompt, load_policy, load_tokenizer, resolve_policy
+from ampo.models import DTYPES, encode_prompt, load_tokenizer, resolve_policy
 from ampo.sampling import Sampler, StreamSampling, stream_ids
 
 Prompt = str | list[dict]
@@ -338,14 +338,10 @@ def make_generator(
     tokenizer: PreTrainedTokenizerBase | None = None,
     config: GenerationConfig | None = None,
 ) -> Generator:
-    """Build a generator: "hf" (uses `model`/`tokenizer` when given, else loads them) or "vllm"."""
-    if backend == "hf":
-        if model is None:
-            model, loaded_tokenizer = load_policy(model_name_or_path)
-            tokenizer = tokenizer or loaded_tokenizer
-        elif tokenizer is None:
-            tokenizer = load_tokenizer(model_name_or_path)
-        return HFGenerator(model, tokenizer, config)
-    if backend == "vllm":
-        return VLLMGenerator(model_name_or_path, tokenizer, config)
-    raise ValueError(f"generation backend {backend!r} is not one of 'hf', 'vllm'")
+    """Build a generator from `ampo.backends.BACKENDS` ("hf" uses `model`/`tokenizer` when given,
+    else loads them)."""
+    from .backends import BACKENDS
+
+    if backend not in BACKENDS:
+        raise ValueError(f"generation backend {backend!r} is not one of {', '.join(map(repr, BACKENDS))}")
+    return BACKENDS[backend].build(model_name_or_path, model=model, tokenizer=tokenizer, config=config)

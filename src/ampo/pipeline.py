@@ -10,22 +10,19 @@ checkpoint, everything else from the last finished stage.
 from __future__ import annotations
 
 import dataclasses
-import fcntl
-import hashlib
 import json
 import logging
-import os
 import shutil
-import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
-from . import __version__
 from .config import RunConfig, config_key, dump_config, seed_from
-from .data import (PoolRecord, atomic_dir, atomic_path, read_pool, read_prompt_rows,
-                   write_json, write_rows)
+from .data import PoolRecord, atomic_dir, atomic_path, read_pool, read_prompt_rows, write_json, write_rows
+from .runner import Runner, fingerprints, sharded_map
+from .stages import (embed_pool, load_round_policy, references, reference_logps, sample_rows,
+                     select_pool, selected_logprobs)
 
 log = logging.getLogger("ampo")
 
@@ -35,126 +32,7 @@ BUILTIN_PROMPT_SETS = {"builtin": BUILTIN_PROMPTS,
                        "builtin-ifeval": Path(__file__).parent / "recipes" / "ifeval_prompts.jsonl"}
 
 
-class Manifest:
-    """`manifest.json`: per stage its key, status, timing and outputs, written after every change."""
-
-    def __init__(self, path: Path, write: bool = True):
-        self.path = path
-        self.write = write  # only the main process writes
-        self.data = self._read(path)
-        self.data["versions"] = _versions()
-
-    @staticmethod
-    def _read(path: Path) -> dict:
-        """The manifest's content; a damaged one is named and counts as empty (every stage is redone)."""
-        if not path.exists():
-            return {"stages": {}}
-        try:
-            data = json.loads(path.read_bytes())
-        except (ValueError, RecursionError):
-            data = None
-        if not (isinstance(data, dict) and isinstance(data.get("stages"), dict)
-                and all(isinstance(e, dict) and {"key", "status"} <= e.keys() for e in data["stages"].values())):
-            log.warning("%s is damaged: redoing every stage", path)
-            return {"stages": {}}
-        return data
-
-    def done(self, stage: str, key: str) -> bool:
-        entry = self.data["stages"].get(stage)
-        return bool(entry) and entry["key"] == key and entry["status"] == "done"
-
-    def mark(self, stage: str, key: str, status: str, **info: Any) -> None:
-        self.data["stages"][stage] = {"key": key, "status": status, **info}
-        if self.write:
-            write_json(self.path, self.data)
-
-
-def _versions() -> dict[str, str]:
-    import torch
-    import transformers
-
-    return {"ampo": __version__, "torch": torch.__version__, "transformers": transformers.__version__}
-
-
-class RunInUseError(ValueError):
-    """Another process holds the run folder's lock."""
-
-
-class RunLock:
-    """An exclusive lock on a run folder (`flock` on `RUN/.lock`) for as long as a process uses it
-    (also taken by `ampo evaluate` on its output folder: `what` and `option` name them).
-
-    Two runs on one folder would overwrite each other's manifest and files, so the second is
-    refused. The kernel drops the lock when its holder exits, even by SIGKILL, so a killed run
-    never blocks the next one. In a folder this process cannot write, an existing lock file is
-    locked through a read-only handle; without one there is nothing to lock (and nothing can be
-    written).
-    """
-
-    def __init__(self, folder: Path, what: str = "run folder", option: str = "'out'"):
-        path = folder / ".lock"
-        try:
-            self.fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
-            writable = True
-        except OSError:
-            try:
-                self.fd, writable = os.open(path, os.O_RDONLY), False
-            except OSError:
-                self.fd = None
-                return
-        try:
-            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = path.read_text().strip()
-            os.close(self.fd)
-            raise RunInUseError(f"{what} {folder} is in use by another ampo process"
-                                f"{f' (pid {holder})' if holder else ''}; wait for it to end or choose "
-                                f"another {option}") from None
-        if writable:  # the holder's pid, for the message above
-            os.ftruncate(self.fd, 0)
-            os.write(self.fd, str(os.getpid()).encode())
-
-    def release(self) -> None:
-        if self.fd is not None:
-            os.close(self.fd)  # closing the only handle drops the lock
-            self.fd = None
-
-    def __enter__(self) -> RunLock:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.release()
-
-
-class Dist:
-    """This process's rank among those started by `accelerate launch` or `torchrun` (one process
-    otherwise). Without CUDA the processes talk over gloo."""
-
-    def __init__(self):
-        import torch
-        from accelerate import PartialState
-
-        self._state = PartialState(cpu=not torch.cuda.is_available())
-        self.rank, self.world = self._state.process_index, self._state.num_processes
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-    def wait(self) -> None:
-        if self.world > 1:
-            self._state.wait_for_everyone()
-
-    def share(self, value: Any) -> Any:
-        """The main process's `value`, on every process (so that all take the same branch)."""
-        if self.world > 1:
-            from accelerate.utils import broadcast_object_list
-
-            value = broadcast_object_list([value])[0]
-        return value
-
-
-class Pipeline:
+class Pipeline(Runner):
     """One run folder, its config and its stages.
 
     Under `accelerate launch` every process runs the pipeline: generation, scoring and embedding
@@ -163,74 +41,12 @@ class Pipeline:
     """
 
     def __init__(self, config: RunConfig, progress: bool = True):
+        super().__init__(config.out, dump_config(config), progress)
         self.c = config
-        self.dir = Path(config.out)
-        self.dist = Dist()
-        self.progress = progress and self.dist.main
-        self._lock = None
-        if self.dist.main:  # one process per run takes the lock; the others are its helpers
-            if not self.dir.is_dir():
-                self.dir.mkdir(parents=True)
-            self._lock = RunLock(self.dir)
-            _write_if_changed(self.dir / "config.yaml", dump_config(config))
-        self.dist.wait()
-        self.manifest = Manifest(self.dir / "manifest.json", write=self.dist.main)
-        self.dist.wait()  # every process reads the manifest before any stage changes it
         self._reward_fn = None
         self._embedder = None
         self._loaded: dict[str, Any] = {}  # policy key -> (model, tokenizer), one at a time
         self._split: dict | None = None
-
-    def close(self) -> None:
-        """Release the run folder for the next process."""
-        if self._lock is not None:
-            self._lock.release()
-
-    def __enter__(self) -> Pipeline:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    # -- stage bookkeeping ------------------------------------------------------------------
-
-    def stage(self, name: str, key: str, fn: Callable[[], Any], outputs: list[Path], everyone: bool = False) -> None:
-        """Run `fn` unless this stage already finished with the same key and its outputs are the
-        files it wrote (same size and sha256 as recorded in the manifest when it finished).
-
-        `everyone`: every process runs `fn` (sharded or data-parallel work); otherwise only the
-        main one does. A dict returned by `fn` is recorded in the manifest entry.
-        """
-        up_to_date = (self.manifest.done(name, key) and self._intact(name, outputs)) if self.dist.main else None
-        if self.dist.share(up_to_date):
-            if self.dist.main:
-                log.info("[%s] up to date (key %s)", name, key)
-            return
-        if self.dist.main:
-            log.info("[%s] running (key %s)", name, key)
-        self.manifest.mark(name, key, "running")
-        t0 = time.perf_counter()
-        info = fn() if (everyone or self.dist.main) else None
-        self.dist.wait()
-        files = fingerprints(self.dir, outputs) if self.dist.main else {}
-        self.manifest.mark(name, key, "done", seconds=round(time.perf_counter() - t0, 2),
-                           finished_at=time.strftime("%Y-%m-%dT%H:%M:%S"), **(info or {}), outputs=files)
-
-    def _intact(self, name: str, outputs: list[Path]) -> bool:
-        """Whether a finished stage's outputs still match their manifest record; if not, say which
-        file does not (the stage then runs again)."""
-        recorded = self.manifest.data["stages"][name].get("outputs")
-        if recorded is None:
-            log.warning("[%s] the manifest has no record of its outputs (an older ampo made it): redoing it", name)
-            return False
-        found = fingerprints(self.dir, outputs)
-        for rel in sorted(recorded.keys() | found.keys()):
-            if recorded.get(rel) != found.get(rel):
-                problem = ("is missing" if rel not in found else "was not written by this stage" if rel not in recorded
-                           else "does not match the size and sha256 recorded when the stage finished")
-                log.warning("[%s] %s %s: redoing the stage", name, self.dir / rel, problem)
-                return False
-        return True
 
     # -- components, loaded once ------------------------------------------------------------
 
@@ -345,31 +161,30 @@ class Pipeline:
         self.stage(f"round-{r}/generate", key, lambda: self._generate(r, key, out), [out], everyone=True)
 
     def _generate(self, r: int, key: str, out: Path) -> dict:
+        from .backends import BACKENDS
         from .generation import GenerationConfig, make_generator
 
         prompts = self.round_prompts(r)
         g = self.c.generate
 
+        from_disk = BACKENDS[g.backend].loads_from_disk
+
         def work(s: int, shard: list[dict]) -> list[dict]:
-            model, tok = (None, None) if g.backend == "vllm" else self.policy(r)
+            model, tok = (None, None) if from_disk else self.policy(r)
             cfg = GenerationConfig(n=g.n, temperature=g.temperature, top_p=g.top_p, max_new_tokens=g.max_new_tokens,
                                    prompts_per_batch=g.prompts_per_batch, share_prefill=g.share_prefill,
                                    batching=g.batching, batch_rows=g.batch_rows, dtype=g.dtype,
                                    seed=seed_from("generate", self.c.seed, r))
-            gen = make_generator(g.backend, self.policy_folder(r), model=model, tokenizer=tok, config=cfg)
-            # each response's random stream follows from (seed, round, prompt id, sample index)
-            samples = gen.generate([p["prompt"] for p in shard], progress=self.progress, keys=[p["id"] for p in shard])
-            rows = [{"id": p["id"], "prompt": p["prompt"], "responses": [x.text for x in ss],
-                     "finished": [x.finished for x in ss], "n_tokens": [x.n_tokens for x in ss],
-                     **({"meta": p["meta"]} if "meta" in p else {})}
-                    for p, ss in zip(shard, samples)]
+            source = self.policy_folder(r) if from_disk else self.c.model.policy  # no merged copy for in-memory
+            gen = make_generator(g.backend, source, model=model, tokenizer=tok, config=cfg)
+            rows = sample_rows(gen, shard, progress=self.progress)
             if self.c.data.gold_field:  # DNO's gold response: off-policy, scored and selectable with the rest
                 from transformers import AutoTokenizer
 
                 from .data import add_gold
                 from .logprobs import response_ids
 
-                tok = tok or AutoTokenizer.from_pretrained(self.policy_folder(r))
+                tok = tok or AutoTokenizer.from_pretrained(source)
                 rows = [add_gold(row, p["gold"], len(response_ids(tok, p["gold"], True)))
                         for row, p in zip(rows, shard)]
             return rows
@@ -419,9 +234,8 @@ class Pipeline:
             pool, _ = read_pool(self.round_dir(r) / "pool.parquet")
 
             def work(s: int, shard: list[PoolRecord]) -> list[dict]:
-                emb = self.embedder(round_idx=r)([t for rec in shard for t in rec.responses])
                 return [{"id": rec.id, "embeddings": e.tolist()}
-                        for rec, e in zip(shard, np.split(emb, np.cumsum([len(x.responses) for x in shard])[:-1]))]
+                        for rec, e in zip(shard, embed_pool(self.embedder(round_idx=r), shard))]
 
             rows, info = sharded_map(pool, self.c.generate.shard_prompts, work,
                                      self.round_dir(r) / "embed.parts", key, self.dist)
@@ -445,13 +259,10 @@ class Pipeline:
         out = self.round_dir(r) / "selection.parquet"
 
         def run() -> dict:
-            from .selection import select_groups
-
             pool = self.scored_pool(r, with_selection=False)
             s = self.c.select
-            sel = select_groups(s.strategy, [np.asarray(p.rewards) for p in pool], [p.embeddings for p in pool],
-                                s.k, seed=self.c.seed, prefs=[p.extra.get("pref_logits") for p in pool],
-                                require_beats=s.require_beats, min_margin=s.min_margin, progress=self.progress)
+            sel = select_pool(s.strategy, s.k, pool, self.c.seed, progress=self.progress,
+                              require_beats=s.require_beats, min_margin=s.min_margin)
             if sel.short.any():
                 log.warning("%d prompts had fewer than k+1=%d candidates: took all of them",
                             int(sel.short.sum()), s.k + 1)
@@ -516,34 +327,21 @@ class Pipeline:
         out = self.round_dir(r) / "ref_logps.parquet"
 
         def run():
-            from .models import load_policy
-
             pool = self.training_pool(r)
-            columns = [self.selected_logprobs(self.policy(0 if self.c.train.reference == "initial" else r), pool)]
-            for path in self.c.train.extra_references:
-                model, tok = load_policy(path, dtype=self.c.model.dtype,
-                                         trust_remote_code=self.c.model.trust_remote_code)
-                columns.append(self.selected_logprobs((model, tok), pool))
-                del model
-            write_rows(out, [{"id": rec.id, "ref_logps": [col[i].tolist() for col in columns]}
-                             for i, rec in enumerate(pool)])
+            first = self.policy(0 if self.c.train.reference == "initial" else r)
+            rows = reference_logps(references(self.c, first), pool, self.c.train.shared_prefix, self.progress)
+            write_rows(out, [{"id": rec.id, "ref_logps": row} for rec, row in zip(pool, rows)])
 
         self.stage(f"round-{r}/refs", self.refs_key(r), run, [out])
 
     def selected_logprobs(self, policy, pool: list[PoolRecord]) -> list[np.ndarray]:
         """Summed log-probs of each record's selected responses under `policy` (model, tokenizer)."""
-        from .logprobs import response_logprobs
-
-        prompts = [rec.prompt for rec in pool]
-        responses = [[rec.responses[i] for i in rec.selected] for rec in pool]
-        finished = [[rec.finished[i] if rec.finished else True for i in rec.selected] for rec in pool]
-        return response_logprobs(*policy, prompts, responses, finished, progress=self.progress,
-                                 shared_prefix=self.c.train.shared_prefix)[0]
+        return selected_logprobs(policy, pool, self.c.train.shared_prefix, self.progress)
 
     def train_key(self, r: int) -> str:
-        t = dataclasses.asdict(self.c.train)
-        for cosmetic in ("save_steps", "report_to", "logprob_chunk", "gradient_checkpointing", "shared_prefix"):
-            t.pop(cosmetic)
+        from .trainer import train_options
+
+        t = train_options(self.c)
         m = dataclasses.asdict(self.c.model)
         lora_seed = self.lora_seed(r) if self.c.model.lora else None
         return config_key("train", self.policy_key(r), self.select_key(r), self.refs_key(r), t, m, self.c.seed,
@@ -736,15 +534,35 @@ class Pipeline:
         out = self.round_dir(r) / "eval.json"
 
         def run():
-            from .evaluation import evaluate_round
-
-            result = evaluate_round(self, r)
+            result = self._evaluate(r)
             write_json(out, result)
             log.info("round %d: held-out reward %.4f (initial %.4f), win rate %.3f [%.3f, %.3f]", r,
                      result["mean_reward"], result["baseline_mean_reward"], result["win_rate"],
                      *result["win_rate_ci"])
 
         self.stage(f"round-{r}/evaluate", self.eval_key(r), run, [out, self.round_dir(r) / "eval_samples.parquet"])
+
+    def _evaluate(self, r: int) -> dict:
+        """The policy after round `r` against the baseline samples, plus the benchmarks' figures."""
+        import pyarrow.parquet as pq
+
+        from .evaluation import compare, judge_against, sample_and_score
+
+        rows = sample_and_score(self.policy(r + 1), self.reward_fn(), self.split()["heldout"], self.c.eval,
+                                seed=seed_from("eval", self.c.seed), progress=self.progress)
+        base_rows = pq.read_table(self.dir / "baseline" / "samples.parquet").to_pylist()
+        pairwise = judge_against(self.reward_fn(), rows, base_rows)  # a pairwise scorer judges new vs baseline
+        write_rows(self.round_dir(r) / "eval_samples.parquet", rows)
+        base = json.loads((self.dir / "baseline" / "summary.json").read_text())
+        result = {"round": r, **compare(rows, base_rows, base, self.embedder(round_idx=r + 1), self.policy(0),
+                                        self.c.eval.bootstrap, self.c.seed, pairwise)}
+        if self.c.eval.benchmarks:
+            from .ifeval.evaluate import summary
+
+            read = lambda name, i: json.loads((self.benchmark_dir(name, i) / "metrics.json").read_text())
+            result["benchmarks"] = {name: {**summary(read(name, r)), "initial": summary(read(name, -1))}
+                                    for name in self.c.eval.benchmarks}
+        return result
 
     # -- the whole run ----------------------------------------------------------------------
 
@@ -784,31 +602,6 @@ class Pipeline:
         return outputs[0]
 
 
-def fingerprints(root: Path, outputs: list[Path]) -> dict[str, dict]:
-    """Size and sha256 of each output file, folders expanded to the files inside them, keyed by
-    the path relative to `root`. Missing outputs are left out."""
-    files = []
-    for path in outputs:
-        files.extend(sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else
-                     [path] if path.is_file() else [])
-    return {p.relative_to(root).as_posix(): {"size": p.stat().st_size, "sha256": _sha256(p)} for p in files}
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _write_if_changed(path: Path, text: str) -> None:
-    """Write `text` atomically unless `path` already holds it (a finished run may be read-only)."""
-    if not (path.is_file() and path.read_text() == text):
-        with atomic_path(path) as tmp:
-            tmp.write_text(text)
-
-
 def generation_dtype(requested: str) -> str:
     """The dtype generation runs in here: "auto" resolved for this machine's device, so that a run
     resumed on a machine that resolves it differently regenerates instead of mixing dtypes."""
@@ -818,65 +611,3 @@ def generation_dtype(requested: str) -> str:
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return resolve_dtype(requested, device)
-
-
-def sharded_map(items: list, shard_size: int, work: Callable[[int, list], list[dict]], parts: Path, key: str,
-                dist: Dist) -> tuple[list[dict], dict]:
-    """Apply `work(shard_index, shard)` to shards of `items`, spread over processes, resumably.
-
-    Shard s is done by process s % world and written atomically to `parts/` (tagged with the
-    stage key and the process that wrote it): a killed run redoes only unfinished shards, and a
-    shard written once is read once. Returns all rows in item order (every process gets them)
-    and {"shards_by_rank": {...}} for the manifest.
-    """
-    if dist.main:
-        if parts.exists() and (not (parts / "KEY").exists() or (parts / "KEY").read_text() != key):
-            shutil.rmtree(parts)
-        parts.mkdir(parents=True, exist_ok=True)
-        (parts / "KEY").write_text(key)
-    dist.wait()
-    shards = [items[i: i + shard_size] for i in range(0, len(items), shard_size)]
-    for s in range(dist.rank, len(shards), dist.world):
-        if not list(parts.glob(f"shard-{s:05d}-rank*.jsonl")):
-            write_rows(parts / f"shard-{s:05d}-rank{dist.rank}.jsonl", work(s, shards[s]))
-    dist.wait()
-    rows, by_rank = [], {}
-    for s in range(len(shards)):
-        (path,) = parts.glob(f"shard-{s:05d}-rank*.jsonl")
-        rank = path.stem.rsplit("rank", 1)[1]
-        by_rank[rank] = by_rank.get(rank, 0) + 1
-        with path.open() as f:
-            rows.extend(json.loads(line) for line in f)
-    dist.wait()
-    if dist.main:
-        shutil.rmtree(parts)
-    return rows, {"shards_by_rank": by_rank}
-
-
-def score_pool(reward_fn, pool: list[PoolRecord]) -> list[np.ndarray]:
-    """Score every response of every record with a scalar reward in one batched call (with each
-    record's `meta` for rewards that need it); one array per record."""
-    from .rewards import score_records
-
-    return [np.asarray(row["rewards"], dtype=np.float64) for row in score_records(reward_fn, pool)]
-
-
-def load_round_policy(c: RunConfig, checkpoints: list[Path]):
-    """The initial policy with the given round checkpoints applied in order.
-
-    A LoRA checkpoint is an adapter merged into the weights; a full fine-tune checkpoint is a
-    complete model folder, so only the last one matters.
-    """
-    from .models import load_policy
-
-    full = [p for p in checkpoints if (p / "config.json").exists()]
-    start = full[-1] if full else c.model.policy
-    model, tok = load_policy(str(start), dtype=c.model.dtype, trust_remote_code=c.model.trust_remote_code)
-    adapters = checkpoints[checkpoints.index(full[-1]) + 1:] if full else checkpoints
-    if adapters:
-        from peft import PeftModel
-
-        for path in adapters:
-            model = PeftModel.from_pretrained(model, str(path)).merge_and_unload()
-    return model, tok
-

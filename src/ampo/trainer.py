@@ -10,6 +10,7 @@ checkpoints, resume and multi-process (DDP / DeepSpeed / FSDP via accelerate) ar
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections import defaultdict
 from dataclasses import dataclass
@@ -228,6 +229,7 @@ def training_args(c, output_dir: Path, progress: bool = True):
         gradient_accumulation_steps=t.grad_accum,
         learning_rate=t.learning_rate,
         num_train_epochs=t.epochs,
+        max_steps=t.max_steps or -1,
         lr_scheduler_type=t.lr_scheduler,
         warmup_steps=t.warmup_ratio,
         weight_decay=t.weight_decay,
@@ -248,6 +250,18 @@ def training_args(c, output_dir: Path, progress: bool = True):
         activation_checkpointing=t.gradient_checkpointing,
         activation_checkpointing_kwargs={"use_reentrant": False},
     )
+
+
+COSMETIC_OPTIONS = ("save_steps", "report_to", "logprob_chunk", "gradient_checkpointing", "shared_prefix")
+
+
+def train_options(c) -> dict:
+    """The `train` options that change the trained weights (the training stage's key): all but
+    `COSMETIC_OPTIONS`, and `max_steps` only when set (so keys made before it existed hold)."""
+    t = {k: v for k, v in dataclasses.asdict(c.train).items() if k not in COSMETIC_OPTIONS}
+    if not t["max_steps"]:
+        t.pop("max_steps")
+    return t
 
 
 CHECKPOINT_FILES = ("trainer_state.json", "optimizer.pt", "scheduler.pt")
@@ -271,12 +285,13 @@ def last_complete_checkpoint(work_dir: Path) -> Path | None:
 
 
 def train_round(c, model, tokenizer, pool, ref_rows, work_dir: Path, key: str, out: Path, progress: bool = True, *,
-                lora_seed: int, adapter: Path | None = None) -> None:
+                lora_seed: int, adapter: Path | None = None, save_tokenizer: bool = False) -> None:
     """Train `model` on the selected groups of `pool` and save the result atomically to `out`.
 
     Trainer checkpoints go to `work_dir` (tagged with the stage key): a rerun with the same key
     resumes from the last one; a different key starts afresh. With LoRA, `out` holds the adapter:
-    a new one drawn from `lora_seed`, or `adapter` (a saved one) trained further.
+    a new one drawn from `lora_seed`, or `adapter` (a saved one) trained further (and the
+    tokenizer, with `save_tokenizer`).
     """
     import shutil
 
@@ -319,6 +334,6 @@ def train_round(c, model, tokenizer, pool, ref_rows, work_dir: Path, key: str, o
         write_json(work_dir.parent / "train_log.json", trainer.state.log_history)
         with atomic_dir(out) as tmp:
             trainer.model.save_pretrained(str(tmp), safe_serialization=True)
-            if not c.model.lora:
+            if save_tokenizer or not c.model.lora:
                 tokenizer.save_pretrained(str(tmp))
     model.eval()

@@ -74,7 +74,7 @@ def output_lock(out_dir: str | Path):
     run folder's when `out_dir` lies in one, so that it never writes under a running `ampo run`,
     else `out_dir`'s own, so that two evaluations never mix their shards or files."""
     from ampo.data import ensure_dir
-    from ampo.pipeline import RunLock
+    from ampo.runner import RunLock
 
     out = Path(out_dir)
     for folder in (out, *out.absolute().parents):
@@ -121,7 +121,7 @@ def generate(policy, items: Sequence[Item], parts: Path, key: str, max_new_token
     """Greedy responses to `items` with the chat template, batched, resumable: finished shards
     live in `parts/` (tagged with `key`) until all are done. One row per item, in order."""
     from ampo.generation import GenerationConfig, HFGenerator
-    from ampo.pipeline import sharded_map
+    from ampo.runner import sharded_map
 
     model, tok = policy
     cfg = GenerationConfig(n=1, temperature=0.0, max_new_tokens=max_new_tokens, prompts_per_batch=prompts_per_batch)
