@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 import torch
 
@@ -184,3 +185,24 @@ def test_score_cli_with_a_judge_writes_the_matrix_and_names_a_bad_one(tmp_path, 
     assert main(["score", "--input", str(pool), "--output", str(bad), "--reward", f"pairwise:{JUDGES}:wrong_shape"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and r"returned shape (3, 4) for 3 responses" in err and not bad.exists()
+
+
+def test_ampo_train_reads_a_scored_pools_matrix_and_refuses_the_run_only_filters(tiny_policy, tmp_path, capsys):
+    from ampo.cli import main
+
+    pool = tmp_path / "pool.jsonl"
+    pool.write_text('{"id": "a", "prompt": "p", "responses": ["a", "a b", "a b c", "a b c d"]}\n'
+                    '{"id": "b", "prompt": "q", "responses": ["x y", "x", "x y z w v", "x y z"]}\n')
+    scored = tmp_path / "scored.jsonl"
+    assert main(["-q", "score", "--input", str(pool), "--output", str(scored), "--reward", f"pairwise:{JUDGES}:cyclic"]) == 0
+    out = tmp_path / "out"
+    common = ["-q", "train", "--input", str(scored), "--policy", str(tiny_policy), "--no-lora", "--loss", "mmpo",
+              "--strategy", "bottomk", "--k", "2"]
+    assert main([*common, "--output", str(out), "train.hparams.target=pref", "train.save_steps=1000"]) == 0
+    (step,) = [s for s in json.loads((out / "train_log.json").read_text()) if "soft_target" in s]
+    rows = [json.loads(line) for line in scored.read_text().splitlines()]
+    groups = [r["selected"] for r in pq.read_table(out / "selection.parquet").to_pylist()]
+    judge = np.mean([np.mean(1 / (1 + np.exp(-np.array(r["pref_logits"])[g[0], g[1:]]))) for r, g in zip(rows, groups)])
+    assert step["soft_target"] == pytest.approx(judge, abs=1e-5)  # the judge's matrix, not r_i - r_j (> 0.5)
+    assert main([*common, "--output", str(tmp_path / "refused"), "select.min_margin=0.1"]) == 2
+    assert "config 'select.min_margin' runs in `ampo run` only" in capsys.readouterr().err
