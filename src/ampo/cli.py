@@ -125,7 +125,7 @@ def _cmd_embed(args) -> None:
 
 def _cmd_select(args) -> None:
     from .data import atomic_path, dump_rows, output_format, read_pool, trl_pairs, write_rows
-    from .selection import NEEDS_EMBEDDINGS
+    from .selection import SELECTORS
     from .stages import select_pool
 
     fmt = output_format(args.output)
@@ -133,7 +133,7 @@ def _cmd_select(args) -> None:
         output_format(args.trl_pairs)
     pool, layout = read_pool(args.input, require=("rewards",))
     msg = f"read {args.input} ({layout} layout); "
-    if args.strategy in NEEDS_EMBEDDINGS and any(r.embeddings is None for r in pool):
+    if SELECTORS[args.strategy].needs_embeddings and any(r.embeddings is None for r in pool):
         width = _embed_records(pool, args.embedder, args.policy)  # written with the selection
         msg += f"embedded {sum(len(r.responses) for r in pool)} responses ({args.embedder}, {width}-d); "
     sel = select_pool(args.strategy, args.k, pool, args.seed, progress=not args.quiet)

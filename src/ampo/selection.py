@@ -25,10 +25,6 @@ from threadpoolctl import ThreadpoolController
 
 # Candidate pools larger than this are refused by ``exact`` unless ``max_pool=None`` is passed.
 EXACT_MAX_POOL = 64
-# Strategies that read the embeddings; the others accept ``embeddings=None``.
-NEEDS_EMBEDDINGS = frozenset({"coreset", "optselect", "exact"})
-# Strategies that pick exactly one negative (a pair): ``k`` must be 1.
-ONE_NEGATIVE = frozenset({"best_worst", "sweet_spot"})
 
 _KMEANS_RESTARTS = 4  # k-means++ restarts for coreset; the lowest-inertia run wins
 _KMEANS_MAX_ITER = 100  # Lloyd iterations per restart (pools are tiny; convergence is quick)
@@ -58,12 +54,14 @@ def _check_seed(seed: int) -> int:
     return int(seed)
 
 
-def _check_strategy(strategy: str, k: int) -> None:
-    """Refuse unknown strategies and the one-negative strategies with ``k != 1``."""
+def _check_strategy(strategy: str, k: int) -> Selector:
+    """The strategy's table entry; refuses unknown strategies and one-negative ones with ``k != 1``."""
     if strategy not in SELECTORS:
         raise ValueError(f"unknown selection strategy {strategy!r}; known: {', '.join(SELECTORS)}")
-    if strategy in ONE_NEGATIVE and k != 1:
+    spec = SELECTORS[strategy]
+    if spec.one_negative and k != 1:
         raise ValueError(f"strategy {strategy!r} selects exactly one negative; got k={k}")
+    return spec
 
 
 def _check_pool(
@@ -326,12 +324,12 @@ def _local_search(dist: np.ndarray, w: np.ndarray, medoids: np.ndarray):
     return medoids, cost
 
 
-def _optselect_block(rewards: np.ndarray, d2: np.ndarray, k: int) -> list:
+def _optselect_block(rewards: np.ndarray, d2: np.ndarray, k: int, seeds: Sequence[int] = ()) -> list:
     """Opt-select for a block of equal-size pools; returns one position array per pool.
 
     Local search runs from two starts, bottom-k (the spec's start) and the greedy build, and the
     lower final cost wins (ties to bottom-k). Two starts cost little and avoid most poor local
-    optima of either start.
+    optima of either start. Deterministic: ``seeds`` is unused.
     """
     batch = rewards.shape[0]
     dist = np.sqrt(d2)
@@ -367,7 +365,7 @@ def coreset(rewards, embeddings, k: int, seed: int = 0) -> np.ndarray:
     point is a cluster and the remaining slots take the lowest-reward unchosen candidates.
     """
     r, e, k = _check_selector_input(rewards, embeddings, k, needs_embeddings=True)
-    return _select_block("coreset", [(r, e)], k, [_check_seed(seed)])[0]
+    return _vectorised(_coreset_block, [(r, e)], k, [_check_seed(seed)])[0]
 
 
 def optselect(rewards, embeddings, k: int, seed: int = 0) -> np.ndarray:
@@ -380,7 +378,7 @@ def optselect(rewards, embeddings, k: int, seed: int = 0) -> np.ndarray:
     small pools (see docs/selection.md).
     """
     r, e, k = _check_selector_input(rewards, embeddings, k, needs_embeddings=True)
-    return _select_block("optselect", [(r, e)], k, [0])[0]
+    return _vectorised(_optselect_block, [(r, e)], k, [0])[0]
 
 
 def exact(
@@ -398,7 +396,7 @@ def exact(
     if max_pool is not None and n > max_pool:
         raise ValueError(
             f"exact: the candidate pool has {n} responses; the MIP is limited to {max_pool} "
-            "(call SELECTORS['exact'](..., max_pool=None) to force)"
+            "(call SELECTORS['exact'].fn(..., max_pool=None) to force)"
         )
     with _one_blas_thread():
         dist = np.sqrt(_sq_distances([e])[0])
@@ -497,23 +495,38 @@ def all_responses(rewards, embeddings, k: int = 0, seed: int = 0) -> np.ndarray:
     return _by_reward(r, np.arange(r.size))
 
 
-SELECTORS: dict[str, Callable[..., np.ndarray]] = {
-    "bottomk": bottomk,
-    "coreset": coreset,
-    "optselect": optselect,
-    "exact": exact,
-    "random": random,
-    "best_worst": best_worst,
-    "sweet_spot": sweet_spot,
-    "all": all_responses,
-}
-"""Strategy name -> ``fn(rewards, embeddings, k, seed=0) -> positions``.
+@dataclass(frozen=True)
+class Selector:
+    """What a strategy computes and what it needs, so callers never branch on strategy names.
 
-Each function works on the *candidate pool* (the responses other than the positive) and returns
-``k`` distinct positions into it, in ascending reward (ties by position). Direct calls need
-``1 <= k < len(rewards)``; ``select`` handles ``k = 0`` and short pools. ``all`` ignores ``k``.
-``sweet_spot`` also takes ``target=`` (from the whole pool; ``select`` passes it).
-"""
+    ``fn(rewards, embeddings, k, seed=0) -> positions`` works on the *candidate pool* (the
+    responses other than the positive) and returns ``k`` distinct positions into it, in ascending
+    reward (ties by position). Direct calls need ``1 <= k < len(rewards)``; ``select`` handles
+    ``k = 0`` and short pools.
+    """
+
+    fn: Callable[..., np.ndarray]
+    needs_embeddings: bool = False  # reads the embeddings; the others accept ``embeddings=None``
+    one_negative: bool = False  # picks exactly one negative (a pair): ``k`` must be 1
+    every_candidate: bool = False  # ignores ``k``: the whole candidate pool, never "short"
+    # ``target=pool_target(rewards)`` of the whole pool (positive included) is passed to ``fn``
+    pool_target: Callable[[np.ndarray], float] | None = None
+    # ``block(rewards [B, n], squared distances [B, n, n], k, seeds) -> positions per pool``:
+    # ``fn`` vectorised over equal-size candidate pools (used by ``select_batch``)
+    block: Callable[..., list] | None = None
+
+
+SELECTORS: dict[str, Selector] = {
+    "bottomk": Selector(bottomk),
+    "coreset": Selector(coreset, needs_embeddings=True, block=_coreset_block),
+    "optselect": Selector(optselect, needs_embeddings=True, block=_optselect_block),
+    "exact": Selector(exact, needs_embeddings=True),
+    "random": Selector(random),
+    "best_worst": Selector(best_worst, one_negative=True),
+    "sweet_spot": Selector(sweet_spot, one_negative=True, pool_target=sweet_spot_target),
+    "all": Selector(all_responses, every_candidate=True),
+}
+"""Strategy name -> ``Selector``: the one place a new strategy is added (docs/selection.md)."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -548,13 +561,13 @@ def select(strategy: str, rewards, embeddings, k: int, seed: int = 0) -> np.ndar
     Returns int64 indices into the pool: the positive (highest reward, ties to the lowest index)
     first, then the negatives in ascending reward (ties by index). If the pool has at most
     ``k + 1`` responses, all of it is returned in that order; ``k = 0`` returns the positive
-    alone. ``all`` ignores ``k``; ``best_worst`` and ``sweet_spot`` need ``k = 1``. ``embeddings`` may be None for
-    strategies that do not use them (see ``NEEDS_EMBEDDINGS``).
+    alone. ``all`` ignores ``k``; ``best_worst`` and ``sweet_spot`` need ``k = 1``. ``embeddings``
+    may be None for strategies that do not use them (``SELECTORS[strategy].needs_embeddings``).
     """
     k = _check_k(k)
-    _check_strategy(strategy, k)
+    spec = _check_strategy(strategy, k)
     seed = _check_seed(seed)
-    pool = _check_pool(rewards, embeddings, strategy in NEEDS_EMBEDDINGS)
+    pool = _check_pool(rewards, embeddings, spec.needs_embeddings)
     return _select_many(strategy, [pool], k, [seed], progress=False)[0]
 
 
@@ -574,20 +587,19 @@ def select_batch(
     ``progress=True`` shows a tqdm bar.
     """
     k = _check_k(k)
-    _check_strategy(strategy, k)
+    spec = _check_strategy(strategy, k)
     seed = _check_seed(seed)
     if embeddings is not None and len(embeddings) != len(rewards):
         raise ValueError(
             f"got {len(rewards)} reward arrays but {len(embeddings)} embedding arrays"
         )
-    needs = strategy in NEEDS_EMBEDDINGS
     pools = [
-        _check_pool(r, None if embeddings is None else embeddings[i], needs, f"prompt {i}: ")
+        _check_pool(r, None if embeddings is None else embeddings[i], spec.needs_embeddings, f"prompt {i}: ")
         for i, r in enumerate(rewards)
     ]
     seeds = [prompt_seed(seed, i) for i in range(len(pools))]
     indices = _select_many(strategy, pools, k, seeds, progress)
-    short = np.array([strategy != "all" and r.size <= k + 1 for r, _ in pools], dtype=bool)
+    short = np.array([not spec.every_candidate and r.size <= k + 1 for r, _ in pools], dtype=bool)
     return BatchSelection(indices=indices, short=short)
 
 
@@ -620,11 +632,12 @@ def coverage_cost(rewards, embeddings, indices) -> float:
 def _select_many(strategy: str, pools: list, k: int, seeds: list[int], progress: bool) -> list:
     """Selection for validated pools: trivial cases directly, the rest per strategy.
 
-    ``coreset`` and ``optselect`` run vectorised over blocks of equal-size candidate pools; the
-    other strategies call their ``SELECTORS`` function per prompt.
+    Strategies with a ``block`` run vectorised over blocks of equal-size candidate pools; the
+    others call their ``fn`` per prompt.
     """
     from tqdm.auto import tqdm
 
+    spec = SELECTORS[strategy]
     out: list = [None] * len(pools)
     todo: dict[int, list[int]] = defaultdict(list)  # candidate-pool size -> prompt numbers
     positives, rests = [], []  # per prompt: the positive, the candidates (full-pool indices)
@@ -634,8 +647,8 @@ def _select_many(strategy: str, pools: list, k: int, seeds: list[int], progress:
         rest = np.delete(np.arange(r.size, dtype=np.int64), pos)
         positives.append(pos)
         rests.append(rest)
-        if strategy == "all" or r.size <= k + 1 or k == 0:
-            chosen = rest if k > 0 or strategy == "all" else rest[:0]
+        if spec.every_candidate or r.size <= k + 1 or k == 0:
+            chosen = rest if k > 0 or spec.every_candidate else rest[:0]
             out[i] = np.concatenate([[pos], _by_reward(r, chosen)])
             bar.update(1)
         else:
@@ -644,12 +657,12 @@ def _select_many(strategy: str, pools: list, k: int, seeds: list[int], progress:
         step = max(1, _BLOCK_ROWS // (n + 1))
         for lo in range(0, len(members), step):
             block = members[lo : lo + step]
-            uses_emb = strategy in NEEDS_EMBEDDINGS
             cands = [
-                (pools[i][0][rests[i]], pools[i][1][rests[i]] if uses_emb else None) for i in block
+                (pools[i][0][rests[i]], pools[i][1][rests[i]] if spec.needs_embeddings else None)
+                for i in block
             ]
-            targets = [sweet_spot_target(pools[i][0]) for i in block] if strategy == "sweet_spot" else None
-            negatives = _select_block(strategy, cands, k, [seeds[i] for i in block], targets)
+            targets = [spec.pool_target(pools[i][0]) for i in block] if spec.pool_target else None
+            negatives = _select_block(spec, cands, k, [seeds[i] for i in block], targets)
             for i, local in zip(block, negatives):
                 out[i] = np.concatenate([[positives[i]], rests[i][local]])
             bar.update(len(block))
@@ -657,17 +670,18 @@ def _select_many(strategy: str, pools: list, k: int, seeds: list[int], progress:
     return out
 
 
-def _select_block(strategy: str, cands: list, k: int, seeds: list[int], targets: list[float] | None = None) -> list:
+def _select_block(spec: Selector, cands: list, k: int, seeds: list[int], targets: list[float] | None) -> list:
     """Negatives (positions in each candidate pool) for candidate pools of equal size; ``targets``:
-    each whole pool's ``sweet_spot_target`` (``sweet_spot`` only)."""
-    if strategy in ("coreset", "optselect"):
-        rewards = np.stack([r for r, _ in cands])
-        with _one_blas_thread():
-            d2 = _sq_distances([e for _, e in cands])
-            if strategy == "coreset":
-                return _coreset_block(rewards, d2, k, seeds)
-            return _optselect_block(rewards, d2, k)
-    if strategy == "sweet_spot":
-        return [sweet_spot(r, e, k, s, target=t) for (r, e), s, t in zip(cands, seeds, targets)]
-    fn = SELECTORS[strategy]
-    return [fn(r, e, k, s) for (r, e), s in zip(cands, seeds)]
+    each whole pool's ``spec.pool_target`` (None when the strategy has none)."""
+    if spec.block is not None:
+        return _vectorised(spec.block, cands, k, seeds)
+    if targets is not None:
+        return [spec.fn(r, e, k, s, target=t) for (r, e), s, t in zip(cands, seeds, targets)]
+    return [spec.fn(r, e, k, s) for (r, e), s in zip(cands, seeds)]
+
+
+def _vectorised(block: Callable[..., list], cands: list, k: int, seeds: list[int]) -> list:
+    """Run a ``Selector.block`` on equal-size candidate pools ``[(rewards, embeddings), ...]``."""
+    rewards = np.stack([r for r, _ in cands])
+    with _one_blas_thread():
+        return block(rewards, _sq_distances([e for _, e in cands]), k, seeds)

@@ -49,9 +49,9 @@ def _per_record(flat: np.ndarray, pool: list[PoolRecord]) -> list[np.ndarray]:
 def select_pool(strategy: str, k: int, pool: list[PoolRecord], seed: int, progress: bool = True):
     """Active selection on scored records (embedded where the strategy needs it): a
     `ampo.selection.BatchSelection`, positive first in each prompt's indices."""
-    from .selection import NEEDS_EMBEDDINGS, select_batch
+    from .selection import SELECTORS, select_batch
 
-    embeddings = [rec.embeddings for rec in pool] if strategy in NEEDS_EMBEDDINGS else None
+    embeddings = [rec.embeddings for rec in pool] if SELECTORS[strategy].needs_embeddings else None
     return select_batch(strategy, [np.asarray(rec.rewards) for rec in pool], embeddings, k, seed=seed,
                         progress=progress)
 
