@@ -67,7 +67,7 @@ def reference_logps(references: Iterable[tuple], pool: list[PoolRecord], shared_
 def selected_logprobs(policy: tuple, pool: list[PoolRecord], shared_prefix: bool = False,
                       progress: bool = True) -> list[np.ndarray]:
     """Summed log-probs of each record's selected responses under `policy` (model, tokenizer)."""
-    from .logprobs import response_logprobs
+    from .layouts import response_logprobs
 
     prompts = [rec.prompt for rec in pool]
     responses = [[rec.responses[i] for i in rec.selected] for rec in pool]
