@@ -549,7 +549,11 @@ class Pipeline(Runner):
         key = config_key("report", [self.eval_key(r) for r in range(self.c.rounds)])
         if force or not (self.manifest.done("report", key) and self._intact("report", outputs)):
             log.info("[report] running (key %s)", key)
-            write_report(self)
+            rounds = [self.round_dir(r) for r in range(self.c.rounds)]
+            evals = [json.loads((d / "eval.json").read_text()) for d in rounds]
+            logs = [json.loads((d / "train_log.json").read_text()) if (d / "train_log.json").exists() else []
+                    for d in rounds]
+            write_report(self.dir, self.c, evals, logs, self.scored_pool(0))
             self.manifest.mark("report", key, "done", outputs=fingerprints(self.dir, outputs))
         return outputs[0]
 
