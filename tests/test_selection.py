@@ -380,12 +380,12 @@ def test_prompt_seed_depends_on_seed_and_index():
 
 
 def test_local_search_from_bottomk_reaches_spec_optimum():
-    from ampo.selection import _local_search, _relative_weights, _sq_distances
+    from ampo.clustering import local_search, relative_weights, sq_distances
 
     pool = np.array([0, 1, 2, 3, 4, 5, 7, 8])
-    dist = np.sqrt(_sq_distances([EMB[pool]]))
+    dist = np.sqrt(sq_distances([EMB[pool]]))
     start = np.array([[0, 1, 2]])  # bottom-k, as positions in the pool
-    medoids, _ = _local_search(dist, _relative_weights(REW[pool][None]), start)
+    medoids, _ = local_search(dist, relative_weights(REW[pool][None]), start)
     assert set(pool[medoids[0]].tolist()) == {0, 3, 7}
 
 
