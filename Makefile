@@ -44,12 +44,16 @@ bench-quick: install
 	$(PY) benchmarks/bench_train_vs_trl.py --quick --arms ampo-shared ampo trl
 	$(PY) benchmarks/bench_alignment.py --quick --out runs/bench_alignment_quick
 	$(PY) benchmarks/bench_alignment.py --task ifeval --quick --jobs 2 --out runs/bench_alignment_ifeval_quick
+	$(PY) benchmarks/bench_gpm_cycle.py --quick --threads 1
+	$(PY) benchmarks/bench_gpo_gpm.py --quick --out runs/bench_gpo_gpm_quick
 
 bench: install
 	$(PY) benchmarks/bench_selection.py
 	$(PY) benchmarks/bench_generation_logprobs.py
 	$(PY) benchmarks/bench_train_vs_trl.py --arms ampo-shared ampo trl
 	$(PY) benchmarks/bench_alignment.py
+	$(PY) benchmarks/bench_gpm_cycle.py --threads 1 --out runs/bench_gpm_cycle.json
+	$(PY) benchmarks/bench_gpo_gpm.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache build src/*.egg-info

@@ -14,7 +14,7 @@ import logging
 import sys
 from pathlib import Path
 
-from .config import CLI_RANGES, Range, short
+from .config import AGGREGATES, CLI_RANGES, Range, short
 
 DEMO_RECIPE = Path(__file__).parent / "recipes" / "demo.yaml"
 RECIPES = {"demo": DEMO_RECIPE, "ifeval": Path(__file__).parent / "recipes" / "ifeval.yaml"}
@@ -80,13 +80,15 @@ def _cmd_generate(args) -> None:
 
 def _cmd_score(args) -> None:
     from .data import output_format, read_pool, write_pool
-    from .rewards import load_reward
-    from .stages import score_pool
+    from .rewards import load_reward, resolve_aggregate, reward_kind, score_records
 
     output_format(args.output)
+    how = resolve_aggregate(args.aggregate, reward_kind(args.reward))
     pool, layout = read_pool(args.input)
-    for rec, rewards in zip(pool, score_pool(load_reward(args.reward), pool)):
-        rec.rewards = rewards.tolist()
+    for rec, row in zip(pool, score_records(load_reward(args.reward), pool, how)):
+        rec.rewards = row["rewards"]
+        if "pref_logits" in row:
+            rec.extra["pref_logits"] = row["pref_logits"]
     write_pool(args.output, pool)
     print(f"read {args.input} ({layout} layout); scored {sum(len(r.responses) for r in pool)} responses "
           f"with '{args.reward}' -> {args.output}")
@@ -186,9 +188,16 @@ def _cmd_train_rm(args) -> None:
         raise PoolError(args.input, None, None, "no preference pairs")
     rows, pairs = zip(*numbered)
     preference_labels(pairs, args.soft_gamma, source=args.input, rows=rows)  # errors name the file's rows
+    gpm = None
+    if args.head == "gpm":
+        from .gpm import GPMHead
+
+        gpm = GPMHead(value_head_dim=args.value_head_dim, tau=args.tau, gate=args.gate)
+    elif (args.value_head_dim, args.tau, args.gate) != (2, 0.1, "none"):
+        raise ValueError("--value-head-dim, --tau and --gate are options of --head gpm")
     path = train_reward_model(pairs, args.output, soft_gamma=args.soft_gamma, epochs=args.epochs,
-                              lr=args.lr, batch_size=args.batch_size, seed=args.seed)
-    print(f"reward model -> {path} (load it with --reward {path})")
+                              lr=args.lr, batch_size=args.batch_size, seed=args.seed, head=args.head, gpm=gpm)
+    print(f"reward model ({args.head}) -> {path} (load it with --reward {path})")
 
 
 def _cmd_evaluate(args) -> None:
@@ -348,7 +357,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--input", required=True)
     s.add_argument("--output", required=True)
     s.add_argument("--reward", default="builtin",
-                   help="builtin | ifeval[:loose=W,degeneracy=W] | module:function | reward-model folder")
+                   help="builtin | ifeval[:loose=W,degeneracy=W] | module:function | pairwise:module:function "
+                        "| reward-model folder (one logit or GPM)")
+    s.add_argument("--aggregate", default="auto", choices=["auto", *AGGREGATES],
+                   help="what 'rewards' holds: auto = the reward (scalar scorers) or win_rate (pairwise ones); "
+                        "any other choice also writes the preference matrix 'pref_logits' (docs/preferences.md)")
     s.set_defaults(fn=_cmd_score)
 
     s = sub.add_parser("embed", help="add response embeddings to a pool file")
@@ -406,6 +419,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--lr", type=_ranged(float, Range(0, lo_open=True)), default=1e-4)
     s.add_argument("--batch-size", type=_ranged(int, Range(1)), default=16)
     s.add_argument("--seed", type=_like("seed"), default=0)
+    s.add_argument("--head", default="bt", choices=["bt", "gpm"],
+                   help="bt: one-logit Bradley-Terry model; gpm: General Preference Model (preference "
+                        "embeddings of size --value-head-dim, pairwise scores that can be cyclic)")
+    s.add_argument("--value-head-dim", type=_ranged(int, Range(2)), default=2, help="gpm: 2k, even")
+    s.add_argument("--tau", type=_ranged(float, Range(0, lo_open=True)), default=0.1,
+                   help="gpm: temperature, P(i beats j) = sigmoid(s / tau)")
+    s.add_argument("--gate", default="none", choices=["none", "softmax", "k_softmax_sqrtH"],
+                   help="gpm: optional prompt gate weighting the k blocks")
     s.set_defaults(fn=_cmd_train_rm)
 
     s = sub.add_parser("evaluate", help="a policy against another on held-out prompts, or IFEval / IFBench",

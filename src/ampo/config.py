@@ -43,6 +43,8 @@ class DataConfig:
     heldout: int = 32  # prompts kept out of training for evaluation
     train_prompts: int = 0  # prompts used per round (0 = all of the train split)
     split_seed: int = 0
+    gold_field: str | None = None  # a prompt-file column holding a gold (off-policy) response for each prompt:
+    # added to every round's pool, scored and selectable like the rest, never evaluated as the policy's (DNO)
 
 
 @dataclass
@@ -62,7 +64,10 @@ class GenerateConfig:
 
 @dataclass
 class ScoreConfig:
-    reward: str = "builtin"  # builtin | ifeval[:loose=W,degeneracy=W] | module:function | local reward-model folder
+    reward: str = "builtin"  # builtin | ifeval[:loose=W,degeneracy=W] | module:function | pairwise:module:function
+    # | local reward-model folder (one logit, or a GPM folder: preference matrices)
+    aggregate: str = "auto"  # what `rewards` holds: auto (reward for scalar scorers, win_rate for pairwise ones)
+    # | reward | mean_logit | win_rate | win_rate_self | copeland (of the preference matrix; S_ij = r_i - r_j for a reward)
 
 
 @dataclass
@@ -75,6 +80,8 @@ class EmbedConfig:
 class SelectConfig:
     strategy: str = "optselect"
     k: int = 3  # negatives per group (group size k + 1)
+    require_beats: float | None = None  # keep only candidates j the positive beats: sigmoid(S_pos,j) >= this
+    min_margin: float | None = None  # drop a prompt this round when rewards[positive] - min(selected) < this
 
 
 @dataclass
@@ -119,6 +126,9 @@ class EvalConfig:
 
 
 BENCHMARKS = ("ifeval", "ifbench")
+# `score.aggregate` (besides "auto"): "reward" keeps a scalar reward as it is; the others are
+# `ampo.preferences.AGGREGATES` of the preference matrix
+AGGREGATES = ("reward", "mean_logit", "win_rate", "win_rate_self", "copeland")
 
 
 @dataclass
@@ -343,7 +353,7 @@ RANGES: dict[str, Range] = {
     "generate.max_new_tokens": Range(1), "generate.prompts_per_batch": Range(1), "generate.shard_prompts": Range(1),
     "generate.batch_rows": Range(1),
     "embed.batch_size": Range(1),
-    "select.k": Range(1),
+    "select.k": Range(1), "select.require_beats": Range(0, 1), "select.min_margin": Range(0),
     "train.learning_rate": Range(0, lo_open=True), "train.epochs": Range(0, lo_open=True), "train.max_steps": Range(0),
     "train.prompts_per_step": Range(1), "train.grad_accum": Range(1), "train.max_grad_norm": Range(0),
     "train.warmup_ratio": Range(0, 1, hi_open=True), "train.weight_decay": Range(0),
@@ -390,11 +400,11 @@ def validate(c: RunConfig, self_play: bool = True) -> None:
     from .embeddings import embedder_kind
     from .losses import HPARAM_CHOICES, LOSSES, check_hparams
     from .pipeline import BUILTIN_PROMPT_SETS
-    from .rewards import reward_kind
+    from .rewards import PAIRWISE_KINDS, reward_kind
     from .selection import SELECTORS
 
     for name, allowed in RANGES.items():
-        if problem := allowed.problem(option(c, name)):
+        if option(c, name) is not None and (problem := allowed.problem(option(c, name))):
             raise ConfigError(f"config '{name}': {problem}")
     for name, allowed in choices().items():
         if option(c, name) not in allowed:
@@ -458,6 +468,14 @@ def validate(c: RunConfig, self_play: bool = True) -> None:
             kind(option(c, name))
         except ValueError as e:
             raise ConfigError(f"config '{name}': {e}") from None
+    if c.score.aggregate not in ("auto", *AGGREGATES):
+        raise ConfigError(f"config 'score.aggregate': must be one of auto, {', '.join(AGGREGATES)}, "
+                          f"got {short(c.score.aggregate)}")
+    if c.score.aggregate == "reward" and reward_kind(c.score.reward) in PAIRWISE_KINDS:
+        raise ConfigError(f"config 'score.aggregate': the pairwise scorer {short(c.score.reward)} has no scalar "
+                          f"reward; choose one of {', '.join(AGGREGATES[1:])} (or auto = win_rate)")
+    if c.data.gold_field is not None and c.data.gold_field in ("id", "prompt", "meta", ""):
+        raise ConfigError(f"config 'data.gold_field': {short(c.data.gold_field)} is not a response column")
 
 
 def check_pair_stages(c: RunConfig, spec) -> None:

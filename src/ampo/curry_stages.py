@@ -29,7 +29,7 @@ class CurryStages:
         last stage's checkpoint to `out` and join the stages' logs (steps counted on)."""
         from .curriculum import stage_count
 
-        n = stage_count([rec.selected for rec in self.scored_pool(r)])
+        n = stage_count([rec.selected for rec in self.training_pool(r)])
         pairs = []
         for t in range(1, n + 1):
             self.stage_refs(r, t)
@@ -58,7 +58,7 @@ class CurryStages:
         `(record index, negative slot)` of each pair (`ampo.curriculum.stage_pairs`)."""
         from .curriculum import stage_pairs
 
-        pool = self.scored_pool(r)
+        pool = self.training_pool(r)  # in the order of the round's ref_logps.parquet
         picked = stage_pairs([[rec.rewards[i] for i in rec.selected] for rec in pool], t)
         for i, slot in picked:
             pool[i].selected = [pool[i].selected[0], pool[i].selected[slot]]

@@ -503,11 +503,14 @@ def read_prompts(path: str | Path) -> list[tuple[str, Prompt]]:
     return [(row["id"], row["prompt"]) for row in read_prompt_rows(path)]
 
 
-def read_prompt_rows(path: str | Path) -> list[dict[str, Any]]:
+def read_prompt_rows(path: str | Path, gold_field: str | None = None) -> list[dict[str, Any]]:
     """`{"id", "prompt"}` per prompt (plus `"meta"`, a JSON object, where the row has one) from a
     JSONL/Parquet file with a `prompt` field, or a .txt (one per line). Refuses a file without
-    prompts and duplicate ids."""
+    prompts and duplicate ids. With `gold_field`, every row must hold a gold response (a
+    non-empty string) in that column, returned as `"gold"`."""
     path = Path(path)
+    if gold_field is not None and path.suffix.lower() == ".txt":
+        raise PoolError(path, None, gold_field, "a .txt prompt file has no gold-response column")
     out, first_row = [], {}
     for i, row in _txt_rows(path) if path.suffix.lower() == ".txt" else read_rows(path):
         if "prompt" not in row and "instruction" not in row:
@@ -521,6 +524,12 @@ def read_prompt_rows(path: str | Path) -> list[dict[str, Any]]:
         out.append({"id": rid, "prompt": prompt})
         if row.get("meta") is not None:
             out[-1]["meta"] = _check_meta(path, i, row["meta"])
+        if gold_field is not None:
+            gold = row.get(gold_field)
+            if not isinstance(gold, str) or not gold.strip():
+                raise PoolError(path, i, gold_field, "missing" if gold is None else "must be a non-empty string "
+                                "(the gold response of data.gold_field)")
+            out[-1]["gold"] = gold
     if not out:
         raise PoolError(path, None, None, "no prompts")
     return out
@@ -581,6 +590,15 @@ def dump_rows(target: Path, rows: list[dict], fmt: str) -> None:
 def write_pool(path: str | Path, records: list[PoolRecord]) -> None:
     """Write pool records atomically as JSONL or Parquet (by extension)."""
     write_rows(path, [r.to_row() for r in records])
+
+
+def add_gold(row: dict[str, Any], gold: str, n_tokens: int) -> dict[str, Any]:
+    """A generated pool row with a gold (off-policy) response appended: finished, its token count,
+    and an `origin` column ("policy" per sampled response, "gold" for it) so that nothing reads
+    the gold as the policy's own sample (DNO's gold response, `data.gold_field`)."""
+    n = len(row["responses"])
+    return {**row, "responses": [*row["responses"], gold], "finished": [*row["finished"], True],
+            "n_tokens": [*row["n_tokens"], n_tokens], "origin": ["policy"] * n + ["gold"]}
 
 
 def trl_pairs(records: list[PoolRecord]) -> list[dict]:

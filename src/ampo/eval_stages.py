@@ -110,15 +110,16 @@ class EvalStages:
         """The policy after round `r` against the baseline samples, plus the benchmarks' figures."""
         import pyarrow.parquet as pq
 
-        from .evaluation import compare, sample_and_score
+        from .evaluation import compare, judge_against, sample_and_score
 
         rows = sample_and_score(self.policy(r + 1), self.reward_fn(), self.split()["heldout"], self.c.eval,
                                 seed=seed_from("eval", self.c.seed), progress=self.progress)
-        write_rows(self.round_dir(r) / "eval_samples.parquet", rows)
         base_rows = pq.read_table(self.dir / "baseline" / "samples.parquet").to_pylist()
+        pairwise = judge_against(self.reward_fn(), rows, base_rows)  # a pairwise scorer judges new vs baseline
+        write_rows(self.round_dir(r) / "eval_samples.parquet", rows)
         base = json.loads((self.dir / "baseline" / "summary.json").read_text())
         result = {"round": r, **compare(rows, base_rows, base, self.embedder(round_idx=r + 1), self.policy(0),
-                                        self.c.eval.bootstrap, self.c.seed)}
+                                        self.c.eval.bootstrap, self.c.seed, pairwise)}
         if self.c.eval.benchmarks:
             from .ifeval.evaluate import summary
 

@@ -5,6 +5,12 @@ Metrics (written to each round's `eval.json`): mean reward, win rate against the
 policy's samples judged by the reward function (ties count half) with a bootstrap confidence
 interval over prompts, response length, diversity (distinct-n and mean pairwise embedding
 distance), and drift (how much less likely the new responses are under the initial policy).
+
+With a pairwise scorer (a judge or GPM giving preference matrices, no scalar reward) a held-out
+response's "reward" is its mean win probability `sigmoid(S(new, base))` against the initial
+policy's samples of the same prompt, so `mean_reward` is the win rate against the baseline
+(ties count half automatically) and `baseline_mean_reward` is 0.5; the baseline samples' own
+rewards are their win rates among themselves.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from .data import prompt_text
+from .rewards import is_pairwise
 
 
 def sample_and_score(policy, reward_fn, prompts: list[dict], eval_cfg, seed: int, progress: bool = True) -> list[dict]:
@@ -22,7 +29,6 @@ def sample_and_score(policy, reward_fn, prompts: list[dict], eval_cfg, seed: int
     Sample j of a prompt draws from the stream of (seed, prompt id, j) whichever policy samples:
     the baseline and every round share their random numbers (common random numbers)."""
     from .generation import GenerationConfig, HFGenerator
-    from .rewards import score_texts
 
     model, tok = policy
     cfg = GenerationConfig(n=eval_cfg.samples_per_prompt, temperature=eval_cfg.temperature,
@@ -30,17 +36,56 @@ def sample_and_score(policy, reward_fn, prompts: list[dict], eval_cfg, seed: int
     samples = HFGenerator(model, tok, cfg).generate([p["prompt"] for p in prompts], progress=progress,
                                                     keys=[p["id"] for p in prompts])
     texts = [[s.text for s in ss] for ss in samples]
-    flat = score_texts(reward_fn, [prompt_text(p["prompt"]) for p, ts in zip(prompts, texts) for _ in ts],
-                       [t for ts in texts for t in ts], [p.get("meta") for p, ts in zip(prompts, texts) for _ in ts])
-    rewards = np.asarray(flat, dtype=np.float64).reshape(len(prompts), -1)
+    if is_pairwise(reward_fn):
+        from .preferences import aggregate
+
+        matrices = reward_fn.matrices([prompt_text(p["prompt"]) for p in prompts], texts)
+        rewards = [aggregate(S, "win_rate") if len(S) > 1 else np.full(len(S), 0.5) for S in matrices]
+    else:
+        rewards = _scalar_rewards(reward_fn, prompts, texts)
     return [{"id": p["id"], "prompt": p["prompt"], "responses": ts, "rewards": rw.tolist(),
              "n_tokens": [s.n_tokens for s in ss], "finished": [s.finished for s in ss]}
             for p, ts, rw, ss in zip(prompts, texts, rewards, samples)]
 
 
+def _scalar_rewards(reward_fn, prompts: list[dict], texts: list[list[str]]) -> np.ndarray:
+    """`[prompts, samples]` rewards of a scalar reward function."""
+    from .rewards import score_texts
+
+    flat = score_texts(reward_fn, [prompt_text(p["prompt"]) for p, ts in zip(prompts, texts) for _ in ts],
+                       [t for ts in texts for t in ts], [p.get("meta") for p, ts in zip(prompts, texts) for _ in ts])
+    return np.asarray(flat, dtype=np.float64).reshape(len(prompts), -1)
+
+
+def pairwise_vs_base(scorer, rows: list[dict], base_rows: list[dict]) -> np.ndarray:
+    """`[prompts, samples]`: each new sample's mean win probability `sigmoid(S(new, base))` against
+    the same prompt's baseline samples, from one preference matrix over both sets per prompt."""
+    from .preferences import sigmoid
+
+    matrices = scorer.matrices([prompt_text(r["prompt"]) for r in rows],
+                               [r["responses"] + b["responses"] for r, b in zip(rows, base_rows)])
+    return np.array([sigmoid(S[: len(r["responses"]), len(r["responses"]):]).mean(axis=1)
+                     for S, r in zip(matrices, rows)])
+
+
+def judge_against(scorer, rows: list[dict], base_rows: list[dict]) -> bool:
+    """With a pairwise scorer, replace each row's rewards by its samples' win probabilities against
+    the same prompt's `base_rows` samples (`pairwise_vs_base`) and return True; a scalar reward
+    leaves the rows alone (False)."""
+    if not is_pairwise(scorer):
+        return False
+    for row, vs_base in zip(rows, pairwise_vs_base(scorer, rows, base_rows)):
+        row["rewards"] = vs_base.tolist()
+    return True
+
+
 def win_rate(new: np.ndarray, base: np.ndarray, bootstrap: int = 1000, seed: int = 0) -> tuple[float, list[float]]:
     """Win rate of `new` over `base` rewards ([prompts, samples]); ties half; 95% bootstrap CI over prompts."""
-    per_prompt = ((new > base) + 0.5 * (new == base)).mean(axis=1)
+    return mean_with_ci(((new > base) + 0.5 * (new == base)).mean(axis=1), bootstrap, seed)
+
+
+def mean_with_ci(per_prompt: np.ndarray, bootstrap: int = 1000, seed: int = 0) -> tuple[float, list[float]]:
+    """Mean of per-prompt values and its 95% bootstrap interval over prompts."""
     rng = np.random.default_rng(seed)
     idx = rng.integers(0, len(per_prompt), size=(bootstrap, len(per_prompt)))
     boots = per_prompt[idx].mean(axis=1)
@@ -77,11 +122,16 @@ def per_token_logp(policy, rows: list[dict]) -> float:
     return float(np.concatenate(logps).sum() / max(np.concatenate(counts).sum(), 1))
 
 
-def summarize(rows: list[dict], base_rows: list[dict], bootstrap: int, seed: int) -> dict:
-    """The metrics that need only samples and rewards."""
+def summarize(rows: list[dict], base_rows: list[dict], bootstrap: int, seed: int, pairwise: bool = False) -> dict:
+    """The metrics that need only samples and rewards. `pairwise`: the rows' rewards are win
+    probabilities against the baseline (`pairwise_vs_base`), so they are the win rate."""
     new = np.array([r["rewards"] for r in rows])
     base = np.array([r["rewards"] for r in base_rows])
-    wr, ci = win_rate(new, base, bootstrap, seed)
+    if pairwise:
+        wr, ci = mean_with_ci(new.mean(axis=1), bootstrap, seed)
+        base = np.full_like(new, 0.5)
+    else:
+        wr, ci = win_rate(new, base, bootstrap, seed)
     texts = [t for r in rows for t in r["responses"]]
     return {
         "mean_reward": float(new.mean()),
@@ -105,11 +155,12 @@ def baseline_summary(initial_policy, embedder, rows: list[dict]) -> dict:
 
 
 def compare(rows: list[dict], base_rows: list[dict], base_summary: dict, embedder, reference_policy,
-            bootstrap: int, seed: int) -> dict:
+            bootstrap: int, seed: int, pairwise: bool = False) -> dict:
     """A round's `eval.json` metrics for samples `rows` against `base_rows` (the same prompts and
     sampling seed): `summarize`, embedding diversity, and drift = how much less likely `rows` are
-    under `reference_policy` than `base_rows` were (`base_summary`, from `baseline_summary`)."""
-    result = summarize(rows, base_rows, bootstrap, seed)
+    under `reference_policy` than `base_rows` were (`base_summary`, from `baseline_summary`).
+    `pairwise`: the rows' rewards are win probabilities against `base_rows` (`judge_against`)."""
+    result = summarize(rows, base_rows, bootstrap, seed, pairwise)
     result["embedding_diversity"] = embedding_diversity(embedder, rows)
     result["baseline_embedding_diversity"] = base_summary["embedding_diversity"]
     result["initial_logp_per_token"] = per_token_logp(reference_policy, rows)
@@ -161,14 +212,16 @@ def evaluate_policies(policy: str, against: str, base: str, prompts: list[dict],
 
         def make_eval():
             evaluated = load_eval_policy(policy, base, dtype)
-            rows = sample_and_score(evaluated, component("reward"), prompts, eval_cfg,
-                                    seed=seed_from("eval", seed), progress=run.progress)
-            write_rows(out / "eval_samples.parquet", rows)
             import pyarrow.parquet as pq
 
+            rows = sample_and_score(evaluated, component("reward"), prompts, eval_cfg,
+                                    seed=seed_from("eval", seed), progress=run.progress)
+            base_rows = pq.read_table(samples_base).to_pylist()
+            pairwise = judge_against(component("reward"), rows, base_rows)
+            write_rows(out / "eval_samples.parquet", rows)
             result = {"policy": policy, "against": against,
-                      **compare(rows, pq.read_table(samples_base).to_pylist(), json.loads(summary_base.read_text()),
-                                embedder_of(evaluated), component("against"), eval_cfg.bootstrap, seed)}
+                      **compare(rows, base_rows, json.loads(summary_base.read_text()),
+                                embedder_of(evaluated), component("against"), eval_cfg.bootstrap, seed, pairwise)}
             write_json(out / "eval.json", result)
 
         run.stage("baseline", key_base, make_baseline, [samples_base, summary_base])

@@ -172,7 +172,8 @@ def load_weights(auto_class, source: str | Path, what: str, new_head: tuple[str,
             f"safetensors, or set {ALLOW_BIN_ENV}=1 if you trust this folder)" if pickled else ""))
     model, info = auto_class.from_pretrained(source, use_safetensors=None if allow_bin else True,
                                              output_loading_info=True, **kwargs)
-    missing = [name for name in info["missing_keys"] if not name.startswith(new_head)]
+    resized = [entry[0] for entry in info.get("mismatched_keys", [])]  # with ignore_mismatched_sizes: re-made
+    missing = [name for name in [*info["missing_keys"], *resized] if not name.startswith(new_head)]
     if missing:
         raise ValueError(f"{what} {source}: its weights do not cover the model: {len(missing)} parameter(s) "
                          f"missing, e.g. '{missing[0]}' (they would be initialised at random)")

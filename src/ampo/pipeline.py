@@ -27,7 +27,7 @@ from .data import PoolRecord, atomic_dir, atomic_path, read_pool, read_prompt_ro
 from .eval_stages import EvalStages
 from .runner import Runner, fingerprints, sharded_map
 from .stages import (embed_pool, load_round_policy, references, reference_logps, sample_rows,
-                     score_pool, select_pool, selected_logprobs)
+                     select_pool, selected_logprobs)
 
 log = logging.getLogger("ampo")
 
@@ -115,11 +115,13 @@ class Pipeline(CurryStages, EvalStages, Runner):
     def _make_split(self) -> dict[str, list]:
         path = self.dir / "split.json"
         source = BUILTIN_PROMPT_SETS.get(self.c.data.prompts) or Path(self.c.data.prompts)
-        rows = read_prompt_rows(source)
+        rows = read_prompt_rows(source, self.c.data.gold_field)
         prompts = [(row["id"], row["prompt"]) for row in rows]
         metas = [row.get("meta") for row in rows]
+        golds = [row["gold"] for row in rows] if self.c.data.gold_field else []
         key = config_key("split", [p for _, p in prompts], [i for i, _ in prompts],
-                         self.c.data.heldout, self.c.data.split_seed, *([metas] if any(metas) else []))
+                         self.c.data.heldout, self.c.data.split_seed, *([metas] if any(metas) else []),
+                         *([golds] if golds else []))
 
         def make():
             if self.c.data.heldout >= len(prompts):
@@ -154,7 +156,9 @@ class Pipeline(CurryStages, EvalStages, Runner):
         # logits by rounding, and with them (rarely) a sampled token
         g = dataclasses.asdict(self.c.generate)
         g["dtype"] = generation_dtype(g["dtype"])  # the dtype "auto" resolves to on this machine
-        return config_key("generate", self.policy_key(r), [p["id"] for p in prompts], g, self.c.seed, r, SAMPLER)
+        gold = [[p["gold"] for p in prompts]] if self.c.data.gold_field else []
+        return config_key("generate", self.policy_key(r), [p["id"] for p in prompts], g, self.c.seed, r, SAMPLER,
+                          *gold)
 
     def generate(self, r: int) -> None:
         out = self.round_dir(r) / "pool.parquet"
@@ -178,24 +182,43 @@ class Pipeline(CurryStages, EvalStages, Runner):
                                    seed=seed_from("generate", self.c.seed, r))
             source = self.policy_folder(r) if from_disk else self.c.model.policy  # no merged copy for in-memory
             gen = make_generator(g.backend, source, model=model, tokenizer=tok, config=cfg)
-            return sample_rows(gen, shard, progress=self.progress)
+            rows = sample_rows(gen, shard, progress=self.progress)
+            if self.c.data.gold_field:  # DNO's gold response: off-policy, scored and selectable with the rest
+                from transformers import AutoTokenizer
+
+                from .data import add_gold
+                from .logprobs import response_ids
+
+                tok = tok or AutoTokenizer.from_pretrained(source)
+                rows = [add_gold(row, p["gold"], len(response_ids(tok, p["gold"], True)))
+                        for row, p in zip(rows, shard)]
+            return rows
 
         rows, info = sharded_map(prompts, g.shard_prompts, work, self.round_dir(r) / "generate.parts", key, self.dist)
         if self.dist.main:
             write_rows(out, rows)
         return info
 
+    def aggregate(self) -> str:
+        """`score.aggregate` with "auto" resolved for the configured scorer."""
+        from .rewards import resolve_aggregate, reward_kind
+
+        return resolve_aggregate(self.c.score.aggregate, reward_kind(self.c.score.reward))
+
     def score_key(self, r: int) -> str:
-        return config_key("score", self.generate_key(r), self.c.score.reward)
+        how = self.aggregate()  # keyed only when it is not the plain reward, so older runs keep their keys
+        return config_key("score", self.generate_key(r), self.c.score.reward, *([how] if how != "reward" else []))
 
     def score(self, r: int) -> None:
         out = self.round_dir(r) / "rewards.parquet"
         key = self.score_key(r)
 
         def run() -> dict:
+            from .rewards import score_records
+
             pool, _ = read_pool(self.round_dir(r) / "pool.parquet")
-            work = lambda s, shard: [{"id": rec.id, "rewards": rw.tolist()}
-                                     for rec, rw in zip(shard, score_pool(self.reward_fn(), shard))]
+            work = lambda s, shard: [{"id": rec.id, **row}
+                                     for rec, row in zip(shard, score_records(self.reward_fn(), shard, self.aggregate()))]
             rows, info = sharded_map(pool, self.c.generate.shard_prompts, work,
                                      self.round_dir(r) / "score.parts", key, self.dist)
             if self.dist.main:
@@ -231,20 +254,26 @@ class Pipeline(CurryStages, EvalStages, Runner):
         self.stage(f"round-{r}/embed", key, run, [out], everyone=True)
 
     def select_key(self, r: int) -> str:
-        return config_key("select", self.score_key(r), self.embed_key(r),
-                          dataclasses.asdict(self.c.select), self.c.seed)
+        s = dataclasses.asdict(self.c.select)
+        for option in ("require_beats", "min_margin"):  # keyed only when set, so older runs keep their keys
+            if s[option] is None:
+                del s[option]
+        return config_key("select", self.score_key(r), self.embed_key(r), s, self.c.seed)
 
     def select(self, r: int) -> None:
         out = self.round_dir(r) / "selection.parquet"
 
-        def run():
+        def run() -> dict:
             pool = self.scored_pool(r, with_selection=False)
-            sel = select_pool(self.c.select.strategy, self.c.select.k, pool, self.c.seed, progress=self.progress)
+            s = self.c.select
+            sel = select_pool(s.strategy, s.k, pool, self.c.seed, progress=self.progress,
+                              require_beats=s.require_beats, min_margin=s.min_margin)
             if sel.short.any():
-                log.warning("%d prompts had fewer than k+1=%d responses: took all of them",
-                            int(sel.short.sum()), self.c.select.k + 1)
-            write_rows(out, [{"id": p.id, "selected": idx.tolist(), "short": bool(s)}
-                             for p, idx, s in zip(pool, sel.indices, sel.short)])
+                log.warning("%d prompts had fewer than k+1=%d candidates: took all of them",
+                            int(sel.short.sum()), s.k + 1)
+            write_rows(out, [{"id": p.id, "selected": idx.tolist(), "short": bool(sh)}
+                             for p, idx, sh in zip(pool, sel.indices, sel.short)])
+            return sel.counts
 
         self.stage(f"round-{r}/select", self.select_key(r), run, [out])
 
@@ -260,12 +289,30 @@ class Pipeline(CurryStages, EvalStages, Runner):
         for rec, row in zip(pool, rewards, strict=True):
             n = len(rec.responses)
             rec.rewards = row["rewards"]
+            if row.get("pref_logits") is not None:
+                rec.extra["pref_logits"] = np.asarray(row["pref_logits"], dtype=np.float64)
             rec.embeddings = emb[offset: offset + n]
             offset += n
         if with_selection:
             for rec, row in zip(pool, pq.read_table(rd / "selection.parquet").to_pylist(), strict=True):
                 rec.selected = row["selected"]
         return pool
+
+    def training_pool(self, r: int) -> list[PoolRecord]:
+        """The selected groups the loss can train on: a prompt dropped by selection
+        (`select.min_margin`) or left with fewer negatives than the loss needs is left out."""
+        from .losses import LOSSES
+
+        pool = self.scored_pool(r)
+        keep = [rec for rec in pool if len(rec.selected) > LOSSES[self.c.train.loss].negatives]
+        if not keep:
+            raise ValueError(f"round {r}: no prompt has enough selected responses to train on "
+                             f"(select.min_margin={self.c.select.min_margin}, select.require_beats="
+                             f"{self.c.select.require_beats})")
+        if len(keep) < len(pool):
+            log.info("round %d: training on %d of %d prompts (the others have too few selected responses)",
+                     r, len(keep), len(pool))
+        return keep
 
     def n_refs(self) -> int:
         from .losses import LOSSES
@@ -285,7 +332,7 @@ class Pipeline(CurryStages, EvalStages, Runner):
         out = self.round_dir(r) / "ref_logps.parquet"
 
         def run():
-            pool = self.scored_pool(r)
+            pool = self.training_pool(r)
             first = self.policy(0 if self.c.train.reference == "initial" else r)
             rows = reference_logps(references(self.c, first), pool, self.c.train.shared_prefix, self.progress)
             write_rows(out, [{"id": rec.id, "ref_logps": row} for rec, row in zip(pool, rows)])
@@ -319,7 +366,7 @@ class Pipeline(CurryStages, EvalStages, Runner):
     def _train(self, r: int, key: str, out: Path) -> None:
         from .trainer import train_round
 
-        pool = self.scored_pool(r)
+        pool = self.training_pool(r)
         ref_rows = None
         if self.n_refs():
             import pyarrow.parquet as pq

@@ -44,6 +44,9 @@ class PoolTraining(Runner):
         if config.train.curriculum == "pairs":  # its stages live in the pipeline's round folders
             raise ConfigError("config 'train.curriculum': 'pairs' (Curry-DPO stages) runs in `ampo run` only; "
                               "`ampo train` takes none or groups")
+        for name in ("require_beats", "min_margin"):  # they can drop or shorten groups: the pipeline handles that
+            if getattr(config.select, name) is not None:
+                raise ConfigError(f"config 'select.{name}' runs in `ampo run` only; `ampo train` selects without it")
         super().__init__(out, dump_config(config), progress)
         self.c = config
         self.source = Path(source)

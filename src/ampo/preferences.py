@@ -26,7 +26,7 @@ AGGREGATES = ("mean_logit", "win_rate", "win_rate_self", "copeland")
 GPM_GATES = ("softmax", "k_softmax_sqrtH")
 
 
-def _sigmoid(x: np.ndarray) -> np.ndarray:
+def sigmoid(x: np.ndarray) -> np.ndarray:
     """Logistic function, overflow-free and exactly 0.5 at 0 (so a tie meets a 0.5 threshold)."""
     return 0.5 * (1.0 + np.tanh(x / 2))
 
@@ -83,7 +83,7 @@ def aggregate(S, how: str) -> np.ndarray:
         return (S - np.swapaxes(S, -1, -2)).sum(-1) / n
     if how == "copeland":
         return np.where(others, np.sign(S), 0.0).sum(-1) / (n - 1)
-    wins = np.where(others, _sigmoid(S), 0.0).sum(-1)
+    wins = np.where(others, sigmoid(S), 0.0).sum(-1)
     return wins / (n - 1) if how == "win_rate" else (wins + 0.5) / n
 
 
@@ -99,7 +99,7 @@ def beaten_by(S, positive: int, threshold: float) -> np.ndarray:
         raise ValueError(f"beaten_by takes one prompt's [N, N] matrix, got shape {S.shape}")
     if not 0 <= positive < S.shape[0]:
         raise ValueError(f"positive {positive} is not a response index of an N={S.shape[0]} pool")
-    keep = _sigmoid(S[positive]) >= threshold
+    keep = sigmoid(S[positive]) >= threshold
     keep[positive] = False
     return keep
 

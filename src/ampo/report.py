@@ -107,7 +107,7 @@ def plot_selection_map(pool, path: Path, n_prompts: int = 4) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    recs = pool[:n_prompts]
+    recs = [rec for rec in pool if rec.selected][:n_prompts]  # a prompt dropped by select.min_margin has none
     fig, axes = plt.subplots(1, len(recs), figsize=(3.2 * len(recs), 3.2), squeeze=False)
     for ax, rec in zip(axes[0], recs):
         e = rec.embeddings - rec.embeddings.mean(axis=0)

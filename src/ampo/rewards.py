@@ -21,10 +21,12 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
+from .config import AGGREGATES
 from .losses import soft_bt_loss
 
-# A reward model trained from a backbone gets a new one-logit head: the only weights it may lack
+# A reward model trained from a backbone gets a new head: the only weights it may lack
 NEW_HEADS = ("classifier.", "score.")
+RM_HEADS = ("bt", "gpm")  # Bradley-Terry (one logit) | General Preference Model (2k outputs)
 
 
 class RewardFn(Protocol):
@@ -236,21 +238,25 @@ class HFRewardModel:
         self.model.config.pad_token_id = self.tokenizer.pad_token_id
         self.model.to(device).eval()
 
-    @torch.no_grad()
     def __call__(self, prompts: list[str], responses: list[str]) -> np.ndarray:
         """One score per pair, in input order."""
         _check_pairs(self.name, prompts, responses)
-        order = sorted(range(len(prompts)), key=lambda i: -(len(prompts[i]) + len(responses[i])))
-        scores = np.zeros(len(prompts), dtype=np.float64)
-        device = self.model.device
-        for start in range(0, len(order), self.batch_size):
-            idx = order[start : start + self.batch_size]
-            batch_prompts = [prompts[i] for i in idx]
-            batch_responses = [responses[i] for i in idx]
-            batch = encode_pairs(self.tokenizer, batch_prompts, batch_responses, self.max_length)
-            batch = batch.to(device)
-            scores[idx] = self.model(**batch).logits[:, 0].float().cpu().numpy()
-        return validate_rewards(self.name, scores, len(prompts))
+        scores = pair_logits(self.model, self.tokenizer, prompts, responses, self.batch_size, self.max_length)
+        return validate_rewards(self.name, scores[:, 0], len(prompts))
+
+
+@torch.no_grad()
+def pair_logits(model: Any, tokenizer: Any, prompts: Sequence[str], responses: Sequence[str], batch_size: int,
+                max_length: int) -> np.ndarray:
+    """A sequence classifier's logits `[n, num_labels]` (float64) for (prompt, response) pairs, in
+    input order; pairs are sorted by length and run in batches without gradients."""
+    order = sorted(range(len(prompts)), key=lambda i: -(len(prompts[i]) + len(responses[i])))
+    out = np.zeros((len(prompts), model.config.num_labels), dtype=np.float64)
+    for start in range(0, len(order), batch_size):
+        idx = order[start: start + batch_size]
+        batch = encode_pairs(tokenizer, [prompts[i] for i in idx], [responses[i] for i in idx], max_length)
+        out[idx] = model(**batch.to(model.device)).logits.float().cpu().numpy()
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -299,10 +305,118 @@ class CallableReward:
         return validate_rewards(self.name, self.fn(list(prompts), list(responses)), len(prompts))
 
 
+# ---------------------------------------------------------------------------------------------
+# Pairwise scorers: one preference-logit matrix per prompt instead of one reward per response
+
+
+class PairwiseScorer(Protocol):
+    """Scores each prompt's responses against each other: `matrices(prompts, pools)` returns, per
+    prompt, `S [N, N]` with `S_ij = logit P(response i beats response j)` (`ampo.preferences`)."""
+
+    pairwise: bool  # True: callers branch on `is_pairwise`, never on the class
+
+    def matrices(self, prompts: list[str], pools: list[list[str]]) -> list[np.ndarray]: ...
+
+
+def is_pairwise(scorer: Any) -> bool:
+    """Whether a scorer returns preference matrices (`PairwiseScorer`) rather than rewards."""
+    return bool(getattr(scorer, "pairwise", False))
+
+
+def validate_matrix(name: str, S: Any, n: int) -> np.ndarray:
+    """A judge's output as a valid `[n, n]` preference matrix (float64, finite, skew-symmetric:
+    `(S - S^T)/2`, which averages both presentation orders), or ValueError naming the scorer."""
+    from .preferences import check_logits
+
+    try:
+        values = np.asarray(S, dtype=np.float64)
+    except (TypeError, ValueError, OverflowError) as error:
+        raise ValueError(f"pairwise scorer {name!r} returned a non-numeric matrix: {error}") from None
+    if values.shape != (n, n):
+        raise ValueError(f"pairwise scorer {name!r} returned shape {values.shape} for {n} responses "
+                         f"(expected ({n}, {n}))")
+    bad = np.argwhere(~np.isfinite(values))
+    if bad.size:
+        i, j = bad[0]
+        raise ValueError(f"pairwise scorer {name!r} returned {values[i, j]} at [{i}, {j}]")
+    return check_logits(values)
+
+
+class CallablePairwise:
+    """A pairwise judge `fn(prompt, responses) -> [N, N]` preference logits for one prompt, given
+    itself or as "module:function" / "path/to/file.py:function" (spec "pairwise:module:function");
+    each matrix is validated and made skew-symmetric."""
+
+    pairwise = True
+
+    def __init__(self, target: str | Callable[[str, list[str]], Any]):
+        if isinstance(target, str):
+            self.name, self.fn = f"pairwise:{target}", _import_callable(target)
+        else:
+            self.name, self.fn = getattr(target, "__qualname__", repr(target)), target
+
+    def matrices(self, prompts: list[str], pools: list[list[str]]) -> list[np.ndarray]:
+        _check_pairs(self.name, prompts, pools)
+        return [validate_matrix(self.name, self.fn(p, list(rs)), len(rs)) for p, rs in zip(prompts, pools)]
+
+
+def _pool_texts(pool: Sequence[Any]) -> tuple[list[str], list[list[str]], list[Any]]:
+    """Prompt texts, response lists and metas of pool records."""
+    from .data import prompt_text
+
+    return [prompt_text(rec.prompt) for rec in pool], [list(rec.responses) for rec in pool], [rec.meta for rec in pool]
+
+
+def score_records(scorer: Any, pool: Sequence[Any], aggregate: str = "reward") -> list[dict[str, Any]]:
+    """Score pool records: per record `{"rewards": [N]}`, plus `"pref_logits": [N][N]` whenever a
+    preference matrix exists.
+
+    A pairwise scorer gives the matrix; a scalar reward gives it as `S_ij = r_i - r_j` when
+    `aggregate` is not "reward". `rewards` is then the matrix's `aggregate`
+    (`ampo.preferences.aggregate`), so every selector, loss and evaluation reads one scalar per
+    response; with "reward" (scalar scorers only) it is the reward itself, as before.
+    """
+    from .preferences import aggregate as aggregate_matrix, scalar_to_logits
+
+    prompts, pools, metas = _pool_texts(pool)
+    if is_pairwise(scorer):
+        if aggregate == "reward":
+            raise ValueError(f"a pairwise scorer has no scalar reward: choose an aggregate "
+                             f"({', '.join(AGGREGATES[1:])})")
+        matrices = scorer.matrices(prompts, pools)
+    else:
+        flat = score_texts(scorer, [p for p, rs in zip(prompts, pools) for _ in rs], [r for rs in pools for r in rs],
+                           [m for m, rs in zip(metas, pools) for _ in rs])
+        flat = np.asarray(flat, dtype=np.float64)
+        rewards = np.split(flat, np.cumsum([len(rs) for rs in pools])[:-1])
+        if aggregate == "reward":
+            return [{"rewards": r.tolist()} for r in rewards]
+        matrices = [scalar_to_logits(r) for r in rewards]
+    for rec, S in zip(pool, matrices):
+        if len(S) < 2:
+            raise ValueError(f"prompt {rec.id!r}: a preference aggregate needs >= 2 responses, got {len(S)}")
+    return [{"rewards": aggregate_matrix(S, aggregate).tolist(), "pref_logits": S.tolist()} for S in matrices]
+
+
+PAIRWISE_KINDS = ("pairwise", "gpm")
+
+
+def resolve_aggregate(aggregate: str, kind: str) -> str:
+    """`score.aggregate` with "auto" resolved: "win_rate" for a pairwise scorer (spec-2 §1's
+    default), "reward" (today's behaviour) for a scalar one."""
+    if aggregate != "auto":
+        return aggregate
+    return "win_rate" if kind in PAIRWISE_KINDS else "reward"
+
+
 def reward_kind(spec: str) -> str:
     """What a reward spec names: "builtin", "ifeval" (`ifeval[:loose=W,degeneracy=W]`, its options
-    checked here), "folder" (a reward model) or "callable" ("module:function" / "file.py:function").
-    Cheap, so configs are checked before anything loads."""
+    checked here), "gpm" (a GPM reward-model folder: it holds `gpm.json`), "folder" (a one-logit
+    reward model), "pairwise" ("pairwise:module:function", a judge returning one prompt's
+    preference matrix) or "callable" ("module:function" / "file.py:function"). Cheap, so configs
+    are checked before anything loads."""
+    from .gpm import GPM_FILE
+
     if spec == "builtin":
         return "builtin"
     if spec.split(":", 1)[0] == "ifeval":
@@ -311,29 +425,40 @@ def reward_kind(spec: str) -> str:
         parse_spec(spec)
         return "ifeval"
     if Path(spec).is_dir():
-        return "folder"
+        return "gpm" if (Path(spec) / GPM_FILE).is_file() else "folder"
+    if spec.startswith("pairwise:"):
+        if ":" not in spec[len("pairwise:"):]:
+            raise ValueError(f"reward {spec!r} is not of the form 'pairwise:module:function'")
+        return "pairwise"
     if ":" in spec:
         return "callable"
     raise ValueError(
-        f"unknown reward {spec!r}: expected 'builtin', 'ifeval', 'module:function' "
-        "or a local reward-model folder"
+        f"unknown reward {spec!r}: expected 'builtin', 'ifeval', 'module:function', "
+        "'pairwise:module:function' or a local reward-model folder"
     )
 
 
-def load_reward(spec: str, **kwargs: Any) -> RewardFn:
-    """A reward from a spec (see `reward_kind`; `ifeval[:...]` is `ampo.ifeval.reward.IFEvalReward`).
-    `kwargs` go to `BuiltinReward` or `HFRewardModel`."""
+def load_reward(spec: str, **kwargs: Any) -> RewardFn | PairwiseScorer:
+    """A reward from a spec (see `reward_kind`; `ifeval[:...]` is `ampo.ifeval.reward.IFEvalReward`,
+    a GPM folder is `ampo.gpm.GPMScorer`). `kwargs` go to `BuiltinReward`, `HFRewardModel` or
+    `GPMScorer`."""
     kind = reward_kind(spec)
     if kind == "builtin":
         return BuiltinReward(**kwargs)
     if kind == "folder":
         return HFRewardModel(spec, **kwargs)
+    if kind == "gpm":
+        from .gpm import GPMScorer
+
+        return GPMScorer(spec, **kwargs)
     if kwargs:
         raise ValueError(f"reward {spec!r} is a {kind} and takes no options {sorted(kwargs)}")
     if kind == "ifeval":
         from .ifeval.reward import IFEvalReward
 
         return IFEvalReward.from_spec(spec)
+    if kind == "pairwise":
+        return CallablePairwise(spec[len("pairwise:"):])
     return CallableReward(spec)
 
 
@@ -406,14 +531,20 @@ def train_reward_model(
     max_length: int = 128,
     seed: int = 0,
     device: str = "cpu",
+    head: str = "bt",
+    gpm: Any = None,
 ) -> Path:
-    """Train a one-logit reward model on preference pairs and save it to `out_dir`.
+    """Train a reward model on preference pairs and save it to `out_dir`.
 
-    Loss: (soft) Bradley-Terry on `r(prompt, winner) - r(prompt, loser)` with the labels of
-    `preference_labels`. The backbone (default: the bundled all-MiniLM-L6-v2 BERT) is loaded as
-    `AutoModelForSequenceClassification(num_labels=1)` and trained with AdamW, linear decay after
-    10% warmup, gradient clipping at 1. The model and tokenizer are written to a temporary folder
-    and renamed into `out_dir`, which `HFRewardModel(out_dir)` loads.
+    `head="bt"`: a one-logit model, loss (soft) Bradley-Terry on `r(prompt, winner) -
+    r(prompt, loser)`; `HFRewardModel(out_dir)` loads it. `head="gpm"`: a General Preference
+    Model with the options `gpm` (an `ampo.gpm.GPMHead`; default value_head_dim 2, tau 0.1,
+    normalised, no gate): `2k` outputs are the preference embedding `v`, loss
+    `gpm_loss(v_winner, v_loser, p)`; `ampo.gpm.GPMScorer(out_dir)` loads it. Both take the labels
+    of `preference_labels` (hard, or MMPO soft labels with `soft_gamma`). The backbone (default:
+    the bundled all-MiniLM-L6-v2 BERT) is loaded as `AutoModelForSequenceClassification` and
+    trained with AdamW, linear decay after 10% warmup, gradient clipping at 1. Everything is
+    written to a temporary folder and renamed into `out_dir`.
     """
     from tqdm.auto import tqdm
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
@@ -423,8 +554,16 @@ def train_reward_model(
     from ampo.embeddings import minilm_path
     from ampo.models import load_weights
 
+    from ampo.gpm import GPMHead, PromptGate, save_gate
+    from ampo.preferences import gpm_loss
+
     out_dir = Path(out_dir)
     _fresh_dir(out_dir)
+    if head not in RM_HEADS:
+        raise ValueError(f"reward-model head must be one of {', '.join(RM_HEADS)}, got {head!r}")
+    if gpm is not None and head != "gpm":
+        raise ValueError("GPM options need head='gpm'")
+    gpm = (gpm or GPMHead()) if head == "gpm" else None
     if soft_gamma is not None and not (math.isfinite(soft_gamma) and soft_gamma > 0):
         raise ValueError(f"soft_gamma must be a finite number > 0, got {soft_gamma}")
     if epochs < 1 or batch_size < 1 or max_length < 1 or not (math.isfinite(lr) and lr > 0):
@@ -438,15 +577,20 @@ def train_reward_model(
     torch.manual_seed(seed)
     tokenizer = AutoTokenizer.from_pretrained(backbone)
     model = load_weights(AutoModelForSequenceClassification, backbone, "reward-model backbone",
-                         new_head=NEW_HEADS, num_labels=1)
+                         new_head=NEW_HEADS, num_labels=gpm.value_head_dim if gpm else 1,
+                         ignore_mismatched_sizes=True)  # a backbone's own head of another size is replaced
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     model.config.pad_token_id = tokenizer.pad_token_id
     model.to(device).train()
+    gate = None
+    if gpm and gpm.gate != "none":
+        gate = PromptGate(model.config.hidden_size, gpm.k, gpm.gate).to(device).train()
 
     steps_per_epoch = math.ceil(len(examples) / batch_size)
     total = epochs * steps_per_epoch
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
+    params = list(model.parameters()) + (list(gate.parameters()) if gate else [])
+    optimizer = torch.optim.AdamW(params, lr=lr)
     scheduler = get_linear_schedule_with_warmup(optimizer, int(0.1 * total), total)
     generator = torch.Generator().manual_seed(seed)
     progress = tqdm(total=total, desc="reward model", disable=None)
@@ -454,11 +598,15 @@ def train_reward_model(
         for batch_idx in torch.randperm(len(examples), generator=generator).split(batch_size):
             prompts, winners, losers, p = zip(*(examples[i] for i in batch_idx.tolist()))
             inputs = encode_pairs(tokenizer, prompts * 2, winners + losers, max_length).to(device)
-            scores = model(**inputs).logits[:, 0]
-            target = torch.tensor(p, dtype=scores.dtype, device=device)
-            loss = soft_bt_loss(scores[: len(p)], scores[len(p) :], target).mean()
+            out = model(**inputs).logits
+            target = torch.tensor(p, dtype=out.dtype, device=device)
+            if gpm is None:
+                loss = soft_bt_loss(out[: len(p), 0], out[len(p):, 0], target).mean()
+            else:
+                gates = gate(model, tokenizer, prompts, max_length) if gate else None
+                loss = gpm_loss(out[: len(p)], out[len(p):], target, gates, gpm.tau, gpm.normalize).mean()
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad()
@@ -469,5 +617,9 @@ def train_reward_model(
     with atomic_dir(out_dir) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
+        if gpm is not None:
+            gpm.save(Path(tmp))
+            if gate is not None:
+                save_gate(gate, Path(tmp))
         _fresh_dir(out_dir)
     return out_dir

@@ -11,7 +11,7 @@ from typing import Iterable
 
 import numpy as np
 
-from .data import PoolRecord, prompt_text
+from .data import PoolRecord
 
 
 def sample_rows(generator, prompts: list[dict], progress: bool = True) -> list[dict]:
@@ -25,15 +25,12 @@ def sample_rows(generator, prompts: list[dict], progress: bool = True) -> list[d
 
 
 def score_pool(reward_fn, pool: list[PoolRecord]) -> list[np.ndarray]:
-    """Score every response of every record in one batched call (with each record's `meta` for
-    rewards that need it); one array per record."""
-    from .rewards import score_texts
+    """Score every response of every record with a scalar reward in one batched call (with each
+    record's `meta` for rewards that need it); one array per record. Pairwise scorers and
+    aggregates: `ampo.rewards.score_records`."""
+    from .rewards import score_records
 
-    prompts = [prompt_text(rec.prompt) for rec in pool for _ in rec.responses]
-    responses = [t for rec in pool for t in rec.responses]
-    metas = [rec.meta for rec in pool for _ in rec.responses]
-    flat = np.asarray(score_texts(reward_fn, prompts, responses, metas), dtype=np.float64)
-    return _per_record(flat, pool)
+    return [np.asarray(row["rewards"], dtype=np.float64) for row in score_records(reward_fn, pool)]
 
 
 def embed_pool(embedder, pool: list[PoolRecord]) -> list[np.ndarray]:
@@ -46,14 +43,19 @@ def _per_record(flat: np.ndarray, pool: list[PoolRecord]) -> list[np.ndarray]:
     return np.split(flat, np.cumsum([len(rec.responses) for rec in pool])[:-1]) if pool else []
 
 
-def select_pool(strategy: str, k: int, pool: list[PoolRecord], seed: int, progress: bool = True):
+def select_pool(strategy: str, k: int, pool: list[PoolRecord], seed: int, progress: bool = True,
+                require_beats: float | None = None, min_margin: float | None = None):
     """Active selection on scored records (embedded where the strategy needs it): a
-    `ampo.selection.BatchSelection`, positive first in each prompt's indices."""
-    from .selection import SELECTORS, select_batch
+    `ampo.preference_filters.GroupSelection`, positive first in each prompt's indices.
+    `require_beats` and `min_margin` are `ampo.preference_filters.select_groups`' preference
+    filters (a record's matrix is its `extra["pref_logits"]`, where it has one)."""
+    from .preference_filters import select_groups
+    from .selection import SELECTORS
 
     embeddings = [rec.embeddings for rec in pool] if SELECTORS[strategy].needs_embeddings else None
-    return select_batch(strategy, [np.asarray(rec.rewards) for rec in pool], embeddings, k, seed=seed,
-                        progress=progress)
+    return select_groups(strategy, [np.asarray(rec.rewards) for rec in pool], embeddings, k, seed=seed,
+                         prefs=[rec.extra.get("pref_logits") for rec in pool], require_beats=require_beats,
+                         min_margin=min_margin, progress=progress)
 
 
 def reference_logps(references: Iterable[tuple], pool: list[PoolRecord], shared_prefix: bool = False,

@@ -32,6 +32,7 @@ class Group:
     response_ids: list[list[int]]
     rewards: list[float]
     ref_logps: list[list[float]] | None = None  # [R][K]: per reference model, per response
+    pref_logits: list[list[float]] | None = None  # [K][K]: S_ij = logit P(response i beats response j)
 
     def reward_gap(self) -> float:
         """Positive's reward minus the mean negative's: large = easy (`curriculum: groups`)."""
@@ -78,6 +79,12 @@ class GroupCollator:
                 for r in range(R):
                     ref[r, b, : len(g.ref_logps[r])] = torch.tensor(g.ref_logps[r], dtype=torch.float64)
             batch["ref_logps"] = ref
+        if groups[0].pref_logits is not None:
+            prefs = torch.zeros(B, K, K, dtype=torch.float64)
+            for b, g in enumerate(groups):
+                n = len(g.pref_logits)
+                prefs[b, :n, :n] = torch.tensor(g.pref_logits, dtype=torch.float64)
+            batch["pref_logits"] = prefs
         return batch
 
 
@@ -107,6 +114,7 @@ class GroupTrainer(Trainer):
         lengths = lengths.to(logps.dtype)
         mask = inputs["mask"].to(logps.device)
         ref = inputs.get("ref_logps")
+        prefs = inputs.get("pref_logits")
         batch = GroupBatch(
             logps=logps,
             lengths=lengths.clamp(min=1),
@@ -114,6 +122,7 @@ class GroupTrainer(Trainer):
             mask=mask,
             ref_logps=None if ref is None else ref.to(logps.device, logps.dtype),
             eos_logps=eos[0] if eos else None,
+            pref_logits=None if prefs is None else prefs.to(logps.device, logps.dtype),
         )
         loss, metrics = compute(self.loss_name, batch, **self.loss_hparams)
         self._record(batch, metrics, int(lengths.sum()))
@@ -147,9 +156,14 @@ class GroupTrainer(Trainer):
 
 
 def build_groups(tokenizer, pool, ref_rows: list[list[list[float]]] | None = None) -> list[Group]:
-    """Training groups from selected pool records: chat-formatted prompt ids + response ids."""
+    """Training groups from selected pool records: chat-formatted prompt ids + response ids, and
+    the group's preference logits `S[sel][:, sel]` (the record's `pref_logits` from a pairwise
+    scorer or aggregate, else `S_ij = r_i - r_j`) for losses that read them (`mmpo target=pref`)."""
+    import numpy as np
+
     from .logprobs import response_ids
     from .models import encode_prompt
+    from .preferences import scalar_to_logits
 
     groups = []
     for i, rec in enumerate(pool):
@@ -157,11 +171,14 @@ def build_groups(tokenizer, pool, ref_rows: list[list[list[float]]] | None = Non
             raise ValueError(f"record '{rec.id}' needs rewards and a selection to train on")
         prompt_ids = encode_prompt(tokenizer, rec.prompt)
         finished = rec.finished or [True] * len(rec.responses)
+        S = rec.extra.get("pref_logits")
+        S = scalar_to_logits(rec.rewards) if S is None else np.asarray(S, dtype=np.float64)
         groups.append(Group(
             prompt_ids=prompt_ids,
             response_ids=[response_ids(tokenizer, rec.responses[j], finished[j]) for j in rec.selected],
             rewards=[float(rec.rewards[j]) for j in rec.selected],
             ref_logps=None if ref_rows is None else ref_rows[i],
+            pref_logits=S[np.ix_(rec.selected, rec.selected)].tolist(),
         ))
     return groups
 
