@@ -39,7 +39,8 @@ from pathlib import Path
 import torch
 from transformers import TrainerCallback
 
-from ampo.logprobs import response_ids, response_logprobs
+from ampo.layouts import response_logprobs
+from ampo.logprobs import response_ids
 from ampo.models import DEFAULT_POLICY, chat_prompt, encode_prompt, load_policy
 
 K = 8

@@ -11,6 +11,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
 import alignment_ifeval as ai  # noqa: E402
+from ampo.selection import SELECTORS  # noqa: E402
 
 
 
@@ -26,7 +27,7 @@ def test_every_arm_is_a_valid_config_at_full_and_quick_size():
         for arm in ai.ARMS:
             c = ai.arm_config(arm, sizes, 0, Path("/tmp/unused"))
             assert c.generate.n == sizes.n and c.train.shared_prefix and c.score.reward.startswith("ifeval")
-            assert c.select.k == (1 if c.select.strategy in ("best_worst", "sweet_spot") else sizes.k)
+            assert c.select.k == (1 if SELECTORS[c.select.strategy].one_negative else sizes.k)
     full = ai.sizes_from(args())
     assert (full.n, full.k, full.eval_tokens, full.limit, len(full.seeds)) == (16, 7, 256, 0, 3)
 

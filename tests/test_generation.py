@@ -12,7 +12,8 @@ import torch
 
 from ampo import decoding
 from ampo.generation import GenerationConfig, HFGenerator, Sample, choose_dtype, make_generator
-from ampo.logprobs import response_ids, response_logprobs
+from ampo.layouts import response_logprobs
+from ampo.logprobs import response_ids
 from ampo.models import DEFAULT_POLICY, encode_prompt, load_policy
 from ampo.sampling import Sampler, stream_ids, uniforms
 

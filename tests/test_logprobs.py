@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from ampo import logprobs
-from ampo.logprobs import build_rows, response_ids, response_logprobs, sequence_logprobs
+from ampo.layouts import response_logprobs
+from ampo.logprobs import build_rows, response_ids, sequence_logprobs
 from ampo.models import encode_prompt
 
 

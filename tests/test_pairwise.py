@@ -19,7 +19,7 @@ from ampo.evaluation import pairwise_vs_base, summarize
 from ampo.preferences import aggregate
 from ampo.rewards import (CallablePairwise, is_pairwise, load_reward, resolve_aggregate, reward_kind,
                           score_records)
-from ampo.selection import select_groups
+from ampo.preference_filters import select_groups
 from ampo.trainer import GroupCollator, build_groups
 
 JUDGES = Path(__file__).parent / "judges.py"

@@ -7,8 +7,6 @@ from hypothesis import strategies as st
 
 from ampo.selection import (
     EXACT_MAX_POOL,
-    NEEDS_EMBEDDINGS,
-    ONE_NEGATIVE,
     SELECTORS,
     BatchSelection,
     coverage_cost,
@@ -30,6 +28,8 @@ SPEC = {  # strategy -> (selected negatives, cost), from the spec's table
     "optselect": ({0, 3, 7}, 3.3043),
     "exact": ({0, 3, 7}, 3.3043),
 }
+ONE_NEGATIVE = {name for name, spec in SELECTORS.items() if spec.one_negative}
+NEEDS_EMBEDDINGS = {name for name, spec in SELECTORS.items() if spec.needs_embeddings}
 K_FOR = {name: 1 for name in ONE_NEGATIVE}  # strategies with a fixed k
 
 
@@ -89,10 +89,10 @@ def test_other_strategies_on_example():
 
 def test_selectors_work_on_the_candidate_pool():
     pool = [0, 1, 2, 3, 4, 5, 7, 8]  # the example without the positive
-    got = SELECTORS["optselect"](REW[pool], EMB[pool], 3)
+    got = SELECTORS["optselect"].fn(REW[pool], EMB[pool], 3)
     assert {pool[i] for i in got} == {0, 3, 7}
     with pytest.raises(ValueError, match="1 <= k"):
-        SELECTORS["bottomk"](REW[pool], EMB[pool], 8)
+        SELECTORS["bottomk"].fn(REW[pool], EMB[pool], 8)
 
 
 # ---------------------------------------------------------------- edge cases
@@ -196,7 +196,7 @@ def test_one_negative_strategies_require_k_one(strategy, k):
     with pytest.raises(ValueError, match=strategy):
         select_batch(strategy, [REW], [EMB], k)
     with pytest.raises(ValueError, match=strategy):
-        SELECTORS[strategy](REW, EMB, 2)
+        SELECTORS[strategy].fn(REW, EMB, 2)
 
 
 # ---------------------------------------------------------------- sweet_spot (arXiv 2502.16825)
@@ -224,15 +224,15 @@ def test_sweet_spot_target_comes_from_the_whole_pool_positive_included():
     r = np.array([5.0] + [1.0] * 7 + [0.0] * 6 + [-1.0, -3.0])
     assert select("sweet_spot", r, None, 1).tolist() == [0, 15]
     candidates = r[1:]
-    assert SELECTORS["sweet_spot"](candidates, None, 1).tolist() == [13]  # candidates as the whole pool
-    assert SELECTORS["sweet_spot"](candidates, None, 1, target=sweet_spot_target(r)).tolist() == [14]
+    assert SELECTORS["sweet_spot"].fn(candidates, None, 1).tolist() == [13]  # candidates as the whole pool
+    assert SELECTORS["sweet_spot"].fn(candidates, None, 1, target=sweet_spot_target(r)).tolist() == [14]
     assert select_batch("sweet_spot", [r, r[::-1].copy()], None, 1).indices[1].tolist() == [15, 0]
 
 
 def test_sweet_spot_ties_go_to_the_lower_index():
     # equal distances from distinct rewards (target 0.5 between 0 and 1): the lower position wins
-    assert SELECTORS["sweet_spot"]([0.0, 1.0], None, 1, target=0.5).tolist() == [0]
-    assert SELECTORS["sweet_spot"]([1.0, 0.0], None, 1, target=0.5).tolist() == [0]
+    assert SELECTORS["sweet_spot"].fn([0.0, 1.0], None, 1, target=0.5).tolist() == [0]
+    assert SELECTORS["sweet_spot"].fn([1.0, 0.0], None, 1, target=0.5).tolist() == [0]
     # equal rewards: mean 2/3, sd sqrt(14)/3 = 1.247, target -1.828; the two -1s tie, index 2 wins
     r = np.array([2.0, 1.0, -1.0, 2.0, -1.0, 1.0])
     assert select("sweet_spot", r, None, 1).tolist() == [0, 2]
@@ -253,7 +253,7 @@ def test_exact_refuses_large_pools():
     r, e = rng.normal(size=n), rng.normal(size=(n, 2))
     with pytest.raises(ValueError, match="limited to 64"):
         select("exact", r, e, 3)
-    forced = SELECTORS["exact"](r, e, 2, max_pool=None)
+    forced = SELECTORS["exact"].fn(r, e, 2, max_pool=None)
     assert len(set(forced.tolist())) == 2
 
 
@@ -339,7 +339,7 @@ def test_batch_equals_per_prompt(strategy):
     for i, (r, e) in enumerate(zip(rewards, embeddings)):
         single = select(strategy, r, e, k, seed=prompt_seed(7, i))
         assert out.indices[i].tolist() == single.tolist()
-    short = [strategy != "all" and n <= k + 1 for n in sizes]
+    short = [not SELECTORS[strategy].every_candidate and n <= k + 1 for n in sizes]
     assert out.short.tolist() == short
 
 
@@ -380,10 +380,33 @@ def test_prompt_seed_depends_on_seed_and_index():
 
 
 def test_local_search_from_bottomk_reaches_spec_optimum():
-    from ampo.selection import _local_search, _relative_weights, _sq_distances
+    from ampo.clustering import local_search, relative_weights, sq_distances
 
     pool = np.array([0, 1, 2, 3, 4, 5, 7, 8])
-    dist = np.sqrt(_sq_distances([EMB[pool]]))
+    dist = np.sqrt(sq_distances([EMB[pool]]))
     start = np.array([[0, 1, 2]])  # bottom-k, as positions in the pool
-    medoids, _ = _local_search(dist, _relative_weights(REW[pool][None]), start)
+    medoids, _ = local_search(dist, relative_weights(REW[pool][None]), start)
     assert set(pool[medoids[0]].tolist()) == {0, 3, 7}
+
+
+def test_a_new_selector_is_one_table_entry(monkeypatch):
+    """Adding a strategy is one `SELECTORS` entry: select, select_batch, the config and the
+    stage function all read what it needs from there (here: a pair from the middle of the pool)."""
+    from ampo.config import ConfigError, load_config
+    from ampo.data import PoolRecord
+    from ampo.selection import Selector
+    from ampo.stages import select_pool
+
+    def median(rewards, embeddings, k=1, seed=0, *, target=None):
+        r = np.asarray(rewards, dtype=np.float64)
+        return np.array([int(np.argmin(np.abs(r - target)))], dtype=np.int64)
+
+    monkeypatch.setitem(SELECTORS, "median", Selector(median, one_negative=True, pool_target=np.median))
+    r = np.array([0.0, 5.0, 1.0, 2.0, 3.0])  # whole-pool median 2.0 (the positive 5.0 included)
+    assert select("median", r, None, 1).tolist() == [1, 3]
+    assert select_batch("median", [r, r[::-1].copy()], None, 1).indices[1].tolist() == [3, 1]
+    pool = [PoolRecord(id="p", prompt="q", responses=list("abcde"), rewards=r.tolist())]
+    assert select_pool("median", 1, pool, 0, progress=False).indices[0].tolist() == [1, 3]
+    assert load_config(overrides=["select.strategy=median", "select.k=1"]).select.strategy == "median"
+    with pytest.raises(ConfigError, match="'median' selects exactly one negative"):
+        load_config(overrides=["select.strategy=median", "select.k=2"])

@@ -8,14 +8,9 @@ import pytest
 import torch
 
 from ampo.config import load_config
-from ampo.logprobs import (
-    build_rows,
-    build_shared_prefix_rows,
-    response_logprobs,
-    sequence_logprobs,
-    shared_prefix_logprobs,
-)
-from ampo.trainer import GroupCollator, GroupDataset, GroupTrainer, build_groups, group_logps, training_args
+from ampo.layouts import PaddedRows, SharedPrefixRows, response_logprobs
+from ampo.logprobs import build_rows, build_shared_prefix_rows, sequence_logprobs, shared_prefix_logprobs
+from ampo.trainer import GroupCollator, GroupDataset, GroupTrainer, build_groups, training_args
 from conftest import make_tiny_model, make_tiny_tokenizer
 from test_trainer import pool_records
 
@@ -135,15 +130,15 @@ def test_response_logprobs_shared_equals_plain(tiny_model, tiny_tokenizer):
     assert shared[0][2].shape == (0,)
 
 
-def test_collator_and_group_logps_agree_with_plain_layout(tiny_tokenizer, tiny_model):
+def test_collator_and_layout_logprobs_agree_with_plain_layout(tiny_tokenizer, tiny_model):
     groups = build_groups(tiny_tokenizer, pool_records())
     shared = GroupCollator(tiny_tokenizer.pad_token_id, shared_prefix=True)(groups)
     plain = GroupCollator(tiny_tokenizer.pad_token_id)(groups)
     assert shared["input_ids"].shape[0] == 2 and plain["input_ids"].shape[0] == 6
     assert "attention_mask" not in shared and "row_slot" not in shared
     assert torch.equal(shared["mask"], plain["mask"]) and torch.equal(shared["rewards"], plain["rewards"])
-    a, la = group_logps(tiny_model, shared, chunk_size=5)
-    b, lb = group_logps(tiny_model, plain, chunk_size=5)
+    a, la = SharedPrefixRows().logprobs(tiny_model, shared, chunk_size=5)
+    b, lb = PaddedRows().logprobs(tiny_model, plain, chunk_size=5)
     torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
     assert torch.equal(la, lb)
 
@@ -172,3 +167,11 @@ def test_training_with_shared_prefix_follows_the_plain_path(tmp_path, loss):
     np.testing.assert_allclose(shared_losses, plain_losses, rtol=1e-4, atol=1e-5)
     for (name, a), b in zip(shared_model.named_parameters(), plain_model.parameters()):
         torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4, msg=name)
+
+
+@pytest.mark.parametrize("layout", [PaddedRows(), SharedPrefixRows()])
+def test_layout_batches_cover_every_response_once(layout):
+    plan = layout.batches(PROMPTS + [[1]], GROUPS + [[]], batch_rows=3)
+    seen = sorted((i, j) for batch in plan for i, js in batch for j in js)
+    assert seen == sorted((i, j) for i, g in enumerate(GROUPS) for j in range(len(g)))
+    assert all(sum(len(js) for _, js in batch) <= 4 for batch in plan)  # one group of K = 4 at most

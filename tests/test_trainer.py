@@ -9,7 +9,7 @@ from ampo.config import load_config
 from ampo.data import PoolRecord
 from ampo.logprobs import build_rows, sequence_logprobs
 from ampo.losses import LOSSES
-from ampo.trainer import Group, GroupCollator, GroupDataset, GroupTrainer, build_groups, group_logps, training_args
+from ampo.trainer import Group, GroupCollator, GroupDataset, GroupTrainer, build_groups, training_args
 from conftest import make_tiny_model, make_tiny_tokenizer
 
 
@@ -23,17 +23,18 @@ def pool_records():
     ]
 
 
-def test_collator_layout_and_group_logps_match_rows(tiny_tokenizer, tiny_model):
+def test_collator_layout_and_layout_logprobs_match_rows(tiny_tokenizer, tiny_model):
     groups = build_groups(tiny_tokenizer, pool_records())
     assert [len(g.response_ids) for g in groups] == [4, 2]
     assert groups[0].rewards == [1.0, -1.0, 0.0, 0.2]  # in selection order, positive first
     eos = tiny_tokenizer.eos_token_id
     assert groups[0].response_ids[3][-1] != eos  # selected index 2 was truncated: no EOS appended
     assert groups[0].response_ids[0][-1] == eos
-    batch = GroupCollator(tiny_tokenizer.pad_token_id)(groups)
+    collate = GroupCollator(tiny_tokenizer.pad_token_id)
+    batch = collate(groups)
     assert batch["row_slot"].tolist() == [0, 1, 2, 3, 4, 5]
     assert batch["mask"].tolist() == [[True] * 4, [True, True, False, False]]
-    logps, lengths = group_logps(tiny_model, batch, chunk_size=7)
+    logps, lengths = collate.layout.logprobs(tiny_model, batch, chunk_size=7)
     # each grid slot equals the same row computed on its own
     for b, g in enumerate(groups):
         for k, ids in enumerate(g.response_ids):
@@ -126,7 +127,7 @@ def test_eos_regularizer_trains_in_both_layouts(tmp_path, shared_prefix):
     model = make_tiny_model(tok)
     groups = build_groups(tok, pool_records())
     collate = GroupCollator(tok.pad_token_id, shared_prefix=shared_prefix)
-    logps, lengths, eos = group_logps(model, collate(groups), chunk_size=7, eos_id=tok.eos_token_id)
+    logps, lengths, eos = collate.layout.logprobs(model, collate(groups), chunk_size=7, eos_id=tok.eos_token_id)
     assert eos.shape == logps.shape and (eos[0] < 0).all() and (eos[1, :2] < 0).all()  # [1, 2:] are empty slots
     trainer, _ = run_trainer(tmp_path, model, tok, "ampo", extra=["train.hparams.eos_reg=targeted",
                                                                   "train.hparams.eos_lambda=0.01"],
@@ -135,13 +136,16 @@ def test_eos_regularizer_trains_in_both_layouts(tmp_path, shared_prefix):
     assert logs and all(h["eos_reg"] >= 0 for h in logs) and any(h["eos_reg"] > 0 for h in logs)
 
 
-def test_eos_regularizer_needs_the_eos_id(tmp_path):
+def test_trainer_refuses_a_missing_eos_id_and_other_collators(tmp_path):
     tok = make_tiny_tokenizer()
     c = load_config(overrides=["train.hparams.eos_reg=independent"])
     with pytest.raises(ValueError, match="needs the tokenizer's eos_id"):
         GroupTrainer(model=make_tiny_model(tok), args=training_args(c, tmp_path, progress=False),
                      train_dataset=GroupDataset([]), data_collator=GroupCollator(tok.pad_token_id),
                      loss_name="ampo", loss_hparams=c.train.hparams)
+    with pytest.raises(TypeError, match="needs a GroupCollator"):
+        GroupTrainer(model=make_tiny_model(tok), args=training_args(c, tmp_path, progress=False),
+                     train_dataset=GroupDataset([]), data_collator=lambda rows: rows, loss_name="ampo")
 
 
 def test_resume_skips_incomplete_checkpoints(tmp_path):

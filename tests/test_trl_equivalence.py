@@ -27,10 +27,11 @@ from transformers import TrainingArguments
 from trl import DPOConfig, DPOTrainer
 from trl.experimental.cpo import CPOConfig, CPOTrainer
 
-from ampo.logprobs import response_ids, response_logprobs
+from ampo.layouts import response_logprobs
+from ampo.logprobs import response_ids
 from ampo.losses import LOSSES, GroupBatch
 from ampo.models import chat_prompt, encode_prompt
-from ampo.trainer import Group, GroupCollator, GroupDataset, GroupTrainer, group_logps
+from ampo.trainer import Group, GroupCollator, GroupDataset, GroupTrainer
 from conftest import make_tiny_model, make_tiny_tokenizer
 
 # Two prompts, each with a group of K = 4 responses (positive first) of different lengths.

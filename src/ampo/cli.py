@@ -61,9 +61,10 @@ def _print_results(out: str, results: list[dict]) -> None:
 def _cmd_generate(args) -> None:
     import torch
 
-    from .data import PoolRecord, output_format, read_prompt_rows, write_pool
+    from .data import output_format, read_prompt_rows, write_rows
     from .generation import GenerationConfig, make_generator, resolve_dtype
     from .models import load_policy
+    from .stages import sample_rows
 
     output_format(args.output)
     prompts = read_prompt_rows(args.input)
@@ -73,13 +74,7 @@ def _cmd_generate(args) -> None:
                            max_new_tokens=args.max_new_tokens, prompts_per_batch=args.prompts_per_batch,
                            batching=args.batching, batch_rows=args.batch_rows, dtype=args.dtype, seed=args.seed)
     gen = make_generator(args.backend, args.policy, model=model, tokenizer=tok, config=cfg)
-    samples = gen.generate([p["prompt"] for p in prompts], progress=not args.quiet,
-                           keys=[p["id"] for p in prompts])
-    write_pool(args.output, [
-        PoolRecord(prompt=p["prompt"], id=p["id"], responses=[s.text for s in ss], finished=[s.finished for s in ss],
-                   n_tokens=[s.n_tokens for s in ss], meta=p.get("meta"))
-        for p, ss in zip(prompts, samples)
-    ])
+    write_rows(args.output, sample_rows(gen, prompts, progress=not args.quiet))
     print(f"wrote {len(prompts)} prompts x {args.n} responses to {args.output}")
 
 
@@ -127,7 +122,7 @@ def _cmd_embed(args) -> None:
 
 def _cmd_select(args) -> None:
     from .data import atomic_path, dump_rows, output_format, read_pool, trl_pairs, write_rows
-    from .selection import NEEDS_EMBEDDINGS
+    from .selection import SELECTORS
     from .stages import select_pool
 
     fmt = output_format(args.output)
@@ -135,7 +130,7 @@ def _cmd_select(args) -> None:
         output_format(args.trl_pairs)
     pool, layout = read_pool(args.input, require=("rewards",))
     msg = f"read {args.input} ({layout} layout); "
-    if args.strategy in NEEDS_EMBEDDINGS and any(r.embeddings is None for r in pool):
+    if SELECTORS[args.strategy].needs_embeddings and any(r.embeddings is None for r in pool):
         width = _embed_records(pool, args.embedder, args.policy)  # written with the selection
         msg += f"embedded {sum(len(r.responses) for r in pool)} responses ({args.embedder}, {width}-d); "
     sel = select_pool(args.strategy, args.k, pool, args.seed, progress=not args.quiet)

@@ -401,7 +401,7 @@ def validate(c: RunConfig, self_play: bool = True) -> None:
     from .losses import HPARAM_CHOICES, LOSSES, check_hparams
     from .pipeline import BUILTIN_PROMPT_SETS
     from .rewards import PAIRWISE_KINDS, reward_kind
-    from .selection import ONE_NEGATIVE, SELECTORS
+    from .selection import SELECTORS
 
     for name, allowed in RANGES.items():
         if option(c, name) is not None and (problem := allowed.problem(option(c, name))):
@@ -415,7 +415,7 @@ def validate(c: RunConfig, self_play: bool = True) -> None:
     if c.select.strategy not in SELECTORS:
         raise ConfigError(f"config 'select.strategy': unknown {short(c.select.strategy)} "
                           f"(known: {', '.join(SELECTORS)})")
-    if c.select.strategy in ONE_NEGATIVE and c.select.k != 1:
+    if SELECTORS[c.select.strategy].one_negative and c.select.k != 1:
         raise ConfigError(f"config 'select.k': strategy '{c.select.strategy}' selects exactly one negative; "
                           f"set select.k=1, got {c.select.k}")
     if self_play and c.select.k > c.generate.n - 1:
@@ -488,7 +488,9 @@ def check_pair_stages(c: RunConfig, spec) -> None:
     if spec.refs > 1 or c.train.extra_references:
         raise ConfigError(f"{where} moves one reference forward each stage; it cannot be used with "
                           f"train.extra_references or loss '{c.train.loss}' ({spec.refs} references)")
-    negatives = c.generate.n - 1 if c.select.strategy == "all" else c.select.k
+    from .selection import SELECTORS
+
+    negatives = c.generate.n - 1 if SELECTORS[c.select.strategy].every_candidate else c.select.k
     if negatives < 2:
         raise ConfigError(f"{where} needs at least 2 negatives per prompt to order its pairs, got "
                           f"{negatives} (select.k={c.select.k}, strategy '{c.select.strategy}'); "

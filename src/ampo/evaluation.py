@@ -114,7 +114,7 @@ def embedding_diversity(embedder, rows: list[dict]) -> float | None:
 
 def per_token_logp(policy, rows: list[dict]) -> float:
     """Mean per-token log-prob of the rows' responses under `policy`."""
-    from .logprobs import response_logprobs
+    from .layouts import response_logprobs
 
     model, tok = policy
     logps, counts = response_logprobs(model, tok, [r["prompt"] for r in rows], [r["responses"] for r in rows],

@@ -5,23 +5,20 @@ on the completion positions only, `chunk_size` positions at a time, so the full
 `[rows, length, vocab]` fp32 logits never exist. With gradients on, each chunk is checkpointed:
 the backward pass recomputes one chunk's logits at a time instead of keeping all of them.
 
-Two layouts reach the same sums. `build_rows` makes one padded row per (prompt, response).
-`build_shared_prefix_rows` makes one row per prompt, `[prompt, response 1, ..., response K]`
-without padding between them: each response sees the prompt and itself only (a block mask) and
-continues the prompt's positions, so the prompt is forwarded once per group instead of K times.
+Two layouts reach the same sums (`ampo.layouts` puts them behind one interface). `build_rows`
+makes one padded row per (prompt, response). `build_shared_prefix_rows` makes one row per prompt,
+`[prompt, response 1, ..., response K]` without padding between them: each response sees the
+prompt and itself only (a block mask) and continues the prompt's positions, so the prompt is
+forwarded once per group instead of K times.
 """
 
 from __future__ import annotations
 
 from typing import NamedTuple
 
-import numpy as np
 import torch
 from torch.utils.checkpoint import checkpoint
-from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
-
-from ampo.models import encode_prompt
 
 
 def response_ids(tokenizer: PreTrainedTokenizerBase, text: str, finished: bool) -> list[int]:
@@ -287,66 +284,3 @@ def _token_logprobs(head: torch.nn.Module, states: torch.Tensor, targets: torch.
     """Log-prob of each target token given its hidden state, with an fp32 softmax."""
     logits = head(states).float()
     return logits.log_softmax(-1).gather(-1, targets[:, None]).squeeze(-1)
-
-
-def response_logprobs(
-    model: PreTrainedModel,
-    tokenizer: PreTrainedTokenizerBase,
-    prompts: list[str | list[dict]],
-    responses: list[list[str]],
-    finished: list[list[bool]] | None = None,
-    batch_rows: int = 16,
-    progress: bool = False,
-    shared_prefix: bool = False,
-) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """Summed log-probs and token counts of each prompt's responses, without gradients.
-
-    Returns `(logps, n_tokens)`: for prompt `i`, `logps[i]` (float32) and `n_tokens[i]` (int64)
-    have one entry per response in `responses[i]`. `finished` (default: all True) says which
-    responses end with EOS. Rows are sorted by length so each batch holds similar lengths
-    (`batch_rows` rows, or with `shared_prefix` one row per prompt and about `batch_rows`
-    responses per batch); the model runs in eval mode and its previous mode is restored.
-    """
-    if len(prompts) != len(responses):
-        raise ValueError(f"response_logprobs got {len(prompts)} prompts but {len(responses)} response lists")
-    if finished is None:
-        finished = [[True] * len(r) for r in responses]
-    if [len(f) for f in finished] != [len(r) for r in responses]:
-        raise ValueError("finished must have one flag per response")
-    prompt_tokens = [encode_prompt(tokenizer, p) for p in prompts]
-    answer_tokens = [[response_ids(tokenizer, t, done) for t, done in zip(texts, flags)]
-                     for texts, flags in zip(responses, finished)]
-    logps = [np.zeros(len(r), dtype=np.float32) for r in responses]
-    counts = [np.zeros(len(r), dtype=np.int64) for r in responses]
-    device = next(model.parameters()).device
-    pad = tokenizer.pad_token_id
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            if shared_prefix:
-                order = sorted((i for i in range(len(prompts)) if responses[i]),
-                               key=lambda i: -(len(prompt_tokens[i]) + sum(map(len, answer_tokens[i]))))
-                per_batch = max(1, batch_rows // max(len(r) for r in responses)) if order else 1
-                for start in tqdm(range(0, len(order), per_batch), desc="log-probs", disable=not progress):
-                    batch = order[start : start + per_batch]
-                    group_size = max(len(responses[i]) for i in batch)
-                    tensors = build_shared_prefix_rows([prompt_tokens[i] for i in batch],
-                                                       [answer_tokens[i] for i in batch], pad)
-                    values, lengths = shared_prefix_logprobs(model, *(t.to(device) for t in tensors), group_size)
-                    for row, i in enumerate(batch):
-                        logps[i][:] = values[row, : len(responses[i])].cpu().numpy()
-                        counts[i][:] = lengths[row, : len(responses[i])].cpu().numpy()
-            else:
-                rows = [(i, j, prompt_tokens[i], ids) for i, group in enumerate(answer_tokens)
-                        for j, ids in enumerate(group)]
-                rows.sort(key=lambda row: len(row[2]) + len(row[3]), reverse=True)
-                for start in tqdm(range(0, len(rows), batch_rows), desc="log-probs", disable=not progress):
-                    batch = rows[start : start + batch_rows]
-                    tensors = build_rows([b[2] for b in batch], [b[3] for b in batch], pad)
-                    values, lengths = sequence_logprobs(model, *(t.to(device) for t in tensors))
-                    for (i, j, _, _), value, length in zip(batch, values.tolist(), lengths.tolist()):
-                        logps[i][j], counts[i][j] = value, length
-    finally:
-        model.train(was_training)
-    return logps, counts

@@ -5,6 +5,10 @@ of its inputs' keys and the config fields that change its numbers) in `manifest.
 skips stages whose key matches; a changed config field reruns exactly the stages downstream of it;
 a killed run resumes: generation from its last finished shard, training from its last Trainer
 checkpoint, everything else from the last finished stage.
+
+`Pipeline` keeps the rounds, their keys and their scheduling. The stage functions it calls are in
+`ampo.stages`; its Curry-DPO training stages are in `ampo.curry_stages` and its evaluation stages
+in `ampo.eval_stages` (mixins of `Pipeline`).
 """
 
 from __future__ import annotations
@@ -12,14 +16,15 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import shutil
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from .config import RunConfig, config_key, dump_config, seed_from
+from .curry_stages import CurryStages
 from .data import PoolRecord, atomic_dir, atomic_path, read_pool, read_prompt_rows, write_json, write_rows
+from .eval_stages import EvalStages
 from .runner import Runner, fingerprints, sharded_map
 from .stages import (embed_pool, load_round_policy, references, reference_logps, sample_rows,
                      select_pool, selected_logprobs)
@@ -32,7 +37,7 @@ BUILTIN_PROMPT_SETS = {"builtin": BUILTIN_PROMPTS,
                        "builtin-ifeval": Path(__file__).parent / "recipes" / "ifeval_prompts.jsonl"}
 
 
-class Pipeline(Runner):
+class Pipeline(CurryStages, EvalStages, Runner):
     """One run folder, its config and its stages.
 
     Under `accelerate launch` every process runs the pipeline: generation, scoring and embedding
@@ -372,198 +377,6 @@ class Pipeline(Runner):
         train_round(self.c, model, tok, pool, ref_rows, self.round_dir(r) / "train", key, out, progress=self.progress,
                     lora_seed=self.lora_seed(r))
 
-    # -- Curry-DPO stages (`train.curriculum: pairs`) ---------------------------------------
-
-    def _train_pair_stages(self, r: int, key: str, out: Path) -> dict:
-        """Train round r in stages 1..n (n = the most negatives of any group), each a resumable
-        stage `round-r/train-s{t}` (with `round-r/refs-s{t}` before it for t >= 2), then copy the
-        last stage's checkpoint to `out` and join the stages' logs (steps counted on)."""
-        from .curriculum import stage_count
-
-        n = stage_count([rec.selected for rec in self.training_pool(r)])
-        pairs = []
-        for t in range(1, n + 1):
-            self.stage_refs(r, t)
-            d, stage_key = self.stage_dir(r, t), config_key("train-stage", key, t)
-            self.stage(f"round-{r}/train-s{t}", stage_key, lambda: self._train_stage(r, t, stage_key),
-                       [d / "checkpoint", d / "train_log.json"], everyone=True)
-            pairs.append(self.manifest.data["stages"][f"round-{r}/train-s{t}"].get("pairs"))
-        if self.dist.main:
-            with atomic_dir(out) as tmp:
-                shutil.copytree(self.stage_dir(r, n) / "checkpoint", tmp, dirs_exist_ok=True)
-            history, offset = [], 0
-            for t in range(1, n + 1):
-                stage_log = json.loads((self.stage_dir(r, t) / "train_log.json").read_text())
-                history += [{**h, "stage": t, **({"step": h["step"] + offset} if "step" in h else {})}
-                            for h in stage_log]
-                offset += max((h.get("step", 0) for h in stage_log), default=0)
-            write_json(self.round_dir(r) / "train_log.json", history)
-        return {"stages": n, "pairs_per_stage": pairs}
-
-    def stage_dir(self, r: int, t: int) -> Path:
-        return self.round_dir(r) / f"stage-{t}"
-
-    def stage_pool(self, r: int, t: int) -> tuple[list[PoolRecord], list[tuple[int, int]]]:
-        """Round r's pool narrowed to stage t: each record's selection becomes its t-th easiest
-        pair (positive, negative) and records with fewer negatives are left out. Also returns the
-        `(record index, negative slot)` of each pair (`ampo.curriculum.stage_pairs`)."""
-        from .curriculum import stage_pairs
-
-        pool = self.training_pool(r)  # in the order of the round's ref_logps.parquet
-        picked = stage_pairs([[rec.rewards[i] for i in rec.selected] for rec in pool], t)
-        for i, slot in picked:
-            pool[i].selected = [pool[i].selected[0], pool[i].selected[slot]]
-        return [pool[i] for i, _ in picked], picked
-
-    def stage_refs(self, r: int, t: int) -> None:
-        """Reference log-probs of stage t's pairs under the policy after stage t - 1 (t >= 2; stage
-        1 reads the round's `ref_logps.parquet`)."""
-        if t == 1 or not self.n_refs():
-            return
-        out = self.stage_dir(r, t) / "ref_logps.parquet"
-
-        def run():
-            pool, _ = self.stage_pool(r, t)
-            self._loaded.clear()  # one policy in memory
-            previous = load_round_policy(self.c, [self.round_dir(i) / "checkpoint" for i in range(r)]
-                                         + [self.stage_dir(r, t - 1) / "checkpoint"])
-            column = self.selected_logprobs(previous, pool)
-            write_rows(out, [{"id": rec.id, "ref_logps": [col.tolist()]} for rec, col in zip(pool, column)])
-
-        self.stage(f"round-{r}/refs-s{t}", config_key("refs-stage", self.train_key(r), t), run, [out])
-
-    def _train_stage(self, r: int, t: int, key: str) -> dict:
-        """Stage t: train on its pairs, starting from the policy after stage t - 1 (LoRA: the same
-        adapter trained further), into `stage-t/checkpoint`."""
-        import pyarrow.parquet as pq
-
-        from .trainer import train_round
-
-        pool, picked = self.stage_pool(r, t)
-        ref_rows = None
-        if self.n_refs() and t == 1:
-            rows = pq.read_table(self.round_dir(r) / "ref_logps.parquet").to_pylist()
-            ref_rows = [[[col[0], col[slot]] for col in rows[i]["ref_logps"]] for i, slot in picked]
-        elif self.n_refs():
-            rows = pq.read_table(self.stage_dir(r, t) / "ref_logps.parquet").to_pylist()
-            ref_rows = [row["ref_logps"] for row in rows]
-        previous = self.stage_dir(r, t - 1) / "checkpoint" if t > 1 else None
-        if previous is not None and not self.c.model.lora:
-            self._loaded.clear()
-            model, tok = load_round_policy(self.c, [previous])  # a full fine-tune's complete model
-        else:
-            model, tok = self.policy(r)
-            self._loaded.clear()  # training changes the model in place
-        d = self.stage_dir(r, t)
-        train_round(self.c, model, tok, pool, ref_rows, d / "train", key, d / "checkpoint", progress=self.progress,
-                    lora_seed=self.lora_seed(r), adapter=previous if self.c.model.lora else None)
-        return {"pairs": len(pool)}
-
-    def eval_options(self) -> dict:
-        """The `eval` options of the held-out evaluation (the benchmark ones key their own stages)."""
-        return {k: v for k, v in dataclasses.asdict(self.c.eval).items() if not k.startswith("benchmark")}
-
-    def eval_key(self, r: int) -> str:
-        benchmarks = [self.benchmark_key(name, i) for name in self.c.eval.benchmarks for i in (-1, r)]
-        return config_key("eval", self.train_key(r), self.baseline_key(), self.eval_options(), *benchmarks)
-
-    def baseline_key(self) -> str:
-        from .sampling import SAMPLER
-
-        self.split()
-        return config_key("baseline", self.policy_key(0), self._split_key, self.c.score.reward,
-                          self.c.embed.embedder, self.eval_options(), self.c.seed, SAMPLER)
-
-    def benchmark_key(self, name: str, r: int) -> str:
-        """Key of benchmark `name` on the policy after round r (the initial policy for r = -1)."""
-        e = self.c.eval
-        policy = self.policy_key(0) if r < 0 else self.train_key(r)
-        return config_key("benchmark", name, policy, e.benchmark_max_new_tokens, e.benchmark_limit,
-                          e.benchmark_prompts_per_batch, self.c.seed)
-
-    def benchmark_dir(self, name: str, r: int) -> Path:
-        return (self.dir / "baseline" if r < 0 else self.round_dir(r)) / name
-
-    def benchmarks(self, r: int) -> None:
-        """Greedy runs of `eval.benchmarks` (IFEval, IFBench) on the policy after round r, or on the
-        initial policy (r = -1, once per run): metrics.json, results.jsonl, responses.jsonl."""
-        from .ifeval.evaluate import evaluate_policy
-
-        e = self.c.eval
-        for name in e.benchmarks:
-            out, key = self.benchmark_dir(name, r), self.benchmark_key(name, r)
-            stage = f"baseline/{name}" if r < 0 else f"round-{r}/{name}"
-            outputs = [out / f for f in ("metrics.json", "results.jsonl", "responses.jsonl")]
-            recorded = (self.manifest.data["stages"].get(stage) or {}).get("outputs") or {}
-
-            def run(name=name, out=out, key=key, recorded=recorded):
-                # evaluate_policy rescores a finished generation instead of generating again: only
-                # one whose responses.jsonl is the file this stage recorded (not a damaged one)
-                responses = fingerprints(self.dir, [out / "responses.jsonl"])
-                if any(recorded.get(rel) != fp for rel, fp in responses.items()):
-                    (out / "responses.jsonl").unlink()
-                m = evaluate_policy(name, self.policy(0 if r < 0 else r + 1), out, key=key, limit=e.benchmark_limit,
-                                    seed=self.c.seed, max_new_tokens=e.benchmark_max_new_tokens,
-                                    prompts_per_batch=e.benchmark_prompts_per_batch,
-                                    shard_prompts=self.c.generate.shard_prompts, progress=self.progress,
-                                    info={"policy": "initial" if r < 0 else f"after round {r}"})
-                log.info("%s %s: average prompt/inst (strict) %.3f [%.3f, %.3f]", name,
-                         "initial" if r < 0 else f"round {r}", m["avg_prompt_inst_strict_acc"],
-                         *m["avg_prompt_inst_strict_acc_ci"])
-
-            self.stage(stage, key, run, outputs)
-
-    def baseline(self) -> None:
-        """The initial policy's samples on the held-out prompts (what win rates compare against),
-        and the metrics of those samples that every round's evaluation reuses."""
-        out = self.dir / "baseline" / "samples.parquet"
-        summary = self.dir / "baseline" / "summary.json"
-
-        def run():
-            from .evaluation import baseline_summary, sample_and_score
-
-            held = self.split()["heldout"]
-            rows = sample_and_score(self.policy(0), self.reward_fn(), held, self.c.eval,
-                                    seed=seed_from("eval", self.c.seed), progress=self.progress)
-            write_rows(out, rows)
-            write_json(summary, baseline_summary(self.policy(0), self.embedder(round_idx=0), rows))
-
-        self.stage("baseline", self.baseline_key(), run, [out, summary])
-
-    def evaluate(self, r: int) -> None:
-        out = self.round_dir(r) / "eval.json"
-
-        def run():
-            result = self._evaluate(r)
-            write_json(out, result)
-            log.info("round %d: held-out reward %.4f (initial %.4f), win rate %.3f [%.3f, %.3f]", r,
-                     result["mean_reward"], result["baseline_mean_reward"], result["win_rate"],
-                     *result["win_rate_ci"])
-
-        self.stage(f"round-{r}/evaluate", self.eval_key(r), run, [out, self.round_dir(r) / "eval_samples.parquet"])
-
-    def _evaluate(self, r: int) -> dict:
-        """The policy after round `r` against the baseline samples, plus the benchmarks' figures."""
-        import pyarrow.parquet as pq
-
-        from .evaluation import compare, judge_against, sample_and_score
-
-        rows = sample_and_score(self.policy(r + 1), self.reward_fn(), self.split()["heldout"], self.c.eval,
-                                seed=seed_from("eval", self.c.seed), progress=self.progress)
-        base_rows = pq.read_table(self.dir / "baseline" / "samples.parquet").to_pylist()
-        pairwise = judge_against(self.reward_fn(), rows, base_rows)  # a pairwise scorer judges new vs baseline
-        write_rows(self.round_dir(r) / "eval_samples.parquet", rows)
-        base = json.loads((self.dir / "baseline" / "summary.json").read_text())
-        result = {"round": r, **compare(rows, base_rows, base, self.embedder(round_idx=r + 1), self.policy(0),
-                                        self.c.eval.bootstrap, self.c.seed, pairwise)}
-        if self.c.eval.benchmarks:
-            from .ifeval.evaluate import summary
-
-            read = lambda name, i: json.loads((self.benchmark_dir(name, i) / "metrics.json").read_text())
-            result["benchmarks"] = {name: {**summary(read(name, r)), "initial": summary(read(name, -1))}
-                                    for name in self.c.eval.benchmarks}
-        return result
-
     # -- the whole run ----------------------------------------------------------------------
 
     def run(self) -> list[dict]:
@@ -597,7 +410,11 @@ class Pipeline(Runner):
         key = config_key("report", [self.eval_key(r) for r in range(self.c.rounds)])
         if force or not (self.manifest.done("report", key) and self._intact("report", outputs)):
             log.info("[report] running (key %s)", key)
-            write_report(self)
+            rounds = [self.round_dir(r) for r in range(self.c.rounds)]
+            evals = [json.loads((d / "eval.json").read_text()) for d in rounds]
+            logs = [json.loads((d / "train_log.json").read_text()) if (d / "train_log.json").exists() else []
+                    for d in rounds]
+            write_report(self.dir, self.c, evals, logs, self.scored_pool(0))
             self.manifest.mark("report", key, "done", outputs=fingerprints(self.dir, outputs))
         return outputs[0]
 

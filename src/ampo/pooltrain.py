@@ -31,9 +31,9 @@ log = logging.getLogger("ampo")
 
 
 def needs_embeddings(strategy: str) -> bool:
-    from .selection import NEEDS_EMBEDDINGS
+    from .selection import SELECTORS
 
-    return strategy in NEEDS_EMBEDDINGS
+    return SELECTORS[strategy].needs_embeddings
 
 
 class PoolTraining(Runner):

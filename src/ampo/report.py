@@ -3,7 +3,6 @@ selection maps (each prompt's pool projected to 2-D, coloured by reward, selecti
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -127,16 +126,17 @@ def plot_selection_map(pool, path: Path, n_prompts: int = 4) -> None:
     plt.close(fig)
 
 
-def write_report(pipe) -> Path:
-    """Write `report.md` and its plots into the run folder; return the report's path."""
-    out = pipe.dir
-    evals = [json.loads((pipe.round_dir(r) / "eval.json").read_text()) for r in range(pipe.c.rounds)]
-    logs = [json.loads(p.read_text()) if (p := pipe.round_dir(r) / "train_log.json").exists() else []
-            for r in range(pipe.c.rounds)]
+def write_report(out: Path, c, evals: list[dict], logs: list[list[dict]], pool: list) -> Path:
+    """Write `report.md` and its plots into the run folder `out`; return the report's path.
+
+    `c` is the run's `RunConfig`, `evals` each round's `eval.json`, `logs` each round's training
+    log (`train_log.json`, [] when missing), `pool` round 0's pool records with rewards,
+    embeddings and selection (for the selection map).
+    """
+    out = Path(out)
     plot_rounds(evals, out / "rounds.png")
     plot_losses(logs, out / "loss.png")
-    plot_selection_map(pipe.scored_pool(0), out / "selection_map.png")
-    c = pipe.c
+    plot_selection_map(pool, out / "selection_map.png")
     lines = [
         f"# ampo run: `{out}`",
         "",

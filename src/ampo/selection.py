@@ -10,31 +10,25 @@ given seed. The formulas follow ``spec/algorithms.md`` section 1.2:
 
 ``select`` handles one prompt, ``select_batch`` many (vectorised across prompts of equal pool
 size for ``coreset`` and ``optselect``). Negatives are always returned in ascending reward, ties
-by index, so the layout of a selection does not depend on how a strategy found its set.
+by index, so the layout of a selection does not depend on how a strategy found its set. Each
+strategy is one entry of the table ``SELECTORS``; the clustering maths behind the embedding
+strategies is in ``ampo.clustering``.
 """
 
 from __future__ import annotations
 
-import functools
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from threadpoolctl import ThreadpoolController
+
+from .clustering import (by_reward, coreset_block, one_blas_thread, optselect_block, relative_weights, solve_kmedian,
+                         sq_distances)
 
 # Candidate pools larger than this are refused by ``exact`` unless ``max_pool=None`` is passed.
 EXACT_MAX_POOL = 64
-# Strategies that read the embeddings; the others accept ``embeddings=None``.
-NEEDS_EMBEDDINGS = frozenset({"coreset", "optselect", "exact"})
-# Strategies that pick exactly one negative (a pair): ``k`` must be 1.
-ONE_NEGATIVE = frozenset({"best_worst", "sweet_spot"})
 
-_KMEANS_RESTARTS = 4  # k-means++ restarts for coreset; the lowest-inertia run wins
-_KMEANS_MAX_ITER = 100  # Lloyd iterations per restart (pools are tiny; convergence is quick)
-_SWAP_REL_TOL = 1e-10  # a swap must lower the cost by more than this fraction of it
-_MAX_SWAPS = 10_000  # safety bound on local-search swaps; never reached in practice
-_REFINE_REL = 1e-4  # squared distances below this fraction of the pool's spread are recomputed
 _BLOCK_ROWS = 4096  # responses per vectorised block in select_batch (measured sweet spot)
 
 
@@ -58,12 +52,14 @@ def _check_seed(seed: int) -> int:
     return int(seed)
 
 
-def _check_strategy(strategy: str, k: int) -> None:
-    """Refuse unknown strategies and the one-negative strategies with ``k != 1``."""
+def _check_strategy(strategy: str, k: int) -> Selector:
+    """The strategy's table entry; refuses unknown strategies and one-negative ones with ``k != 1``."""
     if strategy not in SELECTORS:
         raise ValueError(f"unknown selection strategy {strategy!r}; known: {', '.join(SELECTORS)}")
-    if strategy in ONE_NEGATIVE and k != 1:
+    spec = SELECTORS[strategy]
+    if spec.one_negative and k != 1:
         raise ValueError(f"strategy {strategy!r} selects exactly one negative; got k={k}")
+    return spec
 
 
 def _check_pool(
@@ -99,12 +95,6 @@ def _check_pool(
     return r, e
 
 
-def _by_reward(rewards: np.ndarray, positions: np.ndarray) -> np.ndarray:
-    """Sort ``positions`` by ascending reward, ties by position (the canonical negative order)."""
-    positions = np.asarray(positions, dtype=np.int64)
-    return positions[np.lexsort((positions, rewards[positions]))]
-
-
 def _check_selector_input(rewards, embeddings, k: int, needs_embeddings: bool):
     """Validate a direct call to a ``SELECTORS`` function (``1 <= k < len(rewards)``)."""
     r, e = _check_pool(rewards, embeddings, needs_embeddings)
@@ -117,233 +107,6 @@ def _check_selector_input(rewards, embeddings, k: int, needs_embeddings: bool):
     return r, e, k
 
 
-def _relative_weights(rewards: np.ndarray) -> np.ndarray:
-    """``exp(min(r) - r)``: the spec's weights divided by a constant, so the argmin is the same.
-
-    Scaling by ``exp(min(r) - mean(r))`` keeps every weight in (0, 1] and avoids overflow for
-    reward models with a large range. Works on the last axis.
-    """
-    return np.exp(rewards.min(axis=-1, keepdims=True) - rewards)
-
-
-def _sq_distances(embeddings: Sequence[np.ndarray]) -> np.ndarray:
-    """Squared Euclidean distance matrices ``[B, n, n]`` for ``B`` pools of ``n`` embeddings.
-
-    Uses the Gram matrix of the centred points (fast for d >> n). Gram distances lose precision
-    for close points, so pairs closer than ``_REFINE_REL`` of the pool's spread are recomputed
-    from differences: identical embeddings then have distance exactly 0.
-    """
-    x = np.stack(embeddings, dtype=np.float64)
-    x -= x.mean(axis=1, keepdims=True)  # in place: x is our own copy, and big
-    gram = x @ x.transpose(0, 2, 1)
-    sq = np.diagonal(gram, axis1=1, axis2=2)
-    d2 = np.triu(sq[:, :, None] + sq[:, None, :] - 2.0 * gram, 1)
-    close = np.triu(d2 < _REFINE_REL * sq.max(axis=1)[:, None, None], 1)
-    b, i, j = np.nonzero(close)
-    d2[b, i, j] = ((x[b, i] - x[b, j]) ** 2).sum(axis=-1)
-    return d2 + d2.transpose(0, 2, 1)
-
-
-def _fill_lowest(rewards: np.ndarray, chosen: np.ndarray, k: int) -> np.ndarray:
-    """Add the lowest-reward unchosen positions to ``chosen`` until it has ``k`` entries."""
-    taken = np.zeros(rewards.size, dtype=bool)
-    taken[chosen] = True
-    rest = _by_reward(rewards, np.flatnonzero(~taken))
-    return np.concatenate([chosen, rest[: k - chosen.size]])
-
-
-@functools.cache
-def _blas_controller() -> ThreadpoolController:
-    """The threadpoolctl controller for the BLAS numpy loaded (found once: scanning is slow)."""
-    return ThreadpoolController()
-
-
-def _one_blas_thread():
-    """Context manager limiting numpy's BLAS to one thread.
-
-    Selection does many tiny matrix products, for which BLAS threads only add overhead; on a
-    busy machine OpenBLAS's spinning threads made them ~100x slower (measured: 8 s instead of
-    0.04 s for 488 Gram matrices of 48 x 384 on 2 shared cores).
-    """
-    return _blas_controller().limit(limits=1, user_api="blas")
-
-
-# --------------------------------------------------------------------------------------------
-# Coreset: k-means in embedding space, lowest-reward member per cluster
-
-
-def _kmeanspp_init(d2: np.ndarray, u: np.ndarray) -> np.ndarray:
-    """k-means++ seeding on distance matrices ``d2 [B, n, n]`` with uniforms ``u [B, k]``.
-
-    The first centre is uniform; each next one is drawn with probability proportional to the
-    squared distance to the nearest centre so far. Needs at least ``k`` distinct points.
-    """
-    batch, n, _ = d2.shape
-    rows = np.arange(batch)
-    centres = np.empty(u.shape, dtype=np.int64)
-    centres[:, 0] = np.minimum((u[:, 0] * n).astype(np.int64), n - 1)
-    nearest = d2[rows, centres[:, 0]]
-    for t in range(1, u.shape[1]):
-        cum = np.cumsum(nearest, axis=1)
-        threshold = u[:, t] * cum[:, -1]
-        centres[:, t] = np.minimum((cum <= threshold[:, None]).sum(axis=1), n - 1)
-        nearest = np.minimum(nearest, d2[rows, centres[:, t]])
-    return centres
-
-
-def _kmeans_labels(d2: np.ndarray, centres: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Lloyd's k-means from the given centre points, on distance matrices only.
-
-    A centroid is kept as coefficients ``m`` over the points (rows sum to 1); then
-    ``||x_i - sum_l m_l x_l||^2 = (d2 @ m)_i - m^T d2 m / 2``, so no embedding is touched. An
-    emptied cluster keeps its previous centroid. Returns (labels ``[B, n]``, inertia ``[B]``).
-    """
-    batch, n, _ = d2.shape
-    k = centres.shape[1]
-    coef = np.zeros((batch, k, n))
-    coef[np.arange(batch)[:, None], np.arange(k)[None, :], centres] = 1.0
-    labels = np.full((batch, n), -1, dtype=np.int64)
-    for _ in range(_KMEANS_MAX_ITER):
-        t = d2 @ coef.transpose(0, 2, 1)  # [B, n, k]
-        dist = t - 0.5 * np.einsum("bkn,bnk->bk", coef, t)[:, None, :]
-        new = dist.argmin(axis=2)
-        if np.array_equal(new, labels):
-            break
-        labels = new
-        onehot = (labels[:, None, :] == np.arange(k)[None, :, None]).astype(np.float64)
-        counts = onehot.sum(axis=2, keepdims=True)
-        coef = np.where(counts > 0, onehot / np.maximum(counts, 1.0), coef)
-    inertia = np.take_along_axis(dist, labels[:, :, None], axis=2)[:, :, 0].sum(axis=1)
-    return labels, inertia
-
-
-def _coreset_block(rewards: np.ndarray, d2: np.ndarray, k: int, seeds: Sequence[int]) -> list:
-    """Coreset for a block of equal-size pools; returns one position array per pool.
-
-    Pools with fewer than ``k`` distinct embeddings are clustered into as many clusters as
-    they have distinct points, then topped up with the lowest-reward unchosen responses.
-    """
-    batch, n = rewards.shape
-    distinct = n - np.tril(d2 == 0.0, -1).any(axis=2).sum(axis=1)
-    out: list = [None] * batch
-    full = np.flatnonzero(distinct >= k)
-    if full.size:
-        picks = _coreset_clusters(rewards[full], d2[full], k, [seeds[i] for i in full])
-        for row, pick in zip(full, picks):
-            out[row] = pick
-    for row in np.flatnonzero(distinct < k):
-        one = slice(row, row + 1)
-        pick = _coreset_clusters(rewards[one], d2[one], distinct[row], [seeds[row]])[0]
-        out[row] = _fill_lowest(rewards[row], pick, k)
-    return [_by_reward(rewards[i], out[i]) for i in range(batch)]
-
-
-def _coreset_clusters(rewards: np.ndarray, d2: np.ndarray, k: int, seeds: Sequence[int]) -> list:
-    """k-means (best of ``_KMEANS_RESTARTS`` k-means++ runs), then each cluster's lowest reward."""
-    batch, n = rewards.shape
-    u = np.stack([np.random.default_rng(s).random((_KMEANS_RESTARTS, k)) for s in seeds])
-    rep = np.repeat(d2, _KMEANS_RESTARTS, axis=0)
-    labels, inertia = _kmeans_labels(rep, _kmeanspp_init(rep, u.reshape(-1, k)))
-    labels = labels.reshape(batch, _KMEANS_RESTARTS, n)
-    best = inertia.reshape(batch, _KMEANS_RESTARTS).argmin(axis=1)  # ties -> first restart
-    labels = labels[np.arange(batch), best]
-    rank = np.argsort(np.argsort(rewards, axis=1, kind="stable"), axis=1)  # 0 = lowest reward
-    member = labels[:, None, :] == np.arange(k)[None, :, None]  # [B, k, n]
-    masked = np.where(member, rank[:, None, :], n)
-    picks = masked.argmin(axis=2)
-    nonempty = member.any(axis=2)
-    out = []
-    for row in range(batch):
-        chosen = picks[row][nonempty[row]]
-        out.append(_fill_lowest(rewards[row], chosen, k) if chosen.size < k else chosen)
-    return out
-
-
-# --------------------------------------------------------------------------------------------
-# Opt-select: weighted k-medoids by single-swap local search
-
-
-def _greedy_build(dist: np.ndarray, w: np.ndarray, k: int) -> np.ndarray:
-    """PAM BUILD for the weighted cost: add, ``k`` times, the point that lowers it most."""
-    batch, n, _ = dist.shape
-    rows = np.arange(batch)
-    chosen = np.zeros((batch, n), dtype=bool)
-    medoids = np.empty((batch, k), dtype=np.int64)
-    nearest = np.full((batch, n), np.inf)
-    for t in range(k):
-        cost = (w[:, :, None] * np.minimum(nearest[:, :, None], dist)).sum(axis=1)
-        cost[chosen] = np.inf
-        medoids[:, t] = cost.argmin(axis=1)
-        chosen[rows, medoids[:, t]] = True
-        nearest = np.minimum(nearest, dist[rows, :, medoids[:, t]])
-    return medoids
-
-
-def _nearest_two(dist: np.ndarray, medoids: np.ndarray):
-    """Per point: distance to the nearest medoid, its slot, and the second-nearest distance."""
-    to_med = np.take_along_axis(dist, medoids[:, None, :], axis=2)  # [B, n, k]
-    slot = to_med.argmin(axis=2)
-    d1 = np.take_along_axis(to_med, slot[:, :, None], axis=2)[:, :, 0]
-    if medoids.shape[1] == 1:
-        return d1, slot, np.full_like(d1, np.inf)
-    np.put_along_axis(to_med, slot[:, :, None], np.inf, axis=2)
-    return d1, slot, to_med.min(axis=2)
-
-
-def _local_search(dist: np.ndarray, w: np.ndarray, medoids: np.ndarray):
-    """Best-improvement single-swap local search; returns (medoids, cost) per pool.
-
-    The cost change of swapping medoid slot ``m`` for candidate ``c`` is evaluated for all
-    ``(m, c)`` at once (FastPAM1 decomposition): a point either moves to ``c`` (if closer than
-    its medoid, whatever ``m`` is) or, when its own medoid is removed, to ``min(d2, A_ic)``.
-    """
-    medoids = medoids.copy()
-    batch, n, _ = dist.shape
-    k = medoids.shape[1]
-    cost = np.empty(batch)
-    active = np.arange(batch)
-    for _ in range(_MAX_SWAPS):
-        dd, ww, mm = dist[active], w[active], medoids[active]
-        d1, slot, d2 = _nearest_two(dd, mm)
-        cur = (ww * d1).sum(axis=1)
-        cost[active] = cur
-        gain_all = (ww[:, :, None] * np.minimum(dd - d1[:, :, None], 0.0)).sum(axis=1)  # [b, n]
-        lost = np.where(
-            dd >= d1[:, :, None], np.minimum(d2[:, :, None], dd) - d1[:, :, None], 0.0
-        ) * ww[:, :, None]  # [b, n(points), n(candidates)]
-        onehot = (slot[:, :, None] == np.arange(k)).astype(np.float64)  # [b, n, k]
-        delta = gain_all[:, None, :] + onehot.transpose(0, 2, 1) @ lost  # [b, k, n]
-        in_set = np.broadcast_to(mm[:, None, :], (mm.shape[0], k, k))
-        np.put_along_axis(delta, in_set, np.inf, axis=2)  # candidates must be outside S
-        flat = delta.reshape(delta.shape[0], -1).argmin(axis=1)  # ties -> first (slot, candidate)
-        best = delta.reshape(delta.shape[0], -1)[np.arange(flat.size), flat]
-        improve = best < -_SWAP_REL_TOL * cur
-        if not improve.any():
-            break
-        rows = active[improve]
-        medoids[rows, flat[improve] // n] = flat[improve] % n
-        active = rows
-    return medoids, cost
-
-
-def _optselect_block(rewards: np.ndarray, d2: np.ndarray, k: int) -> list:
-    """Opt-select for a block of equal-size pools; returns one position array per pool.
-
-    Local search runs from two starts, bottom-k (the spec's start) and the greedy build, and the
-    lower final cost wins (ties to bottom-k). Two starts cost little and avoid most poor local
-    optima of either start.
-    """
-    batch = rewards.shape[0]
-    dist = np.sqrt(d2)
-    w = _relative_weights(rewards)
-    bottom = np.argsort(rewards, axis=1, kind="stable")[:, :k]  # ties by position
-    starts = np.concatenate([bottom, _greedy_build(dist, w, k)])
-    medoids, cost = _local_search(np.concatenate([dist, dist]), np.concatenate([w, w]), starts)
-    use_build = cost[batch:] < cost[:batch]
-    final = np.where(use_build[:, None], medoids[batch:], medoids[:batch])
-    return [_by_reward(rewards[i], final[i]) for i in range(batch)]
-
-
 # --------------------------------------------------------------------------------------------
 # The strategies (one pool each; ``select``/``select_batch`` validate and handle short pools)
 
@@ -354,20 +117,20 @@ def bottomk(rewards, embeddings, k: int, seed: int = 0) -> np.ndarray:
     Cheap and needs no embeddings, but the negatives often sit in one region of response space.
     """
     r, _, k = _check_selector_input(rewards, embeddings, k, needs_embeddings=False)
-    return _by_reward(r, np.arange(r.size))[:k]
+    return by_reward(r, np.arange(r.size))[:k]
 
 
 def coreset(rewards, embeddings, k: int, seed: int = 0) -> np.ndarray:
     """Cluster the candidates' embeddings into ``k`` clusters, take each cluster's lowest reward.
 
     AMPO-Coreset: every semantic mode contributes one negative. Clustering is k-means (Lloyd)
-    seeded by k-means++ with ``_KMEANS_RESTARTS`` seeded restarts, keeping the lowest inertia:
+    seeded by k-means++ with 4 seeded restarts (``ampo.clustering``), keeping the lowest inertia:
     k-means is what the spec's worked example assumes, and restarts make the result stable
     across seeds on well-separated data. With fewer than ``k`` distinct embeddings, each distinct
     point is a cluster and the remaining slots take the lowest-reward unchosen candidates.
     """
     r, e, k = _check_selector_input(rewards, embeddings, k, needs_embeddings=True)
-    return _select_block("coreset", [(r, e)], k, [_check_seed(seed)])[0]
+    return _vectorised(coreset_block, [(r, e)], k, [_check_seed(seed)])[0]
 
 
 def optselect(rewards, embeddings, k: int, seed: int = 0) -> np.ndarray:
@@ -380,7 +143,7 @@ def optselect(rewards, embeddings, k: int, seed: int = 0) -> np.ndarray:
     small pools (see docs/selection.md).
     """
     r, e, k = _check_selector_input(rewards, embeddings, k, needs_embeddings=True)
-    return _select_block("optselect", [(r, e)], k, [0])[0]
+    return _vectorised(optselect_block, [(r, e)], k, [0])[0]
 
 
 def exact(
@@ -398,64 +161,18 @@ def exact(
     if max_pool is not None and n > max_pool:
         raise ValueError(
             f"exact: the candidate pool has {n} responses; the MIP is limited to {max_pool} "
-            "(call SELECTORS['exact'](..., max_pool=None) to force)"
+            "(call SELECTORS['exact'].fn(..., max_pool=None) to force)"
         )
-    with _one_blas_thread():
-        dist = np.sqrt(_sq_distances([e])[0])
-    return _by_reward(r, _solve_kmedian(dist, _relative_weights(r), k))
-
-
-def _solve_kmedian(dist: np.ndarray, w: np.ndarray, k: int) -> np.ndarray:
-    """Solve the weighted k-median MIP with HiGHS; returns the chosen medoid positions."""
-    import highspy
-
-    n = dist.shape[0]
-    nz = n * n  # z_ij is column n + i*n + j
-    lp = highspy.HighsLp()
-    lp.num_col_ = n + nz
-    lp.num_row_ = n + nz + 1
-    lp.col_cost_ = np.concatenate([np.zeros(n), (w[:, None] * dist).ravel()])
-    lp.col_lower_ = np.zeros(n + nz)
-    lp.col_upper_ = np.ones(n + nz)
-    lp.integrality_ = [highspy.HighsVarType.kInteger] * n + [highspy.HighsVarType.kContinuous] * nz
-    z = n + np.arange(nz).reshape(n, n)
-    assign_idx = z.ravel()  # rows 0..n-1: sum_j z_ij = 1 (n entries each)
-    link_idx = np.stack([z.ravel(), np.tile(np.arange(n), n)], axis=1).ravel()  # z_ij - x_j <= 0
-    index = np.concatenate([assign_idx, link_idx, np.arange(n)])
-    value = np.concatenate([np.ones(nz), np.tile([1.0, -1.0], nz), np.ones(n)])
-    start = np.concatenate([np.arange(n) * n, nz + 2 * np.arange(nz), [3 * nz], [3 * nz + n]])
-    lp.a_matrix_.format_ = highspy.MatrixFormat.kRowwise
-    lp.a_matrix_.num_col_ = n + nz
-    lp.a_matrix_.num_row_ = n + nz + 1
-    lp.a_matrix_.start_ = start.astype(np.int32)
-    lp.a_matrix_.index_ = index.astype(np.int32)
-    lp.a_matrix_.value_ = value
-    lp.row_lower_ = np.concatenate([np.ones(n), np.full(nz, -highspy.kHighsInf), [k]])
-    lp.row_upper_ = np.concatenate([np.ones(n), np.zeros(nz), [k]])
-    h = highspy.Highs()
-    h.setOptionValue("output_flag", False)
-    h.setOptionValue("mip_rel_gap", 0.0)
-    h.setOptionValue("mip_abs_gap", 0.0)
-    h.setOptionValue("threads", 1)
-    h.passModel(lp)
-    h.run()
-    status = h.getModelStatus()
-    if status != highspy.HighsModelStatus.kOptimal:
-        raise ValueError(
-            f"exact: HiGHS did not solve the k-median MIP (status {h.modelStatusToString(status)})"
-        )
-    x = np.asarray(h.getSolution().col_value[:n])
-    medoids = np.flatnonzero(x > 0.5)
-    if medoids.size != k:
-        raise ValueError(f"exact: HiGHS returned {medoids.size} medoids instead of {k}")
-    return medoids
+    with one_blas_thread():
+        dist = np.sqrt(sq_distances([e])[0])
+    return by_reward(r, solve_kmedian(dist, relative_weights(r), k))
 
 
 def random(rewards, embeddings, k: int, seed: int = 0) -> np.ndarray:
     """``k`` distinct candidates drawn uniformly at random (seeded): the best-vs-random baseline."""
     r, _, k = _check_selector_input(rewards, embeddings, k, needs_embeddings=False)
     picks = np.random.default_rng(_check_seed(seed)).choice(r.size, size=k, replace=False)
-    return _by_reward(r, picks)
+    return by_reward(r, picks)
 
 
 def best_worst(rewards, embeddings, k: int = 1, seed: int = 0) -> np.ndarray:
@@ -467,7 +184,7 @@ def best_worst(rewards, embeddings, k: int = 1, seed: int = 0) -> np.ndarray:
     r, _, k = _check_selector_input(rewards, embeddings, k, needs_embeddings=False)
     if k != 1:
         raise ValueError(f"strategy 'best_worst' selects exactly one negative; got k={k}")
-    return _by_reward(r, np.arange(r.size))[:1]
+    return by_reward(r, np.arange(r.size))[:1]
 
 
 def sweet_spot_target(rewards) -> float:
@@ -494,26 +211,41 @@ def sweet_spot(rewards, embeddings, k: int = 1, seed: int = 0, *, target: float 
 def all_responses(rewards, embeddings, k: int = 0, seed: int = 0) -> np.ndarray:
     """Every candidate, ascending reward (``k`` is ignored): the "all responses" baseline."""
     r, _ = _check_pool(rewards, embeddings, needs_embeddings=False)
-    return _by_reward(r, np.arange(r.size))
+    return by_reward(r, np.arange(r.size))
 
 
-SELECTORS: dict[str, Callable[..., np.ndarray]] = {
-    "bottomk": bottomk,
-    "coreset": coreset,
-    "optselect": optselect,
-    "exact": exact,
-    "random": random,
-    "best_worst": best_worst,
-    "sweet_spot": sweet_spot,
-    "all": all_responses,
+@dataclass(frozen=True)
+class Selector:
+    """What a strategy computes and what it needs, so callers never branch on strategy names.
+
+    ``fn(rewards, embeddings, k, seed=0) -> positions`` works on the *candidate pool* (the
+    responses other than the positive) and returns ``k`` distinct positions into it, in ascending
+    reward (ties by position). Direct calls need ``1 <= k < len(rewards)``; ``select`` handles
+    ``k = 0`` and short pools.
+    """
+
+    fn: Callable[..., np.ndarray]
+    needs_embeddings: bool = False  # reads the embeddings; the others accept ``embeddings=None``
+    one_negative: bool = False  # picks exactly one negative (a pair): ``k`` must be 1
+    every_candidate: bool = False  # ignores ``k``: the whole candidate pool, never "short"
+    # ``target=pool_target(rewards)`` of the whole pool (positive included) is passed to ``fn``
+    pool_target: Callable[[np.ndarray], float] | None = None
+    # ``block(rewards [B, n], squared distances [B, n, n], k, seeds) -> positions per pool``:
+    # ``fn`` vectorised over equal-size candidate pools (used by ``select_batch``)
+    block: Callable[..., list] | None = None
+
+
+SELECTORS: dict[str, Selector] = {
+    "bottomk": Selector(bottomk),
+    "coreset": Selector(coreset, needs_embeddings=True, block=coreset_block),
+    "optselect": Selector(optselect, needs_embeddings=True, block=optselect_block),
+    "exact": Selector(exact, needs_embeddings=True),
+    "random": Selector(random),
+    "best_worst": Selector(best_worst, one_negative=True),
+    "sweet_spot": Selector(sweet_spot, one_negative=True, pool_target=sweet_spot_target),
+    "all": Selector(all_responses, every_candidate=True),
 }
-"""Strategy name -> ``fn(rewards, embeddings, k, seed=0) -> positions``.
-
-Each function works on the *candidate pool* (the responses other than the positive) and returns
-``k`` distinct positions into it, in ascending reward (ties by position). Direct calls need
-``1 <= k < len(rewards)``; ``select`` handles ``k = 0`` and short pools. ``all`` ignores ``k``.
-``sweet_spot`` also takes ``target=`` (from the whole pool; ``select`` passes it).
-"""
+"""Strategy name -> ``Selector``: the one place a new strategy is added (docs/selection.md)."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -548,13 +280,13 @@ def select(strategy: str, rewards, embeddings, k: int, seed: int = 0) -> np.ndar
     Returns int64 indices into the pool: the positive (highest reward, ties to the lowest index)
     first, then the negatives in ascending reward (ties by index). If the pool has at most
     ``k + 1`` responses, all of it is returned in that order; ``k = 0`` returns the positive
-    alone. ``all`` ignores ``k``; ``best_worst`` and ``sweet_spot`` need ``k = 1``. ``embeddings`` may be None for
-    strategies that do not use them (see ``NEEDS_EMBEDDINGS``).
+    alone. ``all`` ignores ``k``; ``best_worst`` and ``sweet_spot`` need ``k = 1``. ``embeddings``
+    may be None for strategies that do not use them (``SELECTORS[strategy].needs_embeddings``).
     """
     k = _check_k(k)
-    _check_strategy(strategy, k)
+    spec = _check_strategy(strategy, k)
     seed = _check_seed(seed)
-    pool = _check_pool(rewards, embeddings, strategy in NEEDS_EMBEDDINGS)
+    pool = _check_pool(rewards, embeddings, spec.needs_embeddings)
     return _select_many(strategy, [pool], k, [seed], progress=False)[0]
 
 
@@ -574,20 +306,19 @@ def select_batch(
     ``progress=True`` shows a tqdm bar.
     """
     k = _check_k(k)
-    _check_strategy(strategy, k)
+    spec = _check_strategy(strategy, k)
     seed = _check_seed(seed)
     if embeddings is not None and len(embeddings) != len(rewards):
         raise ValueError(
             f"got {len(rewards)} reward arrays but {len(embeddings)} embedding arrays"
         )
-    needs = strategy in NEEDS_EMBEDDINGS
     pools = [
-        _check_pool(r, None if embeddings is None else embeddings[i], needs, f"prompt {i}: ")
+        _check_pool(r, None if embeddings is None else embeddings[i], spec.needs_embeddings, f"prompt {i}: ")
         for i, r in enumerate(rewards)
     ]
     seeds = [prompt_seed(seed, i) for i in range(len(pools))]
     indices = _select_many(strategy, pools, k, seeds, progress)
-    short = np.array([strategy != "all" and r.size <= k + 1 for r, _ in pools], dtype=bool)
+    short = np.array([not spec.every_candidate and r.size <= k + 1 for r, _ in pools], dtype=bool)
     return BatchSelection(indices=indices, short=short)
 
 
@@ -620,11 +351,12 @@ def coverage_cost(rewards, embeddings, indices) -> float:
 def _select_many(strategy: str, pools: list, k: int, seeds: list[int], progress: bool) -> list:
     """Selection for validated pools: trivial cases directly, the rest per strategy.
 
-    ``coreset`` and ``optselect`` run vectorised over blocks of equal-size candidate pools; the
-    other strategies call their ``SELECTORS`` function per prompt.
+    Strategies with a ``block`` run vectorised over blocks of equal-size candidate pools; the
+    others call their ``fn`` per prompt.
     """
     from tqdm.auto import tqdm
 
+    spec = SELECTORS[strategy]
     out: list = [None] * len(pools)
     todo: dict[int, list[int]] = defaultdict(list)  # candidate-pool size -> prompt numbers
     positives, rests = [], []  # per prompt: the positive, the candidates (full-pool indices)
@@ -634,9 +366,9 @@ def _select_many(strategy: str, pools: list, k: int, seeds: list[int], progress:
         rest = np.delete(np.arange(r.size, dtype=np.int64), pos)
         positives.append(pos)
         rests.append(rest)
-        if strategy == "all" or r.size <= k + 1 or k == 0:
-            chosen = rest if k > 0 or strategy == "all" else rest[:0]
-            out[i] = np.concatenate([[pos], _by_reward(r, chosen)])
+        if spec.every_candidate or r.size <= k + 1 or k == 0:
+            chosen = rest if k > 0 or spec.every_candidate else rest[:0]
+            out[i] = np.concatenate([[pos], by_reward(r, chosen)])
             bar.update(1)
         else:
             todo[rest.size].append(i)
@@ -644,12 +376,12 @@ def _select_many(strategy: str, pools: list, k: int, seeds: list[int], progress:
         step = max(1, _BLOCK_ROWS // (n + 1))
         for lo in range(0, len(members), step):
             block = members[lo : lo + step]
-            uses_emb = strategy in NEEDS_EMBEDDINGS
             cands = [
-                (pools[i][0][rests[i]], pools[i][1][rests[i]] if uses_emb else None) for i in block
+                (pools[i][0][rests[i]], pools[i][1][rests[i]] if spec.needs_embeddings else None)
+                for i in block
             ]
-            targets = [sweet_spot_target(pools[i][0]) for i in block] if strategy == "sweet_spot" else None
-            negatives = _select_block(strategy, cands, k, [seeds[i] for i in block], targets)
+            targets = [spec.pool_target(pools[i][0]) for i in block] if spec.pool_target else None
+            negatives = _select_block(spec, cands, k, [seeds[i] for i in block], targets)
             for i, local in zip(block, negatives):
                 out[i] = np.concatenate([[positives[i]], rests[i][local]])
             bar.update(len(block))
@@ -657,79 +389,18 @@ def _select_many(strategy: str, pools: list, k: int, seeds: list[int], progress:
     return out
 
 
-def _select_block(strategy: str, cands: list, k: int, seeds: list[int], targets: list[float] | None = None) -> list:
+def _select_block(spec: Selector, cands: list, k: int, seeds: list[int], targets: list[float] | None) -> list:
     """Negatives (positions in each candidate pool) for candidate pools of equal size; ``targets``:
-    each whole pool's ``sweet_spot_target`` (``sweet_spot`` only)."""
-    if strategy in ("coreset", "optselect"):
-        rewards = np.stack([r for r, _ in cands])
-        with _one_blas_thread():
-            d2 = _sq_distances([e for _, e in cands])
-            if strategy == "coreset":
-                return _coreset_block(rewards, d2, k, seeds)
-            return _optselect_block(rewards, d2, k)
-    if strategy == "sweet_spot":
-        return [sweet_spot(r, e, k, s, target=t) for (r, e), s, t in zip(cands, seeds, targets)]
-    fn = SELECTORS[strategy]
-    return [fn(r, e, k, s) for (r, e), s in zip(cands, seeds)]
+    each whole pool's ``spec.pool_target`` (None when the strategy has none)."""
+    if spec.block is not None:
+        return _vectorised(spec.block, cands, k, seeds)
+    if targets is not None:
+        return [spec.fn(r, e, k, s, target=t) for (r, e), s, t in zip(cands, seeds, targets)]
+    return [spec.fn(r, e, k, s) for (r, e), s in zip(cands, seeds)]
 
 
-@dataclass(frozen=True)
-class GroupSelection:
-    """Result of ``select_groups``: per prompt its group (empty = dropped this round), which
-    pools were short, and counts for the run manifest."""
-
-    indices: list[np.ndarray]
-    short: np.ndarray
-    counts: dict[str, int]
-
-
-def select_groups(
-    strategy: str,
-    rewards: Sequence[np.ndarray],
-    embeddings: Sequence[np.ndarray] | None,
-    k: int,
-    seed: int = 0,
-    prefs: Sequence[np.ndarray | None] | None = None,
-    require_beats: float | None = None,
-    min_margin: float | None = None,
-    progress: bool = False,
-) -> GroupSelection:
-    """``select_batch`` with the pipeline's preference filters (spec-2 §1 and §5).
-
-    ``require_beats``: before the strategy picks negatives, each pool keeps only the positive
-    (argmax reward, ties to the lowest index) and the responses ``j`` it beats with
-    ``sigmoid(S[pos, j]) >= require_beats`` under the prompt's preference matrix ``prefs[i]``
-    (``S_ij = r_i - r_j`` where a prompt has none); a smaller pool gives a short group.
-    ``min_margin``: a prompt whose ``rewards[pos] - min(rewards[group])`` is below it is dropped
-    (empty group). ``counts`` says how many prompts each filter touched.
-    """
-    from .preferences import beaten_by, scalar_to_logits
-
-    pools = [np.asarray(r, dtype=np.float64) for r in rewards]
-    candidates = [np.arange(r.size) for r in pools]
-    counts: dict[str, int] = {}
-    if require_beats is not None:
-        removed = pruned = 0
-        for i, r in enumerate(pools):
-            if r.size < 2:
-                continue
-            S = prefs[i] if prefs is not None and prefs[i] is not None else scalar_to_logits(r)
-            pos = int(np.argmax(r))
-            keep = beaten_by(S, pos, require_beats)
-            keep[pos] = True
-            candidates[i] = np.flatnonzero(keep)
-            removed += r.size - candidates[i].size
-            pruned += candidates[i].size < r.size
-        counts.update(require_beats_prompts=pruned, require_beats_removed=removed)
-    sel = select_batch(strategy, [r[c] for r, c in zip(pools, candidates)],
-                       None if embeddings is None else [np.asarray(e)[c] for e, c in zip(embeddings, candidates)],
-                       k, seed=seed, progress=progress)
-    indices = [c[idx] for c, idx in zip(candidates, sel.indices)]
-    if min_margin is not None:
-        dropped = 0
-        for i, (r, idx) in enumerate(zip(pools, indices)):
-            if r[idx[0]] - r[idx].min() < min_margin:
-                indices[i] = idx[:0]
-                dropped += 1
-        counts["min_margin_dropped"] = dropped
-    return GroupSelection(indices=indices, short=sel.short, counts=counts)
+def _vectorised(block: Callable[..., list], cands: list, k: int, seeds: list[int]) -> list:
+    """Run a ``Selector.block`` on equal-size candidate pools ``[(rewards, embeddings), ...]``."""
+    rewards = np.stack([r for r, _ in cands])
+    with one_blas_thread():
+        return block(rewards, sq_distances([e for _, e in cands]), k, seeds)

@@ -46,12 +46,13 @@ def _per_record(flat: np.ndarray, pool: list[PoolRecord]) -> list[np.ndarray]:
 def select_pool(strategy: str, k: int, pool: list[PoolRecord], seed: int, progress: bool = True,
                 require_beats: float | None = None, min_margin: float | None = None):
     """Active selection on scored records (embedded where the strategy needs it): a
-    `ampo.selection.GroupSelection`, positive first in each prompt's indices. `require_beats` and
-    `min_margin` are `ampo.selection.select_groups`' preference filters (a record's matrix is its
-    `extra["pref_logits"]`, where it has one)."""
-    from .selection import NEEDS_EMBEDDINGS, select_groups
+    `ampo.preference_filters.GroupSelection`, positive first in each prompt's indices.
+    `require_beats` and `min_margin` are `ampo.preference_filters.select_groups`' preference
+    filters (a record's matrix is its `extra["pref_logits"]`, where it has one)."""
+    from .preference_filters import select_groups
+    from .selection import SELECTORS
 
-    embeddings = [rec.embeddings for rec in pool] if strategy in NEEDS_EMBEDDINGS else None
+    embeddings = [rec.embeddings for rec in pool] if SELECTORS[strategy].needs_embeddings else None
     return select_groups(strategy, [np.asarray(rec.rewards) for rec in pool], embeddings, k, seed=seed,
                          prefs=[rec.extra.get("pref_logits") for rec in pool], require_beats=require_beats,
                          min_margin=min_margin, progress=progress)
@@ -68,7 +69,7 @@ def reference_logps(references: Iterable[tuple], pool: list[PoolRecord], shared_
 def selected_logprobs(policy: tuple, pool: list[PoolRecord], shared_prefix: bool = False,
                       progress: bool = True) -> list[np.ndarray]:
     """Summed log-probs of each record's selected responses under `policy` (model, tokenizer)."""
-    from .logprobs import response_logprobs
+    from .layouts import response_logprobs
 
     prompts = [rec.prompt for rec in pool]
     responses = [[rec.responses[i] for i in rec.selected] for rec in pool]

@@ -2,9 +2,9 @@
 whose loss is any entry of `ampo.losses.LOSSES`.
 
 Each response of a group is forwarded once per step (a pairwise trainer forwards the positive
-once per pair): by default one padded row per response; with `shared_prefix`, one row per group
-holding the prompt once and all its responses (`ampo.logprobs.build_shared_prefix_rows`). Either
-way the LM head runs only on completion tokens, in chunks. Optimiser, schedule, clipping, accumulation,
+once per pair), in the collator's row layout (`ampo.layouts`): by default one padded row per
+response; with `shared_prefix`, one row per group holding the prompt once and all its responses.
+Either way the LM head runs only on completion tokens, in chunks. Optimiser, schedule, clipping, accumulation,
 checkpoints, resume and multi-process (DDP / DeepSpeed / FSDP via accelerate) are the Trainer's.
 """
 
@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from transformers import Trainer
 
-from .logprobs import build_rows, build_shared_prefix_rows, sequence_logprobs, shared_prefix_logprobs
+from .layouts import row_layout
 from .losses import GroupBatch, compute
 
 
@@ -56,42 +56,22 @@ class GroupDataset(torch.utils.data.Dataset):
 
 
 class GroupCollator:
-    """Lay out a batch of groups as rows `[prompt + response]`, group by group.
-
-    With B groups padded to K = the largest group, row r belongs to slot `row_slot[r]` of the
-    flattened `[B, K]` grid; `mask` marks the filled slots. Example: groups of sizes 2 and 3 give
-    5 rows, `row_slot = [0, 1, 3, 4, 5]`, `mask = [[T, T, F], [T, T, T]]`.
-
-    With `shared_prefix=True` the batch holds one row per group instead (`position_ids` and
-    `segment_ids` in place of `attention_mask`, `completion_mask` and `row_slot`).
-    """
+    """Lay out a batch of groups in a row layout (`ampo.layouts.row_layout(shared_prefix)`): its
+    rows and `mask` `[B, K]` (K = the largest group; False = empty slot), plus `rewards` `[B, K]`
+    and, when the groups have them, `ref_logps` `[R, B, K]`."""
 
     def __init__(self, pad_id: int, shared_prefix: bool = False):
         self.pad_id = pad_id
-        self.shared_prefix = shared_prefix
+        self.layout = row_layout(shared_prefix)
 
     def __call__(self, groups: list[Group]) -> dict[str, Any]:
-        B, K = len(groups), max(len(g.response_ids) for g in groups)
-        prompts, responses, row_slot = [], [], []
-        mask = torch.zeros(B, K, dtype=torch.bool)
+        batch = self.layout.rows([g.prompt_ids for g in groups], [g.response_ids for g in groups], self.pad_id)
+        B, K = batch["mask"].shape
         rewards = torch.zeros(B, K)
         for b, g in enumerate(groups):
-            for k, ids in enumerate(g.response_ids):
-                prompts.append(g.prompt_ids)
-                responses.append(ids)
-                row_slot.append(b * K + k)
-                mask[b, k] = True
+            for k in range(len(g.response_ids)):
                 rewards[b, k] = g.rewards[k]
-        if self.shared_prefix:
-            tensors = build_shared_prefix_rows(
-                [g.prompt_ids for g in groups], [g.response_ids for g in groups], self.pad_id
-            )
-            batch = dict(zip(("input_ids", "position_ids", "segment_ids"), tensors))
-        else:
-            tensors = build_rows(prompts, responses, self.pad_id)
-            batch = dict(zip(("input_ids", "attention_mask", "completion_mask"), tensors))
-            batch["row_slot"] = torch.tensor(row_slot)
-        batch.update(mask=mask, rewards=rewards)
+        batch["rewards"] = rewards
         if groups[0].ref_logps is not None:
             R = len(groups[0].ref_logps)
             ref = torch.zeros(R, B, K, dtype=torch.float64)
@@ -108,31 +88,15 @@ class GroupCollator:
         return batch
 
 
-def group_logps(
-    model, inputs: dict[str, torch.Tensor], chunk_size: int, eos_id: int | None = None
-) -> tuple[torch.Tensor, ...]:
-    """Policy log-probs and lengths in the `[B, K]` grid (empty slots 0); with `eos_id`, also each
-    response's EOS log-prob where it ends (for REFA's EOS regulariser)."""
-    B, K = inputs["mask"].shape
-    if "segment_ids" in inputs:
-        grids = shared_prefix_logprobs(model, inputs["input_ids"], inputs["position_ids"], inputs["segment_ids"],
-                                       K, chunk_size=chunk_size, eos_id=eos_id)
-    else:
-        values = sequence_logprobs(model, inputs["input_ids"], inputs["attention_mask"], inputs["completion_mask"],
-                                   chunk_size=chunk_size, eos_id=eos_id)
-        slot = inputs["row_slot"]
-        grids = tuple(torch.zeros(B * K, dtype=v.dtype, device=v.device).index_put((slot,), v).view(B, K)
-                      for v in values)
-    logps, lengths, *eos = grids
-    return (logps, lengths.to(logps.dtype), *eos)
-
-
 class GroupTrainer(Trainer):
     """`transformers.Trainer` whose loss is `LOSSES[loss_name]` over each batch of groups."""
 
     def __init__(self, *args, loss_name: str, loss_hparams: dict | None = None, logprob_chunk: int = 1024,
                  eos_id: int | None = None, **kwargs):
         super().__init__(*args, **kwargs)
+        if not isinstance(self.data_collator, GroupCollator):
+            raise TypeError("GroupTrainer needs a GroupCollator: its row layout computes the log-probs")
+        self.layout = self.data_collator.layout
         self.loss_name = loss_name
         self.loss_hparams = dict(loss_hparams or {})
         self.logprob_chunk = logprob_chunk
@@ -145,7 +109,9 @@ class GroupTrainer(Trainer):
         self._t0 = time.perf_counter()
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        logps, lengths, *eos = group_logps(model, inputs, self.logprob_chunk, self.eos_id if self.needs_eos else None)
+        logps, lengths, *eos = self.layout.logprobs(model, inputs, self.logprob_chunk,
+                                                     self.eos_id if self.needs_eos else None)
+        lengths = lengths.to(logps.dtype)
         mask = inputs["mask"].to(logps.device)
         ref = inputs.get("ref_logps")
         prefs = inputs.get("pref_logits")
