@@ -4,279 +4,24 @@ the IFEval task's `evaluate` and `make-prompts`.
 
 Bad input exits with status 2 and one line naming the file, row and field; outputs are written
 atomically, so a failed command leaves no partial file.
+
+This module holds the parser and `main`; the commands are in `ampo.commands`, one module per
+group, and import their heavy libraries only when they run.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import logging
 import sys
-from pathlib import Path
 
+from .commands.evaluate import cmd_evaluate, cmd_make_prompts
+from .commands.pool import cmd_embed, cmd_generate, cmd_score, cmd_select
+from .commands.run import DEMO_RECIPE, RECIPES, cmd_demo, cmd_report, cmd_run
+from .commands.train import TRAIN_FLAGS, cmd_train, cmd_train_rm, train_config
 from .config import AGGREGATES, CLI_RANGES, Range, short
 
-DEMO_RECIPE = Path(__file__).parent / "recipes" / "demo.yaml"
-RECIPES = {"demo": DEMO_RECIPE, "ifeval": Path(__file__).parent / "recipes" / "ifeval.yaml"}
-
-
-def _cmd_run(args) -> None:
-    from .config import load_config
-    from .pipeline import Pipeline
-
-    overrides = list(args.overrides)
-    if args.config and "=" in args.config and not Path(args.config).exists():  # no config file, only overrides
-        args.config, overrides = None, [args.config, *overrides]
-    config = load_config(args.config, overrides)
-    results = Pipeline(config, progress=not args.quiet).run()
-    _print_results(config.out, results)
-
-
-def _cmd_demo(args) -> None:
-    from .config import load_config
-    from .pipeline import Pipeline
-
-    overrides = list(args.overrides)
-    if args.out:
-        overrides.append(f"out={args.out}")
-    config = load_config(RECIPES[args.recipe], overrides)
-    results = Pipeline(config, progress=not args.quiet).run()
-    _print_results(config.out, results)
-
-
-def _print_results(out: str, results: list[dict]) -> None:
-    if os.environ.get("RANK", "0") != "0":  # one summary under torchrun / accelerate launch
-        return
-    print(f"\nheld-out reward: initial {results[0]['baseline_mean_reward']:.4f}")
-    for e in results:
-        lo, hi = e["win_rate_ci"]
-        print(f"  after round {e['round']}: reward {e['mean_reward']:.4f}  "
-              f"win rate vs initial {e['win_rate']:.3f} [{lo:.3f}, {hi:.3f}]")
-        for name, m in e.get("benchmarks", {}).items():
-            print(f"    {name} avg prompt/inst (strict): {100 * m['avg_prompt_inst_strict_acc']:.1f} "
-                  f"(initial {100 * m['initial']['avg_prompt_inst_strict_acc']:.1f})")
-    print(f"report: {Path(out) / 'report.md'}")
-
-
-def _cmd_generate(args) -> None:
-    import torch
-
-    from .data import output_format, read_prompt_rows, write_rows
-    from .generation import GenerationConfig, make_generator, resolve_dtype
-    from .models import load_policy
-    from .stages import sample_rows
-
-    output_format(args.output)
-    prompts = read_prompt_rows(args.input)
-    dtype = resolve_dtype(args.dtype, torch.device("cpu"))  # load in the generation dtype: no converted copy
-    model, tok = load_policy(args.policy, dtype=dtype, trust_remote_code=args.trust_remote_code)
-    cfg = GenerationConfig(n=args.n, temperature=args.temperature, top_p=args.top_p,
-                           max_new_tokens=args.max_new_tokens, prompts_per_batch=args.prompts_per_batch,
-                           batching=args.batching, batch_rows=args.batch_rows, dtype=args.dtype, seed=args.seed)
-    gen = make_generator(args.backend, args.policy, model=model, tokenizer=tok, config=cfg)
-    write_rows(args.output, sample_rows(gen, prompts, progress=not args.quiet))
-    print(f"wrote {len(prompts)} prompts x {args.n} responses to {args.output}")
-
-
-def _cmd_score(args) -> None:
-    from .data import output_format, read_pool, write_pool
-    from .rewards import load_reward, resolve_aggregate, reward_kind, score_records
-
-    output_format(args.output)
-    how = resolve_aggregate(args.aggregate, reward_kind(args.reward))
-    pool, layout = read_pool(args.input)
-    for rec, row in zip(pool, score_records(load_reward(args.reward), pool, how)):
-        rec.rewards = row["rewards"]
-        if "pref_logits" in row:
-            rec.extra["pref_logits"] = row["pref_logits"]
-    write_pool(args.output, pool)
-    print(f"read {args.input} ({layout} layout); scored {sum(len(r.responses) for r in pool)} responses "
-          f"with '{args.reward}' -> {args.output}")
-
-
-def _embed_records(pool, embedder: str, policy: str) -> int:
-    """Embed every response of `pool` in place with `embedder`; return the width."""
-    from .embeddings import load_embedder
-    from .stages import embed_pool
-
-    loaded = None
-    if embedder == "policy":
-        from .models import load_policy
-
-        loaded = load_policy(policy)
-    for rec, emb in zip(pool, embed_pool(load_embedder(embedder, policy=loaded), pool)):
-        rec.embeddings = emb
-    return pool[0].embeddings.shape[1]
-
-
-def _cmd_embed(args) -> None:
-    from .data import output_format, read_pool, write_pool
-
-    output_format(args.output)
-    pool, layout = read_pool(args.input)
-    width = _embed_records(pool, args.embedder, args.policy)
-    write_pool(args.output, pool)
-    print(f"read {args.input} ({layout} layout); embedded {sum(len(r.responses) for r in pool)} responses "
-          f"({width}-d) -> {args.output}")
-
-
-def _cmd_select(args) -> None:
-    from .data import atomic_path, dump_rows, output_format, read_pool, trl_pairs, write_rows
-    from .selection import SELECTORS
-    from .stages import select_pool
-
-    fmt = output_format(args.output)
-    if args.trl_pairs:
-        output_format(args.trl_pairs)
-    pool, layout = read_pool(args.input, require=("rewards",))
-    msg = f"read {args.input} ({layout} layout); "
-    if SELECTORS[args.strategy].needs_embeddings and any(r.embeddings is None for r in pool):
-        width = _embed_records(pool, args.embedder, args.policy)  # written with the selection
-        msg += f"embedded {sum(len(r.responses) for r in pool)} responses ({args.embedder}, {width}-d); "
-    sel = select_pool(args.strategy, args.k, pool, args.seed, progress=not args.quiet)
-    for rec, idx in zip(pool, sel.indices):
-        rec.selected = idx.tolist()
-    msg += f"selected 1 positive + {args.k} negatives ({args.strategy}) -> {args.output}"
-    if sel.short.any():
-        msg += f"; {int(sel.short.sum())} prompt(s) had <= k+1 responses: took all"
-    with atomic_path(args.output) as tmp:  # the output appears only if the TRL pairs were written too
-        dump_rows(tmp, [rec.to_row() for rec in pool], fmt)
-        if args.trl_pairs:
-            pairs = trl_pairs(pool)
-            write_rows(args.trl_pairs, pairs)
-            msg += f"; {len(pairs)} TRL pairs -> {args.trl_pairs}"
-    print(msg)
-
-
-TRAIN_FLAGS = {"policy": "model.policy", "loss": "train.loss", "strategy": "select.strategy", "k": "select.k",
-               "epochs": "train.epochs", "max_steps": "train.max_steps", "learning_rate": "train.learning_rate",
-               "embedder": "embed.embedder", "lora": "model.lora", "seed": "seed"}
-
-
-def train_config(args):
-    """`ampo train`'s RunConfig: the `--config` YAML, then the flags, then the dotted overrides."""
-    import json
-
-    from .config import load_config
-
-    flags = [f"{option}={json.dumps(getattr(args, flag))}" for flag, option in TRAIN_FLAGS.items()
-             if getattr(args, flag) is not None]
-    return load_config(args.config, [f"out={json.dumps(str(args.output))}", *flags, *args.overrides],
-                       self_play=False)
-
-
-def _cmd_train(args) -> None:
-    from .pooltrain import PoolTraining
-
-    config = train_config(args)
-    s = PoolTraining(config, args.input, args.output, merge=args.merge, progress=not args.quiet).run()
-    if os.environ.get("RANK", "0") != "0":
-        return
-    loss = "" if s["first_loss"] is None else f"; loss {s['first_loss']:.4f} -> {s['last_loss']:.4f}"
-    print(f"trained {config.model.policy} with '{config.train.loss}' on {s['groups']} groups "
-          f"({config.select.strategy}, k={config.select.k}) for {s['steps']} steps{loss}")
-    what = "LoRA adapter + tokenizer" if s["adapter"] else "model + tokenizer"
-    print(f"{what}: {s['checkpoint']}" + (f"; merged model: {s['merged']}" if s["merged"] else ""))
-
-
-def _cmd_train_rm(args) -> None:
-    from .data import PoolError, read_rows
-    from .rewards import preference_labels, train_reward_model
-
-    numbered = list(read_rows(args.input))
-    if not numbered:
-        raise PoolError(args.input, None, None, "no preference pairs")
-    rows, pairs = zip(*numbered)
-    preference_labels(pairs, args.soft_gamma, source=args.input, rows=rows)  # errors name the file's rows
-    gpm = None
-    if args.head == "gpm":
-        from .gpm import GPMHead
-
-        gpm = GPMHead(value_head_dim=args.value_head_dim, tau=args.tau, gate=args.gate)
-    elif (args.value_head_dim, args.tau, args.gate) != (2, 0.1, "none"):
-        raise ValueError("--value-head-dim, --tau and --gate are options of --head gpm")
-    path = train_reward_model(pairs, args.output, soft_gamma=args.soft_gamma, epochs=args.epochs,
-                              lr=args.lr, batch_size=args.batch_size, seed=args.seed, head=args.head, gpm=gpm)
-    print(f"reward model ({args.head}) -> {path} (load it with --reward {path})")
-
-
-def _cmd_evaluate(args) -> None:
-    if args.benchmark is None:
-        return _cmd_evaluate_held_out(args)
-    from .ifeval.evaluate import (evaluate_policy, load_eval_policy, output_lock, policy_fingerprint, score_file,
-                                  table)
-
-    if args.max_new_tokens is None:
-        args.max_new_tokens = 256
-    if args.responses:
-        metrics = score_file(args.benchmark, args.responses, args.output, n_boot=args.bootstrap, seed=args.seed,
-                             hold=output_lock)
-    else:
-        from .config import config_key
-
-        key = config_key(policy_fingerprint(args.policy, args.base, args.dtype))
-        policy = load_eval_policy(args.policy, args.base, args.dtype)
-        with output_lock(args.output):  # one evaluation per output folder, none inside a running run
-            metrics = evaluate_policy(args.benchmark, policy, args.output, key=key, limit=args.limit, seed=args.seed,
-                                      max_new_tokens=args.max_new_tokens, prompts_per_batch=args.prompts_per_batch,
-                                      shard_prompts=args.shard_prompts, n_boot=args.bootstrap,
-                                      progress=not args.quiet, info={"policy": args.policy})
-    print(table(metrics))
-    print(f"wrote {Path(args.output) / 'metrics.json'} and results.jsonl"
-          + ("" if args.responses else " and responses.jsonl"))
-
-
-def _cmd_evaluate_held_out(args) -> None:
-    """`ampo evaluate --policy P [--against Q]`: held-out reward, win rate, length, diversity, drift."""
-    import numpy as np
-
-    from .config import EvalConfig
-    from .data import read_prompt_rows
-    from .evaluation import evaluate_policies
-    from .pipeline import BUILTIN_PROMPT_SETS
-
-    if args.responses or not args.policy:
-        raise ValueError("ampo evaluate: --responses needs --benchmark; without --benchmark give --policy")
-    prompts = read_prompt_rows(BUILTIN_PROMPT_SETS.get(args.prompts) or args.prompts)
-    if 0 < args.limit < len(prompts):
-        keep = np.sort(np.random.default_rng(args.seed).choice(len(prompts), args.limit, replace=False))
-        prompts = [prompts[i] for i in keep]
-    cfg = EvalConfig(samples_per_prompt=args.samples_per_prompt, temperature=args.temperature,
-                     max_new_tokens=args.max_new_tokens or 64, bootstrap=args.bootstrap)
-    against = args.against or args.base
-    e = evaluate_policies(args.policy, against, args.base, prompts, Path(args.output), cfg, reward=args.reward,
-                          embedder=args.embedder, seed=args.seed, dtype=args.dtype, progress=not args.quiet)
-    lo, hi = e["win_rate_ci"]
-    print(f"{len(prompts)} prompts x {cfg.samples_per_prompt} samples: reward {e['mean_reward']:.4f} "
-          f"({against}: {e['baseline_mean_reward']:.4f}); win rate vs {against} {e['win_rate']:.3f} "
-          f"[{lo:.3f}, {hi:.3f}]; length {e['mean_length']:.1f} tokens ({e['baseline_mean_length']:.1f}); "
-          f"distinct-2 {e['distinct_2']:.3f}")
-    print(f"wrote {Path(args.output) / 'eval.json'} and eval_samples.parquet")
-
-
-def _cmd_make_prompts(args) -> None:
-    from .data import output_format, read_prompt_rows, write_rows
-    from .ifeval.prompts import build_prompts
-    from .pipeline import BUILTIN_PROMPTS
-
-    output_format(args.output)
-    base = read_prompt_rows(args.base or BUILTIN_PROMPTS)
-    rows = build_prompts(base, args.n, seed=args.seed, max_constraints=args.max_constraints)
-    write_rows(args.output, rows)
-    print(f"wrote {len(rows)} {args.task} training prompts ({len(base)} base prompts, seed {args.seed}) "
-          f"-> {args.output}")
-
-
-def _cmd_report(args) -> None:
-    import dataclasses
-
-    from .config import load_config
-    from .pipeline import Pipeline
-
-    run = Path(args.run)
-    config = dataclasses.replace(load_config(run / "config.yaml"), out=str(run))  # RUN, wherever it is now
-    with Pipeline(config, progress=False) as pipe:
-        print(pipe.report(force=True))
+__all__ = ["DEMO_RECIPE", "RECIPES", "TRAIN_FLAGS", "build_parser", "main", "train_config"]
 
 
 class _Parser(argparse.ArgumentParser):
@@ -321,14 +66,14 @@ def build_parser() -> argparse.ArgumentParser:
                                    "Rerunning resumes; changed options rerun only the stages they affect.")
     s.add_argument("config", nargs="?", help="YAML config (see src/ampo/recipes/demo.yaml)")
     s.add_argument("overrides", nargs="*", help="dotted overrides, e.g. select.k=5 train.loss=swepo")
-    s.set_defaults(fn=_cmd_run)
+    s.set_defaults(fn=cmd_run)
 
     s = sub.add_parser("demo", help="the built-in offline recipe (SmolLM2-135M, built-in reward, LoRA)")
     s.add_argument("--recipe", default="demo", choices=list(RECIPES),
                    help="demo: the sentiment recipe; ifeval: verifiable instruction following (docs/ifeval.md)")
     s.add_argument("--out", help="run folder (default runs/<recipe>); rerunning on it resumes")
     s.add_argument("overrides", nargs="*", help="dotted overrides of the demo recipe, e.g. rounds=1")
-    s.set_defaults(fn=_cmd_demo)
+    s.set_defaults(fn=cmd_demo)
 
     s = sub.add_parser("generate", help="sample N responses per prompt into a pool file")
     s.add_argument("--input", required=True, help="prompts: JSONL/Parquet with a 'prompt' field, or .txt")
@@ -351,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="auto: bf16 on a CPU with native bf16 (avx512_bf16, AMX) or CUDA, else fp32")
     s.add_argument("--seed", type=_like("seed"), default=0)
     s.add_argument("--trust-remote-code", action="store_true")
-    s.set_defaults(fn=_cmd_generate)
+    s.set_defaults(fn=cmd_generate)
 
     s = sub.add_parser("score", help="add rewards to a pool file")
     s.add_argument("--input", required=True)
@@ -362,14 +107,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--aggregate", default="auto", choices=["auto", *AGGREGATES],
                    help="what 'rewards' holds: auto = the reward (scalar scorers) or win_rate (pairwise ones); "
                         "any other choice also writes the preference matrix 'pref_logits' (docs/preferences.md)")
-    s.set_defaults(fn=_cmd_score)
+    s.set_defaults(fn=cmd_score)
 
     s = sub.add_parser("embed", help="add response embeddings to a pool file")
     s.add_argument("--input", required=True)
     s.add_argument("--output", required=True)
     s.add_argument("--embedder", default="minilm", help="minilm | policy | sentence-transformers folder")
     s.add_argument("--policy", default="smollm2-135m-instruct", help="the policy, for --embedder policy")
-    s.set_defaults(fn=_cmd_embed)
+    s.set_defaults(fn=cmd_embed)
 
     s = sub.add_parser("select", help="active selection on a scored (and embedded) pool file")
     s.add_argument("--input", required=True)
@@ -382,7 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="embeds the pool first when the strategy needs embeddings and it has none "
                         "(minilm | policy | sentence-transformers folder)")
     s.add_argument("--policy", default="smollm2-135m-instruct", help="the policy, for --embedder policy")
-    s.set_defaults(fn=_cmd_select)
+    s.set_defaults(fn=cmd_select)
 
     s = sub.add_parser("train", help="train a policy on a pool you already have (any layout select reads)",
                        description="Select groups from a scored pool (embedding it on the fly when the strategy "
@@ -407,7 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--merge", action="store_true", help="also write the base with the adapter merged in (LoRA)")
     s.add_argument("--seed", type=_like("seed"))
     s.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.hparams.beta=2 train.prompts_per_step=4")
-    s.set_defaults(fn=_cmd_train)
+    s.set_defaults(fn=cmd_train)
 
     s = sub.add_parser("train-rm", help="train a reward model on preference pairs (MMPO soft labels or BT)")
     s.add_argument("--input", required=True, help="JSONL/Parquet pairs: prompt, chosen, rejected "
@@ -427,7 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="gpm: temperature, P(i beats j) = sigmoid(s / tau)")
     s.add_argument("--gate", default="none", choices=["none", "softmax", "k_softmax_sqrtH"],
                    help="gpm: optional prompt gate weighting the k blocks")
-    s.set_defaults(fn=_cmd_train_rm)
+    s.set_defaults(fn=cmd_train_rm)
 
     s = sub.add_parser("evaluate", help="a policy against another on held-out prompts, or IFEval / IFBench",
                        description="Without --benchmark: sample a policy and --against on held-out prompts "
@@ -460,7 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     s.add_argument("--bootstrap", type=_like("eval.bootstrap"), default=1000,
                    help="bootstrap samples for the interval")
-    s.set_defaults(fn=_cmd_evaluate)
+    s.set_defaults(fn=cmd_evaluate)
 
     s = sub.add_parser("make-prompts", help="build training prompts for a task (ifeval: verifiable constraints)")
     s.add_argument("--task", required=True, choices=["ifeval"])
@@ -470,11 +215,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-constraints", type=_ranged(int, Range(1, 3)), default=3,
                    help="1 to this many constraints per prompt (at most 3)")
     s.add_argument("--base", help="base prompts (JSONL/Parquet/TXT); default: ampo's bundled prompts")
-    s.set_defaults(fn=_cmd_make_prompts)
+    s.set_defaults(fn=cmd_make_prompts)
 
     s = sub.add_parser("report", help="rewrite report.md and plots of a finished run folder")
     s.add_argument("run")
-    s.set_defaults(fn=_cmd_report)
+    s.set_defaults(fn=cmd_report)
     return p
 
 
