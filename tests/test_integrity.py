@@ -12,7 +12,6 @@ import shutil
 import stat
 import subprocess
 
-import numpy as np
 import pytest
 
 from ampo.cli import main
@@ -87,11 +86,6 @@ def test_damaged_output_is_detected_and_redone(finished_run, tiny_policy, tmp_pa
     if rel in NOT_REPRODUCIBLE:
         steps = lambda p: [h["step"] for h in json.loads(p.read_text()) if "loss" in h]  # noqa: E731
         assert steps(out / rel) == steps(finished_run / rel)
-    elif rel.endswith(".npy"):
-        # Known issue (docs/reliability.md): with more than one torch thread, the policy embedder's
-        # float32 vectors recomputed in this process can differ from the first run's in the last
-        # bits; two fresh processes agree byte for byte (tests/test_determinism.py).
-        np.testing.assert_allclose(np.load(out / rel), np.load(finished_run / rel), rtol=0, atol=1e-6)
     elif rel == "report.md":  # its title names the run folder
         assert (out / rel).read_text() == (finished_run / rel).read_text().replace(str(finished_run), str(out))
     else:
