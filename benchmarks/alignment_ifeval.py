@@ -159,7 +159,8 @@ def run_arm(out: Path, seed: int, arm: str, sizes: Sizes, arms: list[str]) -> No
         if (first / "round-0" / "rewards.parquet").exists():
             seed_round0(folder, source_emb if use_emb else first, use_emb)
     config = arm_config(arm, sizes, seed, folder)
-    Pipeline(config, progress=False).run()
+    with Pipeline(config, progress=False) as pipe:  # releases the run folder's lock when done
+        pipe.run()
     manifest = json.loads((folder / "manifest.json").read_text())
     key = manifest["stages"][f"round-{sizes.rounds - 1}/train"]["key"]
 

@@ -69,7 +69,8 @@ def run_arm(out: Path, base: Path, overrides: list[str]) -> dict:
         (out / "manifest.json").write_text(json.dumps(manifest))
     config = load_config(DEMO_RECIPE, [*overrides, f"out={out}"])
     t0 = time.perf_counter()
-    result = Pipeline(config, progress=False).run()[0]
+    with Pipeline(config, progress=False) as pipe:  # releases the run folder's lock when done
+        result = pipe.run()[0]
     result["seconds"] = round(time.perf_counter() - t0, 1)
     return result
 

@@ -101,7 +101,8 @@ def main() -> None:
     t0 = time.perf_counter()
     dpo_run, gpo_run, rm = args.out / "dpo", args.out / "gpo", args.out / "gpm"
     arms = {"dpo": ["select.strategy=best_worst", "select.k=1", "train.loss=dpo"]}
-    Pipeline(load_config(DEMO_RECIPE, [*common, *arms["dpo"], f"out={dpo_run}"]), progress=False).run()
+    with Pipeline(load_config(DEMO_RECIPE, [*common, *arms["dpo"], f"out={dpo_run}"]), progress=False) as pipe:
+        pipe.run()
     if not (rm / "gpm.json").exists():
         pairs = rm_pairs(dpo_run)
         train_reward_model(pairs, rm, head="gpm", gpm=GPMHead(value_head_dim=4, tau=0.1),
@@ -109,7 +110,8 @@ def main() -> None:
     arms["gpo"] = [f"score.reward={rm}", "score.aggregate=mean_logit", "select.strategy=best_worst", "select.k=1",
                    "train.loss=gpo", f"train.hparams.beta={args.gpo_beta}", "train.reference=round_start"]
     copy_shared(dpo_run, gpo_run)
-    Pipeline(load_config(DEMO_RECIPE, [*common, *arms["gpo"], f"out={gpo_run}"]), progress=False).run()
+    with Pipeline(load_config(DEMO_RECIPE, [*common, *arms["gpo"], f"out={gpo_run}"]), progress=False) as pipe:
+        pipe.run()
     builtin, gpm = BuiltinReward(), load_reward(str(rm))
     bootstrap = load_config(DEMO_RECIPE, common).eval.bootstrap
     results = {arm: judge(args.out / arm, rounds, builtin, gpm, bootstrap) for arm in arms}
