@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -28,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 import alignment_stats as stats
+from seed_run import copy_stages
 
 HERE = Path(__file__).resolve().parent
 BENCHMARKS = ("ifeval", "ifbench")
@@ -137,12 +137,7 @@ def seed_round0(folder: Path, source: Path, with_embedder: bool) -> None:
     files, stages = POOL_FILES + (EMBEDDER_FILES if with_embedder else ()), POOL_STAGES + (
         EMBEDDER_STAGES if with_embedder else ())
     folder.mkdir(parents=True)
-    for name in files:
-        (folder / name).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(source / name, folder / name)
-    manifest = json.loads((source / "manifest.json").read_text())
-    manifest["stages"] = {k: v for k, v in manifest["stages"].items() if k in stages}
-    (folder / "manifest.json").write_text(json.dumps(manifest))
+    copy_stages(source, folder, files, stages)
 
 
 def run_arm(out: Path, seed: int, arm: str, sizes: Sizes, arms: list[str]) -> None:

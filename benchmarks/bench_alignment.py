@@ -21,12 +21,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import time
 from pathlib import Path
 
 import numpy as np
 import pool_analysis
+from seed_run import copy_stages
 
 from ampo.cli import DEMO_RECIPE
 from ampo.config import load_config
@@ -59,14 +59,7 @@ def run_arm(out: Path, base: Path, overrides: list[str]) -> dict:
     """Copy the seed's shared round-0 files into the arm's folder, then run the pipeline there."""
     if base.exists() and not out.exists():
         out.mkdir(parents=True)
-        for name in SHARED:
-            src = base / name
-            dst = out / name
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            (shutil.copytree if src.is_dir() else shutil.copy2)(src, dst)
-        manifest = json.loads((base / "manifest.json").read_text())
-        manifest["stages"] = {k: v for k, v in manifest["stages"].items() if k in SHARED_STAGES}
-        (out / "manifest.json").write_text(json.dumps(manifest))
+        copy_stages(base, out, SHARED, SHARED_STAGES)
     config = load_config(DEMO_RECIPE, [*overrides, f"out={out}"])
     t0 = time.perf_counter()
     with Pipeline(config, progress=False) as pipe:  # releases the run folder's lock when done

@@ -24,12 +24,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import time
 from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
+from seed_run import copy_stages
 
 from ampo.cli import DEMO_RECIPE
 from ampo.config import load_config
@@ -68,12 +68,7 @@ def copy_shared(base: Path, out: Path) -> None:
     """Give the gpo arm the dpo arm's split and round-0 samples and embeddings (found up to date)."""
     if out.exists():
         return
-    for name in SHARED:
-        (out / name).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(base / name, out / name)
-    manifest = json.loads((base / "manifest.json").read_text())
-    manifest["stages"] = {k: v for k, v in manifest["stages"].items() if k in SHARED_STAGES}
-    (out / "manifest.json").write_text(json.dumps(manifest))
+    copy_stages(base, out, SHARED, SHARED_STAGES)
 
 
 def judge(run: Path, rounds: int, builtin: BuiltinReward, gpm, bootstrap: int) -> dict:
