@@ -473,3 +473,31 @@ def test_default_policy_greedy_continuous_equals_transformers_generate():
     out = run(batching="continuous", batch_rows=2)
     assert len({s.n_tokens for group in out for s in group}) > 1
     assert out == run(batching="hf")
+
+
+@pytest.mark.parametrize(("lengths", "runs"), [
+    ([], []),
+    ([7], [(0, 1)]),
+    ([10, 10, 10], [(0, 3)]),
+    ([100, 90, 80, 20, 19, 5], [(0, 3), (3, 5), (5, 6)]),
+])
+def test_prefill_groups_bound_the_padding(lengths, runs):
+    assert decoding.prefill_groups(lengths) == runs
+    for start, stop in runs:
+        assert lengths[start] * (stop - start) <= decoding.PREFILL_PADDING * sum(lengths[start:stop])
+
+
+def test_continuous_prefill_computes_little_padding(tiny_model, tiny_tokenizer):
+    """Prompts of very different lengths admitted together are prefilled in runs of similar
+    length: the prefill computes at most PREFILL_PADDING times the prompts' tokens."""
+    prompts = ["Hi.", "word " * 60, "Tell me a story.", "word " * 30, "x"]
+    calls = []
+    hook = tiny_model.model.register_forward_hook(
+        lambda module, args, kwargs, out: calls.append(tuple(kwargs["input_ids"].shape)), with_kwargs=True
+    )
+    config = GenerationConfig(n=2, temperature=0.0, max_new_tokens=4, batch_rows=16, dtype="float32")
+    HFGenerator(tiny_model, tiny_tokenizer, config).generate(prompts, progress=False)
+    hook.remove()
+    computed = sum(rows * length for rows, length in calls if length > 1)
+    real = sum(len(encode_prompt(tiny_tokenizer, p)) for p in prompts)
+    assert len([c for c in calls if c[1] > 1]) > 1 and computed <= decoding.PREFILL_PADDING * real

@@ -8,8 +8,9 @@ model's matmuls on a CPU). Here rows live in fixed slots of a preallocated cache
 - a step writes one new key/value column in place and attention reads views of the cache;
 - a row that ends (EOS or `max_new_tokens`) leaves at once: the last active row moves into its
   slot, so the active rows are always slots `[0, rows)`;
-- waiting prompts are prefilled into free slots (one prefill per prompt, its KV copied to its `n`
-  slots), so the batch stays full until the queue is empty.
+- waiting prompts are prefilled into free slots (one prefill per prompt, batched with prompts of
+  similar length so that little of it is padding, its KV copied to its `n` slots), so the batch
+  stays full until the queue is empty.
 
 Rows are left-aligned to a shared write column: every row's tokens end at column `end - 1`, and
 the columns left of a row's first token are masked. The attended window `[start, end)` starts at the
@@ -26,6 +27,7 @@ from transformers import DynamicCache, PreTrainedModel
 from transformers.cache_utils import Cache, DynamicLayer
 
 HEADROOM = 128  # free columns added whenever the cache is re-laid out
+PREFILL_PADDING = 1.25  # a prefill batch computes at most this many times its prompts' tokens
 
 
 def supports_slot_cache(model: PreTrainedModel) -> bool:
@@ -135,6 +137,20 @@ class SlotCache(Cache):
         self.start = min(self.first, default=self.end)
 
 
+def prefill_groups(lengths: list[int]) -> list[tuple[int, int]]:
+    """Split prompts of `lengths` (longest first) into consecutive runs `[start, stop)` that are
+    prefilled together: a run grows while its left-padded batch computes at most `PREFILL_PADDING`
+    times its prompts' tokens. (IFEval's prompts run from 20 to 390 tokens: prefilled 32 at a
+    time in benchmark order, half the prefill's work was padding.)"""
+    runs, start, tokens = [], 0, 0
+    for i, length in enumerate(lengths):
+        if i > start and lengths[start] * (i - start + 1) > PREFILL_PADDING * (tokens + length):
+            runs.append((start, i))
+            start, tokens = i, 0
+        tokens += length
+    return runs + [(start, len(lengths))] if lengths else []
+
+
 # (fp32 logits [rows, vocab], each row's (prompt index, sample index), each row's tokens so far) -> ids [rows]
 Pick = Callable[[torch.Tensor, list[tuple[int, int]], list[int]], torch.Tensor]
 
@@ -186,6 +202,11 @@ class ContinuousDecoder:
         return self.cache.rows if self.cache is not None else 0
 
     def _admit(self, owners: list[int], prompts: list[list[int]]) -> None:
+        """Give `prompts` (longest first) their slots, prefilling them in runs of similar length."""
+        for start, stop in prefill_groups([len(p) for p in prompts]):
+            self._admit_group(owners[start:stop], prompts[start:stop])
+
+    def _admit_group(self, owners: list[int], prompts: list[list[int]]) -> None:
         """Prefill `prompts` (left-padded, one row each), copy each one's KV into `n` free slots
         and pick their first tokens from the prefill's last logits."""
         device, n, m = self.model.device, self.n, len(prompts)
