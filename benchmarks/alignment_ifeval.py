@@ -467,7 +467,7 @@ def analyse(out: Path, sizes: Sizes, arms: list[str], n_boot: int = 2000) -> dic
     """Collect what is finished, compute the statistics, write results.json, alignment.md and
     alignment.png; missing arms or seeds are named, not guessed."""
     results: dict = {"sizes": asdict(sizes), "arms": arms, "benchmarks": {}, "missing": []}
-    md = [f"# Alignment benchmark on IFEval\n", f"Sizes: `{json.dumps(asdict(sizes))}`. Figures in %; mean ± sd over "
+    md = ["# Alignment benchmark on IFEval\n", f"Sizes: `{json.dumps(asdict(sizes))}`. Figures in %; mean ± sd over "
           "seeds; paired differences in percentage points with a paired bootstrap over prompts "
           f"({n_boot} samples).\n"]
     for name in BENCHMARKS:

@@ -29,7 +29,6 @@ from trl.experimental.cpo import CPOConfig, CPOTrainer
 
 from ampo.layouts import response_logprobs
 from ampo.logprobs import response_ids
-from ampo.losses import LOSSES, GroupBatch
 from ampo.models import chat_prompt, encode_prompt
 from ampo.trainer import Group, GroupCollator, GroupDataset, GroupTrainer
 from conftest import make_tiny_model, make_tiny_tokenizer
