@@ -106,7 +106,7 @@ def sizes_from(args) -> Sizes:
                  train_prompts=args.train_prompts or (4 if quick else 64), heldout=1 if quick else 32,
                  n=args.n or (4 if quick else 16), k=args.k or (2 if quick else 7),
                  gen_tokens=args.gen_tokens or (12 if quick else 128),
-                 eval_tokens=args.eval_tokens or (12 if quick else 256),
+                 eval_tokens=args.eval_tokens or (12 if quick else 128),
                  limit=args.limit if args.limit is not None else (3 if quick else 0), rounds=args.rounds)
 
 

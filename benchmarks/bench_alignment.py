@@ -86,7 +86,7 @@ def parse_args():
     ifeval.add_argument("--n", type=int, help="samples per prompt (default 16; quick 4)")
     ifeval.add_argument("--k", type=int, help="negatives per group for the group arms (default 7; quick 2)")
     ifeval.add_argument("--gen-tokens", type=int, help="max new tokens of the pool samples (default 128)")
-    ifeval.add_argument("--eval-tokens", type=int, help="max new tokens of the greedy benchmark answers (default 256)")
+    ifeval.add_argument("--eval-tokens", type=int, help="max new tokens of the greedy benchmark answers (default 128: the pools' length; see docs/benchmarks.md)")
     ifeval.add_argument("--limit", type=int, help="benchmark prompts per benchmark, a fixed subset (default 0 = "
                         "all 541 + 300; quick 3)")
     ifeval.add_argument("--rounds", type=int, default=1, choices=[1, 2], help="2: a second round per arm, "

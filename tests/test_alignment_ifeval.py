@@ -29,7 +29,7 @@ def test_every_arm_is_a_valid_config_at_full_and_quick_size():
             assert c.generate.n == sizes.n and c.train.shared_prefix and c.score.reward.startswith("ifeval")
             assert c.select.k == (1 if SELECTORS[c.select.strategy].one_negative else sizes.k)
     full = ai.sizes_from(args())
-    assert (full.n, full.k, full.eval_tokens, full.limit, len(full.seeds)) == (16, 7, 256, 0, 3)
+    assert (full.n, full.k, full.eval_tokens, full.limit, len(full.seeds)) == (16, 7, 128, 0, 3)
 
 
 def test_reward_only_selectors_are_not_run_twice():
