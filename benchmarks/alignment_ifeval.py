@@ -554,6 +554,12 @@ def main(args) -> None:
         print(estimate_table(sizes, arms, args.jobs, rates))
         return
     out = Path(args.out)
+    if args.report:
+        if not out.is_dir():
+            raise SystemExit(f"bench_alignment: {out} does not exist: nothing to report")
+        analyse(out, sizes, arms)
+        print((out / "alignment.md").read_text())
+        return
     if args.unit:
         run_unit(args.unit, out, sizes, arms)
         return

@@ -80,6 +80,8 @@ def parse_args():
     ifeval.add_argument("--jobs", type=int, default=1, help="units (seeds, the initial policy) run at once, "
                         "each a single-threaded process (OMP_NUM_THREADS=1)")
     ifeval.add_argument("--estimate", action="store_true", help="print the cost estimate per part and exit")
+    ifeval.add_argument("--report", action="store_true", help="write alignment.md / results.json from what is "
+                        "finished in --out (missing arms and seeds are named) and exit; runs nothing")
     ifeval.add_argument("--rates-from", help="with --estimate: take the per-unit costs from this finished "
                         "(small) run's results.json instead of the built-in RATES")
     ifeval.add_argument("--train-prompts", type=int, help="training prompts per seed (default 64; quick 4)")

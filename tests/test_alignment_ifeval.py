@@ -123,3 +123,18 @@ def test_units_wait_for_the_pool_and_the_policy_embeddings():
     assert u["seed1:dpo sweet-spot"] == [first, "seed1:ampo+random"]
     order = list(u)
     assert all(order.index(d) < order.index(x) for x, deps in u.items() for d in deps)
+
+
+def test_report_runs_nothing_and_names_what_is_missing(tmp_path, monkeypatch):
+    import bench_alignment
+
+    out = tmp_path / "bench"
+    monkeypatch.setattr(sys, "argv", ["bench_alignment.py", "--task", "ifeval", "--report", "--seeds", "0",
+                                      "--arms", "ampo+random", "--out", str(out)])
+    with pytest.raises(SystemExit, match="nothing to report"):
+        bench_alignment.main()
+    out.mkdir()
+    bench_alignment.main()
+    text = (out / "alignment.md").read_text()
+    assert "seed0/ampo+random/ifeval" in text and "seed0/ampo+random/ifbench" in text
+    assert not (out / "seed0").exists()  # nothing was run
