@@ -142,13 +142,15 @@ def prefill_groups(lengths: list[int]) -> list[tuple[int, int]]:
     prefilled together: a run grows while its left-padded batch computes at most `PREFILL_PADDING`
     times its prompts' tokens. (IFEval's prompts run from 20 to 390 tokens: prefilled 32 at a
     time in benchmark order, half the prefill's work was padding.)"""
+    if not lengths:
+        return []
     runs, start, tokens = [], 0, 0
     for i, length in enumerate(lengths):
         if i > start and lengths[start] * (i - start + 1) > PREFILL_PADDING * (tokens + length):
             runs.append((start, i))
             start, tokens = i, 0
         tokens += length
-    return runs + [(start, len(lengths))] if lengths else []
+    return [*runs, (start, len(lengths))]
 
 
 # (fp32 logits [rows, vocab], each row's (prompt index, sample index), each row's tokens so far) -> ids [rows]
