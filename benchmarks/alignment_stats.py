@@ -7,6 +7,8 @@ on per-prompt benchmark results and on round-0 pools, tested on synthetic data
 - Paired comparisons of two arms on the same prompts: the difference of the averages, a paired
   bootstrap over prompts (the same resampled prompts for both arms) with its 95% interval, per seed
   and pooled over seeds; the sign count of the per-seed differences.
+- Answers: mean length in new tokens and the share that ended within the token budget, so that a
+  score change can be read against a length change (longer answers run into the budget).
 - Pool statistics: failure modes (the distinct sets of unfollowed instructions among a pool's
   responses), whether an embedding separates them (nearest-neighbour agreement against chance),
   how many of them each selector's negatives cover, and the overlap between selectors' negatives.
@@ -91,6 +93,15 @@ def over_seeds(values: Sequence[float]) -> tuple[float, float | None]:
     """Mean and sample sd (ddof=1; None with one seed)."""
     v = np.asarray(values, dtype=float)
     return float(v.mean()), (float(v.std(ddof=1)) if len(v) > 1 else None)
+
+
+def answer_lengths(rows: Sequence[Mapping]) -> dict:
+    """Mean new tokens and share of answers that ended (EOS) within the budget, from the rows of a
+    `responses.jsonl` (`n_tokens`, `finished`)."""
+    if not rows:
+        raise ValueError("no answers")
+    return {"tokens": float(np.mean([r["n_tokens"] for r in rows])),
+            "finished": float(np.mean([bool(r["finished"]) for r in rows]))}
 
 
 # ------------------------------------------------------------------ pool statistics
@@ -190,6 +201,19 @@ def arm_table(figures: Mapping[str, Sequence[Mapping]], initial: Mapping | None,
     return "\n".join(lines)
 
 
+def answer_table(lengths: Mapping[str, Sequence[Mapping]], initial: Mapping | None, benchmark: str) -> str:
+    """Markdown: per arm, mean ± sd over seeds of the answers' new tokens and ended share (in %)."""
+    lines = [f"| {benchmark}: arm | new tokens per answer | ended within the budget (%) | seeds |",
+             "|---|---|---|---|"]
+    if initial is not None:
+        lines.append(f"| initial policy | {initial['tokens']:.1f} | {100 * initial['finished']:.1f} | – |")
+    for arm, per_seed in lengths.items():
+        tokens = _fmt(*over_seeds([x["tokens"] for x in per_seed]), scale=1.0)
+        ended = _fmt(*over_seeds([x["finished"] for x in per_seed]))
+        lines.append(f"| {arm} | {tokens} | {ended} | {len(per_seed)} |")
+    return "\n".join(lines)
+
+
 def difference_table(diffs: Mapping[str, Mapping], against: str, benchmark: str) -> str:
     """Markdown: per arm, the paired difference of the average against `against` (percentage points)."""
     lines = [f"| {benchmark}: arm − {against} | per seed [95% paired bootstrap] | mean over seeds [95%] | "
@@ -204,14 +228,20 @@ def difference_table(diffs: Mapping[str, Mapping], against: str, benchmark: str)
 
 
 def pool_table(stats: Mapping[str, Mapping]) -> str:
-    """Markdown: the pool statistics, one column per seed."""
+    """Markdown: the pool statistics, one column per seed; a statistic a seed does not have yet (an
+    embedder or selector whose arm has not run there) shows as –."""
     seeds = list(stats)
-    first = stats[seeds[0]]
+
+    def union(get):
+        return list(dict.fromkeys(k for r in stats.values() for k in get(r)))
 
     def row(label, get):
         cells = []
         for s in seeds:
-            v = get(stats[s])
+            try:
+                v = get(stats[s])
+            except KeyError:
+                v = None
             cells.append("–" if v is None else f"{v:.3f}")
         return f"| {label} | " + " | ".join(cells) + " |"
 
@@ -224,17 +254,17 @@ def pool_table(stats: Mapping[str, Mapping]) -> str:
                  lambda r: r["pools_all_responses_follow_all"]),
              row("within-pool reward sd", lambda r: r["reward_within_pool_sd"]),
              row("mean best reward", lambda r: r["best_reward_mean"])]
-    for key in first:
+    for key in union(lambda r: r):
         if key.endswith("_nn_same_mode"):
             name = key[: -len("_nn_same_mode")]
             lines.append(row(f"{name} embedding: nearest neighbour has the same failure mode",
                              lambda r, k=key: r[k]))
             lines.append(row(f"{name} embedding: same, by chance", lambda r, k=key + "_chance": r[k]))
-    for sel in first["selectors"]:
+    for sel in union(lambda r: r["selectors"]):
         lines.append(row(f"{sel}: share of the pool's failure modes among its negatives",
                          lambda r, s=sel: r["selectors"][s]["modes_covered"]))
         lines.append(row(f"{sel}: mean reward of its negatives",
                          lambda r, s=sel: r["selectors"][s]["negative_reward_mean"]))
-    for pair in first["jaccard"]:
+    for pair in union(lambda r: r["jaccard"]):
         lines.append(row(f"Jaccard overlap of negatives, {pair}", lambda r, p=pair: r["jaccard"][p]))
     return "\n".join(lines)

@@ -138,3 +138,24 @@ def test_report_runs_nothing_and_names_what_is_missing(tmp_path, monkeypatch):
     text = (out / "alignment.md").read_text()
     assert "seed0/ampo+random/ifeval" in text and "seed0/ampo+random/ifbench" in text
     assert not (out / "seed0").exists()  # nothing was run
+
+
+def test_report_shows_a_finished_evaluation_with_its_answer_lengths(tmp_path, monkeypatch):
+    import alignment_stats
+    import bench_alignment
+
+    folder = tmp_path / "bench" / "initial" / "ifeval"
+    folder.mkdir(parents=True)
+    (folder / "metrics.json").write_text(json.dumps({f: 0.25 for f in alignment_stats.FIGURES}))
+    results = [{"key": k, "instruction_id_list": ["x"], "follow_instruction_list_strict": [k == 1],
+                "follow_instruction_list_loose": [k == 1]} for k in (1, 2)]
+    (folder / "results.jsonl").write_text("\n".join(json.dumps(r) for r in results) + "\n")
+    answers = [{"key": 1, "n_tokens": 40, "finished": True}, {"key": 2, "n_tokens": 128, "finished": False}]
+    (folder / "responses.jsonl").write_text("\n".join(json.dumps(r) for r in answers) + "\n")
+    (folder / "done.json").write_text(json.dumps({"seconds": 1.0}))
+    monkeypatch.setattr(sys, "argv", ["bench_alignment.py", "--task", "ifeval", "--report", "--seeds", "0",
+                                      "--arms", "ampo+random", "--out", str(tmp_path / "bench")])
+    bench_alignment.main()
+    text = (tmp_path / "bench" / "alignment.md").read_text()
+    assert "| initial policy | 25.0 | 25.0 | 25.0 | 25.0 | 25.0 | – |" in text
+    assert "| initial policy | 84.0 | 50.0 | – |" in text

@@ -96,8 +96,24 @@ def test_pool_statistics_and_tables():
     assert stats["minilm_nn_same_mode"] == pytest.approx(0.5)  # 0<->1 differ, 2<->3 agree
     table = st.pool_table({"seed0": stats})
     assert "| distinct failure modes per pool" in table and "Jaccard overlap of negatives, bottomk/coreset" in table
+    # a seed whose policy-embedding and coreset arms have not run yet: its cells show –, nothing breaks
+    partial = st.pool_statistics(pools, {"bottomk": [[0, 2, 3]]}, ["minilm"])
+    table = st.pool_table({"seed0": stats, "seed1": partial})
+    assert "| policy embedding: nearest neighbour has the same failure mode | 0.500 | – |" in table
+    assert "| coreset: mean reward of its negatives | 0.250 | – |" in table
     metrics = {f: 0.3 for f in st.FIGURES}
     arms = st.arm_table({"dpo": [metrics, {**metrics, "avg_prompt_inst_strict_acc": 0.5}]}, metrics, "IFEval")
     assert "| dpo | 40.0 ± 14.1 |" in arms and "| initial policy | 30.0 |" in arms
     d = st.paired_difference([counts([[True]])], [counts([[False]])], n_boot=10)
     assert "| ampo | +100.0 [+100.0, +100.0] |" in st.difference_table({"ampo": d}, "random", "IFEval")
+
+
+def test_answer_lengths_and_table():
+    rows = [{"n_tokens": 10, "finished": True}, {"n_tokens": 30, "finished": False}]
+    assert st.answer_lengths(rows) == {"tokens": 20.0, "finished": 0.5}
+    with pytest.raises(ValueError):
+        st.answer_lengths([])
+    table = st.answer_table({"arm": [{"tokens": 20.0, "finished": 0.5}, {"tokens": 30.0, "finished": 0.25}]},
+                            {"tokens": 12.0, "finished": 0.75}, "ifeval")
+    assert "| initial policy | 12.0 | 75.0 | – |" in table
+    assert f"| arm | 25.0 ± {np.sqrt(50):.1f} | 37.5 ± {100 * np.sqrt(0.03125):.1f} | 2 |" in table
