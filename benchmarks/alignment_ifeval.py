@@ -382,14 +382,6 @@ def read_metrics(folder: Path) -> tuple[dict, list[dict]] | None:
     return json.loads((folder / "metrics.json").read_text()), rows
 
 
-def read_answers(folder: Path) -> dict | None:
-    """Length statistics of a finished evaluation's answers (`stats.answer_lengths`)."""
-    if not (folder / "done.json").is_file():
-        return None
-    rows = [json.loads(line) for line in (folder / "responses.jsonl").read_text().splitlines()]
-    return stats.answer_lengths(rows)
-
-
 def timings(out: Path, sizes: Sizes, arms: list[str]) -> dict:
     """Seconds per part, from the manifests' stage records and the evaluations' done.json; shared
     round-0 stages counted once per seed (in the arm that ran them)."""
@@ -488,15 +480,12 @@ def analyse(out: Path, sizes: Sizes, arms: list[str], n_boot: int = 2000) -> dic
             if done:
                 figures[arm] = [m for m, _ in done.values()]
                 counts[arm] = {s: stats.prompt_counts(rows) for s, (_, rows) in done.items()}
-        answers = {arm: [read_answers(arm_dir(out, s, arm) / "bench" / name) for s in sizes.seeds
-                         if s in counts[arm]] for arm in counts}
-        initial_answers = read_answers(out / "initial" / name)
-        bench = {"initial": initial and {f: initial[0][f] for f in stats.FIGURES},
-                 "arms": {arm: [{f: m[f] for f in stats.FIGURES} for m in ms] for arm, ms in figures.items()},
-                 "answers": {"initial": initial_answers, "arms": answers},
+        bench = {"initial": initial and {f: initial[0][f] for f in stats.FIGURES + stats.ANSWERS},
+                 "arms": {arm: [{f: m[f] for f in stats.FIGURES + stats.ANSWERS} for m in ms]
+                          for arm, ms in figures.items()},
                  "differences": {}}
         md += [f"## {name}\n", stats.arm_table(figures, initial and initial[0], name), "",
-               stats.answer_table(answers, initial_answers, name), ""]
+               stats.answer_table(figures, initial and initial[0], name), ""]
         for against in BASELINES:
             if against not in counts:
                 continue

@@ -7,8 +7,8 @@ on per-prompt benchmark results and on round-0 pools, tested on synthetic data
 - Paired comparisons of two arms on the same prompts: the difference of the averages, a paired
   bootstrap over prompts (the same resampled prompts for both arms) with its 95% interval, per seed
   and pooled over seeds; the sign count of the per-seed differences.
-- Answers: mean length in new tokens and the share that ended within the token budget, so that a
-  score change can be read against a length change (longer answers run into the budget).
+- Answers: mean length in new tokens and the share that ended within the token budget (from the
+  evaluation's metrics), so that a score change can be read against a length change.
 - Pool statistics: failure modes (the distinct sets of unfollowed instructions among a pool's
   responses), whether an embedding separates them (nearest-neighbour agreement against chance),
   how many of them each selector's negatives cover, and the overlap between selectors' negatives.
@@ -23,6 +23,7 @@ import numpy as np
 
 FIGURES = ("avg_prompt_inst_strict_acc", "prompt_level_strict_acc", "inst_level_strict_acc",
            "prompt_level_loose_acc", "inst_level_loose_acc")
+ANSWERS = ("mean_new_tokens", "finished_rate")  # the evaluation's length figures, for `answer_table`
 
 
 # ------------------------------------------------------------------ benchmark figures
@@ -93,15 +94,6 @@ def over_seeds(values: Sequence[float]) -> tuple[float, float | None]:
     """Mean and sample sd (ddof=1; None with one seed)."""
     v = np.asarray(values, dtype=float)
     return float(v.mean()), (float(v.std(ddof=1)) if len(v) > 1 else None)
-
-
-def answer_lengths(rows: Sequence[Mapping]) -> dict:
-    """Mean new tokens and share of answers that ended (EOS) within the budget, from the rows of a
-    `responses.jsonl` (`n_tokens`, `finished`)."""
-    if not rows:
-        raise ValueError("no answers")
-    return {"tokens": float(np.mean([r["n_tokens"] for r in rows])),
-            "finished": float(np.mean([bool(r["finished"]) for r in rows]))}
 
 
 # ------------------------------------------------------------------ pool statistics
@@ -201,16 +193,17 @@ def arm_table(figures: Mapping[str, Sequence[Mapping]], initial: Mapping | None,
     return "\n".join(lines)
 
 
-def answer_table(lengths: Mapping[str, Sequence[Mapping]], initial: Mapping | None, benchmark: str) -> str:
-    """Markdown: per arm, mean ± sd over seeds of the answers' new tokens and ended share (in %)."""
+def answer_table(figures: Mapping[str, Sequence[Mapping]], initial: Mapping | None, benchmark: str) -> str:
+    """Markdown: per arm, mean ± sd over seeds of the answers' new tokens and ended share (in %), from
+    the evaluations' metrics (`mean_new_tokens`, `finished_rate`)."""
     lines = [f"| {benchmark}: arm | new tokens per answer | ended within the budget (%) | seeds |",
              "|---|---|---|---|"]
     if initial is not None:
-        lines.append(f"| initial policy | {initial['tokens']:.1f} | {100 * initial['finished']:.1f} | – |")
-    for arm, per_seed in lengths.items():
-        tokens = _fmt(*over_seeds([x["tokens"] for x in per_seed]), scale=1.0)
-        ended = _fmt(*over_seeds([x["finished"] for x in per_seed]))
-        lines.append(f"| {arm} | {tokens} | {ended} | {len(per_seed)} |")
+        lines.append(f"| initial policy | {initial['mean_new_tokens']:.1f} | {100 * initial['finished_rate']:.1f} | – |")
+    for arm, metrics in figures.items():
+        tokens = _fmt(*over_seeds([m["mean_new_tokens"] for m in metrics]), scale=1.0)
+        ended = _fmt(*over_seeds([m["finished_rate"] for m in metrics]))
+        lines.append(f"| {arm} | {tokens} | {ended} | {len(metrics)} |")
     return "\n".join(lines)
 
 

@@ -146,12 +146,11 @@ def test_report_shows_a_finished_evaluation_with_its_answer_lengths(tmp_path, mo
 
     folder = tmp_path / "bench" / "initial" / "ifeval"
     folder.mkdir(parents=True)
-    (folder / "metrics.json").write_text(json.dumps({f: 0.25 for f in alignment_stats.FIGURES}))
+    metrics = {**{f: 0.25 for f in alignment_stats.FIGURES}, "mean_new_tokens": 84.0, "finished_rate": 0.5}
+    (folder / "metrics.json").write_text(json.dumps(metrics))
     results = [{"key": k, "instruction_id_list": ["x"], "follow_instruction_list_strict": [k == 1],
                 "follow_instruction_list_loose": [k == 1]} for k in (1, 2)]
     (folder / "results.jsonl").write_text("\n".join(json.dumps(r) for r in results) + "\n")
-    answers = [{"key": 1, "n_tokens": 40, "finished": True}, {"key": 2, "n_tokens": 128, "finished": False}]
-    (folder / "responses.jsonl").write_text("\n".join(json.dumps(r) for r in answers) + "\n")
     (folder / "done.json").write_text(json.dumps({"seconds": 1.0}))
     monkeypatch.setattr(sys, "argv", ["bench_alignment.py", "--task", "ifeval", "--report", "--seeds", "0",
                                       "--arms", "ampo+random", "--out", str(tmp_path / "bench")])

@@ -108,12 +108,8 @@ def test_pool_statistics_and_tables():
     assert "| ampo | +100.0 [+100.0, +100.0] |" in st.difference_table({"ampo": d}, "random", "IFEval")
 
 
-def test_answer_lengths_and_table():
-    rows = [{"n_tokens": 10, "finished": True}, {"n_tokens": 30, "finished": False}]
-    assert st.answer_lengths(rows) == {"tokens": 20.0, "finished": 0.5}
-    with pytest.raises(ValueError):
-        st.answer_lengths([])
-    table = st.answer_table({"arm": [{"tokens": 20.0, "finished": 0.5}, {"tokens": 30.0, "finished": 0.25}]},
-                            {"tokens": 12.0, "finished": 0.75}, "ifeval")
+def test_answer_table():
+    arm = [{"mean_new_tokens": 20.0, "finished_rate": 0.5}, {"mean_new_tokens": 30.0, "finished_rate": 0.25}]
+    table = st.answer_table({"arm": arm}, {"mean_new_tokens": 12.0, "finished_rate": 0.75}, "ifeval")
     assert "| initial policy | 12.0 | 75.0 | – |" in table
     assert f"| arm | 25.0 ± {np.sqrt(50):.1f} | 37.5 ± {100 * np.sqrt(0.03125):.1f} | 2 |" in table
