@@ -382,6 +382,23 @@ def read_metrics(folder: Path) -> tuple[dict, list[dict]] | None:
     return json.loads((folder / "metrics.json").read_text()), rows
 
 
+def read_answers(folder: Path) -> dict | None:
+    """An evaluation's greedy answers by prompt key, or None where it kept none."""
+    path = folder / "responses.jsonl"
+    if not path.is_file():
+        return None
+    return {r["key"]: r["response"] for r in map(json.loads, path.read_text().splitlines())}
+
+
+def with_drift(metrics: dict, folder: Path, initial_answers: dict | None) -> dict:
+    """The evaluation's metrics plus the drift of its answers from the initial policy's, when both
+    sets of answers are there."""
+    answers = read_answers(folder)
+    if initial_answers is None or answers is None:
+        return metrics
+    return {**metrics, **stats.drift(initial_answers, answers)}
+
+
 def timings(out: Path, sizes: Sizes, arms: list[str]) -> dict:
     """Seconds per part, from the manifests' stage records and the evaluations' done.json; shared
     round-0 stages counted once per seed (in the arm that ran them)."""
@@ -472,16 +489,18 @@ def analyse(out: Path, sizes: Sizes, arms: list[str], n_boot: int = 2000) -> dic
           f"({n_boot} samples).\n"]
     for name in BENCHMARKS:
         initial = read_metrics(out / "initial" / name)
+        initial_answers = read_answers(out / "initial" / name) if initial else None
         figures, counts = {}, {}
         for arm in arms:
             found = {s: read_metrics(arm_dir(out, s, arm) / "bench" / name) for s in sizes.seeds}
             results["missing"] += [f"seed{s}/{arm}/{name}" for s, v in found.items() if v is None]
             done = {s: v for s, v in found.items() if v is not None}
             if done:
-                figures[arm] = [m for m, _ in done.values()]
+                figures[arm] = [with_drift(m, arm_dir(out, s, arm) / "bench" / name, initial_answers)
+                                for s, (m, _) in done.items()]
                 counts[arm] = {s: stats.prompt_counts(rows) for s, (_, rows) in done.items()}
         bench = {"initial": initial and {f: initial[0][f] for f in stats.FIGURES + stats.ANSWERS},
-                 "arms": {arm: [{f: m[f] for f in stats.FIGURES + stats.ANSWERS} for m in ms]
+                 "arms": {arm: [{f: m[f] for f in stats.FIGURES + stats.ANSWERS + stats.DRIFT if f in m} for m in ms]
                           for arm, ms in figures.items()},
                  "differences": {}}
         md += [f"## {name}\n", stats.arm_table(figures, initial and initial[0], name), "",

@@ -8,7 +8,9 @@ on per-prompt benchmark results and on round-0 pools, tested on synthetic data
   bootstrap over prompts (the same resampled prompts for both arms) with its 95% interval, per seed
   and pooled over seeds; the sign count of the per-seed differences.
 - Answers: mean length in new tokens and the share that ended within the token budget (from the
-  evaluation's metrics), so that a score change can be read against a length change.
+  evaluation's metrics), so that a score change can be read against a length change; and how far
+  an arm's greedy answers moved from the initial policy's (identical answers, common prefix kept),
+  so that it can be read against how much the policy changed at all.
 - Pool statistics: failure modes (the distinct sets of unfollowed instructions among a pool's
   responses), whether an embedding separates them (nearest-neighbour agreement against chance),
   how many of them each selector's negatives cover, and the overlap between selectors' negatives.
@@ -24,6 +26,7 @@ import numpy as np
 FIGURES = ("avg_prompt_inst_strict_acc", "prompt_level_strict_acc", "inst_level_strict_acc",
            "prompt_level_loose_acc", "inst_level_loose_acc")
 ANSWERS = ("mean_new_tokens", "finished_rate")  # the evaluation's length figures, for `answer_table`
+DRIFT = ("identical_to_initial", "prefix_kept")  # from `drift`, for `answer_table`
 
 
 # ------------------------------------------------------------------ benchmark figures
@@ -193,17 +196,37 @@ def arm_table(figures: Mapping[str, Sequence[Mapping]], initial: Mapping | None,
     return "\n".join(lines)
 
 
+def drift(initial: Mapping[object, str], answers: Mapping[object, str]) -> dict:
+    """How far an arm's answers moved from the initial policy's on the same prompts (keys of
+    `initial`): the share that are identical, and the mean share of the initial answer's characters
+    that the arm's answer repeats from its start (1 for an empty initial answer left empty)."""
+    if set(initial) - set(answers):
+        raise ValueError(f"answers lack {len(set(initial) - set(answers))} of the initial policy's prompts")
+    identical, kept = [], []
+    for key, before in initial.items():
+        after = answers[key]
+        common = next((i for i, (a, b) in enumerate(zip(before, after)) if a != b), min(len(before), len(after)))
+        identical.append(after == before)
+        kept.append(common / len(before) if before else float(after == before))
+    return {"identical_to_initial": float(np.mean(identical)), "prefix_kept": float(np.mean(kept))}
+
+
 def answer_table(figures: Mapping[str, Sequence[Mapping]], initial: Mapping | None, benchmark: str) -> str:
-    """Markdown: per arm, mean ± sd over seeds of the answers' new tokens and ended share (in %), from
-    the evaluations' metrics (`mean_new_tokens`, `finished_rate`)."""
-    lines = [f"| {benchmark}: arm | new tokens per answer | ended within the budget (%) | seeds |",
-             "|---|---|---|---|"]
+    """Markdown: per arm, mean ± sd over seeds (in % where a share) of the answers' new tokens and
+    ended share, from the evaluations' metrics (`mean_new_tokens`, `finished_rate`), and of their
+    drift from the initial policy's answers (`drift`; – where not computed)."""
+    lines = [f"| {benchmark}: arm | new tokens per answer | ended within the budget (%) | "
+             "identical to the initial answer (%) | initial answer's prefix kept (%) | seeds |",
+             "|---|---|---|---|---|---|"]
     if initial is not None:
-        lines.append(f"| initial policy | {initial['mean_new_tokens']:.1f} | {100 * initial['finished_rate']:.1f} | – |")
+        lines.append(f"| initial policy | {initial['mean_new_tokens']:.1f} | {100 * initial['finished_rate']:.1f} "
+                     "| 100 | 100 | – |")
     for arm, metrics in figures.items():
         tokens = _fmt(*over_seeds([m["mean_new_tokens"] for m in metrics]), scale=1.0)
         ended = _fmt(*over_seeds([m["finished_rate"] for m in metrics]))
-        lines.append(f"| {arm} | {tokens} | {ended} | {len(metrics)} |")
+        moved = [_fmt(*over_seeds([m[f] for m in metrics])) if all(f in m for m in metrics) else "–"
+                 for f in DRIFT]
+        lines.append(f"| {arm} | {tokens} | {ended} | {moved[0]} | {moved[1]} | {len(metrics)} |")
     return "\n".join(lines)
 
 

@@ -157,4 +157,4 @@ def test_report_shows_a_finished_evaluation_with_its_answer_lengths(tmp_path, mo
     bench_alignment.main()
     text = (tmp_path / "bench" / "alignment.md").read_text()
     assert "| initial policy | 25.0 | 25.0 | 25.0 | 25.0 | 25.0 | – |" in text
-    assert "| initial policy | 84.0 | 50.0 | – |" in text
+    assert "| initial policy | 84.0 | 50.0 | 100 | 100 | – |" in text

@@ -111,5 +111,20 @@ def test_pool_statistics_and_tables():
 def test_answer_table():
     arm = [{"mean_new_tokens": 20.0, "finished_rate": 0.5}, {"mean_new_tokens": 30.0, "finished_rate": 0.25}]
     table = st.answer_table({"arm": arm}, {"mean_new_tokens": 12.0, "finished_rate": 0.75}, "ifeval")
-    assert "| initial policy | 12.0 | 75.0 | – |" in table
-    assert f"| arm | 25.0 ± {np.sqrt(50):.1f} | 37.5 ± {100 * np.sqrt(0.03125):.1f} | 2 |" in table
+    assert "| initial policy | 12.0 | 75.0 | 100 | 100 | – |" in table
+    assert f"| arm | 25.0 ± {np.sqrt(50):.1f} | 37.5 ± {100 * np.sqrt(0.03125):.1f} | – | – | 2 |" in table
+    moved = [{**m, "identical_to_initial": 0.5, "prefix_kept": 0.75} for m in arm]
+    table = st.answer_table({"arm": moved}, None, "ifeval")
+    assert "| 50.0 ± 0.0 | 75.0 ± 0.0 | 2 |" in table and "initial policy" not in table
+
+
+def test_drift_from_the_initial_answers():
+    initial = {1: "abcd", 2: "abcd", 3: "", 4: "xy"}
+    answers = {1: "abcd", 2: "abzz", 3: "", 4: "q", 5: "an extra prompt is ignored"}
+    d = st.drift(initial, answers)
+    assert d["identical_to_initial"] == 0.5  # prompts 1 and 3
+    assert d["prefix_kept"] == pytest.approx((1 + 0.5 + 1 + 0) / 4)
+    assert st.drift(initial, {**answers, 3: "now says something"})["prefix_kept"] == pytest.approx(2.5 / 4 - 1 / 4)
+    assert st.drift({1: "abc"}, {1: "ab"})["prefix_kept"] == pytest.approx(2 / 3)  # cut short
+    with pytest.raises(ValueError, match="lack 1"):
+        st.drift(initial, {1: "a", 2: "b", 3: "c"})
