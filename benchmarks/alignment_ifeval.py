@@ -544,7 +544,7 @@ def plot(out: Path, results: dict) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(BENCHMARKS), figsize=(11, 3.6), sharey=False)
+    fig, axes = plt.subplots(1, len(BENCHMARKS) + 1, figsize=(16, 3.6), sharey=False)
     for ax, name in zip(axes, BENCHMARKS):
         bench = results["benchmarks"][name]
         arms = list(bench["arms"])
@@ -558,8 +558,32 @@ def plot(out: Path, results: dict) -> None:
             ax.legend(fontsize=7)
         ax.set_xticks(range(len(arms)), arms, rotation=35, ha="right", fontsize=7)
         ax.set_title(f"{name}: average prompt/inst strict (%)", fontsize=9)
+    plot_drift(axes[-1], results["benchmarks"][BENCHMARKS[0]], BENCHMARKS[0])
     fig.savefig(out / "alignment.png", dpi=110, bbox_inches="tight")
     plt.close(fig)
+
+
+def plot_drift(ax, bench: dict, name: str) -> None:
+    """One point per arm and seed: how many answers stayed identical to the initial policy's against
+    the change of the average, coloured by loss, so that a score change can be read against how
+    far the policy moved."""
+    initial = bench["initial"]
+    for arm, metrics in bench["arms"].items():
+        points = [(100 * m["identical_to_initial"], 100 * (m["avg_prompt_inst_strict_acc"]
+                                                             - initial["avg_prompt_inst_strict_acc"]))
+                  for m in metrics if initial and "identical_to_initial" in m]
+        if points:
+            loss = arm.split("+")[0].split(" ")[0]
+            colour = {"ampo": "C0", "dpo": "C1", "simpo": "C2"}.get(loss, "C3")
+            ax.scatter(*zip(*points), s=14, color=colour, label=loss)
+    handles, labels = ax.get_legend_handles_labels()
+    if handles:
+        unique = dict(zip(labels, handles))
+        ax.legend(unique.values(), unique.keys(), fontsize=7)
+    ax.axhline(0, color="grey", ls="--", lw=0.8)
+    ax.set_xlabel(f"{name} answers identical to the initial policy's (%)", fontsize=8)
+    ax.set_ylabel("average − initial (points)", fontsize=8)
+    ax.set_title(f"{name}: change against drift, one point per arm and seed", fontsize=9)
 
 
 def main(args) -> None:

@@ -140,21 +140,46 @@ def test_report_runs_nothing_and_names_what_is_missing(tmp_path, monkeypatch):
     assert not (out / "seed0").exists()  # nothing was run
 
 
-def test_report_shows_a_finished_evaluation_with_its_answer_lengths(tmp_path, monkeypatch):
+def finished_evaluation(folder: Path, score: float, answers: dict | None) -> None:
+    """A finished benchmark evaluation of two prompts as `evaluate` leaves it."""
     import alignment_stats
-    import bench_alignment
 
-    folder = tmp_path / "bench" / "initial" / "ifeval"
     folder.mkdir(parents=True)
-    metrics = {**{f: 0.25 for f in alignment_stats.FIGURES}, "mean_new_tokens": 84.0, "finished_rate": 0.5}
+    metrics = {**{f: score for f in alignment_stats.FIGURES}, "mean_new_tokens": 84.0, "finished_rate": 0.5}
     (folder / "metrics.json").write_text(json.dumps(metrics))
     results = [{"key": k, "instruction_id_list": ["x"], "follow_instruction_list_strict": [k == 1],
                 "follow_instruction_list_loose": [k == 1]} for k in (1, 2)]
     (folder / "results.jsonl").write_text("\n".join(json.dumps(r) for r in results) + "\n")
+    if answers is not None:
+        (folder / "responses.jsonl").write_text("".join(json.dumps({"key": k, "response": v}) + "\n"
+                                                        for k, v in answers.items()))
     (folder / "done.json").write_text(json.dumps({"seconds": 1.0}))
+
+
+def test_report_shows_a_finished_evaluation_with_its_answer_lengths(tmp_path, monkeypatch):
+    import bench_alignment
+
+    out = tmp_path / "bench"
+    finished_evaluation(out / "initial" / "ifeval", 0.25, None)
     monkeypatch.setattr(sys, "argv", ["bench_alignment.py", "--task", "ifeval", "--report", "--seeds", "0",
-                                      "--arms", "ampo+random", "--out", str(tmp_path / "bench")])
+                                      "--arms", "ampo+random", "--out", str(out)])
     bench_alignment.main()
-    text = (tmp_path / "bench" / "alignment.md").read_text()
+    text = (out / "alignment.md").read_text()
     assert "| initial policy | 25.0 | 25.0 | 25.0 | 25.0 | 25.0 | – |" in text
     assert "| initial policy | 84.0 | 50.0 | 100 | 100 | – |" in text
+
+
+def test_report_gives_each_arms_drift_from_the_initial_answers(tmp_path, monkeypatch):
+    import bench_alignment
+
+    out = tmp_path / "bench"
+    finished_evaluation(out / "initial" / "ifeval", 0.25, {1: "same answer", 2: "abcd"})
+    finished_evaluation(ai.arm_dir(out, 0, "ampo+random") / "bench" / "ifeval", 0.5, {1: "same answer", 2: "abzz"})
+    monkeypatch.setattr(sys, "argv", ["bench_alignment.py", "--task", "ifeval", "--report", "--seeds", "0",
+                                      "--arms", "ampo+random", "--out", str(out)])
+    bench_alignment.main()
+    text = (out / "alignment.md").read_text()
+    assert "| ampo+random | 84.0 (1 seed) | 50.0 (1 seed) | 50.0 (1 seed) | 75.0 (1 seed) | 1 |" in text
+    arm = json.loads((out / "results.json").read_text())["benchmarks"]["ifeval"]["arms"]["ampo+random"][0]
+    assert arm["identical_to_initial"] == 0.5 and arm["prefix_kept"] == 0.75
+    assert (out / "alignment.png").stat().st_size > 0
