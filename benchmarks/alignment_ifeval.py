@@ -505,6 +505,11 @@ def analyse(out: Path, sizes: Sizes, arms: list[str], n_boot: int = 2000) -> dic
                  "differences": {}}
         md += [f"## {name}\n", stats.arm_table(figures, initial and initial[0], name), "",
                stats.answer_table(figures, initial and initial[0], name), ""]
+        bench["drift_correlation"] = initial and stats.drift_correlation(figures, initial[0])
+        if bench["drift_correlation"]:
+            c = bench["drift_correlation"]
+            md += [f"Over {c['points']} arm-seeds, the share of answers identical to the initial policy's and "
+                   f"the change of the average: Spearman ρ = {c['spearman']:+.2f} (p = {c['p_value']:.3f}).\n"]
         for against in BASELINES:
             if against not in counts:
                 continue

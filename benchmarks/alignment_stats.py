@@ -211,6 +211,19 @@ def drift(initial: Mapping[object, str], answers: Mapping[object, str]) -> dict:
     return {"identical_to_initial": float(np.mean(identical)), "prefix_kept": float(np.mean(kept))}
 
 
+def drift_correlation(figures: Mapping[str, Sequence[Mapping]], initial: Mapping) -> dict | None:
+    """Spearman's rank correlation, over every arm and seed with a drift figure, between the share of
+    answers identical to the initial policy's and the change of the average; None below 3 points."""
+    from scipy.stats import spearmanr
+
+    points = [(m["identical_to_initial"], m[FIGURES[0]] - initial[FIGURES[0]])
+              for metrics in figures.values() for m in metrics if "identical_to_initial" in m]
+    if len(points) < 3:
+        return None
+    rho, p = spearmanr(*zip(*points))
+    return {"spearman": float(rho), "p_value": float(p), "points": len(points)}
+
+
 def answer_table(figures: Mapping[str, Sequence[Mapping]], initial: Mapping | None, benchmark: str) -> str:
     """Markdown: per arm, mean ± sd over seeds (in % where a share) of the answers' new tokens and
     ended share, from the evaluations' metrics (`mean_new_tokens`, `finished_rate`), and of their

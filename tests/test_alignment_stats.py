@@ -128,3 +128,12 @@ def test_drift_from_the_initial_answers():
     assert st.drift({1: "abc"}, {1: "ab"})["prefix_kept"] == pytest.approx(2 / 3)  # cut short
     with pytest.raises(ValueError, match="lack 1"):
         st.drift(initial, {1: "a", 2: "b", 3: "c"})
+
+
+def test_drift_correlation():
+    initial = {st.FIGURES[0]: 0.2}
+    arms = {"a": [{st.FIGURES[0]: 0.1, "identical_to_initial": 0.05}, {st.FIGURES[0]: 0.15, "identical_to_initial": 0.1}],
+            "b": [{st.FIGURES[0]: 0.19, "identical_to_initial": 0.2}], "c": [{st.FIGURES[0]: 0.3}]}
+    c = st.drift_correlation(arms, initial)
+    assert c["points"] == 3 and c["spearman"] == pytest.approx(1.0)
+    assert st.drift_correlation({"a": arms["a"]}, initial) is None
