@@ -510,9 +510,9 @@ def analyse(out: Path, sizes: Sizes, arms: list[str], n_boot: int = 2000) -> dic
             c = bench["drift_correlation"]
             p_value = "p < 0.001" if c["p_value"] < 0.001 else f"p = {c['p_value']:.3f}"
             md += [f"Over {c['points']} arm-seeds, the share of answers identical to the initial policy's and "
-                   f"the change of the average: Spearman ρ = {c['spearman']:+.2f} ({p_value}; an unchanged answer cannot "
-                   "change the score, so more changed answers allow a larger change either way: a positive ρ says the "
-                   "changes hurt on the whole, a negative one that they helped).\n"]
+                   f"the change of the average: Spearman ρ = {c['spearman']:+.2f} ({p_value}; an unchanged "
+                   "answer cannot change the score, so more changed answers allow a larger change either way: "
+                   "a positive ρ says the changes hurt on the whole, a negative one that they helped).\n"]
         for against in BASELINES:
             if against not in counts:
                 continue
