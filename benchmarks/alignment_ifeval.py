@@ -46,7 +46,9 @@ ARMS: dict[str, list[str]] = {
     "dpo best-vs-worst": ["select.strategy=best_worst", "select.k=1", "train.loss=dpo"],
     "simpo best-vs-worst": ["select.strategy=best_worst", "select.k=1", "train.loss=simpo"],
     "dpo sweet-spot": ["select.strategy=sweet_spot", "select.k=1", "train.loss=dpo"],
-    "swepo all": ["select.strategy=all", "train.loss=swepo"],
+    # 4 groups of 16 without activation checkpointing exceeded 15 GiB and were OOM-killed on the
+    # 24 GiB box beside a second job; checkpointing recomputes, same values, less memory
+    "swepo all": ["select.strategy=all", "train.loss=swepo", "train.gradient_checkpointing=true"],
 }
 BASELINES = ("dpo best-vs-worst", "ampo+random")  # the paired differences are taken against these
 # selector label in the pool statistics -> the arm whose round-0 selection it is (simpo best-vs-worst
