@@ -8,7 +8,8 @@ on per-prompt benchmark results and on round-0 pools, tested on synthetic data
   bootstrap over prompts (the same resampled prompts for both arms) with its 95% interval, per seed
   and pooled over seeds; the sign count of the per-seed differences.
 - Answers: mean length in new tokens and the share that ended within the token budget (from the
-  evaluation's metrics), so that a score change can be read against a length change; and how far
+  evaluation's metrics), so that a score change can be read against a length change; the share of
+  looping answers (the `ifeval` reward's repetition term at full weight); and how far
   an arm's greedy answers moved from the initial policy's (identical answers, common prefix kept),
   so that it can be read against how much the policy changed at all.
 - Pool statistics: failure modes (the distinct sets of unfollowed instructions among a pool's
@@ -27,6 +28,7 @@ FIGURES = ("avg_prompt_inst_strict_acc", "prompt_level_strict_acc", "inst_level_
            "prompt_level_loose_acc", "inst_level_loose_acc")
 ANSWERS = ("mean_new_tokens", "finished_rate")  # the evaluation's length figures, for `answer_table`
 DRIFT = ("identical_to_initial", "prefix_kept")  # from `drift`, for `answer_table`
+LOOPING = "looping"  # from `looping_share`, for `answer_table`
 
 
 # ------------------------------------------------------------------ benchmark figures
@@ -196,6 +198,14 @@ def arm_table(figures: Mapping[str, Sequence[Mapping]], initial: Mapping | None,
     return "\n".join(lines)
 
 
+def looping_share(answers: Iterable[str]) -> float:
+    """The share of answers that loop: at least half of their word bigrams repeat earlier ones, where
+    the `ifeval` reward's repetition term (`ampo.rewards.degeneracy_terms`) reaches its full weight."""
+    from ampo.rewards import degeneracy_terms
+
+    return float(np.mean([degeneracy_terms(text, 0.0)["repetition"] >= 1.0 for text in answers]))
+
+
 def drift(initial: Mapping[object, str], answers: Mapping[object, str]) -> dict:
     """How far an arm's answers moved from the initial policy's on the same prompts (keys of
     `initial`): the share that are identical, and the mean share of the initial answer's characters
@@ -226,20 +236,22 @@ def drift_correlation(figures: Mapping[str, Sequence[Mapping]], initial: Mapping
 
 def answer_table(figures: Mapping[str, Sequence[Mapping]], initial: Mapping | None, benchmark: str) -> str:
     """Markdown: per arm, mean ± sd over seeds (in % where a share) of the answers' new tokens and
-    ended share, from the evaluations' metrics (`mean_new_tokens`, `finished_rate`), and of their
-    drift from the initial policy's answers (`drift`; – where not computed)."""
-    lines = [f"| {benchmark}: arm | new tokens per answer | ended within the budget (%) | "
+    ended share, from the evaluations' metrics (`mean_new_tokens`, `finished_rate`), of the share
+    that loop (`looping_share`) and of their drift from the initial policy's answers (`drift`); –
+    where not computed."""
+    lines = [f"| {benchmark}: arm | new tokens per answer | ended within the budget (%) | looping (%) | "
              "identical to the initial answer (%) | initial answer's prefix kept (%) | seeds |",
-             "|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|"]
     if initial is not None:
+        looping = f"{100 * initial[LOOPING]:.1f}" if LOOPING in initial else "–"
         lines.append(f"| initial policy | {initial['mean_new_tokens']:.1f} | {100 * initial['finished_rate']:.1f} "
-                     "| 100 | 100 | – |")
+                     f"| {looping} | 100 | 100 | – |")
     for arm, metrics in figures.items():
         tokens = _fmt(*over_seeds([m["mean_new_tokens"] for m in metrics]), scale=1.0)
         ended = _fmt(*over_seeds([m["finished_rate"] for m in metrics]))
-        moved = [_fmt(*over_seeds([m[f] for m in metrics])) if all(f in m for m in metrics) else "–"
-                 for f in DRIFT]
-        lines.append(f"| {arm} | {tokens} | {ended} | {moved[0]} | {moved[1]} | {len(metrics)} |")
+        shares = [_fmt(*over_seeds([m[f] for m in metrics])) if all(f in m for m in metrics) else "–"
+                  for f in (LOOPING, *DRIFT)]
+        lines.append(f"| {arm} | {tokens} | {ended} | " + " | ".join(shares) + f" | {len(metrics)} |")
     return "\n".join(lines)
 
 

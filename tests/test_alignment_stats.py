@@ -111,11 +111,16 @@ def test_pool_statistics_and_tables():
 def test_answer_table():
     arm = [{"mean_new_tokens": 20.0, "finished_rate": 0.5}, {"mean_new_tokens": 30.0, "finished_rate": 0.25}]
     table = st.answer_table({"arm": arm}, {"mean_new_tokens": 12.0, "finished_rate": 0.75}, "ifeval")
-    assert "| initial policy | 12.0 | 75.0 | 100 | 100 | – |" in table
-    assert f"| arm | 25.0 ± {np.sqrt(50):.1f} | 37.5 ± {100 * np.sqrt(0.03125):.1f} | – | – | 2 |" in table
-    moved = [{**m, "identical_to_initial": 0.5, "prefix_kept": 0.75} for m in arm]
+    assert "| initial policy | 12.0 | 75.0 | – | 100 | 100 | – |" in table
+    assert f"| arm | 25.0 ± {np.sqrt(50):.1f} | 37.5 ± {100 * np.sqrt(0.03125):.1f} | – | – | – | 2 |" in table
+    moved = [{**m, "looping": 0.1, "identical_to_initial": 0.5, "prefix_kept": 0.75} for m in arm]
     table = st.answer_table({"arm": moved}, None, "ifeval")
-    assert "| 50.0 ± 0.0 | 75.0 ± 0.0 | 2 |" in table and "initial policy" not in table
+    assert "| 10.0 ± 0.0 | 50.0 ± 0.0 | 75.0 ± 0.0 | 2 |" in table and "initial policy" not in table
+
+
+def test_looping_share():
+    # "a b a b a": 2 distinct of 4 bigrams, half repeated: the repetition term's full weight
+    assert st.looping_share(["a b a b a", "the cat sat on the mat", "a b c a b c", "one"]) == 0.25
 
 
 def test_drift_from_the_initial_answers():
@@ -132,7 +137,8 @@ def test_drift_from_the_initial_answers():
 
 def test_drift_correlation():
     initial = {st.FIGURES[0]: 0.2}
-    arms = {"a": [{st.FIGURES[0]: 0.1, "identical_to_initial": 0.05}, {st.FIGURES[0]: 0.15, "identical_to_initial": 0.1}],
+    arms = {"a": [{st.FIGURES[0]: 0.1, "identical_to_initial": 0.05},
+                  {st.FIGURES[0]: 0.15, "identical_to_initial": 0.1}],
             "b": [{st.FIGURES[0]: 0.19, "identical_to_initial": 0.2}], "c": [{st.FIGURES[0]: 0.3}]}
     c = st.drift_correlation(arms, initial)
     assert c["points"] == 3 and c["spearman"] == pytest.approx(1.0)
