@@ -29,6 +29,7 @@ FIGURES = ("avg_prompt_inst_strict_acc", "prompt_level_strict_acc", "inst_level_
 ANSWERS = ("mean_new_tokens", "finished_rate")  # the evaluation's length figures, for `answer_table`
 DRIFT = ("identical_to_initial", "prefix_kept")  # from `drift`, for `answer_table`
 LOOPING = "looping"  # from `looping_share`, for `answer_table`
+BY_LOOPING = ("average_looping", "average_fluent")  # from `average_by_looping`, for `looping_table`
 
 
 # ------------------------------------------------------------------ benchmark figures
@@ -198,12 +199,27 @@ def arm_table(figures: Mapping[str, Sequence[Mapping]], initial: Mapping | None,
     return "\n".join(lines)
 
 
-def looping_share(answers: Iterable[str]) -> float:
-    """The share of answers that loop: at least half of their word bigrams repeat earlier ones, where
-    the `ifeval` reward's repetition term (`ampo.rewards.degeneracy_terms`) reaches its full weight."""
+def is_looping(text: str) -> bool:
+    """Whether an answer loops: at least half of its word bigrams repeat earlier ones, where the
+    `ifeval` reward's repetition term (`ampo.rewards.degeneracy_terms`) reaches its full weight."""
     from ampo.rewards import degeneracy_terms
 
-    return float(np.mean([degeneracy_terms(text, 0.0)["repetition"] >= 1.0 for text in answers]))
+    return degeneracy_terms(text, 0.0)["repetition"] >= 1.0
+
+
+def looping_share(answers: Iterable[str]) -> float:
+    """The share of answers that loop (`is_looping`)."""
+    return float(np.mean([is_looping(text) for text in answers]))
+
+
+def average_by_looping(counts: Mapping, answers: Mapping[object, str]) -> dict:
+    """The average on the answers that loop and on the others (None where there are none): whether
+    the benchmark scores degenerate answers lower, and what breaking a loop costs or gains."""
+    out = {}
+    for name, loops in zip(BY_LOOPING, (True, False)):
+        rows = [c for key, c in counts.items() if is_looping(answers[key]) == loops]
+        out[name] = average(np.array(rows)) if rows else None
+    return out
 
 
 def drift(initial: Mapping[object, str], answers: Mapping[object, str]) -> dict:
@@ -252,6 +268,24 @@ def answer_table(figures: Mapping[str, Sequence[Mapping]], initial: Mapping | No
         shares = [_fmt(*over_seeds([m[f] for m in metrics])) if all(f in m for m in metrics) else "–"
                   for f in (LOOPING, *DRIFT)]
         lines.append(f"| {arm} | {tokens} | {ended} | " + " | ".join(shares) + f" | {len(metrics)} |")
+    return "\n".join(lines)
+
+
+def looping_table(figures: Mapping[str, Sequence[Mapping]], initial: Mapping | None, benchmark: str) -> str:
+    """Markdown: per arm, mean ± sd over seeds (in %) of the average on looping answers and on the
+    others (`average_by_looping`; – where not computed or where an arm has no such answer)."""
+    def cell(metrics, field):
+        values = [m.get(field) for m in metrics]
+        return "–" if None in values else _fmt(*over_seeds(values))
+
+    lines = [f"| {benchmark}: arm | average (strict) on looping answers | on the other answers | looping (%) | seeds |",
+             "|---|---|---|---|---|"]
+    if initial is not None:
+        cells = [f"{100 * initial[f]:.1f}" if initial.get(f) is not None else "–" for f in (*BY_LOOPING, LOOPING)]
+        lines.append("| initial policy | " + " | ".join(cells) + " | – |")
+    for arm, metrics in figures.items():
+        cells = [cell(metrics, f) for f in (*BY_LOOPING, LOOPING)]
+        lines.append(f"| {arm} | " + " | ".join(cells) + f" | {len(metrics)} |")
     return "\n".join(lines)
 
 

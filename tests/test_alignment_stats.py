@@ -143,3 +143,17 @@ def test_drift_correlation():
     c = st.drift_correlation(arms, initial)
     assert c["points"] == 3 and c["spearman"] == pytest.approx(1.0)
     assert st.drift_correlation({"a": arms["a"]}, initial) is None
+
+
+def test_average_by_looping_and_its_table():
+    c = counts([[True, True], [False, True], [False]])  # keys 1000, 1001, 1002
+    answers = {1000: "a b a b a", 1001: "the cat sat on the mat", 1002: "fine words here"}
+    split = st.average_by_looping(c, answers)
+    assert split["average_looping"] == pytest.approx(1.0)  # the loop follows both instructions
+    assert split["average_fluent"] == pytest.approx((0 + 1 / 3) / 2)
+    assert st.average_by_looping(c, {**answers, 1000: "no loop"})["average_looping"] is None
+    initial = {"average_looping": 0.5, "average_fluent": 0.25, "looping": 0.1}
+    arm = [{**split, "looping": 1 / 3}, {"average_looping": None, "average_fluent": 0.5, "looping": 0.0}]
+    table = st.looping_table({"arm": arm}, initial, "ifeval")
+    assert "| initial policy | 50.0 | 25.0 | 10.0 | – |" in table
+    assert "| arm | – | 33.3 ± 23.6 | 16.7 ± 23.6 | 2 |" in table
