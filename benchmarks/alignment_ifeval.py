@@ -504,14 +504,15 @@ def analyse(out: Path, sizes: Sizes, arms: list[str], n_boot: int = 2000) -> dic
             results["missing"] += [f"seed{s}/{arm}/{name}" for s, v in found.items() if v is None]
             done = {s: v for s, v in found.items() if v is not None}
             if done:
-                figures[arm] = [with_answer_stats(m, rows, arm_dir(out, s, arm) / "bench" / name, initial_answers)
-                                for s, (m, rows) in done.items()]
+                figures[arm] = [{**with_answer_stats(m, rows, arm_dir(out, s, arm) / "bench" / name, initial_answers),
+                                 "seed": s} for s, (m, rows) in done.items()]
                 counts[arm] = {s: stats.prompt_counts(rows) for s, (_, rows) in done.items()}
-        kept = stats.FIGURES + stats.ANSWERS + (stats.LOOPING,) + stats.BY_LOOPING + stats.DRIFT
+        kept = ("seed",) + stats.FIGURES + stats.ANSWERS + (stats.LOOPING,) + stats.BY_LOOPING + stats.DRIFT
         bench = {"initial": initial and {f: initial[0][f] for f in kept if f in initial[0]},
                  "arms": {arm: [{f: m[f] for f in kept if f in m} for m in ms] for arm, ms in figures.items()},
                  "differences": {}}
         md += [f"## {name}\n", stats.arm_table(figures, initial and initial[0], name), "",
+               stats.seed_table(figures, initial and initial[0], name, sizes.seeds), "",
                stats.answer_table(figures, initial and initial[0], name), "",
                stats.looping_table(figures, initial and initial[0], name), ""]
         bench["drift_correlation"] = initial and stats.drift_correlation(figures, initial[0])

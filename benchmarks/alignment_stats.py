@@ -199,6 +199,27 @@ def arm_table(figures: Mapping[str, Sequence[Mapping]], initial: Mapping | None,
     return "\n".join(lines)
 
 
+def seed_table(figures: Mapping[str, Sequence[Mapping]], initial: Mapping | None, benchmark: str,
+               seeds: Sequence[int]) -> str:
+    """Markdown: per arm, the average (in %) of each seed (metrics carry `seed`; – where not finished)
+    and its change from the initial policy's, so that the seed spread can be read arm by arm."""
+    lines = [f"| {benchmark}: arm | " + " | ".join(f"seed {s}" for s in seeds) + " | mean ± sd |",
+             "|---|" + "---|" * (len(seeds) + 1)]
+    if initial is not None:
+        lines.append("| initial policy | " + " | ".join(f"{100 * initial[FIGURES[0]]:.1f}" for _ in seeds) + " | |")
+    for arm, metrics in figures.items():
+        by_seed = {m["seed"]: m[FIGURES[0]] for m in metrics}
+        cells = []
+        for seed in seeds:
+            if seed not in by_seed:
+                cells.append("–")
+                continue
+            change = f" ({100 * (by_seed[seed] - initial[FIGURES[0]]):+.1f})" if initial is not None else ""
+            cells.append(f"{100 * by_seed[seed]:.1f}{change}")
+        lines.append(f"| {arm} | " + " | ".join(cells) + f" | {_fmt(*over_seeds(list(by_seed.values())))} |")
+    return "\n".join(lines)
+
+
 def is_looping(text: str) -> bool:
     """Whether an answer loops: at least half of its word bigrams repeat earlier ones, where the
     `ifeval` reward's repetition term (`ampo.rewards.degeneracy_terms`) reaches its full weight."""

@@ -183,5 +183,6 @@ def test_report_gives_each_arms_drift_from_the_initial_answers(tmp_path, monkeyp
     assert "| ampo+random | 84.0 (1 seed) | 50.0 (1 seed) | 0.0 (1 seed) | 50.0 (1 seed) | 75.0 (1 seed) | 1 |" in text
     assert "| initial policy | – | 50.0 | 0.0 | – |" in text  # no looping answer: its average is –
     arm = json.loads((out / "results.json").read_text())["benchmarks"]["ifeval"]["arms"]["ampo+random"][0]
-    assert arm["identical_to_initial"] == 0.5 and arm["prefix_kept"] == 0.75
+    assert arm["identical_to_initial"] == 0.5 and arm["prefix_kept"] == 0.75 and arm["seed"] == 0
+    assert "| ampo+random | 50.0 (+25.0) |" in text  # the per-seed table
     assert (out / "alignment.png").stat().st_size > 0

@@ -157,3 +157,13 @@ def test_average_by_looping_and_its_table():
     table = st.looping_table({"arm": arm}, initial, "ifeval")
     assert "| initial policy | 50.0 | 25.0 | 10.0 | – |" in table
     assert "| arm | – | 33.3 ± 23.6 | 16.7 ± 23.6 | 2 |" in table
+
+
+def test_seed_table():
+    f = st.FIGURES[0]
+    arms = {"arm": [{f: 0.25, "seed": 0}, {f: 0.15, "seed": 2}]}
+    table = st.seed_table(arms, {f: 0.2}, "ifeval", [0, 1, 2])
+    assert "| ifeval: arm | seed 0 | seed 1 | seed 2 | mean ± sd |" in table
+    assert "| initial policy | 20.0 | 20.0 | 20.0 | |" in table
+    assert f"| arm | 25.0 (+5.0) | – | 15.0 (-5.0) | 20.0 ± {100 * np.sqrt(0.005):.1f} |" in table
+    assert "| arm | 25.0 | – | 15.0 |" in st.seed_table(arms, None, "ifeval", [0, 1, 2])
