@@ -392,14 +392,12 @@ def read_answers(folder: Path) -> dict | None:
     return {r["key"]: r["response"] for r in map(json.loads, path.read_text().splitlines())}
 
 
-def with_answer_stats(metrics: dict, rows: list[dict], folder: Path, initial_answers: dict | None) -> dict:
-    """The evaluation's metrics plus, where it kept its answers, the share that loop, the average on
-    them and on the others, and, given the initial policy's answers, their drift from them."""
-    answers = read_answers(folder)
+def with_answer_stats(metrics: dict, rows: list[dict], answers: dict | None, initial_answers: dict | None) -> dict:
+    """The evaluation's metrics plus, where it kept its answers, their looping statistics and, given
+    the initial policy's answers, their drift from them."""
     if answers is None:
         return metrics
-    extra = {stats.LOOPING: stats.looping_share(answers.values()),
-             **stats.average_by_looping(stats.prompt_counts(rows), answers)}
+    extra = stats.looping_statistics(stats.prompt_counts(rows), answers)
     if initial_answers is not None:
         extra.update(stats.drift(initial_answers, answers))
     return {**metrics, **extra}
@@ -497,17 +495,17 @@ def analyse(out: Path, sizes: Sizes, arms: list[str], n_boot: int = 2000) -> dic
         initial = read_metrics(out / "initial" / name)
         initial_answers = read_answers(out / "initial" / name) if initial else None
         if initial:
-            initial = with_answer_stats(*initial, out / "initial" / name, None), initial[1]
+            initial = with_answer_stats(*initial, initial_answers, None), initial[1]
         figures, counts = {}, {}
         for arm in arms:
             found = {s: read_metrics(arm_dir(out, s, arm) / "bench" / name) for s in sizes.seeds}
             results["missing"] += [f"seed{s}/{arm}/{name}" for s, v in found.items() if v is None]
             done = {s: v for s, v in found.items() if v is not None}
             if done:
-                figures[arm] = [{**with_answer_stats(m, rows, arm_dir(out, s, arm) / "bench" / name, initial_answers),
-                                 "seed": s} for s, (m, rows) in done.items()]
+                figures[arm] = [{**with_answer_stats(m, rows, read_answers(arm_dir(out, s, arm) / "bench" / name),
+                                                     initial_answers), "seed": s} for s, (m, rows) in done.items()]
                 counts[arm] = {s: stats.prompt_counts(rows) for s, (_, rows) in done.items()}
-        kept = ("seed",) + stats.FIGURES + stats.ANSWERS + (stats.LOOPING,) + stats.BY_LOOPING + stats.DRIFT
+        kept = ("seed",) + stats.FIGURES + stats.ANSWERS + stats.LOOPS + stats.DRIFT
         bench = {"initial": initial and {f: initial[0][f] for f in kept if f in initial[0]},
                  "arms": {arm: [{f: m[f] for f in kept if f in m} for m in ms] for arm, ms in figures.items()},
                  "differences": {}}

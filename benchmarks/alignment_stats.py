@@ -28,8 +28,7 @@ FIGURES = ("avg_prompt_inst_strict_acc", "prompt_level_strict_acc", "inst_level_
            "prompt_level_loose_acc", "inst_level_loose_acc")
 ANSWERS = ("mean_new_tokens", "finished_rate")  # the evaluation's length figures, for `answer_table`
 DRIFT = ("identical_to_initial", "prefix_kept")  # from `drift`, for `answer_table`
-LOOPING = "looping"  # from `looping_share`, for `answer_table`
-BY_LOOPING = ("average_looping", "average_fluent")  # from `average_by_looping`, for `looping_table`
+LOOPS = ("looping", "average_looping", "average_fluent")  # from `looping_statistics`, for `looping_table`
 
 
 # ------------------------------------------------------------------ benchmark figures
@@ -228,17 +227,14 @@ def is_looping(text: str) -> bool:
     return degeneracy_terms(text, 0.0)["repetition"] >= 1.0
 
 
-def looping_share(answers: Iterable[str]) -> float:
-    """The share of answers that loop (`is_looping`)."""
-    return float(np.mean([is_looping(text) for text in answers]))
-
-
-def average_by_looping(counts: Mapping, answers: Mapping[object, str]) -> dict:
-    """The average on the answers that loop and on the others (None where there are none): whether
-    the benchmark scores degenerate answers lower, and what breaking a loop costs or gains."""
-    out = {}
-    for name, loops in zip(BY_LOOPING, (True, False)):
-        rows = [c for key, c in counts.items() if is_looping(answers[key]) == loops]
+def looping_statistics(counts: Mapping, answers: Mapping[object, str]) -> dict:
+    """The share of answers that loop (`is_looping`), and the average on them and on the others (None
+    where there are none): whether the benchmark scores degenerate answers lower, and what breaking
+    a loop costs or gains. `counts` are the scored prompts' (`prompt_counts`), keyed as `answers`."""
+    loops = {key: is_looping(text) for key, text in answers.items()}
+    out = {LOOPS[0]: float(np.mean(list(loops.values())))}
+    for name, looping in zip(LOOPS[1:], (True, False)):
+        rows = [c for key, c in counts.items() if loops[key] == looping]
         out[name] = average(np.array(rows)) if rows else None
     return out
 
@@ -273,39 +269,38 @@ def drift_correlation(figures: Mapping[str, Sequence[Mapping]], initial: Mapping
 
 def answer_table(figures: Mapping[str, Sequence[Mapping]], initial: Mapping | None, benchmark: str) -> str:
     """Markdown: per arm, mean ± sd over seeds (in % where a share) of the answers' new tokens and
-    ended share, from the evaluations' metrics (`mean_new_tokens`, `finished_rate`), of the share
-    that loop (`looping_share`) and of their drift from the initial policy's answers (`drift`); –
-    where not computed."""
-    lines = [f"| {benchmark}: arm | new tokens per answer | ended within the budget (%) | looping (%) | "
+    ended share, from the evaluations' metrics (`mean_new_tokens`, `finished_rate`), and of their
+    drift from the initial policy's answers (`drift`; – where not computed)."""
+    lines = [f"| {benchmark}: arm | new tokens per answer | ended within the budget (%) | "
              "identical to the initial answer (%) | initial answer's prefix kept (%) | seeds |",
-             "|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|"]
     if initial is not None:
-        looping = f"{100 * initial[LOOPING]:.1f}" if LOOPING in initial else "–"
         lines.append(f"| initial policy | {initial['mean_new_tokens']:.1f} | {100 * initial['finished_rate']:.1f} "
-                     f"| {looping} | 100 | 100 | – |")
+                     "| 100 | 100 | – |")
     for arm, metrics in figures.items():
         tokens = _fmt(*over_seeds([m["mean_new_tokens"] for m in metrics]), scale=1.0)
         ended = _fmt(*over_seeds([m["finished_rate"] for m in metrics]))
         shares = [_fmt(*over_seeds([m[f] for m in metrics])) if all(f in m for m in metrics) else "–"
-                  for f in (LOOPING, *DRIFT)]
+                  for f in DRIFT]
         lines.append(f"| {arm} | {tokens} | {ended} | " + " | ".join(shares) + f" | {len(metrics)} |")
     return "\n".join(lines)
 
 
 def looping_table(figures: Mapping[str, Sequence[Mapping]], initial: Mapping | None, benchmark: str) -> str:
-    """Markdown: per arm, mean ± sd over seeds (in %) of the average on looping answers and on the
-    others (`average_by_looping`; – where not computed or where an arm has no such answer)."""
+    """Markdown: per arm, mean ± sd over seeds (in %) of the share of looping answers and of the
+    average on them and on the others (`looping_statistics`; – where not computed or where an arm
+    has no such answer)."""
     def cell(metrics, field):
         values = [m.get(field) for m in metrics]
         return "–" if None in values else _fmt(*over_seeds(values))
 
-    lines = [f"| {benchmark}: arm | average (strict) on looping answers | on the other answers | looping (%) | seeds |",
+    lines = [f"| {benchmark}: arm | looping (%) | average (strict) on looping answers | on the other answers | seeds |",
              "|---|---|---|---|---|"]
     if initial is not None:
-        cells = [f"{100 * initial[f]:.1f}" if initial.get(f) is not None else "–" for f in (*BY_LOOPING, LOOPING)]
+        cells = [f"{100 * initial[f]:.1f}" if initial.get(f) is not None else "–" for f in LOOPS]
         lines.append("| initial policy | " + " | ".join(cells) + " | – |")
     for arm, metrics in figures.items():
-        cells = [cell(metrics, f) for f in (*BY_LOOPING, LOOPING)]
+        cells = [cell(metrics, f) for f in LOOPS]
         lines.append(f"| {arm} | " + " | ".join(cells) + f" | {len(metrics)} |")
     return "\n".join(lines)
 

@@ -156,33 +156,35 @@ def finished_evaluation(folder: Path, score: float, answers: dict | None) -> Non
     (folder / "done.json").write_text(json.dumps({"seconds": 1.0}))
 
 
-def test_report_shows_a_finished_evaluation_with_its_answer_lengths(tmp_path, monkeypatch):
+def report(out: Path, monkeypatch) -> str:
+    """`bench_alignment.py --task ifeval --report` on seed 0's ampo+random arm; alignment.md's text."""
     import bench_alignment
 
+    monkeypatch.setattr(sys, "argv", ["bench_alignment.py", "--task", "ifeval", "--report", "--seeds", "0",
+                                      "--arms", "ampo+random", "--out", str(out)])
+    bench_alignment.main()
+    return (out / "alignment.md").read_text()
+
+
+def test_report_shows_a_finished_evaluation_with_its_answer_lengths(tmp_path, monkeypatch):
     out = tmp_path / "bench"
     finished_evaluation(out / "initial" / "ifeval", 0.25, None)
-    monkeypatch.setattr(sys, "argv", ["bench_alignment.py", "--task", "ifeval", "--report", "--seeds", "0",
-                                      "--arms", "ampo+random", "--out", str(out)])
-    bench_alignment.main()
-    text = (out / "alignment.md").read_text()
+    text = report(out, monkeypatch)
     assert "| initial policy | 25.0 | 25.0 | 25.0 | 25.0 | 25.0 | – |" in text
-    assert "| initial policy | 84.0 | 50.0 | – | 100 | 100 | – |" in text
+    assert "| initial policy | 84.0 | 50.0 | 100 | 100 | – |" in text
 
 
-def test_report_gives_each_arms_drift_from_the_initial_answers(tmp_path, monkeypatch):
-    import bench_alignment
-
+def test_report_gives_each_arms_loops_and_drift_from_the_initial_answers(tmp_path, monkeypatch):
     out = tmp_path / "bench"
-    finished_evaluation(out / "initial" / "ifeval", 0.25, {1: "same answer", 2: "abcd"})
-    finished_evaluation(ai.arm_dir(out, 0, "ampo+random") / "bench" / "ifeval", 0.5, {1: "same answer", 2: "abzz"})
-    monkeypatch.setattr(sys, "argv", ["bench_alignment.py", "--task", "ifeval", "--report", "--seeds", "0",
-                                      "--arms", "ampo+random", "--out", str(out)])
-    bench_alignment.main()
-    text = (out / "alignment.md").read_text()
-    assert "| initial policy | 84.0 | 50.0 | 0.0 | 100 | 100 | – |" in text
-    assert "| ampo+random | 84.0 (1 seed) | 50.0 (1 seed) | 0.0 (1 seed) | 50.0 (1 seed) | 75.0 (1 seed) | 1 |" in text
-    assert "| initial policy | – | 50.0 | 0.0 | – |" in text  # no looping answer: its average is –
+    # prompt 1 is followed, prompt 2 not; the initial policy loops on prompt 2, the arm does not
+    finished_evaluation(out / "initial" / "ifeval", 0.25, {1: "same answer", 2: "a b a b a"})
+    finished_evaluation(ai.arm_dir(out, 0, "ampo+random") / "bench" / "ifeval", 0.5, {1: "same answer", 2: "a b zz"})
+    text = report(out, monkeypatch)
+    assert "| initial policy | 84.0 | 50.0 | 100 | 100 | – |" in text
+    assert "| ampo+random | 84.0 (1 seed) | 50.0 (1 seed) | 50.0 (1 seed) | 72.2 (1 seed) | 1 |" in text
+    assert "| initial policy | 50.0 | 0.0 | 100.0 | – |" in text  # loops: share, average on them, on the rest
+    assert "| ampo+random | 0.0 (1 seed) | – | 50.0 (1 seed) | 1 |" in text
     arm = json.loads((out / "results.json").read_text())["benchmarks"]["ifeval"]["arms"]["ampo+random"][0]
-    assert arm["identical_to_initial"] == 0.5 and arm["prefix_kept"] == 0.75 and arm["seed"] == 0
-    assert "| ampo+random | 50.0 (+25.0) |" in text  # the per-seed table
+    assert arm["identical_to_initial"] == 0.5 and arm["prefix_kept"] == pytest.approx((1 + 4 / 9) / 2)
+    assert arm["seed"] == 0 and "| ampo+random | 50.0 (+25.0) |" in text  # the per-seed table
     assert (out / "alignment.png").stat().st_size > 0

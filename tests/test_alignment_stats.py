@@ -111,16 +111,11 @@ def test_pool_statistics_and_tables():
 def test_answer_table():
     arm = [{"mean_new_tokens": 20.0, "finished_rate": 0.5}, {"mean_new_tokens": 30.0, "finished_rate": 0.25}]
     table = st.answer_table({"arm": arm}, {"mean_new_tokens": 12.0, "finished_rate": 0.75}, "ifeval")
-    assert "| initial policy | 12.0 | 75.0 | – | 100 | 100 | – |" in table
-    assert f"| arm | 25.0 ± {np.sqrt(50):.1f} | 37.5 ± {100 * np.sqrt(0.03125):.1f} | – | – | – | 2 |" in table
-    moved = [{**m, "looping": 0.1, "identical_to_initial": 0.5, "prefix_kept": 0.75} for m in arm]
+    assert "| initial policy | 12.0 | 75.0 | 100 | 100 | – |" in table
+    assert f"| arm | 25.0 ± {np.sqrt(50):.1f} | 37.5 ± {100 * np.sqrt(0.03125):.1f} | – | – | 2 |" in table
+    moved = [{**m, "identical_to_initial": 0.5, "prefix_kept": 0.75} for m in arm]
     table = st.answer_table({"arm": moved}, None, "ifeval")
-    assert "| 10.0 ± 0.0 | 50.0 ± 0.0 | 75.0 ± 0.0 | 2 |" in table and "initial policy" not in table
-
-
-def test_looping_share():
-    # "a b a b a": 2 distinct of 4 bigrams, half repeated: the repetition term's full weight
-    assert st.looping_share(["a b a b a", "the cat sat on the mat", "a b c a b c", "one"]) == 0.25
+    assert "| 50.0 ± 0.0 | 75.0 ± 0.0 | 2 |" in table and "initial policy" not in table
 
 
 def test_drift_from_the_initial_answers():
@@ -145,18 +140,20 @@ def test_drift_correlation():
     assert st.drift_correlation({"a": arms["a"]}, initial) is None
 
 
-def test_average_by_looping_and_its_table():
+def test_looping_statistics_and_their_table():
     c = counts([[True, True], [False, True], [False]])  # keys 1000, 1001, 1002
-    answers = {1000: "a b a b a", 1001: "the cat sat on the mat", 1002: "fine words here"}
-    split = st.average_by_looping(c, answers)
-    assert split["average_looping"] == pytest.approx(1.0)  # the loop follows both instructions
-    assert split["average_fluent"] == pytest.approx((0 + 1 / 3) / 2)
-    assert st.average_by_looping(c, {**answers, 1000: "no loop"})["average_looping"] is None
-    initial = {"average_looping": 0.5, "average_fluent": 0.25, "looping": 0.1}
-    arm = [{**split, "looping": 1 / 3}, {"average_looping": None, "average_fluent": 0.5, "looping": 0.0}]
+    # "a b a b a": 2 distinct of 4 bigrams, half repeated: the repetition term's full weight
+    answers = {1000: "a b a b a", 1001: "the cat sat on the mat", 1002: "a b c a b c", 1003: "unscored"}
+    loops = st.looping_statistics(c, answers)
+    assert loops["looping"] == 0.25
+    assert loops["average_looping"] == pytest.approx(1.0)  # the loop follows both instructions
+    assert loops["average_fluent"] == pytest.approx((0 + 1 / 3) / 2)
+    assert st.looping_statistics(c, {**answers, 1000: "no loop"})["average_looping"] is None
+    initial = {"looping": 0.1, "average_looping": 0.5, "average_fluent": 0.25}
+    arm = [{**loops, "looping": 1 / 3}, {"looping": 0.0, "average_looping": None, "average_fluent": 0.5}]
     table = st.looping_table({"arm": arm}, initial, "ifeval")
-    assert "| initial policy | 50.0 | 25.0 | 10.0 | – |" in table
-    assert "| arm | – | 33.3 ± 23.6 | 16.7 ± 23.6 | 2 |" in table
+    assert "| initial policy | 10.0 | 50.0 | 25.0 | – |" in table
+    assert "| arm | 16.7 ± 23.6 | – | 33.3 ± 23.6 | 2 |" in table
 
 
 def test_seed_table():
