@@ -51,6 +51,7 @@ ARMS: dict[str, list[str]] = {
     "swepo all": ["select.strategy=all", "train.loss=swepo", "train.gradient_checkpointing=true"],
 }
 BASELINES = ("dpo best-vs-worst", "ampo+random")  # the paired differences are taken against these
+SHOWN = ("dpo best-vs-worst", "ampo+optselect", "ampo+coreset", "ampo+random")  # answers side by side
 # selector label in the pool statistics -> the arm whose round-0 selection it is (simpo best-vs-worst
 # has the same selection as dpo best-vs-worst; `all` selects everything)
 SELECTIONS = {"bottomk": "ampo+bottomk", "random": "ampo+random", "coreset/minilm": "ampo+coreset",
@@ -403,6 +404,24 @@ def with_answer_stats(metrics: dict, rows: list[dict], answers: dict | None, ini
     return {**metrics, **extra}
 
 
+def side_by_side(initial_folder: Path, initial_answers: dict, initial_counts: dict, answers: dict, counts: dict,
+                 seed: int) -> list[str]:
+    """The report's lines showing a few answers of the initial policy and of the `SHOWN` arms on
+    `seed`, side by side (`stats.side_by_side`); none before one of those arms has finished there
+    or where no score differs."""
+    shown = [a for a in SHOWN if (answers.get(a) or {}).get(seed)]
+    if not shown:
+        return []
+    rows = map(json.loads, (initial_folder / "responses.jsonl").read_text().splitlines())
+    prompts = {r["key"]: r["prompt"] for r in rows}
+    table = stats.side_by_side(prompts, {"initial policy": initial_answers, **{a: answers[a][seed] for a in shown}},
+                               {"initial policy": initial_counts, **{a: counts[a][seed] for a in shown}})
+    if not table:
+        return []
+    return [f"Answers side by side (seed {seed}; the first prompts in key order on which the policies follow "
+            "different numbers of instructions; answers cut to 300 characters):\n", table, ""]
+
+
 def timings(out: Path, sizes: Sizes, arms: list[str]) -> dict:
     """Seconds per part, from the manifests' stage records and the evaluations' done.json; shared
     round-0 stages counted once per seed (in the arm that ran them)."""
@@ -496,14 +515,15 @@ def analyse(out: Path, sizes: Sizes, arms: list[str], n_boot: int = 2000) -> dic
         initial_answers = read_answers(out / "initial" / name) if initial else None
         if initial:
             initial = with_answer_stats(*initial, initial_answers, None), initial[1]
-        figures, counts = {}, {}
+        figures, counts, answers = {}, {}, {}
         for arm in arms:
             found = {s: read_metrics(arm_dir(out, s, arm) / "bench" / name) for s in sizes.seeds}
             results["missing"] += [f"seed{s}/{arm}/{name}" for s, v in found.items() if v is None]
             done = {s: v for s, v in found.items() if v is not None}
             if done:
-                figures[arm] = [{**with_answer_stats(m, rows, read_answers(arm_dir(out, s, arm) / "bench" / name),
-                                                     initial_answers), "seed": s} for s, (m, rows) in done.items()]
+                answers[arm] = {s: read_answers(arm_dir(out, s, arm) / "bench" / name) for s in done}
+                figures[arm] = [{**with_answer_stats(m, rows, answers[arm][s], initial_answers), "seed": s}
+                                for s, (m, rows) in done.items()]
                 counts[arm] = {s: stats.prompt_counts(rows) for s, (_, rows) in done.items()}
         kept = ("seed",) + stats.FIGURES + stats.ANSWERS + stats.LOOPS + stats.DRIFT
         bench = {"initial": initial and {f: initial[0][f] for f in kept if f in initial[0]},
@@ -513,6 +533,9 @@ def analyse(out: Path, sizes: Sizes, arms: list[str], n_boot: int = 2000) -> dic
                stats.seed_table(figures, initial and initial[0], name, sizes.seeds), "",
                stats.answer_table(figures, initial and initial[0], name), "",
                stats.looping_table(figures, initial and initial[0], name), ""]
+        if initial_answers is not None:
+            md += side_by_side(out / "initial" / name, initial_answers, stats.prompt_counts(initial[1]),
+                               answers, counts, sizes.seeds[0])
         bench["drift_correlation"] = initial and stats.drift_correlation(figures, initial[0])
         if bench["drift_correlation"]:
             c = bench["drift_correlation"]

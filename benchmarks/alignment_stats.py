@@ -11,7 +11,8 @@ on per-prompt benchmark results and on round-0 pools, tested on synthetic data
   evaluation's metrics), so that a score change can be read against a length change; the share of
   looping answers (the `ifeval` reward's repetition term at full weight); and how far
   an arm's greedy answers moved from the initial policy's (identical answers, common prefix kept),
-  so that it can be read against how much the policy changed at all.
+  so that it can be read against how much the policy changed at all; and a few answers side by
+  side, on prompts picked by a fixed rule.
 - Pool statistics: failure modes (the distinct sets of unfollowed instructions among a pool's
   responses), whether an embedding separates them (nearest-neighbour agreement against chance),
   how many of them each selector's negatives cover, and the overlap between selectors' negatives.
@@ -303,6 +304,32 @@ def looping_table(figures: Mapping[str, Sequence[Mapping]], initial: Mapping | N
         cells = [cell(metrics, f) for f in LOOPS]
         lines.append(f"| {arm} | " + " | ".join(cells) + f" | {len(metrics)} |")
     return "\n".join(lines)
+
+
+def side_by_side(prompts: Mapping[object, str], answers: Mapping[str, Mapping[object, str]],
+                 counts: Mapping[str, Mapping], shown: int = 3, width: int = 300) -> str:
+    """Markdown: answers read side by side where the score moves, on prompts chosen by a rule fixed
+    in advance rather than for the story: the first `shown` prompts in key order on which the
+    policies follow different numbers of instructions (strict, `counts` from `prompt_counts`). Per
+    prompt, each policy's answer cut to `width` characters (line breaks as ⏎) and its count."""
+    names = list(answers)
+    keys = [k for k in sorted(prompts)
+            if all(k in answers[n] and k in counts[n] for n in names)
+            and len({counts[n][k][1] for n in names}) > 1][:shown]
+
+    def cell(text: str) -> str:
+        cut = text[:width] + (" …" if len(text) > width else "")
+        return cut.replace("|", "\\|").replace("\n", " ⏎ ")
+
+    blocks = []
+    for key in keys:
+        lines = [f"Prompt {key}: {cell(prompts[key])}\n", "| policy | instructions followed | answer |",
+                 "|---|---|---|"]
+        for name in names:
+            followed, scored = counts[name][key][1:]
+            lines.append(f"| {name} | {followed:.0f} of {scored:.0f} | {cell(answers[name][key])} |")
+        blocks.append("\n".join(lines))
+    return "\n\n".join(blocks)
 
 
 def difference_table(diffs: Mapping[str, Mapping], against: str, benchmark: str) -> str:

@@ -140,18 +140,19 @@ def test_report_runs_nothing_and_names_what_is_missing(tmp_path, monkeypatch):
     assert not (out / "seed0").exists()  # nothing was run
 
 
-def finished_evaluation(folder: Path, score: float, answers: dict | None) -> None:
-    """A finished benchmark evaluation of two prompts as `evaluate` leaves it."""
+def finished_evaluation(folder: Path, score: float, answers: dict | None, followed: tuple = (1,)) -> None:
+    """A finished benchmark evaluation of two prompts (1 and 2, one instruction each, the prompts in
+    `followed` following it) as `evaluate` leaves it."""
     import alignment_stats
 
     folder.mkdir(parents=True)
     metrics = {**{f: score for f in alignment_stats.FIGURES}, "mean_new_tokens": 84.0, "finished_rate": 0.5}
     (folder / "metrics.json").write_text(json.dumps(metrics))
-    results = [{"key": k, "instruction_id_list": ["x"], "follow_instruction_list_strict": [k == 1],
-                "follow_instruction_list_loose": [k == 1]} for k in (1, 2)]
+    results = [{"key": k, "instruction_id_list": ["x"], "follow_instruction_list_strict": [k in followed],
+                "follow_instruction_list_loose": [k in followed]} for k in (1, 2)]
     (folder / "results.jsonl").write_text("\n".join(json.dumps(r) for r in results) + "\n")
     if answers is not None:
-        (folder / "responses.jsonl").write_text("".join(json.dumps({"key": k, "response": v}) + "\n"
+        (folder / "responses.jsonl").write_text("".join(json.dumps({"key": k, "prompt": f"prompt {k}", "response": v}) + "\n"
                                                         for k, v in answers.items()))
     (folder / "done.json").write_text(json.dumps({"seconds": 1.0}))
 
@@ -178,13 +179,17 @@ def test_report_gives_each_arms_loops_and_drift_from_the_initial_answers(tmp_pat
     out = tmp_path / "bench"
     # prompt 1 is followed, prompt 2 not; the initial policy loops on prompt 2, the arm does not
     finished_evaluation(out / "initial" / "ifeval", 0.25, {1: "same answer", 2: "a b a b a"})
-    finished_evaluation(ai.arm_dir(out, 0, "ampo+random") / "bench" / "ifeval", 0.5, {1: "same answer", 2: "a b zz"})
+    finished_evaluation(ai.arm_dir(out, 0, "ampo+random") / "bench" / "ifeval", 0.5, {1: "same answer", 2: "a b zz"},
+                        followed=(1, 2))
     text = report(out, monkeypatch)
     assert "| initial policy | 84.0 | 50.0 | 100 | 100 | – |" in text
     assert "| ampo+random | 84.0 (1 seed) | 50.0 (1 seed) | 50.0 (1 seed) | 72.2 (1 seed) | 1 |" in text
     assert "| initial policy | 50.0 | 0.0 | 100.0 | – |" in text  # loops: share, average on them, on the rest
-    assert "| ampo+random | 0.0 (1 seed) | – | 50.0 (1 seed) | 1 |" in text
+    assert "| ampo+random | 0.0 (1 seed) | – | 100.0 (1 seed) | 1 |" in text
     arm = json.loads((out / "results.json").read_text())["benchmarks"]["ifeval"]["arms"]["ampo+random"][0]
     assert arm["identical_to_initial"] == 0.5 and arm["prefix_kept"] == pytest.approx((1 + 4 / 9) / 2)
     assert arm["seed"] == 0 and "| ampo+random | 50.0 (+25.0) |" in text  # the per-seed table
     assert (out / "alignment.png").stat().st_size > 0
+    # answers side by side: only prompt 2, where the number of instructions followed differs
+    assert "Prompt 2: prompt 2" in text and "Prompt 1:" not in text
+    assert "| initial policy | 0 of 1 | a b a b a |" in text and "| ampo+random | 1 of 1 | a b zz |" in text

@@ -164,3 +164,18 @@ def test_seed_table():
     assert "| initial policy | 20.0 | 20.0 | 20.0 | |" in table
     assert f"| arm | 25.0 (+5.0) | – | 15.0 (-5.0) | 20.0 ± {100 * np.sqrt(0.005):.1f} |" in table
     assert "| arm | 25.0 | – | 15.0 |" in st.seed_table(arms, None, "ifeval", [0, 1, 2])
+
+
+def test_side_by_side_shows_the_first_prompts_where_the_scores_differ():
+    prompts = {3: "third", 1: "first", 2: "second | piped"}
+    answers = {"initial policy": {1: "a", 2: "b\nc", 3: "d"}, "arm": {1: "a2", 2: "x" * 10, 3: "d"}}
+    counts = {"initial policy": {1: (1.0, 1.0, 1.0), 2: (0.0, 0.0, 1.0), 3: (0.0, 1.0, 2.0)},
+              "arm": {1: (1.0, 1.0, 1.0), 2: (1.0, 1.0, 1.0), 3: (1.0, 2.0, 2.0)}}
+    # prompt 1's answers differ but not their scores: not shown; prompts 2 and 3 in key order
+    text = st.side_by_side(prompts, answers, counts, shown=3, width=20)
+    assert "Prompt 1" not in text and text.index("Prompt 2: second \\| piped") < text.index("Prompt 3: third")
+    assert "| initial policy | 0 of 1 | b ⏎ c |" in text and "| arm | 2 of 2 | d |" in text
+    cut = st.side_by_side(prompts, answers, counts, shown=1, width=4)
+    assert "Prompt 3" not in cut and "| arm | 1 of 1 | xxxx … |" in cut
+    same = {name: {k: counts["arm"][k] for k in prompts} for name in answers}
+    assert st.side_by_side(prompts, answers, same) == ""
