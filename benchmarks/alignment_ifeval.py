@@ -557,6 +557,10 @@ def analyse(out: Path, sizes: Sizes, arms: list[str], n_boot: int = 2000) -> dic
             bench["differences"][against] = diffs
             md += [stats.difference_table(diffs, against, name), ""]
         results["benchmarks"][name] = bench
+    if results["benchmarks"][BENCHMARKS[0]]["arms"]:
+        md[2:2] = ["## Summary\n", "Average (strict, %) mean ± sd over seeds; differences in points: the mean over "
+                   "seeds of the paired differences [95% paired bootstrap over prompts] and the sign count over "
+                   "seeds (+/−).\n", stats.summary_table(results["benchmarks"], BASELINES), ""]
     pools = {}
     for seed in sizes.seeds:
         data = pool_data(out, seed, arms)

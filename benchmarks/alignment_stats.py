@@ -332,6 +332,31 @@ def side_by_side(prompts: Mapping[object, str], answers: Mapping[str, Mapping[ob
     return "\n\n".join(blocks)
 
 
+def summary_table(benchmarks: Mapping[str, Mapping], baselines: Sequence[str]) -> str:
+    """Markdown: the decision in one table. Per arm and benchmark (`results.json`'s `benchmarks`:
+    `initial`, `arms`, `differences`), the average's mean ± sd over seeds and the paired difference
+    of the mean over seeds against each baseline, with its 95% interval and the sign count across
+    seeds (+/−)."""
+    names = list(benchmarks)
+    head = [f"{b}: {col}" for b in names for col in ["average", *(f"− {base}" for base in baselines)]]
+    lines = ["| arm | seeds | " + " | ".join(head) + " |", "|---|---|" + "---|" * len(head)]
+    initial = [benchmarks[b]["initial"] for b in names]
+    if all(initial):
+        lines.append("| initial policy | – | " + " | ".join(
+            " | ".join([f"{100 * i[FIGURES[0]]:.1f}"] + [""] * len(baselines)) for i in initial) + " |")
+    for arm, metrics in benchmarks[names[0]]["arms"].items():
+        cells = []
+        for b in names:
+            found = benchmarks[b]["arms"].get(arm)
+            cells.append(_fmt(*over_seeds([m[FIGURES[0]] for m in found])) if found else "–")
+            for base in baselines:
+                d = benchmarks[b]["differences"].get(base, {}).get(arm)
+                cells.append("" if d is None else f"{100 * d['mean']:+.1f} [{100 * d['mean_ci'][0]:+.1f}, "
+                             f"{100 * d['mean_ci'][1]:+.1f}] {d['signs']['positive']}/{d['signs']['negative']}")
+        lines.append(f"| {arm} | {len(metrics)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def difference_table(diffs: Mapping[str, Mapping], against: str, benchmark: str) -> str:
     """Markdown: per arm, the paired difference of the average against `against` (percentage points)."""
     lines = [f"| {benchmark}: arm − {against} | per seed [95% paired bootstrap] | mean over seeds [95%] | "

@@ -152,8 +152,8 @@ def finished_evaluation(folder: Path, score: float, answers: dict | None, follow
                 "follow_instruction_list_loose": [k in followed]} for k in (1, 2)]
     (folder / "results.jsonl").write_text("\n".join(json.dumps(r) for r in results) + "\n")
     if answers is not None:
-        (folder / "responses.jsonl").write_text("".join(json.dumps({"key": k, "prompt": f"prompt {k}", "response": v}) + "\n"
-                                                        for k, v in answers.items()))
+        rows = [{"key": k, "prompt": f"prompt {k}", "response": v} for k, v in answers.items()]
+        (folder / "responses.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     (folder / "done.json").write_text(json.dumps({"seconds": 1.0}))
 
 
@@ -189,6 +189,7 @@ def test_report_gives_each_arms_loops_and_drift_from_the_initial_answers(tmp_pat
     arm = json.loads((out / "results.json").read_text())["benchmarks"]["ifeval"]["arms"]["ampo+random"][0]
     assert arm["identical_to_initial"] == 0.5 and arm["prefix_kept"] == pytest.approx((1 + 4 / 9) / 2)
     assert arm["seed"] == 0 and "| ampo+random | 50.0 (+25.0) |" in text  # the per-seed table
+    assert "| ampo+random | 1 | 50.0 (1 seed) |  |  | – |  |  |" in text  # the summary: no baseline but itself
     assert (out / "alignment.png").stat().st_size > 0
     # answers side by side: only prompt 2, where the number of instructions followed differs
     assert "Prompt 2: prompt 2" in text and "Prompt 1:" not in text

@@ -179,3 +179,18 @@ def test_side_by_side_shows_the_first_prompts_where_the_scores_differ():
     assert "Prompt 3" not in cut and "| arm | 1 of 1 | xxxx … |" in cut
     same = {name: {k: counts["arm"][k] for k in prompts} for name in answers}
     assert st.side_by_side(prompts, answers, same) == ""
+
+
+def test_summary_table():
+    f = st.FIGURES[0]
+    diff = {"mean": -0.012, "mean_ci": [-0.033, 0.009], "signs": {"positive": 1, "negative": 2, "zero": 0}}
+    benchmarks = {
+        "ifeval": {"initial": {f: 0.223}, "arms": {"arm": [{f: 0.2}, {f: 0.22}, {f: 0.24}], "base": [{f: 0.25}]},
+                   "differences": {"base": {"arm": diff}}},
+        "ifbench": {"initial": {f: 0.107}, "arms": {"arm": [{f: 0.1}]}, "differences": {}},
+    }
+    table = st.summary_table(benchmarks, ["base"])
+    assert "| arm | seeds | ifeval: average | ifeval: − base | ifbench: average | ifbench: − base |" in table
+    assert "| initial policy | – | 22.3 |  | 10.7 |  |" in table
+    assert "| arm | 3 | 22.0 ± 2.0 | -1.2 [-3.3, +0.9] 1/2 | 10.0 (1 seed) |  |" in table
+    assert "| base | 1 | 25.0 (1 seed) |  | – |  |" in table
