@@ -23,6 +23,15 @@ def test_help_lists_the_stages(capsys):
         assert cmd in out
 
 
+def test_train_help_describes_every_loss(capsys):
+    from ampo.losses import LOSSES
+
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    out = capsys.readouterr().out
+    assert all(f"  {name} " in out and spec.description in " ".join(out.split()) for name, spec in LOSSES.items())
+
+
 def test_generate_one_greedy_answer_per_prompt(tiny_policy, tmp_path):  # noqa: F811
     """`--n 1` is allowed at the command line (single answers, e.g. for a benchmark)."""
     out = tmp_path / "answers.jsonl"

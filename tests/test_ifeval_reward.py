@@ -7,8 +7,7 @@ import pytest
 from ampo.cli import main
 from ampo.data import PoolRecord, read_pool, write_pool
 from ampo.ifeval.reward import IFEvalReward
-from ampo.stages import score_pool
-from ampo.rewards import load_reward, score_texts
+from ampo.rewards import load_reward, score_records, score_texts
 
 META = {"instruction_id_list": ["punctuation:no_comma", "change_case:english_lowercase"], "kwargs": [{}, {}]}
 
@@ -59,7 +58,7 @@ def test_meta_travels_through_pool_files_to_the_reward(tmp_path, suffix):
     write_pool(path, pool)
     back, _ = read_pool(path)
     assert [r.meta for r in back] == [META, other]
-    assert [s.tolist() for s in score_pool(IFEvalReward(), back)] == [[1.0, 0.5], [1.0, 0.0]]
+    assert [row["rewards"] for row in score_records(IFEvalReward(), back)] == [[1.0, 0.5], [1.0, 0.0]]
     out = tmp_path / f"scored{suffix}"
     assert main(["-q", "score", "--input", str(path), "--output", str(out), "--reward", "ifeval"]) == 0
     assert [r.rewards for r in read_pool(out)[0]] == [[1.0, 0.5], [1.0, 0.0]]

@@ -2,6 +2,7 @@
 spec/algorithms-2.md (gpo, tripo, mmpo target=pref; "spec-2")."""
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -714,3 +715,19 @@ def test_extreme_log_probs_stay_finite(name):
         loss.sum().backward()
         assert torch.isfinite(loss).all() and torch.isfinite(batch.logps.grad).all()
         assert all(torch.isfinite(v) for v in metrics.values())
+
+
+def test_the_docs_loss_table_matches_the_registry():
+    """docs/losses.md's columns refs, rewards, len-norm and pairwise say what `LOSSES` declares."""
+    docs = Path(__file__).resolve().parents[1] / "docs" / "losses.md"
+    table = {}
+    for line in docs.read_text().splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split(" | ")]
+        if line.startswith("| `") and cells[0].strip("`") in LOSSES:
+            table[cells[0].strip("`")] = cells[-6:-2]
+    assert set(table) == set(LOSSES)
+    for name, spec in LOSSES.items():
+        refs, rewards, normalized, pairwise = table[name]
+        yes = {"yes": True, "no": False}
+        assert (int(refs), yes[rewards], yes[normalized], yes[pairwise.split()[0]]) == (
+            spec.refs, spec.uses_rewards, spec.length_normalized, spec.pairwise), name

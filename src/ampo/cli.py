@@ -52,6 +52,13 @@ def _like(option: str, kind: type = int):
     return _ranged(kind, CLI_RANGES[option])
 
 
+def _losses_epilog(losses: dict) -> str:
+    """`ampo train --help`'s list of the losses, one line each (`LossSpec.description`)."""
+    width = max(map(len, losses))
+    return "losses (--loss; hyperparameters and formulas: docs/losses.md):\n" + "\n".join(
+        f"  {name:<{width}}  {spec.description}" for name, spec in losses.items())
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .backends import BACKENDS
     from .losses import LOSSES
@@ -79,7 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--input", required=True, help="prompts: JSONL/Parquet with a 'prompt' field, or .txt")
     s.add_argument("--output", required=True, help="pool file (.jsonl or .parquet)")
     s.add_argument("--policy", default="smollm2-135m-instruct", help="built-in name, local folder or hub id")
-    s.add_argument("--backend", default="hf", choices=list(BACKENDS))
+    s.add_argument("--backend", default="hf", choices=list(BACKENDS),
+                   help="; ".join(f"{name}: {b.description}" for name, b in BACKENDS.items()))
     s.add_argument("--n", type=_like("generate.n"), default=8,
                    help="responses per prompt (1 for single answers; a self-play round needs >= 2)")
     s.add_argument("--temperature", type=_like("generate.temperature", float), default=0.8)
@@ -130,6 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=cmd_select)
 
     s = sub.add_parser("train", help="train a policy on a pool you already have (any layout select reads)",
+                       formatter_class=argparse.RawDescriptionHelpFormatter, epilog=_losses_epilog(LOSSES),
                        description="Select groups from a scored pool (embedding it on the fly when the strategy "
                                    "needs it), compute reference log-probs once when the loss needs them, and "
                                    "train with any loss (LoRA or full). Writes OUTPUT/checkpoint (a model, or a "

@@ -24,15 +24,6 @@ def sample_rows(generator, prompts: list[dict], progress: bool = True) -> list[d
             for p, ss in zip(prompts, samples)]
 
 
-def score_pool(reward_fn, pool: list[PoolRecord]) -> list[np.ndarray]:
-    """Score every response of every record with a scalar reward in one batched call (with each
-    record's `meta` for rewards that need it); one array per record. Pairwise scorers and
-    aggregates: `ampo.rewards.score_records`."""
-    from .rewards import score_records
-
-    return [np.asarray(row["rewards"], dtype=np.float64) for row in score_records(reward_fn, pool)]
-
-
 def embed_pool(embedder, pool: list[PoolRecord]) -> list[np.ndarray]:
     """Embed every response in one call; one float32 `[n_responses, d]` array per record."""
     emb = np.asarray(embedder([t for rec in pool for t in rec.responses]), dtype=np.float32)
