@@ -608,21 +608,29 @@ def plot(out: Path, results: dict) -> None:
 
 def plot_drift(ax, bench: dict, name: str) -> None:
     """One point per arm and seed: how many answers stayed identical to the initial policy's against
-    the change of the average, coloured by loss, so that a score change can be read against how
-    far the policy moved."""
+    the change of the average, coloured by loss and shaped by seed, so that a score change can be
+    read against how far the policy moved."""
+    from matplotlib.lines import Line2D
+
     initial = bench["initial"]
+    if not initial:
+        return
+    colours = {"ampo": "C0", "dpo": "C1", "simpo": "C2", "swepo": "C3"}
+    markers, seeds, losses = "osD^v", set(), {}
     for arm, metrics in bench["arms"].items():
-        points = [(100 * m["identical_to_initial"], 100 * (m["avg_prompt_inst_strict_acc"]
-                                                             - initial["avg_prompt_inst_strict_acc"]))
-                  for m in metrics if initial and "identical_to_initial" in m]
-        if points:
-            loss = arm.split("+")[0].split(" ")[0]
-            colour = {"ampo": "C0", "dpo": "C1", "simpo": "C2"}.get(loss, "C3")
-            ax.scatter(*zip(*points), s=14, color=colour, label=loss)
-    handles, labels = ax.get_legend_handles_labels()
-    if handles:
-        unique = dict(zip(labels, handles))
-        ax.legend(unique.values(), unique.keys(), fontsize=7)
+        loss = arm.split("+")[0].split(" ")[0]
+        colour = colours.get(loss, "C4")
+        for m in metrics:
+            if "identical_to_initial" in m:
+                seeds.add(m["seed"])
+                losses[loss] = colour
+                ax.scatter(100 * m["identical_to_initial"], 100 * (m[stats.FIGURES[0]] - initial[stats.FIGURES[0]]),
+                           s=16, color=colour, marker=markers[m["seed"] % len(markers)])
+    if seeds:
+        legend = [Line2D([], [], ls="", marker="o", color=c, label=loss) for loss, c in losses.items()]
+        legend += [Line2D([], [], ls="", marker=markers[s % len(markers)], color="grey", label=f"seed {s}")
+                   for s in sorted(seeds)]
+        ax.legend(handles=legend, fontsize=7)
     ax.axhline(0, color="grey", ls="--", lw=0.8)
     ax.set_xlabel(f"{name} answers identical to the initial policy's (%)", fontsize=8)
     ax.set_ylabel("average − initial (points)", fontsize=8)
