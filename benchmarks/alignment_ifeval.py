@@ -536,6 +536,14 @@ def analyse(out: Path, sizes: Sizes, arms: list[str], n_boot: int = 2000) -> dic
         if initial_answers is not None:
             md += side_by_side(out / "initial" / name, initial_answers, stats.prompt_counts(initial[1]),
                                answers, counts, sizes.seeds[0])
+        bench["ranks"] = stats.arm_ranks(figures)
+        if bench["ranks"]:
+            r = bench["ranks"]
+            ranked = sorted(r["mean_rank"].items(), key=lambda item: item[1])
+            md += [f"Mean rank of the average over the {len(r['seeds'])} seeds every arm has finished (1 = best): "
+                   + ", ".join(f"{arm} {rank:.1f}" for arm, rank in ranked)
+                   + f". Friedman test, seeds as blocks: χ² = {r['friedman_chi2']:.1f}, p = {r['p_value']:.3f} "
+                   "(a small p says some arms rank consistently above others; with few seeds it has little power).\n"]
         bench["drift_correlation"] = initial and stats.drift_correlation(figures, initial[0])
         if bench["drift_correlation"]:
             c = bench["drift_correlation"]

@@ -255,6 +255,24 @@ def drift(initial: Mapping[object, str], answers: Mapping[object, str]) -> dict:
     return {"identical_to_initial": float(np.mean(identical)), "prefix_kept": float(np.mean(kept))}
 
 
+def arm_ranks(figures: Mapping[str, Sequence[Mapping]]) -> dict | None:
+    """Do the arms differ beyond the seed's effect? On the seeds every arm has finished (metrics
+    carry `seed`), each arm's mean rank of the average (1 = best, ties averaged) and Friedman's test
+    with the seeds as blocks; None below 2 such seeds or 3 arms."""
+    from scipy.stats import friedmanchisquare, rankdata
+
+    by_arm = {arm: {m["seed"]: m[FIGURES[0]] for m in metrics} for arm, metrics in figures.items()}
+    seeds = sorted(set.intersection(*(set(v) for v in by_arm.values()))) if by_arm else []
+    if len(seeds) < 2 or len(by_arm) < 3:
+        return None
+    arms = list(by_arm)
+    values = np.array([[by_arm[a][s] for a in arms] for s in seeds])  # [seeds, arms]
+    ranks = np.array([rankdata(-row) for row in values])
+    statistic, p = friedmanchisquare(*values.T)
+    return {"seeds": seeds, "mean_rank": dict(zip(arms, ranks.mean(axis=0).tolist())),
+            "friedman_chi2": float(statistic), "p_value": float(p)}
+
+
 def drift_correlation(figures: Mapping[str, Sequence[Mapping]], initial: Mapping) -> dict | None:
     """Spearman's rank correlation, over every arm and seed with a drift figure, between the share of
     answers identical to the initial policy's and the change of the average; None below 3 points."""

@@ -194,3 +194,16 @@ def test_summary_table():
     assert "| initial policy | – | 22.3 |  | 10.7 |  |" in table
     assert "| arm | 3 | 22.0 ± 2.0 | -1.2 [-3.3, +0.9] 1/2 | 10.0 (1 seed) |  |" in table
     assert "| base | 1 | 25.0 (1 seed) |  | – |  |" in table
+
+
+def test_arm_ranks_on_the_seeds_every_arm_finished():
+    f = st.FIGURES[0]
+    figures = {"a": [{f: 0.3, "seed": 0}, {f: 0.2, "seed": 1}, {f: 0.9, "seed": 2}],
+               "b": [{f: 0.2, "seed": 0}, {f: 0.1, "seed": 1}],
+               "c": [{f: 0.1, "seed": 0}, {f: 0.1, "seed": 1}]}
+    r = st.arm_ranks(figures)
+    assert r["seeds"] == [0, 1]  # seed 2 is left out: b and c have not finished it
+    assert r["mean_rank"] == {"a": 1.0, "b": 2.25, "c": 2.75}  # seed 1: b and c tie for 2.5
+    assert 0 < r["p_value"] < 1
+    assert st.arm_ranks({k: v[:1] for k, v in figures.items()}) is None  # one common seed
+    assert st.arm_ranks({"a": figures["a"], "b": figures["b"]}) is None  # two arms
