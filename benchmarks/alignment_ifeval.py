@@ -568,7 +568,7 @@ def analyse(out: Path, sizes: Sizes, arms: list[str], n_boot: int = 2000) -> dic
     if results["benchmarks"][BENCHMARKS[0]]["arms"]:
         md[2:2] = ["## Summary\n", "Average (strict, %) mean ± sd over seeds; differences in points: the mean over "
                    "seeds of the paired differences [95% paired bootstrap over prompts] and the sign count over "
-                   "seeds (+/−).\n", stats.summary_table(results["benchmarks"], BASELINES), ""]
+                   "seeds (+/−/0).\n", stats.summary_table(results["benchmarks"], BASELINES), ""]
     pools = {}
     for seed in sizes.seeds:
         data = pool_data(out, seed, arms)

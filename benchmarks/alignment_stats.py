@@ -354,7 +354,7 @@ def summary_table(benchmarks: Mapping[str, Mapping], baselines: Sequence[str]) -
     """Markdown: the decision in one table. Per arm and benchmark (`results.json`'s `benchmarks`:
     `initial`, `arms`, `differences`), the average's mean ± sd over seeds and the paired difference
     of the mean over seeds against each baseline, with its 95% interval and the sign count across
-    seeds (+/−)."""
+    seeds (+/−/0)."""
     names = list(benchmarks)
     head = [f"{b}: {col}" for b in names for col in ["average", *(f"− {base}" for base in baselines)]]
     lines = ["| arm | seeds | " + " | ".join(head) + " |", "|---|---|" + "---|" * len(head)]
@@ -370,7 +370,7 @@ def summary_table(benchmarks: Mapping[str, Mapping], baselines: Sequence[str]) -
             for base in baselines:
                 d = benchmarks[b]["differences"].get(base, {}).get(arm)
                 cells.append("" if d is None else f"{100 * d['mean']:+.1f} [{100 * d['mean_ci'][0]:+.1f}, "
-                             f"{100 * d['mean_ci'][1]:+.1f}] {d['signs']['positive']}/{d['signs']['negative']}")
+                             f"{100 * d['mean_ci'][1]:+.1f}] {d['signs']['positive']}/{d['signs']['negative']}/{d['signs']['zero']}")
         lines.append(f"| {arm} | {len(metrics)} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

@@ -192,7 +192,7 @@ def test_summary_table():
     table = st.summary_table(benchmarks, ["base"])
     assert "| arm | seeds | ifeval: average | ifeval: − base | ifbench: average | ifbench: − base |" in table
     assert "| initial policy | – | 22.3 |  | 10.7 |  |" in table
-    assert "| arm | 3 | 22.0 ± 2.0 | -1.2 [-3.3, +0.9] 1/2 | 10.0 (1 seed) |  |" in table
+    assert "| arm | 3 | 22.0 ± 2.0 | -1.2 [-3.3, +0.9] 1/2/0 | 10.0 (1 seed) |  |" in table
     assert "| base | 1 | 25.0 (1 seed) |  | – |  |" in table
 
 
