@@ -369,8 +369,11 @@ def summary_table(benchmarks: Mapping[str, Mapping], baselines: Sequence[str]) -
             cells.append(_fmt(*over_seeds([m[FIGURES[0]] for m in found])) if found else "–")
             for base in baselines:
                 d = benchmarks[b]["differences"].get(base, {}).get(arm)
-                cells.append("" if d is None else f"{100 * d['mean']:+.1f} [{100 * d['mean_ci'][0]:+.1f}, "
-                             f"{100 * d['mean_ci'][1]:+.1f}] {d['signs']['positive']}/{d['signs']['negative']}/{d['signs']['zero']}")
+                if d is None:
+                    cells.append("")
+                    continue
+                signs = "/".join(str(d["signs"][k]) for k in ("positive", "negative", "zero"))
+                cells.append(f"{100 * d['mean']:+.1f} [{100 * d['mean_ci'][0]:+.1f}, {100 * d['mean_ci'][1]:+.1f}] {signs}")
         lines.append(f"| {arm} | {len(metrics)} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
