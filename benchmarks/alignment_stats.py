@@ -373,7 +373,8 @@ def summary_table(benchmarks: Mapping[str, Mapping], baselines: Sequence[str]) -
                     cells.append("")
                     continue
                 signs = "/".join(str(d["signs"][k]) for k in ("positive", "negative", "zero"))
-                cells.append(f"{100 * d['mean']:+.1f} [{100 * d['mean_ci'][0]:+.1f}, {100 * d['mean_ci'][1]:+.1f}] {signs}")
+                low, high = (100 * v for v in d["mean_ci"])
+                cells.append(f"{100 * d['mean']:+.1f} [{low:+.1f}, {high:+.1f}] {signs}")
         lines.append(f"| {arm} | {len(metrics)} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
