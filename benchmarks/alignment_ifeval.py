@@ -100,7 +100,8 @@ class Sizes:
                 f"data.heldout={self.heldout}", f"generate.n={self.n}", f"select.k={self.k}",
                 f"generate.max_new_tokens={self.gen_tokens}", f"eval.max_new_tokens={self.gen_tokens}",
                 "eval.samples_per_prompt=1", "eval.benchmarks=[]", "train.prompts_per_step=4",
-                "train.shared_prefix=true"]  # the prompt forwarded once per group: same values, less time
+                "train.shared_prefix=true",  # the prompt forwarded once per group: same values, less time
+                "train.save_steps=4"]  # a killed unit resumes its training from the last 4 steps (same values)
 
 
 def sizes_from(args) -> Sizes:
