@@ -386,12 +386,19 @@ def read_metrics(folder: Path) -> tuple[dict, list[dict]] | None:
     return json.loads((folder / "metrics.json").read_text()), rows
 
 
-def read_answers(folder: Path) -> dict | None:
-    """An evaluation's greedy answers by prompt key, or None where it kept none."""
+def read_responses(folder: Path) -> tuple[dict, dict] | None:
+    """An evaluation's greedy answers and its prompts, each by prompt key, or None where it kept none."""
     path = folder / "responses.jsonl"
     if not path.is_file():
         return None
-    return {r["key"]: r["response"] for r in map(json.loads, path.read_text().splitlines())}
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    return {r["key"]: r["response"] for r in rows}, {r["key"]: r["prompt"] for r in rows}
+
+
+def read_answers(folder: Path) -> dict | None:
+    """An evaluation's greedy answers by prompt key, or None where it kept none."""
+    found = read_responses(folder)
+    return found[0] if found else None
 
 
 def with_answer_stats(metrics: dict, rows: list[dict], answers: dict | None, initial_answers: dict | None) -> dict:
@@ -405,7 +412,7 @@ def with_answer_stats(metrics: dict, rows: list[dict], answers: dict | None, ini
     return {**metrics, **extra}
 
 
-def side_by_side(initial_folder: Path, initial_answers: dict, initial_counts: dict, answers: dict, counts: dict,
+def side_by_side(prompts: dict, initial_answers: dict, initial_counts: dict, answers: dict, counts: dict,
                  seed: int) -> list[str]:
     """The report's lines showing a few answers of the initial policy and of the `SHOWN` arms on
     `seed`, side by side (`stats.side_by_side`); none before one of those arms has finished there
@@ -413,8 +420,6 @@ def side_by_side(initial_folder: Path, initial_answers: dict, initial_counts: di
     shown = [a for a in SHOWN if (answers.get(a) or {}).get(seed)]
     if not shown:
         return []
-    rows = map(json.loads, (initial_folder / "responses.jsonl").read_text().splitlines())
-    prompts = {r["key"]: r["prompt"] for r in rows}
     table = stats.side_by_side(prompts, {"initial policy": initial_answers, **{a: answers[a][seed] for a in shown}},
                                {"initial policy": initial_counts, **{a: counts[a][seed] for a in shown}})
     if not table:
@@ -513,7 +518,7 @@ def analyse(out: Path, sizes: Sizes, arms: list[str], n_boot: int = 2000) -> dic
           f"({n_boot} samples).\n"]
     for name in BENCHMARKS:
         initial = read_metrics(out / "initial" / name)
-        initial_answers = read_answers(out / "initial" / name) if initial else None
+        initial_answers, prompts = (initial and read_responses(out / "initial" / name)) or (None, None)
         if initial:
             initial = with_answer_stats(*initial, initial_answers, None), initial[1]
         figures, counts, answers = {}, {}, {}
@@ -535,7 +540,7 @@ def analyse(out: Path, sizes: Sizes, arms: list[str], n_boot: int = 2000) -> dic
                stats.answer_table(figures, initial and initial[0], name), "",
                stats.looping_table(figures, initial and initial[0], name), ""]
         if initial_answers is not None:
-            md += side_by_side(out / "initial" / name, initial_answers, stats.prompt_counts(initial[1]),
+            md += side_by_side(prompts, initial_answers, stats.prompt_counts(initial[1]),
                                answers, counts, sizes.seeds[0])
         bench["ranks"] = stats.arm_ranks(figures)
         if bench["ranks"]:
