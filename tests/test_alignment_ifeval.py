@@ -1,6 +1,7 @@
 """The IFEval alignment benchmark's plumbing (benchmarks/alignment_ifeval.py): arms, the cost
-estimate, the worker command line, copying a seed's round-0 pool, timings. The runs themselves are
-smoke-tested by `make bench-quick` (`bench_alignment.py --task ifeval --quick`)."""
+estimate, the worker command line, copying a seed's round-0 pool, timings (the report's, which
+`--rates-from` reads). The runs themselves are smoke-tested by `make bench-quick`
+(`bench_alignment.py --task ifeval --quick`); the report in test_alignment_report.py."""
 
 import json
 import sys
@@ -11,6 +12,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
 import alignment_ifeval as ai  # noqa: E402
+import alignment_report as ar  # noqa: E402
 from ampo.selection import SELECTORS  # noqa: E402
 
 
@@ -35,7 +37,7 @@ def test_every_arm_is_a_valid_config_at_full_and_quick_size():
 def test_reward_only_selectors_are_not_run_twice():
     policy_arms = {a for a in ai.ARMS if ai.embedder_of(a) == "policy"}
     assert policy_arms == {"ampo+optselect+policy-emb", "ampo+coreset+policy-emb"}
-    assert set(ai.SELECTIONS.values()) <= set(ai.ARMS)
+    assert set(ar.SELECTIONS.values()) <= set(ai.ARMS)
 
 
 def test_estimate_counts_each_part():
@@ -90,7 +92,7 @@ def test_timings_count_shared_stages_once(tmp_path):
         (folder / "manifest.json").write_text(json.dumps({"stages": stages}))
         (folder / "bench" / "ifeval").mkdir(parents=True)
         (folder / "bench" / "ifeval" / "done.json").write_text(json.dumps({"seconds": 30.0}))
-    t = ai.timings(tmp_path, sizes, arms)
+    t = ar.timings(tmp_path, sizes, arms)
     assert t["generate"] == {"count": 1, "total_s": 100.0, "mean_s": 100.0}
     (tmp_path / "results.json").write_text(json.dumps({"sizes": {**sizes.__dict__, "seeds": [0]}, "arms": arms,
                                                        "timings": t}))
@@ -123,74 +125,3 @@ def test_units_wait_for_the_pool_and_the_policy_embeddings():
     assert u["seed1:dpo sweet-spot"] == [first, "seed1:ampo+random"]
     order = list(u)
     assert all(order.index(d) < order.index(x) for x, deps in u.items() for d in deps)
-
-
-def test_report_runs_nothing_and_names_what_is_missing(tmp_path, monkeypatch):
-    import bench_alignment
-
-    out = tmp_path / "bench"
-    monkeypatch.setattr(sys, "argv", ["bench_alignment.py", "--task", "ifeval", "--report", "--seeds", "0",
-                                      "--arms", "ampo+random", "--out", str(out)])
-    with pytest.raises(SystemExit, match="nothing to report"):
-        bench_alignment.main()
-    out.mkdir()
-    bench_alignment.main()
-    text = (out / "alignment.md").read_text()
-    assert "seed0/ampo+random/ifeval" in text and "seed0/ampo+random/ifbench" in text
-    assert not (out / "seed0").exists()  # nothing was run
-
-
-def finished_evaluation(folder: Path, score: float, answers: dict | None, followed: tuple = (1,)) -> None:
-    """A finished benchmark evaluation of two prompts (1 and 2, one instruction each, the prompts in
-    `followed` following it) as `evaluate` leaves it."""
-    import alignment_stats
-
-    folder.mkdir(parents=True)
-    metrics = {**{f: score for f in alignment_stats.FIGURES}, "mean_new_tokens": 84.0, "finished_rate": 0.5}
-    (folder / "metrics.json").write_text(json.dumps(metrics))
-    results = [{"key": k, "instruction_id_list": ["x"], "follow_instruction_list_strict": [k in followed],
-                "follow_instruction_list_loose": [k in followed]} for k in (1, 2)]
-    (folder / "results.jsonl").write_text("\n".join(json.dumps(r) for r in results) + "\n")
-    if answers is not None:
-        rows = [{"key": k, "prompt": f"prompt {k}", "response": v} for k, v in answers.items()]
-        (folder / "responses.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    (folder / "done.json").write_text(json.dumps({"seconds": 1.0}))
-
-
-def report(out: Path, monkeypatch) -> str:
-    """`bench_alignment.py --task ifeval --report` on seed 0's ampo+random arm; alignment.md's text."""
-    import bench_alignment
-
-    monkeypatch.setattr(sys, "argv", ["bench_alignment.py", "--task", "ifeval", "--report", "--seeds", "0",
-                                      "--arms", "ampo+random", "--out", str(out)])
-    bench_alignment.main()
-    return (out / "alignment.md").read_text()
-
-
-def test_report_shows_a_finished_evaluation_with_its_answer_lengths(tmp_path, monkeypatch):
-    out = tmp_path / "bench"
-    finished_evaluation(out / "initial" / "ifeval", 0.25, None)
-    text = report(out, monkeypatch)
-    assert "| initial policy | 25.0 | 25.0 | 25.0 | 25.0 | 25.0 | – |" in text
-    assert "| initial policy | 84.0 | 50.0 | 100 | 100 | – |" in text
-
-
-def test_report_gives_each_arms_loops_and_drift_from_the_initial_answers(tmp_path, monkeypatch):
-    out = tmp_path / "bench"
-    # prompt 1 is followed, prompt 2 not; the initial policy loops on prompt 2, the arm does not
-    finished_evaluation(out / "initial" / "ifeval", 0.25, {1: "same answer", 2: "a b a b a"})
-    finished_evaluation(ai.arm_dir(out, 0, "ampo+random") / "bench" / "ifeval", 0.5, {1: "same answer", 2: "a b zz"},
-                        followed=(1, 2))
-    text = report(out, monkeypatch)
-    assert "| initial policy | 84.0 | 50.0 | 100 | 100 | – |" in text
-    assert "| ampo+random | 84.0 (1 seed) | 50.0 (1 seed) | 50.0 (1 seed) | 72.2 (1 seed) | 1 |" in text
-    assert "| initial policy | 50.0 | 0.0 | 100.0 | – |" in text  # loops: share, average on them, on the rest
-    assert "| ampo+random | 0.0 (1 seed) | – | 100.0 (1 seed) | 1 |" in text
-    arm = json.loads((out / "results.json").read_text())["benchmarks"]["ifeval"]["arms"]["ampo+random"][0]
-    assert arm["identical_to_initial"] == 0.5 and arm["prefix_kept"] == pytest.approx((1 + 4 / 9) / 2)
-    assert arm["seed"] == 0 and "| ampo+random | 50.0 (+25.0) |" in text  # the per-seed table
-    assert "| ampo+random | 1 | 50.0 (1 seed) |  |  | – |  |  |" in text  # the summary: no baseline but itself
-    assert (out / "alignment.png").stat().st_size > 0
-    # answers side by side: only prompt 2, where the number of instructions followed differs
-    assert "Prompt 2: prompt 2" in text and "Prompt 1:" not in text
-    assert "| initial policy | 0 of 1 | a b a b a |" in text and "| ampo+random | 1 of 1 | a b zz |" in text
