@@ -47,6 +47,11 @@ ARMS: dict[str, list[str]] = {
     # 4 groups of 16 without activation checkpointing exceeded 15 GiB and were OOM-killed on the
     # 24 GiB box beside a second job; checkpointing recomputes, same values, less memory
     "swepo all": ["select.strategy=all", "train.loss=swepo", "train.gradient_checkpointing=true"],
+    # Diagnostic arms: SWEPO on the very groups of 8 that ampo+random and ampo+optselect train on, so
+    # that the loss (against ampo+random), the set (against swepo all) and active selection under
+    # SWEPO (against swepo+random) are each measured on their own (alignment_report.CONTRASTS)
+    "swepo+random": ["select.strategy=random", "train.loss=swepo"],
+    "swepo+optselect": ["select.strategy=optselect", "train.loss=swepo"],
 }
 POOL_FILES = ("split.json", "round-0/pool.parquet", "round-0/rewards.parquet")
 POOL_STAGES = ("split", "round-0/generate", "round-0/score")

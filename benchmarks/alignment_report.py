@@ -15,6 +15,13 @@ import alignment_stats as stats
 from alignment_ifeval import BENCHMARKS, EMBEDDER_STAGES, POOL_STAGES, Sizes, arm_dir, arm_order, embedder_of
 
 BASELINES = ("dpo best-vs-worst", "ampo+random")  # the paired differences are taken against these
+# (arm, against, what their paired difference measures): the diagnostic arms' comparisons
+CONTRASTS = (
+    ("swepo+random", "ampo+random", "the loss: SWEPO against AMPO on the same 8 responses"),
+    ("swepo all", "swepo+random", "the set: all 16 responses against a positive and 7 random negatives, under SWEPO"),
+    ("swepo+optselect", "swepo+random", "active selection under SWEPO: opt-select's 7 negatives against 7 random"),
+    ("ampo+optselect", "ampo+random", "active selection under AMPO: opt-select's 7 negatives against 7 random"),
+)
 SHOWN = ("dpo best-vs-worst", "ampo+optselect", "ampo+coreset", "ampo+random")  # answers side by side
 # selector label in the pool statistics -> the arm whose round-0 selection it is (simpo best-vs-worst
 # has the same selection as dpo best-vs-worst; `all` selects everything)
@@ -71,6 +78,16 @@ def side_by_side(prompts: dict, initial_answers: dict, initial_counts: dict, ans
         return []
     return [f"Answers side by side (seed {seed}; the first prompts in key order on which the policies follow "
             "different numbers of instructions; answers cut to 300 characters):\n", table, ""]
+
+
+def paired(counts: dict, arm: str, against: str, seeds, n_boot: int) -> dict | None:
+    """`stats.paired_difference` of `arm` against `against` over the seeds both have finished, with
+    those seeds; None when they share none."""
+    common = [s for s in seeds if s in counts[arm] and s in counts[against]]
+    if not common:
+        return None
+    d = stats.paired_difference([counts[arm][s] for s in common], [counts[against][s] for s in common], n_boot=n_boot)
+    return {**d, "seeds": common}
 
 
 def timings(out: Path, sizes: Sizes, arms: list[str]) -> dict:
@@ -206,15 +223,15 @@ def analyse(out: Path, sizes: Sizes, arms: list[str], n_boot: int = 2000) -> dic
         for against in BASELINES:
             if against not in counts:
                 continue
-            diffs = {}
-            for arm in counts:
-                common = [s for s in sizes.seeds if s in counts[arm] and s in counts[against]]
-                if arm != against and common:
-                    diffs[arm] = stats.paired_difference([counts[arm][s] for s in common],
-                                                         [counts[against][s] for s in common], n_boot=n_boot)
-                    diffs[arm]["seeds"] = common
-            bench["differences"][against] = diffs
-            md += [stats.difference_table(diffs, against, name), ""]
+            diffs = {arm: paired(counts, arm, against, sizes.seeds, n_boot) for arm in counts if arm != against}
+            bench["differences"][against] = {arm: d for arm, d in diffs.items() if d}
+            md += [stats.difference_table(bench["differences"][against], against, name), ""]
+        contrasts = [(arm, against, meaning, paired(counts, arm, against, sizes.seeds, n_boot))
+                     for arm, against, meaning in CONTRASTS if arm in counts and against in counts]
+        bench["contrasts"] = [{"arm": arm, "against": against, "measures": meaning, **d}
+                              for arm, against, meaning, d in contrasts if d]
+        if bench["contrasts"]:
+            md += [stats.contrast_table(bench["contrasts"], name), ""]
         results["benchmarks"][name] = bench
     if results["benchmarks"][BENCHMARKS[0]]["arms"]:
         md[2:2] = ["## Summary\n", "Average (strict, %) mean ± sd over seeds; differences in points: the mean over "

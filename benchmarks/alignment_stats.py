@@ -379,16 +379,30 @@ def summary_table(benchmarks: Mapping[str, Mapping], baselines: Sequence[str]) -
     return "\n".join(lines)
 
 
+def _difference_cells(d: Mapping) -> str:
+    """A paired difference's table cells (points): per seed with its interval, the mean over seeds
+    with its interval, the signs."""
+    seeds = ", ".join(f"{100 * v:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}]"
+                      for v, (lo, hi) in zip(d["per_seed"], d["per_seed_ci"]))
+    s = d["signs"]
+    return (f"{seeds} | {100 * d['mean']:+.1f} [{100 * d['mean_ci'][0]:+.1f}, {100 * d['mean_ci'][1]:+.1f}] | "
+            f"{s['positive']}/{s['negative']}/{s['zero']}")
+
+
 def difference_table(diffs: Mapping[str, Mapping], against: str, benchmark: str) -> str:
     """Markdown: per arm, the paired difference of the average against `against` (percentage points)."""
     lines = [f"| {benchmark}: arm − {against} | per seed [95% paired bootstrap] | mean over seeds [95%] | "
              "signs (+/−/0) |", "|---|---|---|---|"]
-    for arm, d in diffs.items():
-        seeds = ", ".join(f"{100 * v:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}]"
-                          for v, (lo, hi) in zip(d["per_seed"], d["per_seed_ci"]))
-        s = d["signs"]
-        lines.append(f"| {arm} | {seeds} | {100 * d['mean']:+.1f} [{100 * d['mean_ci'][0]:+.1f}, "
-                     f"{100 * d['mean_ci'][1]:+.1f}] | {s['positive']}/{s['negative']}/{s['zero']} |")
+    lines += [f"| {arm} | {_difference_cells(d)} |" for arm, d in diffs.items()]
+    return "\n".join(lines)
+
+
+def contrast_table(contrasts: Sequence[Mapping], benchmark: str) -> str:
+    """Markdown: one row per contrast (`arm`, `against`, what it `measures`, and its paired
+    difference), for comparisons that are not against one common baseline."""
+    lines = [f"| {benchmark}: contrast | what it measures | per seed [95% paired bootstrap] | mean over seeds "
+             "[95%] | signs (+/−/0) |", "|---|---|---|---|---|"]
+    lines += [f"| {c['arm']} − {c['against']} | {c['measures']} | {_difference_cells(c)} |" for c in contrasts]
     return "\n".join(lines)
 
 

@@ -34,6 +34,14 @@ def test_every_arm_is_a_valid_config_at_full_and_quick_size():
     assert (full.n, full.k, full.eval_tokens, full.limit, len(full.seeds)) == (16, 7, 128, 0, 3)
 
 
+def test_the_swepo_diagnostic_arms_train_on_the_ampo_arms_groups():
+    sizes = ai.sizes_from(args())
+    for swepo, ampo in (("swepo+random", "ampo+random"), ("swepo+optselect", "ampo+optselect")):
+        a, b = (ai.arm_config(arm, sizes, 0, Path("/tmp/unused")) for arm in (swepo, ampo))
+        assert a.select == b.select and a.embed == b.embed and a.generate == b.generate
+        assert (a.train.loss, b.train.loss) == ("swepo", "ampo")
+
+
 def test_reward_only_selectors_are_not_run_twice():
     policy_arms = {a for a in ai.ARMS if ai.embedder_of(a) == "policy"}
     assert policy_arms == {"ampo+optselect+policy-emb", "ampo+coreset+policy-emb"}

@@ -43,12 +43,12 @@ def finished_evaluation(folder: Path, score: float, answers: dict | None, follow
     (folder / "done.json").write_text(json.dumps({"seconds": 1.0}))
 
 
-def report(out: Path, monkeypatch) -> str:
-    """`bench_alignment.py --task ifeval --report` on seed 0's ampo+random arm; alignment.md's text."""
+def report(out: Path, monkeypatch, arms=("ampo+random",)) -> str:
+    """`bench_alignment.py --task ifeval --report` on seed 0's `arms`; alignment.md's text."""
     import bench_alignment
 
     monkeypatch.setattr(sys, "argv", ["bench_alignment.py", "--task", "ifeval", "--report", "--seeds", "0",
-                                      "--arms", "ampo+random", "--out", str(out)])
+                                      "--arms", *arms, "--out", str(out)])
     bench_alignment.main()
     return (out / "alignment.md").read_text()
 
@@ -80,3 +80,17 @@ def test_report_gives_each_arms_loops_and_drift_from_the_initial_answers(tmp_pat
     # answers side by side: only prompt 2, where the number of instructions followed differs
     assert "Prompt 2: prompt 2" in text and "Prompt 1:" not in text
     assert "| initial policy | 0 of 1 | a b a b a |" in text and "| ampo+random | 1 of 1 | a b zz |" in text
+
+
+def test_report_gives_the_contrasts_of_the_arms_it_has(tmp_path, monkeypatch):
+    out = tmp_path / "bench"
+    for arm, followed in (("ampo+random", (1,)), ("swepo+random", (1, 2)), ("swepo all", ())):
+        finished_evaluation(ai.arm_dir(out, 0, arm) / "bench" / "ifeval", 0.5, None, followed=followed)
+    text = report(out, monkeypatch, arms=("ampo+random", "swepo+random", "swepo all", "swepo+optselect"))
+    # prompt-level and instruction-level strict coincide (one instruction per prompt): 1 of 2 vs 2 of 2
+    assert "| swepo+random − ampo+random | the loss: SWEPO against AMPO on the same 8 responses | +50.0 [" in text
+    assert "| swepo all − swepo+random | the set: " in text and "| -100.0 [-100.0, -100.0] | 0/1/0 |" in text
+    assert "swepo+optselect − swepo+random" not in text  # not finished: no row
+    contrasts = json.loads((out / "results.json").read_text())["benchmarks"]["ifeval"]["contrasts"]
+    assert [(c["arm"], c["against"], c["seeds"]) for c in contrasts] == [
+        ("swepo+random", "ampo+random", [0]), ("swepo all", "swepo+random", [0])]

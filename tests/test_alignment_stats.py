@@ -106,6 +106,8 @@ def test_pool_statistics_and_tables():
     assert "| dpo | 40.0 ± 14.1 |" in arms and "| initial policy | 30.0 |" in arms
     d = st.paired_difference([counts([[True]])], [counts([[False]])], n_boot=10)
     assert "| ampo | +100.0 [+100.0, +100.0] |" in st.difference_table({"ampo": d}, "random", "IFEval")
+    contrast = st.contrast_table([{"arm": "ampo", "against": "random", "measures": "the loss", **d}], "IFEval")
+    assert "| ampo − random | the loss | +100.0 [+100.0, +100.0] | +100.0 [+100.0, +100.0] | 1/0/0 |" in contrast
 
 
 def test_answer_table():
