@@ -208,7 +208,8 @@ def analyse(out: Path, sizes: Sizes, arms: list[str], n_boot: int = 2000) -> dic
         if bench["ranks"]:
             r = bench["ranks"]
             ranked = sorted(r["mean_rank"].items(), key=lambda item: item[1])
-            md += [f"Mean rank of the average over the {len(r['seeds'])} seeds every arm has finished (1 = best): "
+            md += [f"Mean rank of the average over the {len(r['seeds'])} seeds that every arm with two seeds or more "
+                   "has finished (1 = best): "
                    + ", ".join(f"{arm} {rank:.1f}" for arm, rank in ranked)
                    + f". Friedman test, seeds as blocks: χ² = {r['friedman_chi2']:.1f}, p = {r['p_value']:.3f} "
                    "(a small p says some arms rank consistently above others; with few seeds it has little power).\n"]

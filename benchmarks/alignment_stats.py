@@ -256,12 +256,15 @@ def drift(initial: Mapping[object, str], answers: Mapping[object, str]) -> dict:
 
 
 def arm_ranks(figures: Mapping[str, Sequence[Mapping]]) -> dict | None:
-    """Do the arms differ beyond the seed's effect? On the seeds every arm has finished (metrics
-    carry `seed`), each arm's mean rank of the average (1 = best, ties averaged) and Friedman's test
-    with the seeds as blocks; None below 2 such seeds or 3 arms."""
+    """Do the arms differ beyond the seed's effect? Among the arms that have finished two seeds or
+    more (one that has finished one is left out rather than cutting every arm down to one seed), on
+    the seeds all of them have finished (metrics carry `seed`): each arm's mean rank of the average
+    (1 = best, ties averaged) and Friedman's test with the seeds as blocks; None below 2 such seeds
+    or 3 arms."""
     from scipy.stats import friedmanchisquare, rankdata
 
-    by_arm = {arm: {m["seed"]: m[FIGURES[0]] for m in metrics} for arm, metrics in figures.items()}
+    by_arm = {arm: {m["seed"]: m[FIGURES[0]] for m in metrics} for arm, metrics in figures.items()
+              if len(metrics) >= 2}
     seeds = sorted(set.intersection(*(set(v) for v in by_arm.values()))) if by_arm else []
     if len(seeds) < 2 or len(by_arm) < 3:
         return None

@@ -71,7 +71,8 @@ def test_worker_argv_reproduces_the_sizes(monkeypatch):
     argv = ai.worker_argv(a, sizes, ["ampo+random", "dpo sweet-spot"]) + ["--unit", "seed3"]
     monkeypatch.setattr(sys, "argv", ["bench_alignment.py", *argv])
     parsed = bench_alignment.parse_args()
-    assert ai.sizes_from(parsed) == sizes and parsed.unit == "seed3" and parsed.arms == ["ampo+random", "dpo sweet-spot"]
+    assert ai.sizes_from(parsed) == sizes and parsed.unit == "seed3"
+    assert parsed.arms == ["ampo+random", "dpo sweet-spot"]
 
 
 def test_seed_round0_copies_the_pool_and_its_manifest_entries(tmp_path):

@@ -209,3 +209,6 @@ def test_arm_ranks_on_the_seeds_every_arm_finished():
     assert 0 < r["p_value"] < 1
     assert st.arm_ranks({k: v[:1] for k, v in figures.items()}) is None  # one common seed
     assert st.arm_ranks({"a": figures["a"], "b": figures["b"]}) is None  # two arms
+    # an arm with one seed so far (a later addition) is left out instead of leaving one common seed
+    r = st.arm_ranks({**figures, "d": [{f: 0.5, "seed": 2}]})
+    assert r["seeds"] == [0, 1] and set(r["mean_rank"]) == {"a", "b", "c"}
