@@ -17,10 +17,10 @@ from alignment_ifeval import BENCHMARKS, EMBEDDER_STAGES, POOL_STAGES, Sizes, ar
 BASELINES = ("dpo best-vs-worst", "ampo+random")  # the paired differences are taken against these
 # (arm, against, what their paired difference measures): the diagnostic arms' comparisons
 CONTRASTS = (
-    ("swepo+random", "ampo+random", "the loss: SWEPO against AMPO on the same 8 responses"),
-    ("swepo all", "swepo+random", "the set: all 16 responses against a positive and 7 random negatives, under SWEPO"),
-    ("swepo+optselect", "swepo+random", "active selection under SWEPO: opt-select's 7 negatives against 7 random"),
-    ("ampo+optselect", "ampo+random", "active selection under AMPO: opt-select's 7 negatives against 7 random"),
+    ("swepo+random", "ampo+random", "the loss: SWEPO against AMPO on the same selected responses"),
+    ("swepo all", "swepo+random", "the set: all N responses against a positive and k random negatives, under SWEPO"),
+    ("swepo+optselect", "swepo+random", "active selection under SWEPO: opt-select's k negatives against random ones"),
+    ("ampo+optselect", "ampo+random", "active selection under AMPO: opt-select's k negatives against random ones"),
 )
 SHOWN = ("dpo best-vs-worst", "ampo+optselect", "ampo+coreset", "ampo+random")  # answers side by side
 # selector label in the pool statistics -> the arm whose round-0 selection it is (simpo best-vs-worst
