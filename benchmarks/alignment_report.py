@@ -227,10 +227,11 @@ def analyse(out: Path, sizes: Sizes, arms: list[str], n_boot: int = 2000) -> dic
             diffs = {arm: paired(counts, arm, against, sizes.seeds, n_boot) for arm in counts if arm != against}
             bench["differences"][against] = {arm: d for arm, d in diffs.items() if d}
             md += [stats.difference_table(bench["differences"][against], against, name), ""]
-        contrasts = [(arm, against, meaning, paired(counts, arm, against, sizes.seeds, n_boot))
-                     for arm, against, meaning in CONTRASTS if arm in counts and against in counts]
-        bench["contrasts"] = [{"arm": arm, "against": against, "measures": meaning, **d}
-                              for arm, against, meaning, d in contrasts if d]
+        bench["contrasts"] = []
+        for arm, against, meaning in CONTRASTS:
+            d = arm in counts and against in counts and paired(counts, arm, against, sizes.seeds, n_boot)
+            if d:
+                bench["contrasts"].append({"arm": arm, "against": against, "measures": meaning, **d})
         if bench["contrasts"]:
             md += [stats.contrast_table(bench["contrasts"], name), ""]
         results["benchmarks"][name] = bench

@@ -372,14 +372,20 @@ def summary_table(benchmarks: Mapping[str, Mapping], baselines: Sequence[str]) -
             cells.append(_fmt(*over_seeds([m[FIGURES[0]] for m in found])) if found else "–")
             for base in baselines:
                 d = benchmarks[b]["differences"].get(base, {}).get(arm)
-                if d is None:
-                    cells.append("")
-                    continue
-                signs = "/".join(str(d["signs"][k]) for k in ("positive", "negative", "zero"))
-                low, high = (100 * v for v in d["mean_ci"])
-                cells.append(f"{100 * d['mean']:+.1f} [{low:+.1f}, {high:+.1f}] {signs}")
+                cells.append("" if d is None else f"{_mean_interval(d)} {_signs(d)}")
         lines.append(f"| {arm} | {len(metrics)} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def _mean_interval(d: Mapping) -> str:
+    """A paired difference's mean over seeds with its 95% interval, in points."""
+    low, high = (100 * v for v in d["mean_ci"])
+    return f"{100 * d['mean']:+.1f} [{low:+.1f}, {high:+.1f}]"
+
+
+def _signs(d: Mapping) -> str:
+    """A paired difference's sign count over seeds, +/−/0."""
+    return "/".join(str(d["signs"][k]) for k in ("positive", "negative", "zero"))
 
 
 def _difference_cells(d: Mapping) -> str:
@@ -387,9 +393,7 @@ def _difference_cells(d: Mapping) -> str:
     with its interval, the signs."""
     seeds = ", ".join(f"{100 * v:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}]"
                       for v, (lo, hi) in zip(d["per_seed"], d["per_seed_ci"]))
-    s = d["signs"]
-    return (f"{seeds} | {100 * d['mean']:+.1f} [{100 * d['mean_ci'][0]:+.1f}, {100 * d['mean_ci'][1]:+.1f}] | "
-            f"{s['positive']}/{s['negative']}/{s['zero']}")
+    return f"{seeds} | {_mean_interval(d)} | {_signs(d)}"
 
 
 def difference_table(diffs: Mapping[str, Mapping], against: str, benchmark: str) -> str:

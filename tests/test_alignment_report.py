@@ -88,7 +88,8 @@ def test_report_gives_the_contrasts_of_the_arms_it_has(tmp_path, monkeypatch):
         finished_evaluation(ai.arm_dir(out, 0, arm) / "bench" / "ifeval", 0.5, None, followed=followed)
     text = report(out, monkeypatch, arms=("ampo+random", "swepo+random", "swepo all", "swepo+optselect"))
     # prompt-level and instruction-level strict coincide (one instruction per prompt): 1 of 2 vs 2 of 2
-    assert "| swepo+random − ampo+random | the loss: SWEPO against AMPO on the same selected responses | +50.0 [" in text
+    loss = "| swepo+random − ampo+random | the loss: SWEPO against AMPO on the same selected responses | +50.0 ["
+    assert loss in text
     assert "| swepo all − swepo+random | the set: " in text and "| -100.0 [-100.0, -100.0] | 0/1/0 |" in text
     assert "swepo+optselect − swepo+random" not in text  # not finished: no row
     contrasts = json.loads((out / "results.json").read_text())["benchmarks"]["ifeval"]["contrasts"]
