@@ -13,16 +13,22 @@ Units of work: `initial` (the initial policy's evaluation) and `seedS:ARM` (one 
 after the seed's pool exists); `--jobs J` runs J units at once as single-threaded processes
 (OMP_NUM_THREADS=1), logs in OUT/logs/. The report (OUT/alignment.md, results.json, alignment.png)
 is alignment_report.py's, written at the end of a run and by `--report`.
+
+`--archive DIR` keeps a second, small copy of every finished unit (what the report reads: the
+benchmark answers and scores, the manifest, the selection, and once per seed the round-0 pool),
+meant to be committed: a run on a fresh machine counts the archived units as done, takes their
+seeds' pools from it, and `--report --out DIR` reports from it alone.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from seed_run import copy_stages
@@ -139,19 +145,28 @@ def seed_round0(folder: Path, source: Path, with_embedder: bool) -> None:
     copy_stages(source, folder, files, stages)
 
 
-def run_arm(out: Path, seed: int, arm: str, sizes: Sizes, arms: list[str]) -> None:
-    """The arm's pipeline run (reusing the seed's round-0 pool made by the first arm of `arms`, and
-    the embeddings made by the first arm with the same embedder), then its benchmark evaluations."""
+def round0_source(out: Path, archive: Path | None, seed: int, arm: str, arms: list[str]) -> tuple[Path, bool] | None:
+    """Where a new arm folder takes its seed's round-0 pool from, and whether its embeddings too: the
+    first folder (another arm's in `out`, then the archive's copies) holding the pool and the arm's
+    embeddings, else the first holding the pool; None when there is none (the arm makes it)."""
+    candidates = [(arm_dir(out, seed, a), embedder_of(a)) for a in arm_order(arms) if a != arm]
+    if archive is not None:
+        candidates += [(archive_round0(archive, seed, e), e) for e in ("minilm", "policy")]
+    with_pool = [f for f, _ in candidates if all((f / name).is_file() for name in POOL_FILES)]
+    with_emb = [f for f, e in candidates if f in with_pool and e == embedder_of(arm)
+                and all((f / name).is_file() for name in EMBEDDER_FILES)]
+    return (with_emb[0], True) if with_emb else (with_pool[0], False) if with_pool else None
+
+
+def run_arm(out: Path, seed: int, arm: str, sizes: Sizes, arms: list[str], archive: Path | None = None) -> None:
+    """The arm's pipeline run (reusing the seed's round-0 pool and, where they exist, the embeddings
+    of its embedder: `round0_source`), then its benchmark evaluations."""
     from ampo.pipeline import Pipeline
 
     folder = arm_dir(out, seed, arm)
-    order = arm_order(arms)
-    same_embedder = [a for a in order if embedder_of(a) == embedder_of(arm)]
-    if not folder.exists() and arm != order[0]:
-        first, source_emb = arm_dir(out, seed, order[0]), arm_dir(out, seed, same_embedder[0])
-        use_emb = arm != same_embedder[0] and (source_emb / "round-0" / "embeddings.npy").exists()
-        if (first / "round-0" / "rewards.parquet").exists():
-            seed_round0(folder, source_emb if use_emb else first, use_emb)
+    source = None if folder.exists() else round0_source(out, archive, seed, arm, arms)
+    if source:
+        seed_round0(folder, *source)
     config = arm_config(arm, sizes, seed, folder)
     with Pipeline(config, progress=False) as pipe:  # releases the run folder's lock when done
         pipe.run()
@@ -204,6 +219,83 @@ def run_initial(out: Path, sizes: Sizes) -> None:
                  out / "initial" / name, sizes)
 
 
+# ------------------------------------------------------------------ the archive (meant to be committed)
+
+BENCH_FILES = ("done.json", "metrics.json", "results.jsonl", "responses.jsonl")  # one evaluation's, as the report reads it
+
+
+def unit_dir(out: Path, unit: str) -> Path:
+    if unit == "initial":
+        return out / "initial"
+    seed, arm = unit.split(":", 1)
+    return arm_dir(out, int(seed.removeprefix("seed")), arm)
+
+
+def bench_dir(out: Path, unit: str, name: str) -> Path:
+    return unit_dir(out, unit) / ("" if unit == "initial" else "bench") / name
+
+
+def is_finished(out: Path, unit: str) -> bool:
+    return all((bench_dir(out, unit, name) / "done.json").is_file() for name in BENCHMARKS)
+
+
+def archive_round0(archive: Path, seed: int, embedder: str) -> Path:
+    """The archive's copy of a seed's round-0 pool with one embedder's embeddings: a run-folder
+    look-alike (files and their manifest entries) that `seed_round0` copies from."""
+    return archive / f"seed{seed}" / f"round0-{embedder}"
+
+
+def check_archive(archive: Path, sizes: Sizes) -> None:
+    """Record the sizes in a new archive; refuse one that holds results at other sizes."""
+    record, want = archive / "sizes.json", {k: v for k, v in asdict(sizes).items() if k != "seeds"}
+    if record.is_file():
+        have = json.loads(record.read_text())
+        if have != want:
+            raise SystemExit(f"bench_alignment: {archive} holds results at other sizes {have}, not {want}; "
+                             "give another --archive")
+    else:
+        archive.mkdir(parents=True, exist_ok=True)
+        record.write_text(json.dumps(want, indent=1) + "\n")
+
+
+def archive_unit(out: Path, archive: Path, unit: str) -> None:
+    """Copy a finished unit's results from `out` into `archive` (through a temporary folder, renamed
+    when complete), and, the first time a seed's pool comes by with an embedder, that pool."""
+    dest = unit_dir(archive, unit)
+    if is_finished(archive, unit):
+        return
+    tmp = dest.with_name(dest.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    for name in BENCHMARKS:
+        for file in BENCH_FILES:
+            target = tmp / name if unit == "initial" else tmp / "bench" / name
+            target.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(bench_dir(out, unit, name) / file, target / file)
+    if unit != "initial":
+        folder = unit_dir(out, unit)
+        shutil.copy2(folder / "manifest.json", tmp / "manifest.json")
+        if (folder / "round-0" / "selection.parquet").is_file():
+            (tmp / "round-0").mkdir()
+            shutil.copy2(folder / "round-0" / "selection.parquet", tmp / "round-0" / "selection.parquet")
+        seed, arm = int(unit.split(":")[0].removeprefix("seed")), unit.split(":", 1)[1]
+        pool = archive_round0(archive, seed, embedder_of(arm))
+        if not pool.exists() and all((folder / name).is_file() for name in POOL_FILES + EMBEDDER_FILES):
+            partial = pool.with_name(pool.name + ".partial")
+            shutil.rmtree(partial, ignore_errors=True)
+            seed_round0(partial, folder, True)
+            os.replace(partial, pool)
+    shutil.rmtree(dest, ignore_errors=True)
+    os.replace(tmp, dest)
+
+
+def sync_archive(out: Path, archive: Path, todo) -> set[str]:
+    """Archive the units finished in `out` that the archive lacks; return the units it holds."""
+    for unit in todo:
+        if is_finished(out, unit):
+            archive_unit(out, archive, unit)
+    return {unit for unit in todo if is_finished(archive, unit)}
+
+
 def units(sizes: Sizes, arms: list[str]) -> dict[str, list[str]]:
     """Every unit of work and the units it waits for: `seedS:ARM` (one arm of one seed) waits for
     the seed's first arm (which makes the round-0 pool) and, for a policy-embedding arm, for the
@@ -219,13 +311,13 @@ def units(sizes: Sizes, arms: list[str]) -> dict[str, list[str]]:
     return out
 
 
-def run_unit(unit: str, out: Path, sizes: Sizes, arms: list[str]) -> None:
+def run_unit(unit: str, out: Path, sizes: Sizes, arms: list[str], archive: Path | None = None) -> None:
     t0 = time.perf_counter()
     if unit == "initial":
         run_initial(out, sizes)
     else:
         seed, arm = unit.split(":", 1)
-        run_arm(out, int(seed.removeprefix("seed")), arm, sizes, arms)
+        run_arm(out, int(seed.removeprefix("seed")), arm, sizes, arms, archive)
     print(f"{unit}: done ({time.perf_counter() - t0:.0f} s this call)", flush=True)
 
 
@@ -235,15 +327,24 @@ def run_unit(unit: str, out: Path, sizes: Sizes, arms: list[str]) -> None:
 def run_all(args, sizes: Sizes, arms: list[str]) -> None:
     """Every unit, `args.jobs` at a time as single-threaded processes, each as soon as the units it
     waits for are done (in `units` order); with one job, in this process, one after another."""
-    out = Path(args.out)
+    out, archive = Path(args.out), args.archive and Path(args.archive)
     todo = units(sizes, arms)
+    archived = set()
+    if archive:
+        check_archive(archive, sizes)
+        archived = sync_archive(out, archive, todo)
+        if archived:
+            print(f"{len(archived)} unit(s) found finished in the archive {archive}: not run again", flush=True)
     if args.jobs <= 1:
         for unit in todo:
-            run_unit(unit, out, sizes, arms)
+            if unit not in archived:
+                run_unit(unit, out, sizes, arms, archive)
+                if archive:
+                    archive_unit(out, archive, unit)
         return
     (out / "logs").mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
-    waiting, running, done, failed = list(todo), {}, set(), set()
+    waiting, running, done, failed = [u for u in todo if u not in archived], {}, set(archived), set()
     while waiting or running:
         for unit in [u for u in waiting if set(todo[u]) & failed]:
             waiting.remove(unit)
@@ -267,7 +368,9 @@ def run_all(args, sizes: Sizes, arms: list[str]) -> None:
                 if proc.returncode:
                     print(f"{unit}: FAILED (exit {proc.returncode})", flush=True)
                 else:
-                    print(f"{unit}: done", flush=True)
+                    if archive:
+                        archive_unit(out, archive, unit)
+                    print(f"{unit}: done" + (" (archived)" if archive else ""), flush=True)
     if failed:
         raise SystemExit(f"bench_alignment: {len(failed)} unit(s) failed or skipped: {', '.join(sorted(failed))} "
                          f"(logs in {out / 'logs'}); rerun the same command to continue")
@@ -279,7 +382,7 @@ def worker_argv(args, sizes: Sizes, arms: list[str]) -> list[str]:
             "--arms", *arms, "--train-prompts", str(sizes.train_prompts), "--n", str(sizes.n), "--k", str(sizes.k),
             "--gen-tokens", str(sizes.gen_tokens), "--eval-tokens", str(sizes.eval_tokens),
             "--limit", str(sizes.limit), "--rounds", str(sizes.rounds)]
-    return argv + (["--quick"] if args.quick else [])
+    return argv + (["--quick"] if args.quick else []) + (["--archive", str(args.archive)] if args.archive else [])
 
 
 # ------------------------------------------------------------------ cost estimate
@@ -394,8 +497,9 @@ def main(args) -> None:
         print((out / "alignment.md").read_text())
         return
     if args.unit:
-        run_unit(args.unit, out, sizes, arms)
+        run_unit(args.unit, out, sizes, arms, args.archive and Path(args.archive))
         return
     run_all(args, sizes, arms)
-    analyse(out, sizes, arms)
-    print((out / "alignment.md").read_text())
+    reported = Path(args.archive) if args.archive else out  # the archive holds every finished unit
+    analyse(reported, sizes, arms)
+    print((reported / "alignment.md").read_text())

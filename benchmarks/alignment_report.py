@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 
 import alignment_stats as stats
-from alignment_ifeval import BENCHMARKS, EMBEDDER_STAGES, POOL_STAGES, Sizes, arm_dir, arm_order, embedder_of
+from alignment_ifeval import (BENCHMARKS, EMBEDDER_STAGES, POOL_FILES, POOL_STAGES, Sizes, archive_round0, arm_dir,
+                              arm_order, embedder_of)
 
 BASELINES = ("dpo best-vs-worst", "ampo+random")  # the paired differences are taken against these
 # (arm, against, what their paired difference measures): the diagnostic arms' comparisons
@@ -126,6 +127,15 @@ def timings(out: Path, sizes: Sizes, arms: list[str]) -> dict:
             for part, v in parts.items()}
 
 
+def round0_folder(out: Path, seed: int, arms: list[str], embedder: str | None = None) -> Path | None:
+    """A folder of `out` holding the seed's round-0 pool (given `embedder`, its embeddings under it):
+    the first arm's that has it, or an archive's copy (`--out ARCHIVE`); None if none has."""
+    names = ("round-0/embeddings.npy",) if embedder else POOL_FILES
+    candidates = [arm_dir(out, seed, a) for a in arm_order(arms) if embedder in (None, embedder_of(a))]
+    candidates += [archive_round0(out, seed, e) for e in ("minilm", "policy") if embedder in (None, e)]
+    return next((f for f in candidates if all((f / name).is_file() for name in names)), None)
+
+
 def pool_data(out: Path, seed: int, arms: list[str]) -> tuple[list[dict], dict, list[str]] | None:
     """One seed's round-0 pools with each response's failure mode (cached in the seed folder), the
     embeddings under each embedder, and the selectors' picks."""
@@ -135,14 +145,13 @@ def pool_data(out: Path, seed: int, arms: list[str]) -> tuple[list[dict], dict, 
     from ampo.ifeval.offline import registry
     from ampo.ifeval.scoring import follow_instructions
 
-    order = arm_order(arms)
-    base = arm_dir(out, seed, order[0]) / "round-0"
-    if not (base / "rewards.parquet").is_file():
+    source = round0_folder(out, seed, arms)
+    if source is None:
         return None
+    base = source / "round-0"
     pool, _ = read_pool(base / "pool.parquet")
     cache = out / f"seed{seed}" / "pool_failures.json"
-    pool_key = json.loads((arm_dir(out, seed, order[0]) / "manifest.json").read_text())["stages"][
-        "round-0/generate"]["key"]
+    pool_key = json.loads((source / "manifest.json").read_text())["stages"]["round-0/generate"]["key"]
     cached = json.loads(cache.read_text()) if cache.is_file() else {}
     if cached.get("key") != pool_key:
         checks = registry("ifeval")
@@ -156,10 +165,9 @@ def pool_data(out: Path, seed: int, arms: list[str]) -> tuple[list[dict], dict, 
              for r, f, rec in zip(rewards, cached["strict"], pool)]
     embedders = []
     for emb_name in ("minilm", "policy"):
-        source = next((a for a in order if embedder_of(a) == emb_name), None)
-        path = source and arm_dir(out, seed, source) / "round-0" / "embeddings.npy"
-        if path and path.is_file():
-            flat = np.load(path)
+        folder = round0_folder(out, seed, arms, emb_name)
+        if folder is not None:
+            flat = np.load(folder / "round-0" / "embeddings.npy")
             for p, a, b in zip(pools, bounds[:-1], bounds[1:]):
                 p[emb_name] = flat[a:b]
             embedders.append(emb_name)

@@ -93,6 +93,9 @@ def parse_args():
                         "all 541 + 300; quick 3)")
     ifeval.add_argument("--rounds", type=int, default=1, choices=[1, 2], help="2: a second round per arm, "
                         "on its own pool")
+    ifeval.add_argument("--archive", help="also copy every finished unit's results (answers, scores, manifest, "
+                        "selection; each seed's pool once) into this folder, meant to be committed; units found "
+                        "there are not run again, and `--report --out ARCHIVE` reports from it alone")
     ifeval.add_argument("--unit", help=argparse.SUPPRESS)  # one unit of work, as --jobs starts it
     args = ap.parse_args()
     args.out = args.out or ("runs/bench_alignment_ifeval" if args.task == "ifeval" else "runs/bench_alignment")

@@ -19,7 +19,7 @@ from ampo.selection import SELECTORS  # noqa: E402
 
 def args(**kw):
     base = dict(quick=False, seeds=None, train_prompts=None, n=None, k=None, gen_tokens=None, eval_tokens=None,
-                limit=None, rounds=1, out="runs/x", jobs=2)
+                limit=None, rounds=1, out="runs/x", jobs=2, archive=None)
     return Namespace(**{**base, **kw})
 
 
@@ -66,12 +66,12 @@ def test_estimate_counts_each_part():
 def test_worker_argv_reproduces_the_sizes(monkeypatch):
     import bench_alignment
 
-    a = args(quick=True, seeds=[3, 4], train_prompts=6, limit=2)
+    a = args(quick=True, seeds=[3, 4], train_prompts=6, limit=2, archive="kept")
     sizes = ai.sizes_from(a)
     argv = ai.worker_argv(a, sizes, ["ampo+random", "dpo sweet-spot"]) + ["--unit", "seed3"]
     monkeypatch.setattr(sys, "argv", ["bench_alignment.py", *argv])
     parsed = bench_alignment.parse_args()
-    assert ai.sizes_from(parsed) == sizes and parsed.unit == "seed3"
+    assert ai.sizes_from(parsed) == sizes and parsed.unit == "seed3" and parsed.archive == "kept"
     assert parsed.arms == ["ampo+random", "dpo sweet-spot"]
 
 
@@ -134,3 +134,54 @@ def test_units_wait_for_the_pool_and_the_policy_embeddings():
     assert u["seed1:dpo sweet-spot"] == [first, "seed1:ampo+random"]
     order = list(u)
     assert all(order.index(d) < order.index(x) for x, deps in u.items() for d in deps)
+
+
+def fake_finished_arm(out, seed, arm, with_pool=True):
+    """An arm folder as a finished unit leaves it: manifest, selection, both evaluations (and the pool)."""
+    folder = ai.arm_dir(out, seed, arm)
+    names = ["round-0/selection.parquet"] + list(ai.POOL_FILES + ai.EMBEDDER_FILES if with_pool else ())
+    names += [f"bench/{b}/{f}" for b in ai.BENCHMARKS for f in ai.BENCH_FILES]
+    for name in names:
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_text(f"{arm}:{name}")
+    stages = {s: {"key": s, "status": "done"} for s in ai.POOL_STAGES + ai.EMBEDDER_STAGES + ("round-0/train",)}
+    (folder / "manifest.json").write_text(json.dumps({"stages": stages}))
+    return folder
+
+
+def test_archive_keeps_finished_units_and_each_seeds_pool_once(tmp_path):
+    out, archive = tmp_path / "out", tmp_path / "archive"
+    fake_finished_arm(out, 0, "ampo+random")
+    fake_finished_arm(out, 0, "dpo sweet-spot")
+    unfinished = fake_finished_arm(out, 0, "ampo+coreset")
+    (unfinished / "bench" / "ifbench" / "done.json").unlink()
+    todo = ai.units(ai.sizes_from(args(seeds=[0])), ["ampo+random", "ampo+coreset", "dpo sweet-spot"])
+    assert ai.sync_archive(out, archive, todo) == {"seed0:ampo+random", "seed0:dpo sweet-spot"}
+    kept = ai.arm_dir(archive, 0, "dpo sweet-spot")
+    assert (kept / "bench" / "ifbench" / "responses.jsonl").read_text() == "dpo sweet-spot:bench/ifbench/responses.jsonl"
+    assert (kept / "round-0" / "selection.parquet").is_file() and not (kept / "round-0" / "pool.parquet").exists()
+    assert not ai.arm_dir(archive, 0, "ampo+coreset").exists()
+    pool = ai.archive_round0(archive, 0, "minilm")  # from the first arm archived, once
+    assert (pool / "round-0" / "pool.parquet").read_text() == "ampo+random:round-0/pool.parquet"
+    assert set(json.loads((pool / "manifest.json").read_text())["stages"]) == set(ai.POOL_STAGES + ai.EMBEDDER_STAGES)
+    assert not list(archive.rglob("*.partial"))
+
+
+def test_a_new_arm_takes_its_pool_from_the_run_then_from_the_archive(tmp_path):
+    out, archive = tmp_path / "out", tmp_path / "archive"
+    arms = ["ampo+random", "ampo+coreset+policy-emb", "dpo sweet-spot"]
+    assert ai.round0_source(out, archive, 0, "dpo sweet-spot", arms) is None  # nothing yet: the arm makes it
+    ai.seed_round0(ai.archive_round0(archive, 0, "minilm"), fake_finished_arm(tmp_path / "old", 0, "ampo+random"), True)
+    assert ai.round0_source(out, archive, 0, "dpo sweet-spot", arms) == (ai.archive_round0(archive, 0, "minilm"), True)
+    # a policy-embedding arm takes the pool but not MiniLM's embeddings
+    assert ai.round0_source(out, archive, 0, "ampo+coreset+policy-emb", arms) == (
+        ai.archive_round0(archive, 0, "minilm"), False)
+    fake_finished_arm(out, 0, "ampo+random")  # the run's own folder comes first
+    assert ai.round0_source(out, archive, 0, "dpo sweet-spot", arms) == (ai.arm_dir(out, 0, "ampo+random"), True)
+
+
+def test_an_archive_at_other_sizes_is_refused(tmp_path):
+    ai.check_archive(tmp_path, ai.sizes_from(args()))
+    ai.check_archive(tmp_path, ai.sizes_from(args(seeds=[5])))  # other seeds: the same archive
+    with pytest.raises(SystemExit, match="other sizes"):
+        ai.check_archive(tmp_path, ai.sizes_from(args(n=8)))
