@@ -311,6 +311,16 @@ def units(sizes: Sizes, arms: list[str]) -> dict[str, list[str]]:
     return out
 
 
+def has_round0(out: Path, archive: Path | None, unit: str, arms: list[str]) -> bool:
+    """Whether a unit can start before the units it waits for: its folder exists (it resumes), or its
+    seed's pool and its embedder's embeddings are there to copy (`round0_source`)."""
+    if unit == "initial" or unit_dir(out, unit).exists():
+        return True
+    seed, arm = unit.split(":", 1)
+    source = round0_source(out, archive, int(seed.removeprefix("seed")), arm, arms)
+    return bool(source and source[1])
+
+
 def run_unit(unit: str, out: Path, sizes: Sizes, arms: list[str], archive: Path | None = None) -> None:
     t0 = time.perf_counter()
     if unit == "initial":
@@ -350,7 +360,7 @@ def run_all(args, sizes: Sizes, arms: list[str]) -> None:
             waiting.remove(unit)
             failed.add(unit)
             print(f"{unit}: skipped (waits for a failed unit)", flush=True)
-        ready = [u for u in waiting if set(todo[u]) <= done]
+        ready = [u for u in waiting if set(todo[u]) <= done or has_round0(out, archive, u, arms)]
         while ready and len(running) < args.jobs:
             unit = ready.pop(0)
             waiting.remove(unit)

@@ -185,3 +185,13 @@ def test_an_archive_at_other_sizes_is_refused(tmp_path):
     ai.check_archive(tmp_path, ai.sizes_from(args(seeds=[5])))  # other seeds: the same archive
     with pytest.raises(SystemExit, match="other sizes"):
         ai.check_archive(tmp_path, ai.sizes_from(args(n=8)))
+
+
+def test_units_whose_pool_is_there_need_not_wait(tmp_path):
+    out, archive = tmp_path / "out", tmp_path / "archive"
+    arms = ["ampo+random", "ampo+coreset+policy-emb", "dpo sweet-spot"]
+    assert not ai.has_round0(out, archive, "seed0:dpo sweet-spot", arms) and ai.has_round0(out, archive, "initial", arms)
+    ai.seed_round0(ai.archive_round0(archive, 0, "minilm"), fake_finished_arm(tmp_path / "old", 0, "ampo+random"), True)
+    assert ai.has_round0(out, archive, "seed0:dpo sweet-spot", arms)
+    assert not ai.has_round0(out, archive, "seed0:ampo+coreset+policy-emb", arms)  # its embeddings are not there
+    assert not ai.has_round0(out, None, "seed0:dpo sweet-spot", arms)
