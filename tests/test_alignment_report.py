@@ -10,6 +10,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
 import alignment_ifeval as ai  # noqa: E402
+import alignment_report as ar  # noqa: E402
 import alignment_stats  # noqa: E402
 
 
@@ -95,3 +96,18 @@ def test_report_gives_the_contrasts_of_the_arms_it_has(tmp_path, monkeypatch):
     contrasts = json.loads((out / "results.json").read_text())["benchmarks"]["ifeval"]["contrasts"]
     assert [(c["arm"], c["against"], c["seeds"]) for c in contrasts] == [
         ("swepo+random", "ampo+random", [0]), ("swepo all", "swepo+random", [0])]
+
+
+def test_the_pool_is_read_from_an_arm_or_from_the_archives_copy(tmp_path):
+    arms = ["ampo+random", "ampo+coreset+policy-emb"]
+    assert ar.round0_folder(tmp_path, 0, arms) is None
+    archived = ai.archive_round0(tmp_path, 0, "minilm")
+    for name in ai.POOL_FILES + ("round-0/embeddings.npy",):
+        (archived / name).parent.mkdir(parents=True, exist_ok=True)
+        (archived / name).write_text(name)
+    assert ar.round0_folder(tmp_path, 0, arms) == archived  # reporting from an archive
+    assert ar.round0_folder(tmp_path, 0, arms, "policy") is None
+    arm = ai.arm_dir(tmp_path, 0, "ampo+coreset+policy-emb")
+    (arm / "round-0").mkdir(parents=True)
+    (arm / "round-0" / "embeddings.npy").write_text("policy")
+    assert ar.round0_folder(tmp_path, 0, arms, "policy") == arm
