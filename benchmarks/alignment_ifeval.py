@@ -246,13 +246,18 @@ def archive_round0(archive: Path, seed: int, embedder: str) -> Path:
 
 
 def check_archive(archive: Path, sizes: Sizes) -> None:
-    """Record the sizes in a new archive; refuse one that holds results at other sizes."""
-    record, want = archive / "sizes.json", {k: v for k, v in asdict(sizes).items() if k != "seeds"}
+    """Record the sizes and the dtype generation runs in on this machine (`generate.dtype=auto`:
+    bf16 on CPUs with native bf16 matmuls, else fp32) in a new archive; refuse one that holds
+    results at other sizes or generated in another dtype, whose units would not be comparable."""
+    from ampo.pipeline import generation_dtype
+
+    record = archive / "sizes.json"
+    want = {**{k: v for k, v in asdict(sizes).items() if k != "seeds"}, "generation_dtype": generation_dtype("auto")}
     if record.is_file():
         have = json.loads(record.read_text())
         if have != want:
-            raise SystemExit(f"bench_alignment: {archive} holds results at other sizes {have}, not {want}; "
-                             "give another --archive")
+            raise SystemExit(f"bench_alignment: {archive} holds results at other sizes or generated in another "
+                             f"dtype {have}, not {want} as here; give another --archive")
     else:
         archive.mkdir(parents=True, exist_ok=True)
         record.write_text(json.dumps(want, indent=1) + "\n")

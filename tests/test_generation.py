@@ -374,7 +374,7 @@ def test_unsupported_cache_layers_fall_back_to_hf_generate(tiny_tokenizer):
 def test_make_generator(tiny_model, tiny_tokenizer, tmp_path):
     tiny_model.save_pretrained(tmp_path)
     tiny_tokenizer.save_pretrained(tmp_path)
-    config = GenerationConfig(n=2, temperature=0.0, max_new_tokens=4)
+    config = GenerationConfig(n=2, temperature=0.0, max_new_tokens=4, dtype="float32")  # "auto": bf16 on AMX CPUs
     given = make_generator("hf", str(tmp_path), tiny_model, tiny_tokenizer, config)
     loaded = make_generator("hf", str(tmp_path), config=config)
     assert isinstance(given, HFGenerator) and given.model is tiny_model

@@ -96,3 +96,21 @@ def _umask() -> int:
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
+
+
+def test_benchmark_answers_are_regenerated_where_generation_would_run_in_another_dtype(tiny_policy, tmp_path,
+                                                                                       monkeypatch):
+    """`auto` is bf16 on CPUs with native bf16 matmuls and fp32 elsewhere: answers made in one dtype
+    are not reused (nor their shards resumed) on a machine that would generate in the other."""
+    import ampo.generation
+    from ampo.ifeval.evaluate import evaluate_policy
+    from ampo.models import load_policy
+
+    policy, out = load_policy(str(tiny_policy)), tmp_path / "eval"
+    first = evaluate_policy("ifeval", policy, out, key="k", limit=2, max_new_tokens=2, n_boot=10, progress=False)
+    again = evaluate_policy("ifeval", policy, out, key="k", limit=2, max_new_tokens=2, n_boot=10, progress=False)
+    assert again["generation_key"] == first["generation_key"]
+    other = {"float32": "bfloat16"}.get(first["generation_dtype"], "float32")
+    monkeypatch.setattr(ampo.generation, "resolve_dtype", lambda requested, device: other)
+    moved = evaluate_policy("ifeval", policy, out, key="k", limit=2, max_new_tokens=2, n_boot=10, progress=False)
+    assert moved["generation_dtype"] == other and moved["generation_key"] != first["generation_key"]

@@ -117,14 +117,16 @@ def score_file(benchmark: str, responses: str | Path, out_dir: str | Path, n_boo
 
 
 def generate(policy, items: Sequence[Item], parts: Path, key: str, max_new_tokens: int,
-             prompts_per_batch: int = 16, shard_prompts: int = 64, progress: bool = True) -> list[dict]:
+             prompts_per_batch: int = 16, shard_prompts: int = 64, progress: bool = True,
+             dtype: str = "auto") -> list[dict]:
     """Greedy responses to `items` with the chat template, batched, resumable: finished shards
     live in `parts/` (tagged with `key`) until all are done. One row per item, in order."""
     from ampo.generation import GenerationConfig, HFGenerator
     from ampo.runner import sharded_map
 
     model, tok = policy
-    cfg = GenerationConfig(n=1, temperature=0.0, max_new_tokens=max_new_tokens, prompts_per_batch=prompts_per_batch)
+    cfg = GenerationConfig(n=1, temperature=0.0, max_new_tokens=max_new_tokens, prompts_per_batch=prompts_per_batch,
+                           dtype=dtype)
     n_shards = -(-len(items) // shard_prompts)
 
     def work(s: int, shard: list[Item]) -> list[dict]:
@@ -172,20 +174,24 @@ def evaluate_policy(benchmark: str, policy, out_dir: str | Path, *, key: str, li
     """Generate greedy responses to the benchmark (or its fixed `limit` subset), score them and
     write `responses.jsonl`, `results.jsonl` and `metrics.json` into `out_dir`. `key` identifies
     the policy: the generation resumes from finished shards, and a finished run with the same key
-    and settings is rescored without generating again."""
+    and settings is rescored without generating again. Generation runs in the dtype "auto" resolves
+    to here (bf16 on CPUs with native bf16 matmuls, else fp32), which is part of the key: a run
+    resumed on a machine that resolves it differently regenerates instead of mixing dtypes."""
     from ampo.config import config_key
+    from ampo.generation import resolve_dtype
 
     out_dir = Path(out_dir)
     items = subset(load_items(benchmark), limit, seed)
+    dtype = resolve_dtype("auto", policy[0].device)
     gen_key = config_key("benchmark-generate", benchmark, key, [it.key for it in items], max_new_tokens,
-                         prompts_per_batch)
+                         prompts_per_batch, dtype)
     rows = finished_responses(out_dir, items, gen_key)  # the same responses exist: rescore them
     if rows is None:
         rows = generate(policy, items, out_dir / "responses.parts", gen_key, max_new_tokens, prompts_per_batch,
-                        shard_prompts, progress)
+                        shard_prompts, progress, dtype)
         write_rows(out_dir / "responses.jsonl", rows)
     metrics, results = score(benchmark, list(zip(items, [r["response"] for r in rows])), n_boot, seed)
-    metrics.update(info or {}, generation_key=gen_key, subset_seed=seed,
+    metrics.update(info or {}, generation_key=gen_key, generation_dtype=dtype, subset_seed=seed,
                    limit=limit if 0 < limit < len(load_items(benchmark)) else 0,
                    decoding="greedy", max_new_tokens=max_new_tokens,
                    finished_rate=float(np.mean([r["finished"] for r in rows])),
