@@ -224,11 +224,14 @@ def run_initial(out: Path, sizes: Sizes) -> None:
 BENCH_FILES = ("done.json", "metrics.json", "results.jsonl", "responses.jsonl")  # one evaluation's, as the report reads it
 
 
-def unit_dir(out: Path, unit: str) -> Path:
-    if unit == "initial":
-        return out / "initial"
+def seed_and_arm(unit: str) -> tuple[int, str]:
+    """`seedS:ARM` -> (S, ARM)."""
     seed, arm = unit.split(":", 1)
-    return arm_dir(out, int(seed.removeprefix("seed")), arm)
+    return int(seed.removeprefix("seed")), arm
+
+
+def unit_dir(out: Path, unit: str) -> Path:
+    return out / "initial" if unit == "initial" else arm_dir(out, *seed_and_arm(unit))
 
 
 def bench_dir(out: Path, unit: str, name: str) -> Path:
@@ -282,7 +285,7 @@ def archive_unit(out: Path, archive: Path, unit: str) -> None:
         if (folder / "round-0" / "selection.parquet").is_file():
             (tmp / "round-0").mkdir()
             shutil.copy2(folder / "round-0" / "selection.parquet", tmp / "round-0" / "selection.parquet")
-        seed, arm = int(unit.split(":")[0].removeprefix("seed")), unit.split(":", 1)[1]
+        seed, arm = seed_and_arm(unit)
         pool = archive_round0(archive, seed, embedder_of(arm))
         if not pool.exists() and all((folder / name).is_file() for name in POOL_FILES + EMBEDDER_FILES):
             partial = pool.with_name(pool.name + ".partial")
@@ -321,8 +324,8 @@ def has_round0(out: Path, archive: Path | None, unit: str, arms: list[str]) -> b
     seed's pool and its embedder's embeddings are there to copy (`round0_source`)."""
     if unit == "initial" or unit_dir(out, unit).exists():
         return True
-    seed, arm = unit.split(":", 1)
-    source = round0_source(out, archive, int(seed.removeprefix("seed")), arm, arms)
+    seed, arm = seed_and_arm(unit)
+    source = round0_source(out, archive, seed, arm, arms)
     return bool(source and source[1])
 
 
@@ -331,8 +334,7 @@ def run_unit(unit: str, out: Path, sizes: Sizes, arms: list[str], archive: Path 
     if unit == "initial":
         run_initial(out, sizes)
     else:
-        seed, arm = unit.split(":", 1)
-        run_arm(out, int(seed.removeprefix("seed")), arm, sizes, arms, archive)
+        run_arm(out, *seed_and_arm(unit), sizes, arms, archive)
     print(f"{unit}: done ({time.perf_counter() - t0:.0f} s this call)", flush=True)
 
 
