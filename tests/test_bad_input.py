@@ -276,6 +276,7 @@ LATE_OPTIONS = [  # each used to fail only after models were loaded, or never
     ("eval.benchmark_limit=-1", "config 'eval.benchmark_limit': must be >= 0, got -1"),
     ("eval.benchmark_max_new_tokens=0", "config 'eval.benchmark_max_new_tokens': must be >= 1, got 0"),
     ("eval.benchmark_prompts_per_batch=0", "config 'eval.benchmark_prompts_per_batch': must be >= 1, got 0"),
+    ("seed=4294967296", "config 'seed': must be in [0, 4294967295], got 4294967296"),  # NumPy seeds are 32-bit
 ]
 
 
@@ -286,6 +287,34 @@ def test_bad_option_is_refused_before_anything_runs(override, message, tmp_path,
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and message in err, err
     assert not out.exists()
+
+
+@pytest.mark.parametrize("option", ["seed", "rounds", "select.k", "train.learning_rate", "train.epochs",
+                                    "train.hparams.beta", "select.min_margin", "data.split_seed"])
+def test_a_400_digit_option_is_one_line(option, tmp_path, capsys):
+    """As inside a pool file: refused, not an OverflowError from the range check (issue 29)."""
+    out = tmp_path / "run"
+    assert run_main(["run", f"out={out}", f"{option}={HUGE}"]) == 2
+    err = capsys.readouterr().err
+    assert err == f"ampo: error: config '{option}': must be finite, got an integer of 401 digits\n"
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("command,flag", [("train", "--k"), ("train", "--seed"), ("train", "--max-steps"),
+                                          ("select", "--k"), ("generate", "--n"), ("train-rm", "--epochs"),
+                                          ("evaluate", "--limit")])
+def test_a_400_digit_flag_is_one_line(command, flag, tmp_path, capsys):
+    files = ["--benchmark", "ifeval", "--policy", "p"] if command == "evaluate" else ["--input", "in.jsonl"]
+    assert run_main([command, *files, "--output", str(tmp_path / "o"), flag, str(HUGE)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"argument {flag}: must be finite, got an integer of 401 digits" in err, err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_integer_python_will_not_convert_is_one_line(tmp_path, capsys):
+    assert run_main(["run", f"out={tmp_path / 'run'}", "seed=" + "1" * 5000]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("ampo: error: config override 'seed=': Exceeds the limit"), err
 
 
 BOMB = "".join(f"{chr(97 + i)}: &{chr(97 + i)} [{', '.join([f'*{chr(96 + i)}'] * 9 if i else ['lol'] * 9)}]\n"
@@ -317,6 +346,7 @@ def test_bad_config_file_is_one_short_line(text, message, tmp_path, capsys):
     ("generate", "--seed", "seed", "-1"),
     ("select", "--k", "select.k", "0"),
     ("select", "--seed", "seed", "-1"),
+    ("select", "--seed", "seed", str(2**32)),
     ("evaluate", "--limit", "eval.benchmark_limit", "-1"),
     ("evaluate", "--max-new-tokens", "eval.benchmark_max_new_tokens", "0"),
     ("evaluate", "--prompts-per-batch", "eval.benchmark_prompts_per_batch", "0"),

@@ -13,7 +13,7 @@ from typing import Any
 import yaml
 
 from .sections import ConfigError, RunConfig, short
-from .validation import validate
+from .validation import too_many_digits, validate
 
 
 def _check_type(name: str, value: Any, tp: Any) -> Any:
@@ -28,6 +28,8 @@ def _check_type(name: str, value: Any, tp: Any) -> Any:
                 return _check_type(name, value, arg)
             except ConfigError:
                 pass
+        if isinstance(value, int) and not isinstance(value, bool) and (huge := too_many_digits(value)):
+            raise ConfigError(f"config '{name}': {huge}")
         raise ConfigError(f"config '{name}': expected {tp}, got {short(value)}")
     if tp is type(None):
         if value is None:
@@ -42,6 +44,8 @@ def _check_type(name: str, value: Any, tp: Any) -> Any:
             return {str(k): _check_type(f"{name}.{k}", v, vt) for k, v in value.items()}
     elif tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if isinstance(value, int) and (huge := too_many_digits(value)):  # float() would overflow
+                raise ConfigError(f"config '{name}': {huge}")
             return float(value)
         if isinstance(value, str):  # YAML 1.1 reads "1e-5" (no dot) as a string
             try:
@@ -104,6 +108,10 @@ def safe_yaml(text: str, source: str) -> Any:
         raise ConfigError(f"{source}{where}: not valid YAML ({getattr(e, 'problem', None) or e})") from None
     except RecursionError:
         raise ConfigError(f"{source}: nested too deeply") from None
+    except ConfigError:
+        raise
+    except ValueError as e:  # an integer of more digits than Python converts (4300)
+        raise ConfigError(f"{source}: {str(e).split(';')[0]}") from None
     finally:
         loader.dispose()
 

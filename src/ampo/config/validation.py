@@ -22,8 +22,12 @@ class Range:
     hi_open: bool = False
 
     def problem(self, value: float) -> str | None:
-        """Why `value` is not allowed (one phrase), or None."""
-        if not math.isfinite(value):
+        """Why `value` is not allowed (one phrase), or None. Integers are compared exactly: one too
+        large for a float (400 digits) is refused as in a pool file, not overflowed."""
+        if isinstance(value, int):
+            if huge := too_many_digits(value):
+                return huge
+        elif not math.isfinite(value):
             return f"must be a finite number, got {value}"
         below = self.lo is not None and (value <= self.lo if self.lo_open else value < self.lo)
         above = self.hi is not None and (value >= self.hi if self.hi_open else value > self.hi)
@@ -31,14 +35,27 @@ class Range:
 
     def __str__(self) -> str:
         if self.hi is None:
-            return f"{'>' if self.lo_open else '>='} {self.lo:g}"
-        return f"in {'(' if self.lo_open else '['}{self.lo:g}, {self.hi:g}{')' if self.hi_open else ']'}"
+            return f"{'>' if self.lo_open else '>='} {_bound(self.lo)}"
+        return f"in {'(' if self.lo_open else '['}{_bound(self.lo)}, {_bound(self.hi)}{')' if self.hi_open else ']'}"
+
+
+def _bound(x: float) -> str:
+    return str(x) if isinstance(x, int) else f"{x:g}"  # 4294967295, not 4.29497e+09
+
+
+def too_many_digits(value: int) -> str | None:
+    """The problem with an integer too large for a float (the phrase pool files use), or None."""
+    try:
+        float(value)
+    except OverflowError:
+        return f"must be finite, got an integer of {len(str(value))} digits"
+    return None
 
 
 # Every numeric option's range; the CLI's flags for the same options check the same ranges
 # (`CLI_RANGES` below).
 RANGES: dict[str, Range] = {
-    "seed": Range(0), "rounds": Range(1),
+    "seed": Range(0, 2**32 - 1), "rounds": Range(1),  # seed: NumPy's (and the Trainer's) seeds are 32-bit
     "model.lora_r": Range(1), "model.lora_alpha": Range(1), "model.lora_dropout": Range(0, 1, hi_open=True),
     "data.heldout": Range(1), "data.train_prompts": Range(0), "data.split_seed": Range(0),
     "generate.n": Range(2), "generate.temperature": Range(0), "generate.top_p": Range(0, 1, lo_open=True),
