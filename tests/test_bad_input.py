@@ -201,6 +201,31 @@ CASES = {
     "prompt meta as deeply nested JSON text": lambda t, p: (
         generate(t, lines(t / "prompts.jsonl", {"prompt": "x", "meta": "[" * 100_000 + "]" * 100_000})),
         f"{t}/prompts.jsonl: row 1: field 'meta': not valid JSON (nested too deeply)"),
+    # issue 29: fields copied through before, and failing later or never
+    "finished shorter than responses": lambda t, p: (
+        select(pool(t, {**GOOD, "finished": [True, False]})),
+        f"{t}/pool.jsonl: row 2: field 'finished': has 2 entries but there are 3 responses"),
+    "n_tokens of the wrong length": lambda t, p: (
+        select(pool(t, {**GOOD, "n_tokens": [3, 4, 5, 6]})),
+        f"{t}/pool.jsonl: row 2: field 'n_tokens': has 4 entries but there are 3 responses"),
+    "negative n_tokens": lambda t, p: (
+        select(pool(t, {**GOOD, "n_tokens": [3, -4, 5]})),
+        f"{t}/pool.jsonl: row 2: field 'n_tokens[1]': must be a token count (>= 0), got -4"),
+    "a lone surrogate in a response": lambda t, p: (
+        select(pool(t, '{"prompt": "p", "responses": ["a", "b\\ud800"], "rewards": [1, 2]}')),
+        f"{t}/pool.jsonl: row 2: field 'responses[1]': holds a lone surrogate '\\ud800'"),
+    "a lone surrogate in a prompt's meta": lambda t, p: (
+        generate(t, lines(t / "prompts.jsonl", '{"prompt": "x", "meta": {"k": ["\\udc80"]}}')),
+        f"{t}/prompts.jsonl: row 1: field 'meta.k[0]': holds a lone surrogate '\\udc80'"),
+    "a member name given twice in a pool row": lambda t, p: (
+        select(pool(t, '{"prompt": "p", "responses": ["a", "b"], "rewards": [1, 2], "rewards": [2, 1]}')),
+        f"{t}/pool.jsonl: row 2: field 'rewards': given twice in one JSON object"),
+    "a member name given twice in meta JSON text": lambda t, p: (
+        generate(t, lines(t / "prompts.jsonl", {"prompt": "x", "meta": '{"a": 1, "a": 2}'})),
+        f"{t}/prompts.jsonl: row 1: field 'meta': member 'a' given twice in one JSON object"),
+    "evaluate: a key given twice in one row": lambda t, p: (
+        evaluate(responses(t, '{"key": 1001, "key": 1005, "response": "x"}')),
+        f"{t}/responses.jsonl: row 2: field 'key': given twice in one JSON object"),
     "make-prompts unknown output type": lambda t, p: (
         ["make-prompts", "--task", "ifeval", "--n", "2", "--output", str(t / "prompts.csv")],
         f"{t}/prompts.csv: unknown file type '.csv'"),

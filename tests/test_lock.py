@@ -45,6 +45,30 @@ def test_second_run_on_the_same_folder_is_refused(tiny_policy, tmp_path):  # noq
     assert stages and all(s["status"] == "done" for s in stages.values())
 
 
+def test_a_second_ampo_train_is_refused_before_the_training_stack_loads(tmp_path):
+    """`ampo train` takes its output folder's lock before it imports the Trainer (and PEFT), so a
+    second one on a folder in use stops at once, having loaded neither (issue 29)."""
+    out = tmp_path / "out"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys; from pathlib import Path; from ampo.runner import RunLock; "
+                               "RunLock.hold(Path(sys.argv[1])); print('locked', flush=True); sys.stdin.read()",
+         str(out)], env=ENV, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        probe = ("import sys; from ampo.cli import main; code = main(sys.argv[1:]); "
+                 "print(code, sorted(m for m in ('transformers.trainer', 'peft', 'ampo.pooltrain') if m in sys.modules))")
+        done = subprocess.run([sys.executable, "-c", probe, "-q", "train", "--input",
+                               str(ROOT / "examples" / "trl_pairs.jsonl"), "--output", str(out)],
+                              env=ENV, capture_output=True, text=True, timeout=120)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert done.stdout == "2 []\n", done.stderr[-2000:]
+    assert done.stderr == (f"ampo: error: output folder {out} is in use by another ampo process (pid {holder.pid}); "
+                           "wait for it to end or choose another --output\n")
+    assert sorted(p.name for p in out.iterdir()) == [".lock"]  # the second one wrote nothing
+
+
 def test_a_killed_holder_leaves_no_lock(tmp_path):
     holder = subprocess.Popen(
         [sys.executable, "-c", "import sys, time; from pathlib import Path; from ampo.runner import RunLock; "

@@ -156,6 +156,8 @@ def test_rerun_is_up_to_date(tiny_policy, tmp_path, caplog):
     ([{"prompt": "a", "responses": ["x", "y"]}],
      "row 1: field 'rewards': missing (`ampo train` takes each group's positive by reward and loss 'ampo' "
      "weighs by them; add them with `ampo score` first)"),
+    ([{"prompt": "a", "responses": ["x", "y", "z"], "rewards": [1, 0, 2], "finished": [True, False]}],
+     "row 1: field 'finished': has 2 entries but there are 3 responses"),  # once an IndexError after loading
 ])
 def test_bad_pools_are_refused_with_one_line_naming_the_row(rows, expected, tmp_path, capsys):
     pool = tmp_path / "pool.jsonl"
@@ -163,7 +165,9 @@ def test_bad_pools_are_refused_with_one_line_naming_the_row(rows, expected, tmp_
     assert main(["-q", "train", "--input", str(pool), "--output", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
     assert err == f"ampo: error: {pool}: {expected}\n"
-    assert not (tmp_path / "o" / "checkpoint").exists()
+    assert not (tmp_path / "o").exists()  # no output folder, partial or empty
+    assert main(["-q", "train", "--input", str(pool), "--output", str(tmp_path / "o")]) == 2  # nothing left locked
+    assert capsys.readouterr().err == err
 
 
 def test_evaluate_a_policy_against_another_writes_a_rounds_eval_json(tiny_policy, tmp_path):

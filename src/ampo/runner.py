@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from . import __version__
-from .data import atomic_path, write_json, write_rows
+from .data import atomic_path, ensure_dir, write_json, write_rows
 
 log = logging.getLogger("ampo")
 
@@ -69,6 +69,9 @@ class RunInUseError(ValueError):
     """Another process holds the run folder's lock."""
 
 
+_HELD: dict[Path, "RunLock"] = {}  # folders locked by `RunLock.hold`, for their Runner to take over
+
+
 class RunLock:
     """An exclusive lock on a run folder (`flock` on `RUN/.lock`) for as long as a process uses it
     (also taken by `ampo evaluate` on its output folder: `what` and `option` name them).
@@ -103,10 +106,21 @@ class RunLock:
             os.ftruncate(self.fd, 0)
             os.write(self.fd, str(os.getpid()).encode())
 
+    @classmethod
+    def hold(cls, folder: Path, what: str = "run folder", option: str = "'out'") -> RunLock:
+        """Lock `folder` (made if missing) now, for the `Runner` this process makes on it later, which
+        takes this lock over: a command that imports a heavy stack first refuses a folder in use
+        before paying for the imports (`ampo train`)."""
+        lock = cls(ensure_dir(folder), what, option)
+        _HELD[Path(folder).resolve()] = lock
+        return lock
+
     def release(self) -> None:
         if self.fd is not None:
             os.close(self.fd)  # closing the only handle drops the lock
             self.fd = None
+        for folder in [f for f, lock in _HELD.items() if lock is self]:
+            del _HELD[folder]
 
     def __enter__(self) -> RunLock:
         return self
@@ -158,7 +172,7 @@ class Runner:
         if self.dist.main:  # one process per folder takes the lock; the others are its helpers
             if not self.dir.is_dir():
                 self.dir.mkdir(parents=True)
-            self._lock = RunLock(self.dir)
+            self._lock = _HELD.get(self.dir.resolve()) or RunLock(self.dir)
             if config_text is not None:
                 _write_if_changed(self.dir / "config.yaml", config_text)
         self.dist.wait()

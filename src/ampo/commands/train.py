@@ -4,6 +4,8 @@ pairs)."""
 from __future__ import annotations
 
 import os
+import shutil
+from pathlib import Path
 
 
 TRAIN_FLAGS = {"policy": "model.policy", "loss": "train.loss", "strategy": "select.strategy", "k": "select.k",
@@ -24,10 +26,24 @@ def train_config(args):
 
 
 def cmd_train(args) -> None:
-    from ..pooltrain import PoolTraining
+    from ..runner import RunLock
 
     config = train_config(args)
-    s = PoolTraining(config, args.input, args.output, merge=args.merge, progress=not args.quiet).run()
+    out = Path(args.output)
+    created = not out.exists()
+    # the output folder's lock first: a second `ampo train` on it is refused before the training stack loads
+    lock = RunLock.hold(out, "output folder", "--output") if os.environ.get("RANK", "0") == "0" else None
+    try:
+        from ..pooltrain import PoolTraining
+
+        s = PoolTraining(config, args.input, args.output, merge=args.merge, progress=not args.quiet).run()
+    except ValueError:
+        if created and lock is not None:
+            _discard_untouched(out)
+        raise
+    finally:
+        if lock is not None:
+            lock.release()
     if os.environ.get("RANK", "0") != "0":
         return
     loss = "" if s["first_loss"] is None else f"; loss {s['first_loss']:.4f} -> {s['last_loss']:.4f}"
@@ -35,6 +51,13 @@ def cmd_train(args) -> None:
           f"({config.select.strategy}, k={config.select.k}) for {s['steps']} steps{loss}")
     what = "LoRA adapter + tokenizer" if s["adapter"] else "model + tokenizer"
     print(f"{what}: {s['checkpoint']}" + (f"; merged model: {s['merged']}" if s["merged"] else ""))
+
+
+def _discard_untouched(out: Path) -> None:
+    """Remove an output folder this command made if it holds nothing but its lock and config (bad
+    input found before any stage ran): bad input leaves no output behind."""
+    if out.is_dir() and {p.name for p in out.iterdir()} <= {".lock", "config.yaml"}:
+        shutil.rmtree(out, ignore_errors=True)
 
 
 def cmd_train_rm(args) -> None:

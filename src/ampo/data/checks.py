@@ -12,6 +12,7 @@ import numpy as np
 
 from ..config import short
 from .records import PoolError, Prompt
+from .rows import _DuplicateMember, lone_surrogate, loads
 
 
 def _check_prompt(path: Path, i: int, value: Any, name: str = "prompt") -> Prompt:
@@ -31,13 +32,18 @@ def _check_meta(path: Path, i: int, value: Any) -> dict[str, Any]:
     """A prompt's `meta`: a JSON object, given as one or as its JSON text (how Parquet stores it)."""
     if isinstance(value, str):
         try:
-            value = json.loads(value)
+            value = loads(value)
+            surrogate = lone_surrogate(value, "meta")
+        except _DuplicateMember as e:
+            raise PoolError(path, i, "meta", f"member {short(e.name)} given twice in one JSON object") from None
         except json.JSONDecodeError as e:
             raise PoolError(path, i, "meta", f"not valid JSON ({e.msg})") from None
         except RecursionError:
             raise PoolError(path, i, "meta", "not valid JSON (nested too deeply)") from None
         except ValueError as e:  # e.g. an integer with more digits than Python converts
             raise PoolError(path, i, "meta", f"not valid JSON ({e})") from None
+        if surrogate:
+            raise PoolError(path, i, surrogate[0], f"holds a lone surrogate {ascii(surrogate[1])}: not Unicode text")
     if not isinstance(value, dict):
         raise PoolError(path, i, "meta", "must be a JSON object")
     return value

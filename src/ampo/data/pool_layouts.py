@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .checks import (_check_embeddings, _check_floats, _check_meta, _check_number, _check_prompt, _check_responses,
-                     _field)
+                     _field, short)
 from .records import PoolError, PoolRecord
 from .rows import read_rows
 
@@ -76,9 +76,17 @@ def _parse_row(path: Path, i: int, row: dict, layout: str) -> PoolRecord:
     for name, kind in (("finished", bool), ("n_tokens", int), ("selected", int)):
         if row.get(name) is not None:
             vals = row[name]
-            if not isinstance(vals, list) or not all(isinstance(v, kind) for v in vals):
+            if not isinstance(vals, list) or not all(isinstance(v, kind) and (kind is bool or not isinstance(v, bool))
+                                                     for v in vals):
                 raise PoolError(path, i, name, f"must be a list of {kind.__name__}")
             setattr(rec, name, list(vals))
+    for name in ("finished", "n_tokens"):  # one entry per response, as the rewards
+        vals = getattr(rec, name)
+        if vals is not None and len(vals) != len(responses):
+            raise PoolError(path, i, name, f"has {len(vals)} entries but there are {len(responses)} responses")
+    for j, n in enumerate(rec.n_tokens or []):
+        if not 0 <= n < 2**63:
+            raise PoolError(path, i, f"n_tokens[{j}]", f"must be a token count (>= 0), got {short(n)}")
     if rec.selected is not None and any(not 0 <= s < len(responses) for s in rec.selected):
         raise PoolError(path, i, "selected", "index out of range")
     if row.get("meta") is not None:

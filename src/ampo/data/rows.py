@@ -4,8 +4,9 @@ file, each row with its 1-based number (as the user counts lines)."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 from .records import PoolError
 
@@ -74,20 +75,77 @@ def _saved_dataset_rows(folder: Path) -> Iterator[dict]:
         yield from table.to_pylist()
 
 
+class _DuplicateMember(ValueError):
+    """A JSON object that names one member twice (`json` would keep only the last value)."""
+
+    def __init__(self, name: str):
+        super().__init__(name)
+        self.name = name
+
+
+def unique_members(pairs: list[tuple[str, Any]]) -> dict:
+    """`object_pairs_hook` that refuses a member name given twice in one object."""
+    obj: dict = {}
+    for name, value in pairs:
+        if name in obj:
+            raise _DuplicateMember(name)
+        obj[name] = value
+    return obj
+
+
+def loads(text: str | bytes) -> Any:
+    """`json.loads`, raising `_DuplicateMember` for a member name given twice in one object."""
+    return json.loads(text, object_pairs_hook=unique_members)
+
+
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")  # how a (lone) UTF-16 surrogate is written in JSON
+
+
+def lone_surrogate(value: Any, where: str = "") -> tuple[str, str] | None:
+    """(the member path, the character) of the first string in `value` (keys included) that holds a
+    lone UTF-16 surrogate: valid JSON (`"\\ud800"`), but not Unicode text, so no UTF-8 file can hold
+    it; None if there is none."""
+    if isinstance(value, str):
+        for ch in value:
+            if "\ud800" <= ch <= "\udfff":
+                return where, ch
+        return None
+    items = (enumerate(value) if isinstance(value, list)
+             else value.items() if isinstance(value, dict) else ())
+    for key, item in items:
+        name = f"{where}[{key}]" if isinstance(key, int) else f"{where}.{key}" if where else str(key)
+        found = (lone_surrogate(key, name) if isinstance(key, str) else None) or lone_surrogate(item, name)
+        if found:
+            return found
+    return None
+
+
 def _json_row(path: Path, i: int, raw: bytes) -> dict:
-    """One JSONL line as a dict, or a PoolError naming the row."""
+    """One JSONL line as a dict, or a PoolError naming the row (and the member, for a name given
+    twice in one object or a string that is not Unicode text)."""
     try:
-        row = json.loads(raw.decode("utf-8"))
+        row = loads(raw.decode("utf-8"))
     except UnicodeDecodeError as e:
         raise PoolError(path, i, None, f"not UTF-8 text (byte {e.start + 1} of the line)") from None
     except json.JSONDecodeError as e:
         raise PoolError(path, i, None, f"not valid JSON ({e.msg})") from None
     except RecursionError:
         raise PoolError(path, i, None, "not valid JSON (nested too deeply)") from None
+    except _DuplicateMember as e:
+        name = e.name if len(e.name) <= 60 else e.name[:60] + "..."
+        raise PoolError(path, i, name, "given twice in one JSON object (a reader would silently keep one of "
+                        "the values)") from None
     except ValueError as e:  # e.g. an integer with more digits than Python converts
         raise PoolError(path, i, None, f"not valid JSON ({e})") from None
     if not isinstance(row, dict):
         raise PoolError(path, i, None, "a row must be a JSON object")
+    try:
+        found = _SURROGATE_ESCAPE.search(raw) and lone_surrogate(row)
+    except RecursionError:
+        raise PoolError(path, i, None, "not valid JSON (nested too deeply)") from None
+    if found:
+        raise PoolError(path, i, found[0], f"holds a lone surrogate {ascii(found[1])}, half of a UTF-16 pair: "
+                        "valid JSON, but not Unicode text")
     return row
 
 
