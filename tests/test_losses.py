@@ -1,5 +1,6 @@
 """Tests for ampo.losses against the worked numbers of spec/algorithms.md (sections 0-4) and
-spec/algorithms-2.md (gpo, tripo, mmpo target=pref; "spec-2")."""
+spec/algorithms-2.md (gpo, tripo, mmpo target=pref; "spec-2"), and grpo (GSPO ratio) against
+numbers derived by hand from its formula in docs/losses.md."""
 
 import math
 from pathlib import Path
@@ -12,6 +13,7 @@ from ampo.losses import (
     GroupBatch,
     check_hparams,
     compute,
+    grpo_advantages,
     mrpo_clipped_reference,
     mrpo_virtual_reference,
     resolve_hparams,
@@ -39,7 +41,8 @@ def t(rows) -> torch.Tensor:
 
 
 def toy(slots=(0, 1, 2, 3), lp=TOY_LP) -> GroupBatch:
-    """One group built from the given rows of the toy table (slot order as given)."""
+    """One group built from the given rows of the toy table (slot order as given); the sampling
+    policy's log-probs (grpo) are ``lp`` itself, so every ratio starts at 1."""
     pick = lambda col: t([[col[i] for i in slots]])  # noqa: E731
     refs = torch.stack([pick(TOY_REF), pick(TOY_REF_EXTRA)])
     return GroupBatch(
@@ -49,6 +52,7 @@ def toy(slots=(0, 1, 2, 3), lp=TOY_LP) -> GroupBatch:
         mask=torch.ones(1, len(slots), dtype=torch.bool),
         ref_logps=refs,
         pref_logits=t([[[TOY_PREF[i][j] for j in slots] for i in slots]]),
+        old_logps=pick(lp),
     )
 
 
@@ -60,7 +64,8 @@ def stack(batches: list[GroupBatch]) -> GroupBatch:
         rewards=torch.cat([b.rewards for b in batches]),
         mask=torch.cat([b.mask for b in batches]),
         ref_logps=torch.cat([b.ref_logps for b in batches], dim=1),
-        pref_logits=torch.cat([b.pref_logits for b in batches]),
+        pref_logits=None if batches[0].pref_logits is None else torch.cat([b.pref_logits for b in batches]),
+        old_logps=torch.cat([b.old_logps for b in batches]),
     )
 
 
@@ -451,6 +456,160 @@ def test_tripo_needs_two_negatives():
 
 
 # ---------------------------------------------------------------------------------------------
+# grpo: GRPO with GSPO's sequence-level ratio. Numbers derived by hand (and NumPy) from
+# docs/losses.md: A = (r - mean r) / (std r + 1e-4), s = exp((lp - old) / L),
+# obj = min(s A, clip(s, 1 - eps_low, 1 + eps_high) A), L = -mean obj + kl * mean k3.
+
+GRPO_LP = [-10.0, -12.0, -15.0, -20.0]
+GRPO_OLD = [-10.5, -12.0, -14.0, -20.2]
+GRPO_REF = [-11.0, -12.5, -14.5, -19.0]
+GRPO_LEN = [5.0, 6.0, 5.0, 10.0]
+GRPO_R = [2.0, 1.0, -0.5, -1.5]
+GRPO_A = [1.125646, 0.48242, -0.48242, -1.125646]
+GRPO_S = [1.105171, 1.0, 0.818731, 1.020201]
+GRPO_K3 = [0.018731, 0.003378, 0.005171, 0.005171]
+WIDE = {"eps_low": 0.2, "eps_high": 0.2}  # no ratio of the toy is clipped
+
+
+def grpo_toy(lp=GRPO_LP, old=GRPO_OLD, ref=GRPO_REF, lengths=GRPO_LEN, rewards=GRPO_R) -> GroupBatch:
+    return GroupBatch(logps=t([lp]), lengths=t([lengths]), rewards=t([rewards]),
+                      mask=torch.ones(1, len(lp), dtype=torch.bool), ref_logps=t([[ref]]), old_logps=t([old]))
+
+
+def test_grpo_advantages_by_hand():
+    mask = torch.ones(1, 4, dtype=torch.bool)
+    advantages, flat = grpo_advantages(t([GRPO_R]), mask)
+    assert torch.allclose(advantages, t([GRPO_A]), atol=1e-6) and not flat.any()
+    centered, _ = grpo_advantages(t([GRPO_R]), mask, scale="none")  # Dr. GRPO
+    assert torch.allclose(centered, t([[1.75, 0.75, -0.75, -1.75]]))
+    mask[0, 3] = False
+    advantages, _ = grpo_advantages(t([[2.0, 1.0, -0.5, math.nan]]), mask)
+    assert torch.allclose(advantages, t([[0.927099, 0.132443, -1.059542, 0.0]]), atol=1e-6)
+
+
+@pytest.mark.parametrize("hparams, expected", [
+    ({}, 0.005536),  # GSPO's clip 3e-4 / 4e-4: the ratios of slots 0 and 2 are clipped
+    (WIDE, -0.045773),
+    ({**WIDE, "kl": 0.04}, -0.045449),
+    ({**WIDE, "scale": "none"}, -0.071162),
+])
+def test_grpo_toy(hparams, expected):
+    assert close(compute("grpo", grpo_toy(), **hparams)[0], expected)
+
+
+def test_grpo_toy_ratios_and_clip_fraction():
+    lp = t([GRPO_LP]).requires_grad_(True)
+    batch = GroupBatch(**{**grpo_toy().__dict__, "logps": lp})
+    loss, metrics = LOSSES["grpo"].fn(batch, **WIDE)
+    (grad,) = torch.autograd.grad(loss.sum(), lp)
+    # unclipped: d(-mean s_i A_i)/d lp_i = -s_i A_i / (L_i n), so s_i = -grad_i L_i n / A_i
+    ratios = -grad[0] * t(GRPO_LEN) * 4 / t(GRPO_A)
+    assert torch.allclose(ratios, t(GRPO_S), atol=1e-5)
+    assert close(metrics["ratio"], sum(GRPO_S) / 4) and close(metrics["clip_fraction"], 0.0)
+    _, metrics = LOSSES["grpo"].fn(grpo_toy())  # default clip: slot 0 (A > 0, s > 1 + 4e-4) and
+    assert close(metrics["clip_fraction"], 0.5)  # slot 2 (A < 0, s < 1 - 3e-4) are clipped
+    assert metrics["zero_signal_groups"] == 0 and "kl_k3" not in metrics
+
+
+def test_grpo_k3_per_response_via_single_response_groups():
+    # A single response has A = 0, so with kl = 1 each group's loss is exactly its k3.
+    singles = GroupBatch(logps=t([GRPO_LP]).T, lengths=t([GRPO_LEN]).T, rewards=t([GRPO_R]).T,
+                         mask=torch.ones(4, 1, dtype=torch.bool), ref_logps=t([GRPO_REF]).T[None],
+                         old_logps=t([GRPO_OLD]).T)
+    losses, metrics = LOSSES["grpo"].fn(singles, kl=1.0)
+    assert torch.allclose(losses, t(GRPO_K3), atol=1e-6)
+    assert close(metrics["kl_k3"], sum(GRPO_K3) / 4) and metrics["zero_signal_groups"] == 4
+    assert "reward_accuracy" not in metrics  # no group has a negative to compare with
+
+
+def test_grpo_with_the_last_response_masked():
+    batch = grpo_toy()
+    batch.mask[0, 3] = False
+    for field in ("logps", "old_logps", "rewards", "lengths"):
+        getattr(batch, field)[0, 3] = math.nan
+    batch.ref_logps[0, 0, 3] = math.inf
+    assert close(LOSSES["grpo"].fn(batch, **WIDE)[0], -0.096522)
+
+
+@pytest.mark.parametrize("hparams", [{}, WIDE, {**WIDE, "kl": 0.04}, {"scale": "none", "kl": 0.5}])
+def test_grpo_gradcheck(hparams):
+    batch = grpo_toy()
+    batch.mask[0, 3] = False  # a masked slot on the way
+
+    def fn(lp):
+        return LOSSES["grpo"].fn(GroupBatch(**{**batch.__dict__, "logps": lp}), **hparams)[0]
+
+    assert torch.autograd.gradcheck(fn, (t([GRPO_LP]).requires_grad_(True),), eps=1e-7, atol=1e-6)
+
+
+def test_grpo_gradient_at_ratio_one_is_reinforce_with_a_group_baseline():
+    # With lp = old every s = 1, inside any clip, and d loss / d lp_i = -A_i / (L_i * n_valid): the
+    # REINFORCE gradient of -(1/n) sum_i A_i * lp_i / L_i with the group-normalised advantage.
+    batch = stack([grpo_toy(old=GRPO_LP), grpo_toy(old=GRPO_LP, rewards=[0.0, 3.0, 1.0, 5.0])])
+    batch.mask[1, 2] = False
+    batch.logps.requires_grad_(True)
+    loss, metrics = LOSSES["grpo"].fn(batch)
+    loss.sum().backward()
+    advantages, _ = grpo_advantages(batch.rewards, batch.mask)
+    expected = -advantages / (batch.lengths * batch.mask.sum(-1, keepdim=True))
+    assert torch.allclose(batch.logps.grad, expected, atol=1e-12)
+    assert torch.allclose(loss, torch.zeros(2, dtype=DEFAULT_DTYPE), atol=1e-12)  # mean_i A_i = 0
+    assert close(metrics["ratio"], 1.0) and close(metrics["clip_fraction"], 0.0)
+
+
+@pytest.mark.parametrize("scale", ["std", "none"])
+def test_grpo_equal_rewards_give_zero_loss_and_zero_gradient(scale):
+    # 0.1 three times: the float mean is not exactly 0.1, yet A must be exactly 0
+    batch = stack([grpo_toy(rewards=[0.1, 0.1, 0.1, 0.1]), grpo_toy(rewards=[0.1, 0.1, 0.1, 7.0])])
+    batch.mask[1, 3] = False
+    batch.logps.requires_grad_(True)
+    loss, metrics = LOSSES["grpo"].fn(batch, scale=scale, **WIDE)
+    loss.sum().backward()
+    assert (loss == 0).all() and (batch.logps.grad == 0).all()
+    assert metrics["zero_signal_groups"] == 2
+
+
+def test_grpo_single_response_groups_are_finite_zero():
+    one = GroupBatch(logps=t([[-3.0]]).requires_grad_(True), lengths=t([[2.0]]), rewards=t([[1.0]]),
+                     mask=torch.ones(1, 1, dtype=torch.bool), old_logps=t([[-4.0]]))
+    loss, metrics = compute("grpo", one)
+    loss.backward()
+    assert loss == 0 and one.logps.grad == 0
+    assert all(torch.isfinite(v) for v in metrics.values()) and metrics["zero_signal_groups"] == 1
+    mixed = grpo_toy()  # a ragged batch: the second group keeps only its slot 0
+    mixed = stack([mixed, GroupBatch(**{**mixed.__dict__, "mask": t([[1, 0, 0, 0]]).bool()})])
+    losses, metrics = LOSSES["grpo"].fn(mixed)
+    assert losses[1] == 0 and torch.isfinite(losses).all() and metrics["zero_signal_groups"] == 1
+
+
+def test_grpo_needs_old_logps_and_references_only_with_kl():
+    spec = LOSSES["grpo"]
+    assert spec.old and spec.refs == 1 and spec.negatives == 0
+    assert spec.needs_refs({}) == 0 and spec.needs_refs({"kl": 0.0}) == 0 and spec.needs_refs({"kl": 0.1}) == 1
+    assert not spec.needs_eos({})
+    no_old = GroupBatch(**{**grpo_toy().__dict__, "old_logps": None})
+    with pytest.raises(ValueError, match="'grpo' needs the sampling policy's log-probs .*old_logps is None"):
+        compute("grpo", no_old)
+    with pytest.raises(ValueError, match="old_logps is None"):
+        LOSSES["grpo"].fn(no_old)
+    with pytest.raises(ValueError, match="old_logps has shape"):
+        compute("grpo", GroupBatch(**{**grpo_toy().__dict__, "old_logps": t([[-1.0, -2.0]])}))
+    no_ref = GroupBatch(**{**grpo_toy().__dict__, "ref_logps": None})
+    assert torch.isfinite(compute("grpo", no_ref)[0])  # kl = 0 reads no reference
+
+
+def test_declared_capabilities_of_every_loss():
+    """What each loss needs is declared on its spec; callers ask it, not the loss's name."""
+    for name, spec in LOSSES.items():
+        assert spec.needs_refs() == (0 if name == "grpo" else spec.refs), name
+        assert spec.needs_eos() is False, name
+    assert {name for name, spec in LOSSES.items() if spec.needs_eos({"eos_reg": "targeted"})} == {"ampo", "refa"}
+    assert LOSSES["ampo"].needs_eos({"eos_reg": "independent"}) and not LOSSES["refa"].needs_eos({"eos_reg": "none"})
+    with pytest.raises(ValueError, match="needs eos_logps in the batch"):
+        compute("refa", toy(), eos_reg="independent")
+
+
+# ---------------------------------------------------------------------------------------------
 # Masks, batching, gradients
 
 
@@ -475,7 +634,9 @@ def padded_with_garbage() -> tuple[GroupBatch, GroupBatch]:
         mask=t([[1, 0, 1, 1, 0]]).bool(),
         ref_logps=pad(compact.ref_logps, nan),
         pref_logits=pad_rows(compact.pref_logits, nan),
+        old_logps=pad(compact.old_logps + t([[0.5, -0.3, 1.0]]), inf),  # ratios away from 1
     )
+    compact.old_logps = compact.old_logps + t([[0.5, -0.3, 1.0]])
     return compact, padded
 
 
@@ -483,6 +644,7 @@ def padded_with_garbage() -> tuple[GroupBatch, GroupBatch]:
 VARIANTS = [(name, {}) for name in sorted(LOSSES)] + [
     ("pro", {"dynamic_temperature": True}), ("mrpo", {"naive": True}), ("mmpo", {"target": "pref"}),
     ("gpo", {"form": "group"}), ("gpo", {"clamp": 1500.0}), ("tripo", {"length_norm": True}),
+    ("grpo", {"scale": "none", "eps_low": 0.2, "eps_high": 0.2, "kl": 0.04}),
 ]
 VARIANT_IDS = [name + "".join(f"-{k}" for k in hp) for name, hp in VARIANTS]
 
@@ -597,8 +759,9 @@ def test_table_flags_follow_the_contract():
         "mrpo": 2,
         "tripo": 0,
     }
-    assert {n for n, s in LOSSES.items() if s.length_normalized} == {"ampo", "refa", "simpo", "pro"}
-    assert {name: spec.negatives for name, spec in LOSSES.items() if spec.negatives != 1} == {"tripo": 2}
+    assert {n for n, s in LOSSES.items() if s.length_normalized} == {"ampo", "refa", "simpo", "pro", "grpo"}
+    assert {name: spec.negatives for name, spec in LOSSES.items() if spec.negatives != 1} == {"tripo": 2, "grpo": 0}
+    assert {name for name, spec in LOSSES.items() if spec.old} == {"grpo"}
     assert all(spec.description for spec in LOSSES.values())
 
 
@@ -622,13 +785,16 @@ def test_unknown_loss_is_refused():
         compute("dpoo", toy())
 
 
-@pytest.mark.parametrize("name", sorted(n for n, s in LOSSES.items() if s.refs))
-def test_missing_references_are_refused(name):
+REF_CASES = [(n, {}) for n, s in sorted(LOSSES.items()) if s.needs_refs()] + [("grpo", {"kl": 0.04})]
+
+
+@pytest.mark.parametrize("name, hparams", REF_CASES)
+def test_missing_references_are_refused(name, hparams):
     batch = GroupBatch(**{**toy().__dict__, "ref_logps": None})
     with pytest.raises(ValueError, match=f"'{name}' needs .*reference"):
-        compute(name, batch)
+        compute(name, batch, **hparams)
     with pytest.raises(ValueError, match="reference"):
-        LOSSES[name].fn(batch)
+        LOSSES[name].fn(batch, **hparams)
 
 
 def test_mrpo_refuses_a_single_reference():
@@ -640,7 +806,7 @@ def test_mrpo_refuses_a_single_reference():
 
 def test_reference_free_losses_ignore_missing_references():
     batch = GroupBatch(**{**toy().__dict__, "ref_logps": None})
-    for name in ("ampo", "simpo", "pro", "tripo"):
+    for name in ("ampo", "simpo", "pro", "tripo", "grpo"):  # grpo: kl = 0 by default
         assert torch.isfinite(compute(name, batch)[0])
 
 
@@ -670,6 +836,9 @@ def test_bad_groups_are_refused():
         ("gpo", {"form": "triple"}, "form must be one of pair, group"),
         ("gpo", {"clamp": 0.0}, "clamp must be > 0"),
         ("tripo", {"alpha": -0.5}, "alpha must be >= 0"),
+        ("grpo", {"scale": "mad"}, "scale must be one of std, none"),
+        ("grpo", {"eps_low": -0.1}, "eps_low and eps_high must be >= 0"),
+        ("grpo", {"kl": -1.0}, "kl must be >= 0"),
     ],
 )
 def test_bad_hyperparameter_values_are_refused(name, hparams, message):
@@ -686,6 +855,9 @@ def test_check_hparams_refuses_values_without_a_batch():
     # options that need optional batch fields pass: the probe batch has them all
     check_hparams("ampo", {"eos_reg": "targeted"})
     check_hparams("mmpo", {"target": "pref"})
+    check_hparams("grpo", {"kl": 0.1})  # the probe has references and old log-probs
+    with pytest.raises(ValueError, match="scale must be one of std, none"):
+        check_hparams("grpo", {"scale": "rank"})
     with pytest.raises(ValueError, match="clamp must be > 0, got -1"):
         check_hparams("gpo", {"clamp": -1.0})
     with pytest.raises(ValueError, match="unknown hyperparameter"):

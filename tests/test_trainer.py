@@ -1,5 +1,6 @@
 """The group trainer on a tiny in-process model: layout, every loss through the Trainer,
-every trainable parameter changes, the loss goes down, LoRA, curriculum order."""
+every trainable parameter changes, the loss goes down, LoRA, curriculum order, grpo with the
+sampling policy's log-probs."""
 
 import numpy as np
 import pytest
@@ -52,20 +53,44 @@ def test_collator_carries_reference_logps(tiny_tokenizer):
     assert batch["ref_logps"][1, 1, :2].tolist() == [-7.0, -8.0]
 
 
+def test_collator_carries_old_logps(tiny_tokenizer):
+    old = [[-1.0, -2.0, -3.0, -4.0], [-5.0, -6.0]]
+    groups = build_groups(tiny_tokenizer, pool_records(), old_rows=old)
+    assert groups[1].old_logps == [-5.0, -6.0]
+    batch = GroupCollator(tiny_tokenizer.pad_token_id)(groups)
+    assert batch["old_logps"].dtype == torch.float64 and batch["old_logps"].tolist() == [old[0], [-5.0, -6.0, 0, 0]]
+    assert "old_logps" not in GroupCollator(tiny_tokenizer.pad_token_id)(build_groups(tiny_tokenizer, pool_records()))
+    with pytest.raises(ValueError, match="3 old log-probs for 4 selected responses"):
+        build_groups(tiny_tokenizer, pool_records(), old_rows=[old[0][:3], old[1]])
+
+
+def start_logps(model, tok, records, shared_prefix=False) -> list[list[float]]:
+    """Each record's selected responses' log-probs under `model` now: the sampling policy's
+    log-probs (`old_logps`) of a round whose responses this model generated."""
+    groups = build_groups(tok, records)
+    collate = GroupCollator(tok.pad_token_id, shared_prefix=shared_prefix)
+    with torch.no_grad():
+        logps, _ = collate.layout.logprobs(model, collate(groups))
+    return [logps[b, : len(g.response_ids)].tolist() for b, g in enumerate(groups)]
+
+
 def test_curriculum_orders_easy_first():
     gs = [Group([1], [[2], [3]], [0.0, -0.1]), Group([1], [[2], [3]], [1.0, -1.0]), Group([1], [[2], [3]], [0.5, 0.0])]
     assert [g.reward_gap() for g in GroupDataset(gs, curriculum=True)] == pytest.approx([2.0, 0.5, 0.1])
     assert list(GroupDataset(gs)) == gs
 
 
-def run_trainer(tmp_path, model, tok, loss, lora=False, steps_data=4, lr=0.05, extra=(), shared_prefix=False):
+def run_trainer(tmp_path, model, tok, loss, lora=False, steps_data=4, lr=0.05, extra=(), shared_prefix=False,
+                records=None):
     extra = [*extra, *(["train.extra_references=[unused-in-this-test]"] if LOSSES[loss].refs > 1 else [])]
     c = load_config(overrides=[f"train.loss={loss}", f"train.learning_rate={lr}", "train.epochs=1",
                                "train.prompts_per_step=2", "train.warmup_ratio=0", "train.lr_scheduler=constant",
                                f"model.lora={str(lora).lower()}", "train.save_steps=1000", *extra])
-    records = [r for r in pool_records() if len(r.selected) > LOSSES[loss].negatives] * steps_data  # tripo: 2
+    unique = [r for r in (records or pool_records()) if len(r.selected) > LOSSES[loss].negatives]  # tripo: 2
+    records = unique * steps_data
+    old = start_logps(model, tok, unique, shared_prefix) * steps_data if LOSSES[loss].old else None
     refs = None
-    if LOSSES[loss].refs:
+    if LOSSES[loss].needs_refs(c.train.hparams):
         n_refs = max(LOSSES[loss].refs, 1)
         rng = np.random.default_rng(0)
         refs = [[(-20 + rng.normal(size=len(r.selected))).tolist() for _ in range(n_refs)] for r in records]
@@ -75,7 +100,7 @@ def run_trainer(tmp_path, model, tok, loss, lora=False, steps_data=4, lr=0.05, e
         model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
     model.train()
     trainer = GroupTrainer(model=model, args=training_args(c, tmp_path, progress=False),
-                           train_dataset=GroupDataset(build_groups(tok, records, refs)),
+                           train_dataset=GroupDataset(build_groups(tok, records, refs, old)),
                            data_collator=GroupCollator(tok.pad_token_id, shared_prefix=shared_prefix),
                            loss_name=loss, loss_hparams=c.train.hparams, eos_id=tok.eos_token_id)
     trainer.train()
@@ -104,6 +129,48 @@ def test_loss_decreases_on_a_fixed_group(tmp_path, loss):
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     assert len(losses) >= 4
     assert np.mean(losses[-2:]) < np.mean(losses[:2])
+
+
+def test_grpo_trains_from_the_sampling_policy(tmp_path):
+    # old_logps = the model's own log-probs at the start (the round-start policy), so every ratio
+    # starts at 1 and the first loss is -mean(A) = 0; training then raises the advantage-weighted
+    # per-token log-probs sum_i A_i lp_i / L_i of every group (the surrogate's direction) and the
+    # loss goes below 0.
+    from ampo.losses import grpo_advantages
+
+    tok = make_tiny_tokenizer()
+    model = make_tiny_model(tok)
+    flat = PoolRecord(prompt="Once upon a time", responses=["The quick brown fox.", "I love this."],
+                      rewards=[0.5, 0.5], selected=[0, 1])
+    records = [*pool_records(), flat]
+    before = start_logps(model, tok, records)
+    trainer, model = run_trainer(tmp_path, model, tok, "grpo", steps_data=8, lr=0.002, records=records,
+                                 extra=["train.hparams.eps_low=0.2", "train.hparams.eps_high=0.2",
+                                        "train.grad_accum=2"])
+    logs = [h for h in trainer.state.log_history if "loss" in h]
+    assert len(logs) == 6 and abs(logs[0]["loss"]) < 1e-4 and np.mean([h["loss"] for h in logs[-2:]]) < -1e-3
+    for key in ("ratio", "clip_fraction", "logp_positive", "logp_negative"):
+        assert key in logs[0], key
+    # a count, summed over each logging step's micro-batches: the flat group, seen 8 times
+    assert sum(h["zero_signal_groups"] for h in logs) == 8
+    after = start_logps(model.eval(), tok, records)
+    groups = build_groups(tok, records)
+    for b, g in enumerate(groups[:2]):
+        adv, _ = grpo_advantages(torch.tensor([g.rewards]), torch.ones(1, len(g.rewards), dtype=torch.bool))
+        lengths = np.array([len(ids) for ids in g.response_ids])
+        moved = np.array(after[b]) - np.array(before[b])
+        assert float(np.sum(adv[0].numpy() * moved / lengths)) > 0, b
+
+
+def test_grpo_without_old_logps_is_refused(tmp_path):
+    tok = make_tiny_tokenizer()
+    c = load_config(overrides=["train.loss=grpo", "train.save_steps=1000"])
+    trainer = GroupTrainer(model=make_tiny_model(tok).train(), args=training_args(c, tmp_path, progress=False),
+                           train_dataset=GroupDataset(build_groups(tok, pool_records())),
+                           data_collator=GroupCollator(tok.pad_token_id), loss_name="grpo",
+                           loss_hparams=c.train.hparams)
+    with pytest.raises(ValueError, match="'grpo' needs the sampling policy's log-probs"):
+        trainer.train()
 
 
 @pytest.mark.parametrize("checkpointing", [False, True])

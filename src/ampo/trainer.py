@@ -21,7 +21,7 @@ import torch
 from transformers import Trainer
 
 from .layouts import row_layout
-from .losses import GroupBatch, compute
+from .losses import COUNT_METRICS, LOSSES, GroupBatch, compute, resolve_hparams
 
 
 @dataclass
@@ -33,6 +33,7 @@ class Group:
     rewards: list[float]
     ref_logps: list[list[float]] | None = None  # [R][K]: per reference model, per response
     pref_logits: list[list[float]] | None = None  # [K][K]: S_ij = logit P(response i beats response j)
+    old_logps: list[float] | None = None  # [K]: under the policy that sampled the responses (grpo)
 
     def reward_gap(self) -> float:
         """Positive's reward minus the mean negative's: large = easy (`curriculum: groups`)."""
@@ -58,7 +59,8 @@ class GroupDataset(torch.utils.data.Dataset):
 class GroupCollator:
     """Lay out a batch of groups in a row layout (`ampo.layouts.row_layout(shared_prefix)`): its
     rows and `mask` `[B, K]` (K = the largest group; False = empty slot), plus `rewards` `[B, K]`
-    and, when the groups have them, `ref_logps` `[R, B, K]`."""
+    and, when the groups have them, `ref_logps` `[R, B, K]`, `pref_logits` `[B, K, K]` and
+    `old_logps` `[B, K]` (float64)."""
 
     def __init__(self, pad_id: int, shared_prefix: bool = False):
         self.pad_id = pad_id
@@ -85,6 +87,11 @@ class GroupCollator:
                 n = len(g.pref_logits)
                 prefs[b, :n, :n] = torch.tensor(g.pref_logits, dtype=torch.float64)
             batch["pref_logits"] = prefs
+        if groups[0].old_logps is not None:
+            old = torch.zeros(B, K, dtype=torch.float64)
+            for b, g in enumerate(groups):
+                old[b, : len(g.old_logps)] = torch.tensor(g.old_logps, dtype=torch.float64)
+            batch["old_logps"] = old
         return batch
 
 
@@ -100,9 +107,10 @@ class GroupTrainer(Trainer):
         self.loss_name = loss_name
         self.loss_hparams = dict(loss_hparams or {})
         self.logprob_chunk = logprob_chunk
-        self.needs_eos = self.loss_hparams.get("eos_reg", "none") != "none"
+        self.needs_eos = LOSSES[loss_name].needs_eos(resolve_hparams(loss_name, self.loss_hparams))
         if self.needs_eos and eos_id is None:
-            raise ValueError(f"eos_reg={self.loss_hparams['eos_reg']!r} needs the tokenizer's eos_id")
+            raise ValueError(f"loss {loss_name!r} with {self.loss_hparams} needs the tokenizer's eos_id "
+                             "(EOS log-probs)")
         self.eos_id = eos_id
         self._metrics: dict[str, list[float]] = defaultdict(list)
         self._tokens = 0
@@ -115,6 +123,7 @@ class GroupTrainer(Trainer):
         mask = inputs["mask"].to(logps.device)
         ref = inputs.get("ref_logps")
         prefs = inputs.get("pref_logits")
+        old = inputs.get("old_logps")
         batch = GroupBatch(
             logps=logps,
             lengths=lengths.clamp(min=1),
@@ -123,27 +132,24 @@ class GroupTrainer(Trainer):
             ref_logps=None if ref is None else ref.to(logps.device, logps.dtype),
             eos_logps=eos[0] if eos else None,
             pref_logits=None if prefs is None else prefs.to(logps.device, logps.dtype),
+            old_logps=None if old is None else old.to(logps.device, logps.dtype),
         )
         loss, metrics = compute(self.loss_name, batch, **self.loss_hparams)
         self._record(batch, metrics, int(lengths.sum()))
         return (loss, {"logps": logps}) if return_outputs else loss
 
     def _record(self, batch: GroupBatch, metrics: dict[str, torch.Tensor], tokens: int) -> None:
-        """Keep step metrics for `log`: the loss's own, plus positive/negative log-probs."""
+        """Keep step metrics for `log`: the loss's own (`logp_positive` / `logp_negative` among
+        them, computed once, in `ampo.losses`)."""
         with torch.no_grad():
             for name, value in metrics.items():
                 self._metrics[name].append(float(value))
-            neg = batch.mask.clone()
-            neg[:, 0] = False
-            self._metrics["logp_positive"].append(float(batch.logps[:, 0].mean()))
-            if neg.any():
-                self._metrics["logp_negative"].append(float(batch.logps[neg].mean()))
         self._tokens += tokens
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if self._metrics and "loss" in logs:
-            for name, values in self._metrics.items():
-                logs[name] = sum(values) / len(values)
+            for name, values in self._metrics.items():  # counts (zero_signal_groups) summed over the step
+                logs[name] = sum(values) if name in COUNT_METRICS else sum(values) / len(values)
             elapsed = time.perf_counter() - self._t0
             logs["tokens_per_s"] = self._tokens / max(elapsed, 1e-9)
             self._metrics.clear()
@@ -155,10 +161,13 @@ class GroupTrainer(Trainer):
 # One round of training, as the pipeline runs it
 
 
-def build_groups(tokenizer, pool, ref_rows: list[list[list[float]]] | None = None) -> list[Group]:
+def build_groups(tokenizer, pool, ref_rows: list[list[list[float]]] | None = None,
+                 old_rows: list[list[float]] | None = None) -> list[Group]:
     """Training groups from selected pool records: chat-formatted prompt ids + response ids, and
     the group's preference logits `S[sel][:, sel]` (the record's `pref_logits` from a pairwise
-    scorer or aggregate, else `S_ij = r_i - r_j`) for losses that read them (`mmpo target=pref`)."""
+    scorer or aggregate, else `S_ij = r_i - r_j`) for losses that read them (`mmpo target=pref`).
+    `ref_rows[i]` (`[R][K]`) and `old_rows[i]` (`[K]`, the sampling policy's log-probs, for
+    `LOSSES[name].old`) belong to record i, in its selection order."""
     import numpy as np
 
     from .logprobs import response_ids
@@ -173,12 +182,16 @@ def build_groups(tokenizer, pool, ref_rows: list[list[list[float]]] | None = Non
         finished = rec.finished or [True] * len(rec.responses)
         S = rec.extra.get("pref_logits")
         S = scalar_to_logits(rec.rewards) if S is None else np.asarray(S, dtype=np.float64)
+        if old_rows is not None and len(old_rows[i]) != len(rec.selected):
+            raise ValueError(f"record '{rec.id}': {len(old_rows[i])} old log-probs for "
+                             f"{len(rec.selected)} selected responses")
         groups.append(Group(
             prompt_ids=prompt_ids,
             response_ids=[response_ids(tokenizer, rec.responses[j], finished[j]) for j in rec.selected],
             rewards=[float(rec.rewards[j]) for j in rec.selected],
             ref_logps=None if ref_rows is None else ref_rows[i],
             pref_logits=S[np.ix_(rec.selected, rec.selected)].tolist(),
+            old_logps=None if old_rows is None else [float(x) for x in old_rows[i]],
         ))
     return groups
 
@@ -251,13 +264,15 @@ def last_complete_checkpoint(work_dir: Path) -> Path | None:
 
 
 def train_round(c, model, tokenizer, pool, ref_rows, work_dir: Path, key: str, out: Path, progress: bool = True, *,
-                lora_seed: int, adapter: Path | None = None, save_tokenizer: bool = False) -> None:
+                lora_seed: int, adapter: Path | None = None, save_tokenizer: bool = False,
+                old_rows: list[list[float]] | None = None) -> None:
     """Train `model` on the selected groups of `pool` and save the result atomically to `out`.
 
     Trainer checkpoints go to `work_dir` (tagged with the stage key): a rerun with the same key
     resumes from the last one; a different key starts afresh. With LoRA, `out` holds the adapter:
     a new one drawn from `lora_seed`, or `adapter` (a saved one) trained further (and the
-    tokenizer, with `save_tokenizer`).
+    tokenizer, with `save_tokenizer`). `old_rows` are the sampling policy's log-probs per record
+    (`build_groups`), for losses with `LOSSES[name].old` (grpo).
     """
     import shutil
 
@@ -282,7 +297,8 @@ def train_round(c, model, tokenizer, pool, ref_rows, work_dir: Path, key: str, o
             r=c.model.lora_r, lora_alpha=c.model.lora_alpha, lora_dropout=c.model.lora_dropout,
             target_modules=list(c.model.lora_targets), task_type="CAUSAL_LM"))
     model.train()
-    dataset = GroupDataset(build_groups(tokenizer, pool, ref_rows), curriculum=c.train.curriculum == "groups")
+    dataset = GroupDataset(build_groups(tokenizer, pool, ref_rows, old_rows),
+                           curriculum=c.train.curriculum == "groups")
     trainer = GroupTrainer(
         model=model,
         args=training_args(c, work_dir, progress),

@@ -21,9 +21,14 @@ SWEPO_DEVIATIONS = ("signed", "abs", "square")
 EOS_REGULARIZERS = ("none", "targeted", "independent")
 MMPO_TARGETS = ("reward", "pref")
 GPO_FORMS = ("pair", "group")
+GRPO_SCALES = ("std", "none")
 HPARAM_CHOICES = {  # string hyperparameters
     "dev_fn": SWEPO_DEVIATIONS, "eos_reg": EOS_REGULARIZERS, "target": MMPO_TARGETS, "form": GPO_FORMS,
+    "scale": GRPO_SCALES,
 }
+# Metrics that are counts over the batch, not per-prompt means: a caller that gathers several
+# batches (the trainer's logging step) sums them instead of averaging.
+COUNT_METRICS = frozenset({"zero_signal_groups"})
 
 
 @dataclass
@@ -37,20 +42,41 @@ class GroupBatch:
     ref_logps: Tensor | None = None  # [R, B, K] summed log-probs under R reference models
     eos_logps: Tensor | None = None  # [B, K] log P(EOS) where each response ends (REFA's regulariser)
     pref_logits: Tensor | None = None  # [B, K, K] S_ij = logit P(slot i beats slot j) (mmpo target=pref)
+    old_logps: Tensor | None = None  # [B, K] summed log-probs under the policy that sampled the responses (grpo)
 
 
 @dataclass(frozen=True)
 class LossSpec:
-    """What a loss computes and what it needs, so callers never branch on loss names."""
+    """What a loss computes and what it needs, so callers never branch on loss names.
+
+    What a batch must carry: ``needs_refs(hparams)`` reference models (``ref_logps``),
+    ``old_logps`` when ``old``, ``eos_logps`` when ``needs_eos(hparams)``. The two methods take
+    the configured hyperparameters (defaults filled in), since e.g. grpo reads its reference only
+    when ``kl > 0`` and ampo/refa read EOS log-probs only with ``eos_reg``.
+    """
 
     fn: Callable[..., tuple[Tensor, Metrics]]  # fn(batch, **hparams) -> (loss [B], metrics)
-    refs: int  # reference models needed at least (ref_logps[0], ref_logps[1], ...)
+    refs: int  # reference models it reads when it reads any (ref_logps[0], ref_logps[1], ...)
     uses_rewards: bool
     length_normalized: bool
     pairwise: bool  # averages over the pairs (0, j), else uses the whole group
     defaults: dict  # default hyperparameters, named as in the spec
     description: str  # one line for `ampo --help` and the docs
     negatives: int = 1  # valid negatives needed in every group
+    old: bool = False  # reads old_logps: the sampling policy's log-probs (grpo's ratio)
+    refs_when: Callable[[dict], bool] | None = None  # hparams -> whether the references are read (None: always)
+    eos_when: Callable[[dict], bool] | None = None  # hparams -> whether eos_logps are read (None: never)
+
+    def needs_refs(self, hparams: dict | None = None) -> int:
+        """Reference models a batch must carry under ``hparams`` (unset names take the defaults):
+        ``refs``, or 0 when ``refs_when`` says these hyperparameters read none."""
+        if self.refs_when is not None and not self.refs_when({**self.defaults, **(hparams or {})}):
+            return 0
+        return self.refs
+
+    def needs_eos(self, hparams: dict | None = None) -> bool:
+        """Whether a batch must carry ``eos_logps`` under ``hparams`` (unset names take the defaults)."""
+        return self.eos_when is not None and bool(self.eos_when({**self.defaults, **(hparams or {})}))
 
 
 @dataclass
@@ -65,6 +91,7 @@ class _Group:
     refs: Tensor | None
     eos: Tensor | None = None  # log P_EOS per response, 0 in masked slots
     prefs: Tensor | None = None  # [B, K, K] preference logits, 0 in masked rows and columns
+    old: Tensor | None = None  # sampling policy's log-probs, 0 in masked slots (detached)
 
     @property
     def avg(self) -> Tensor:
@@ -92,12 +119,28 @@ def _require_refs(batch: GroupBatch, count: int, name: str) -> None:
         )
 
 
-def _prepare(batch: GroupBatch, name: str, refs: int = 0, negatives: int = 1) -> _Group:
-    """Check shapes and masks, cast to float32 or wider, and neutralise masked slots."""
+def _require_old(batch: GroupBatch, name: str) -> None:
+    """Refuse a batch that lacks the sampling policy's log-probs a loss needs."""
+    if batch.old_logps is None:
+        raise ValueError(
+            f"loss {name!r} needs the sampling policy's log-probs but batch.old_logps is None; "
+            "compute them ([B, K]) with the policy that generated the responses first"
+        )
+
+
+def _prepare(batch: GroupBatch, name: str, refs: int = 0, negatives: int = 1, old: bool = False) -> _Group:
+    """Check shapes and masks, cast to float32 or wider, and neutralise masked slots.
+
+    Every group needs a valid slot 0 and ``negatives`` valid slots after it; ``old`` requires
+    ``old_logps``.
+    """
     _require_refs(batch, refs, name)
+    if old:
+        _require_old(batch, name)
     shape = batch.logps.shape
-    if batch.logps.dim() != 2 or shape[1] < 2:
-        raise ValueError(f"loss {name!r}: logps must be [B, K] with K >= 2, got {tuple(shape)}")
+    slots = 2 if negatives else 1  # grpo (no negatives needed) takes single responses
+    if batch.logps.dim() != 2 or shape[1] < slots:
+        raise ValueError(f"loss {name!r}: logps must be [B, K] with K >= {slots}, got {tuple(shape)}")
     for field in ("lengths", "rewards", "mask"):
         if getattr(batch, field).shape != shape:
             raise ValueError(
@@ -124,6 +167,13 @@ def _prepare(batch: GroupBatch, name: str, refs: int = 0, negatives: int = 1) ->
     eos = None
     if batch.eos_logps is not None:
         eos = torch.where(mask, batch.eos_logps.to(dtype), 0.0)
+    old_logps = None
+    if old:
+        if batch.old_logps.shape != shape:
+            raise ValueError(
+                f"loss {name!r}: old_logps has shape {tuple(batch.old_logps.shape)}, logps has {tuple(shape)}"
+            )
+        old_logps = torch.where(mask, batch.old_logps.to(dtype), 0.0).detach()
     prefs = None
     if batch.pref_logits is not None:
         if batch.pref_logits.shape != (*shape, shape[1]):
@@ -136,6 +186,7 @@ def _prepare(batch: GroupBatch, name: str, refs: int = 0, negatives: int = 1) ->
     return _Group(
         eos=eos,
         prefs=prefs,
+        old=old_logps,
         logps=torch.where(mask, batch.logps.to(dtype), 0.0),
         lengths=torch.where(mask, batch.lengths.to(dtype), 1.0).clamp_min(1.0),
         rewards=torch.where(mask, batch.rewards.to(dtype), 0.0).detach(),
@@ -175,15 +226,20 @@ def _metrics(g: _Group, diff: Tensor, **extra: Tensor) -> Metrics:
     """Batch-mean metrics from per-slot score differences ``positive - slot`` ([B, K]).
 
     ``reward_accuracy`` is the fraction of valid negatives scored strictly below the positive,
-    ``margin`` the mean difference; ``extra`` holds per-prompt loss-specific values.
+    ``margin`` the mean difference, ``logp_positive`` / ``logp_negative`` the mean summed log-prob
+    of the positive / of the negatives (each group's mean, then the batch mean; these are the only
+    place they are computed). The negatives' metrics average over the groups that have a valid
+    negative and are left out when none has (a grpo batch of single responses). ``extra`` holds
+    per-prompt loss-specific values.
     """
     with torch.no_grad():
-        out = {
-            "reward_accuracy": _masked_mean((diff > 0).to(diff.dtype), g.neg).mean(),
-            "margin": _masked_mean(diff, g.neg).mean(),
-            "logp_positive": g.logps[:, 0].mean(),
-            "logp_negative": _masked_mean(g.logps, g.neg).mean(),
-        }
+        out = {"logp_positive": g.logps[:, 0].mean()}
+        has = g.neg.any(-1)
+        if bool(has.any()):
+            neg, d, lp = g.neg[has], diff[has], g.logps[has]
+            out["reward_accuracy"] = _masked_mean((d > 0).to(diff.dtype), neg).mean()
+            out["margin"] = _masked_mean(d, neg).mean()
+            out["logp_negative"] = _masked_mean(lp, neg).mean()
         out.update({key: value.detach().to(diff.dtype).mean() for key, value in extra.items()})
     return out
 

@@ -1,5 +1,7 @@
 """Group objectives: the positive (or the above-mean responses) against the whole group at once
-(AMPO, REFA, SWEPO, InfoNCA, NCA) and REFA's EOS regulariser. Formulas: `spec/algorithms.md`."""
+(AMPO, REFA, SWEPO, InfoNCA, NCA), REFA's EOS regulariser, and GRPO with GSPO's sequence-level
+ratio (each response against the group's mean reward). Formulas: `spec/algorithms.md`,
+docs/losses.md."""
 
 from __future__ import annotations
 
@@ -9,8 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .batch import (EOS_REGULARIZERS, SWEPO_DEVIATIONS, GroupBatch, Metrics, _Group, _list_diff, _masked_lse,
-                    _masked_mean, _masked_softmax, _metrics, _positive, _prepare)
+from .batch import (EOS_REGULARIZERS, GRPO_SCALES, SWEPO_DEVIATIONS, GroupBatch, Metrics, _Group, _list_diff,
+                    _masked_lse, _masked_mean, _masked_softmax, _metrics, _positive, _prepare)
 
 
 def eos_regularizer(g: _Group, kind: str, lam: float, name: str) -> Tensor:
@@ -134,3 +136,68 @@ def nca_loss(
     push_down = -_masked_mean(F.logsigmoid(-m), g.mask)
     pull_up = -torch.where(g.mask, targets * F.logsigmoid(m), 0.0).sum(-1)
     return push_down + pull_up, _metrics(g, _list_diff(m), target_positive=targets[:, 0])
+
+
+GRPO_STD_EPS = 1e-4  # added to the group's reward std (scale="std")
+
+
+def grpo_advantages(rewards: Tensor, mask: Tensor, scale: str = "std") -> tuple[Tensor, Tensor]:
+    """GRPO's group-relative advantages ``[B, K]`` and which groups have no reward spread ``[B]``.
+
+    ``A = (r - mean(r)) / (std(r) + 1e-4)`` (``scale="std"``, Bessel-corrected std) or
+    ``A = r - mean(r)`` (``scale="none"``, Dr. GRPO), over each group's valid slots; 0 in masked
+    slots. A group whose valid rewards are all equal (a single response included) gets exactly
+    ``A = 0``, so it adds neither loss nor gradient through the policy term.
+    """
+    if scale not in GRPO_SCALES:
+        raise ValueError(f"scale must be one of {', '.join(GRPO_SCALES)}, got {scale!r}")
+    rewards = torch.where(mask, rewards, 0.0)
+    centered = torch.where(mask, rewards - _masked_mean(rewards, mask)[:, None], 0.0)
+    high = rewards.masked_fill(~mask, -math.inf).max(-1).values
+    low = rewards.masked_fill(~mask, math.inf).min(-1).values
+    flat = high == low
+    if scale == "std":
+        count = mask.sum(-1, keepdim=True).to(rewards.dtype)
+        std = (centered.square().sum(-1, keepdim=True) / (count - 1).clamp_min(1.0)).sqrt()
+        centered = centered / (std + GRPO_STD_EPS)
+    return torch.where(flat[:, None], 0.0, centered), flat
+
+
+def grpo_loss(
+    batch: GroupBatch, scale: str = "std", eps_low: float = 3e-4, eps_high: float = 4e-4, kl: float = 0.0
+) -> tuple[Tensor, Metrics]:
+    """GRPO with GSPO's sequence-level ratio; ``old_logps`` are the sampling policy's log-probs.
+
+    Per valid response ``i`` of a group: ``A_i`` from `grpo_advantages`,
+    ``s_i = exp((lp_i - old_i) / |y_i|)``,
+    ``obj_i = min(s_i A_i, clip(s_i, 1 - eps_low, 1 + eps_high) A_i)``, and
+    ``L = -mean_i obj_i + kl * mean_i k3_i`` with ``k3 = e^d - d - 1``, ``d = (ref_i - lp_i) / |y_i|``
+    (``ref = ref_logps[0]``, read only when ``kl > 0``). Defaults: GSPO's clip (arXiv 2507.18071),
+    no KL. A group needs only its slot 0; metrics add ``ratio`` (mean s), ``clip_fraction`` (the
+    share of valid responses whose clipped branch is active), ``kl_k3`` (when ``kl > 0``) and
+    ``zero_signal_groups`` (a count: groups whose valid rewards are all equal).
+    """
+    if not eps_low >= 0 or not eps_high >= 0:
+        raise ValueError(f"eps_low and eps_high must be >= 0, got {eps_low} and {eps_high}")
+    if not kl >= 0:
+        raise ValueError(f"hyperparameter kl must be >= 0, got {kl}")
+    if scale not in GRPO_SCALES:
+        raise ValueError(f"scale must be one of {', '.join(GRPO_SCALES)}, got {scale!r}")
+    g = _prepare(batch, "grpo", refs=1 if kl > 0 else 0, negatives=0, old=True)
+    advantages, flat = grpo_advantages(g.rewards, g.mask, scale)
+    ratio = torch.exp((g.logps - g.old) / g.lengths)
+    unclipped = ratio * advantages
+    clipped = ratio.clamp(1.0 - eps_low, 1.0 + eps_high) * advantages
+    loss = -_masked_mean(torch.minimum(unclipped, clipped), g.mask)
+    extra = {
+        "ratio": _masked_mean(ratio.detach(), g.mask),
+        "clip_fraction": _masked_mean((clipped < unclipped).to(ratio.dtype), g.mask),
+    }
+    if kl > 0:
+        d = (g.refs[0] - g.logps) / g.lengths
+        k3 = _masked_mean(torch.exp(d) - d - 1.0, g.mask)
+        loss = loss + kl * k3
+        extra["kl_k3"] = k3
+    metrics = _metrics(g, _list_diff(g.avg), **extra)
+    metrics["zero_signal_groups"] = flat.sum().to(ratio.dtype)
+    return loss, metrics
