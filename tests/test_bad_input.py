@@ -66,6 +66,23 @@ def bin_only(tmp, policy):
     return folder
 
 
+def pickled_adapter(tmp, policy, payload=None):
+    """A LoRA adapter on the tiny policy whose weights are a pickle (`adapter_model.bin`): its own
+    tensors, or `payload`."""
+    from peft import LoraConfig, get_peft_model
+
+    from conftest import make_tiny_model, make_tiny_tokenizer  # the tiny policy's architecture
+
+    folder = tmp / "adapter"
+    model = get_peft_model(make_tiny_model(make_tiny_tokenizer()),
+                           LoraConfig(r=2, target_modules=["q_proj"], task_type="CAUSAL_LM"))
+    model.save_pretrained(folder)
+    weights = load_file(folder / "adapter_model.safetensors")
+    torch.save(weights if payload is None else payload, folder / "adapter_model.bin")
+    (folder / "adapter_model.safetensors").unlink()
+    return folder
+
+
 def missing_layer(tmp, policy):
     """The tiny policy with one tensor dropped from its weights."""
     folder = tmp / "partial_policy"
@@ -124,6 +141,10 @@ CASES = {
         ["score", "--input", str(EXAMPLES / "tiny_pool.jsonl"), "--output", str(t / "out.jsonl"),
          "--reward", str(bin_only(t, p))],
         f"reward model {t}/bin_policy: no safetensors weights (only pytorch_model.bin"),
+    "evaluate: a LoRA adapter with only adapter_model.bin": lambda t, p: (
+        ["evaluate", "--benchmark", "ifeval", "--policy", str(pickled_adapter(t, p)), "--base", str(p),
+         "--output", str(t / "out"), "--limit", "1"],
+        f"adapter {t}/adapter: no adapter_model.safetensors (only adapter_model.bin: pickled weights can run code"),
     "reward-model folder without its head weights": lambda t, p: (
         ["score", "--input", str(EXAMPLES / "tiny_pool.jsonl"), "--output", str(t / "out.jsonl"), "--reward", str(p)],
         f"reward model {p}: its weights do not cover the model: 1 parameter(s) missing, e.g. 'score.weight'"),
@@ -248,6 +269,42 @@ def test_bad_input_is_one_line_exit_2_and_no_file(name, tmp_path, tiny_policy, c
     assert err.count("\n") == 1 and err.startswith("ampo"), err[:3000]  # one line: no traceback
     assert fragment in err
     assert sorted(tmp_path.rglob("*")) == before  # no output, no partial or temporary file
+
+
+def test_pickled_adapters_are_refused_wherever_one_loads(tmp_path, tiny_policy):  # noqa: F811
+    """A round checkpoint (`load_round_policy`) is an adapter like `evaluate --policy`'s: no
+    safetensors, no load; every PEFT load goes through `ampo.models.load_adapter` (issue 29)."""
+    from ampo.stages import load_round_policy
+
+    adapter = pickled_adapter(tmp_path, tiny_policy)
+    with pytest.raises(ValueError, match=f"adapter {adapter}: no adapter_model.safetensors"):
+        load_round_policy(load_config(overrides=[f"model.policy={tiny_policy}"]), [adapter])
+    src = ROOT / "src" / "ampo"
+    callers = [p.relative_to(src).as_posix() for p in sorted(src.rglob("*.py"))
+               if "PeftModel.from_pretrained(" in p.read_text() and p.name != "models.py"]
+    assert callers == []
+
+
+def test_a_pickle_that_is_not_plain_weights_is_one_line(tmp_path, tiny_policy, monkeypatch, capsys):  # noqa: F811
+    """With AMPO_ALLOW_BIN=1, torch's weights_only loader still refuses a pickle holding objects;
+    that refusal is one line (an adapter and a policy), not a many-line UnpicklingError."""
+    import argparse
+
+    monkeypatch.setenv("AMPO_ALLOW_BIN", "1")
+    adapter = pickled_adapter(tmp_path, tiny_policy, payload={"x": argparse.Namespace()})
+    policy = bin_only(tmp_path, tiny_policy)
+    torch.save({"x": argparse.Namespace()}, policy / "pytorch_model.bin")
+    for argv, what in ((["evaluate", "--benchmark", "ifeval", "--policy", str(adapter), "--base", str(tiny_policy),
+                         "--output", str(tmp_path / "out"), "--limit", "1"], f"adapter {adapter}"),
+                       (generate(tmp_path, EXAMPLES / "tiny_prompts.jsonl", "--policy", str(policy)),
+                        f"policy {policy}")):
+        assert run_main(argv) == 2
+        err = capsys.readouterr().err
+        assert err == (f"ampo: error: {what}: its pickled weights hold more than tensors (it names "
+                       "argparse.Namespace); torch's weights_only loader refused them\n")
+    assert not (tmp_path / "out").exists() and not (tmp_path / "out.jsonl").exists()
+    torch.save(load_file(tiny_policy / "model.safetensors"), policy / "pytorch_model.bin")
+    assert run_main(generate(tmp_path, EXAMPLES / "tiny_prompts.jsonl", "--policy", str(policy))) == 0  # trusted
 
 
 def test_full_disk_fails_in_one_line_and_leaves_no_file(tmp_path, tiny_policy):  # noqa: F811

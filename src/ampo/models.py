@@ -8,11 +8,15 @@ interrupted conversion never leaves a folder that a later run would trust.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
+import pickle
+import re
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Iterator
 
 import torch
 from huggingface_hub import constants as hf_constants
@@ -170,14 +174,48 @@ def load_weights(auto_class, source: str | Path, what: str, new_head: tuple[str,
         raise ValueError(f"{what} {folder}: no safetensors weights" + (
             f" (only {', '.join(pickled)}: pickled weights can run code when loaded; convert them to "
             f"safetensors, or set {ALLOW_BIN_ENV}=1 if you trust this folder)" if pickled else ""))
-    model, info = auto_class.from_pretrained(source, use_safetensors=None if allow_bin else True,
-                                             output_loading_info=True, **kwargs)
+    with refused_pickles(f"{what} {source}"):
+        model, info = auto_class.from_pretrained(source, use_safetensors=None if allow_bin else True,
+                                                 output_loading_info=True, **kwargs)
     resized = [entry[0] for entry in info.get("mismatched_keys", [])]  # with ignore_mismatched_sizes: re-made
     missing = [name for name in [*info["missing_keys"], *resized] if not name.startswith(new_head)]
     if missing:
         raise ValueError(f"{what} {source}: its weights do not cover the model: {len(missing)} parameter(s) "
                          f"missing, e.g. '{missing[0]}' (they would be initialised at random)")
     return model
+
+
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+
+
+def load_adapter(model: PreTrainedModel, folder: str | Path, **kwargs):
+    """`PeftModel.from_pretrained(model, folder, **kwargs)` under `load_weights`' rule: a LoRA
+    adapter folder without `adapter_model.safetensors` (only a pickled `adapter_model.bin`, which
+    PEFT would otherwise fall back to) is refused unless `AMPO_ALLOW_BIN=1`, and a pickle that is
+    not plain weights is one line. Every adapter ampo loads goes through here."""
+    from peft import PeftModel
+
+    folder = Path(folder)
+    if folder.is_dir() and os.environ.get(ALLOW_BIN_ENV) != "1" and not (folder / ADAPTER_WEIGHTS).is_file():
+        pickled = sorted(p.name for p in folder.glob("*.bin"))
+        raise ValueError(f"adapter {folder}: no {ADAPTER_WEIGHTS}" + (
+            f" (only {', '.join(pickled)}: pickled weights can run code when loaded; convert them to "
+            f"safetensors, or set {ALLOW_BIN_ENV}=1 if you trust this folder)" if pickled else ""))
+    with refused_pickles(f"adapter {folder}"):
+        return PeftModel.from_pretrained(model, str(folder), **kwargs)
+
+
+@contextlib.contextmanager
+def refused_pickles(what: str) -> Iterator[None]:
+    """torch's `weights_only` loader refusing a pickle (it holds more than tensors), as one line
+    naming `what` instead of its many-line `UnpicklingError`."""
+    try:
+        yield
+    except pickle.UnpicklingError as e:
+        named = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
+        detail = f"it names {named.group(1)}" if named else (str(e).splitlines() or [""])[0][:200]
+        raise ValueError(f"{what}: its pickled weights hold more than tensors ({detail}); torch's weights_only "
+                         "loader refused them") from None
 
 
 def _load_error(name_or_path: str, err: OSError) -> str:

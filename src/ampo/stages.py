@@ -82,10 +82,10 @@ def load_round_policy(c, checkpoints: list[Path]):
     model, tok = load_policy(str(start), dtype=c.model.dtype, trust_remote_code=c.model.trust_remote_code)
     adapters = checkpoints[checkpoints.index(full[-1]) + 1:] if full else checkpoints
     if adapters:
-        from peft import PeftModel
+        from .models import load_adapter
 
         for path in adapters:
-            model = PeftModel.from_pretrained(model, str(path)).merge_and_unload()
+            model = load_adapter(model, path).merge_and_unload()
     return model, tok
 
 

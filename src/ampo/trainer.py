@@ -285,9 +285,9 @@ def train_round(c, model, tokenizer, pool, ref_rows, work_dir: Path, key: str, o
     key_file.write_text(key)
 
     if c.model.lora and adapter is not None:
-        from peft import PeftModel
+        from .models import load_adapter
 
-        model = PeftModel.from_pretrained(model, str(adapter), is_trainable=True)
+        model = load_adapter(model, adapter, is_trainable=True)
     elif c.model.lora:
         from peft import LoraConfig, get_peft_model
         from transformers import set_seed

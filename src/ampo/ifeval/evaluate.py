@@ -203,13 +203,11 @@ def evaluate_policy(benchmark: str, policy, out_dir: str | Path, *, key: str, li
 def load_eval_policy(policy: str, base: str, dtype: str = "float32"):
     """(model, tokenizer): a policy by built-in name or folder, or a LoRA adapter folder merged
     into `base`."""
-    from ampo.models import load_policy
+    from ampo.models import load_adapter, load_policy
 
     if (Path(policy) / "adapter_config.json").is_file():
-        from peft import PeftModel
-
         model, tok = load_policy(base, dtype=dtype)
-        return PeftModel.from_pretrained(model, policy).merge_and_unload().eval(), tok
+        return load_adapter(model, policy).merge_and_unload().eval(), tok
     return load_policy(policy, dtype=dtype)
 
 
