@@ -252,7 +252,7 @@ def check_archive(archive: Path, sizes: Sizes) -> None:
     """Record the sizes and the dtype generation runs in on this machine (`generate.dtype=auto`:
     bf16 on CPUs with native bf16 matmuls, else fp32) in a new archive; refuse one that holds
     results at other sizes or generated in another dtype, whose units would not be comparable."""
-    from ampo.pipeline import generation_dtype
+    from ampo.stage_keys import generation_dtype
 
     record = archive / "sizes.json"
     want = {**{k: v for k, v in asdict(sizes).items() if k != "seeds"}, "generation_dtype": generation_dtype("auto")}

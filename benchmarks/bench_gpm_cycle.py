@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ampo.gpm import GPMHead
+from ampo.rewards.gpm import GPMHead
 from ampo.rewards import load_reward, train_reward_model
 
 MOVES = ("rock", "paper", "scissors")

@@ -35,7 +35,7 @@ from ampo.cli import DEMO_RECIPE
 from ampo.config import load_config
 from ampo.data import prompt_text
 from ampo.evaluation import mean_with_ci, pairwise_vs_base, win_rate
-from ampo.gpm import GPMHead
+from ampo.rewards.gpm import GPMHead
 from ampo.pipeline import Pipeline
 from ampo.rewards import BuiltinReward, load_reward, train_reward_model
 

@@ -21,7 +21,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from bench_generation_logprobs import ifeval_prompts  # noqa: E402
 
-from ampo.generation import GenerationConfig, HFGenerator, make_generator  # noqa: E402
+from ampo.backends import make_generator  # noqa: E402
+from ampo.generation import GenerationConfig, HFGenerator  # noqa: E402
 from ampo.models import DEFAULT_POLICY, load_policy, resolve_policy  # noqa: E402
 
 GREEDY = {"n": 1, "temperature": 0.0, "max_new_tokens": 512, "dtype": "bfloat16"}

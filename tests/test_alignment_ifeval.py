@@ -181,14 +181,14 @@ def test_a_new_arm_takes_its_pool_from_the_run_then_from_the_archive(tmp_path):
 
 
 def test_an_archive_at_other_sizes_or_generated_in_another_dtype_is_refused(tmp_path, monkeypatch):
-    import ampo.pipeline
+    import ampo.stage_keys
 
     ai.check_archive(tmp_path, ai.sizes_from(args()))
     ai.check_archive(tmp_path, ai.sizes_from(args(seeds=[5])))  # other seeds: the same archive
     with pytest.raises(SystemExit, match="other sizes"):
         ai.check_archive(tmp_path, ai.sizes_from(args(n=8)))
     here = json.loads((tmp_path / "sizes.json").read_text())["generation_dtype"]
-    monkeypatch.setattr(ampo.pipeline, "generation_dtype", lambda requested: {"float32": "bfloat16"}.get(here, "float32"))
+    monkeypatch.setattr(ampo.stage_keys, "generation_dtype", lambda requested: {"float32": "bfloat16"}.get(here, "float32"))
     with pytest.raises(SystemExit, match="another dtype"):
         ai.check_archive(tmp_path, ai.sizes_from(args()))
 

@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from ampo import decoding
-from ampo.generation import GenerationConfig, HFGenerator, Sample, choose_dtype, make_generator
+from ampo.backends import make_generator
+from ampo.generation import GenerationConfig, HFGenerator, Sample, choose_dtype
 from ampo.layouts import response_logprobs
 from ampo.logprobs import response_ids
 from ampo.models import DEFAULT_POLICY, encode_prompt, load_policy

@@ -13,7 +13,7 @@ from transformers import AutoTokenizer
 
 from ampo.cli import main
 from ampo.embeddings import minilm_path
-from ampo.gpm import GATE_FILE, GPM_FILE, GPMHead, GPMScorer
+from ampo.rewards.gpm import GATE_FILE, GPM_FILE, GPMHead, GPMScorer
 from ampo.preferences import gpm_scores
 from ampo.data import PoolRecord
 from ampo.rewards import is_pairwise, load_reward, reward_kind, score_records, train_reward_model

@@ -9,7 +9,7 @@ from ampo.ifeval.bench import load_items
 from ampo.ifeval.prompts import NEEDS_PROMPT_TEXT, build_prompts, conflict_table
 from ampo.ifeval.offline import registry
 from ampo.ifeval.scoring import build_checker
-from ampo.pipeline import BUILTIN_PROMPTS, BUILTIN_PROMPT_SETS
+from ampo.recipes import BUILTIN_PROMPTS, BUILTIN_PROMPT_SETS
 
 SHIPPED = BUILTIN_PROMPT_SETS["builtin-ifeval"]
 

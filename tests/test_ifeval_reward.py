@@ -6,7 +6,7 @@ import pytest
 
 from ampo.cli import main
 from ampo.data import PoolRecord, read_pool, write_pool
-from ampo.ifeval.reward import IFEvalReward
+from ampo.rewards.ifeval import IFEvalReward
 from ampo.rewards import load_reward, score_records, score_texts
 
 META = {"instruction_id_list": ["punctuation:no_comma", "change_case:english_lowercase"], "kwargs": [{}, {}]}

@@ -155,19 +155,18 @@ def test_config_accepts_the_preference_options():
     assert (c.select.require_beats, c.select.min_margin, c.score.aggregate) == (0.5, 0.1, "mean_logit")
 
 
-def test_unset_preference_options_leave_the_stage_keys_of_existing_runs_alone(tmp_path):
+def test_unset_preference_options_leave_the_stage_keys_of_existing_runs_alone():
     from ampo.config import config_key
-    from ampo.pipeline import Pipeline
+    from ampo.stage_keys import score_key, select_key
 
-    with Pipeline(load_config(overrides=[f"out={tmp_path / 'run'}"]), progress=False) as pipe:
-        pipe.generate_key = lambda r: "gen"
-        pipe.embed_key = lambda r: "emb"
-        assert pipe.score_key(0) == config_key("score", "gen", "builtin")
-        select = {k: v for k, v in dataclasses.asdict(pipe.c.select).items() if k not in ("require_beats", "min_margin")}
-        assert pipe.select_key(0) == config_key("select", pipe.score_key(0), "emb", select, 0)
-        pipe.c.score.aggregate, pipe.c.select.min_margin = "win_rate", 0.1
-        assert pipe.score_key(0) == config_key("score", "gen", "builtin", "win_rate")
-        assert pipe.select_key(0) == config_key("select", pipe.score_key(0), "emb", {**select, "min_margin": 0.1}, 0)
+    c = load_config()
+    select = {k: v for k, v in dataclasses.asdict(c.select).items() if k not in ("require_beats", "min_margin")}
+    assert score_key("gen", "builtin", "reward") == config_key("score", "gen", "builtin")
+    assert select_key("sc", "emb", dataclasses.asdict(c.select), 0) == config_key("select", "sc", "emb", select, 0)
+    assert score_key("gen", "builtin", "win_rate") == config_key("score", "gen", "builtin", "win_rate")
+    c.select.min_margin = 0.1
+    assert (select_key("sc", "emb", dataclasses.asdict(c.select), 0)
+            == config_key("select", "sc", "emb", {**select, "min_margin": 0.1}, 0))
 
 
 def test_score_cli_with_a_judge_writes_the_matrix_and_names_a_bad_one(tmp_path, capsys):

@@ -175,7 +175,7 @@ def test_two_processes_shard_and_merge_exactly_once(tiny_policy, tmp_path):
 
 def test_generation_key_records_the_resolved_dtype():
     """A run resumed on a machine where `auto` resolves otherwise must not reuse shards of the other dtype."""
-    from ampo.pipeline import generation_dtype
+    from ampo.stage_keys import generation_dtype
 
     assert generation_dtype("auto") in ("float32", "bfloat16")
     assert generation_dtype("float32") == "float32" and generation_dtype("bfloat16") == "bfloat16"

@@ -1,5 +1,6 @@
-"""The generation backends, in one table: adding a backend is one entry here. Light to import (the
-command line lists the names); each builder imports its engine when called."""
+"""The generation backends, in one table (adding a backend is one entry here), and `make_generator`,
+which builds one. Light to import (the command line lists the names); each builder imports its
+engine when called."""
 
 from __future__ import annotations
 
@@ -39,3 +40,11 @@ BACKENDS: dict[str, Backend] = {
     "hf": Backend(_hf, loads_from_disk=False, description="transformers, the model in memory (CPU or GPU)"),
     "vllm": Backend(_vllm, loads_from_disk=True, description="vLLM on GPU, n samples per prompt from a model folder"),
 }
+
+
+def make_generator(backend: str, model_name_or_path: str, model=None, tokenizer=None, config=None):
+    """Build a generator from `BACKENDS` ("hf" uses `model`/`tokenizer` when given, else loads
+    them; "vllm" loads the model folder `model_name_or_path`)."""
+    if backend not in BACKENDS:
+        raise ValueError(f"generation backend {backend!r} is not one of {', '.join(map(repr, BACKENDS))}")
+    return BACKENDS[backend].build(model_name_or_path, model=model, tokenizer=tokenizer, config=config)

@@ -73,6 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
                                    "Rerunning resumes; changed options rerun only the stages they affect.")
     s.add_argument("config", nargs="?", help="YAML config (see src/ampo/recipes/demo.yaml)")
     s.add_argument("overrides", nargs="*", help="dotted overrides, e.g. select.k=5 train.loss=swepo")
+    s.add_argument("--dry-run", action="store_true",
+                   help="print every stage's key and whether it is done, would resume, be redone or run; "
+                        "loads no model and writes nothing")
     s.set_defaults(fn=cmd_run)
 
     s = sub.add_parser("demo", help="the built-in offline recipe (SmolLM2-135M, built-in reward, LoRA)")

@@ -14,7 +14,7 @@ import json
 import shutil
 from pathlib import Path
 
-from .config import config_key
+from .stage_keys import lora_seed, n_refs
 from .data import PoolRecord, atomic_dir, write_json, write_rows
 from .stages import load_round_policy
 
@@ -33,7 +33,7 @@ class CurryStages:
         pairs = []
         for t in range(1, n + 1):
             self.stage_refs(r, t)
-            d, stage_key = self.stage_dir(r, t), config_key("train-stage", key, t)
+            d, stage_key = self.stage_dir(r, t), self.keys.train_stage(r, t)
             self.stage(f"round-{r}/train-s{t}", stage_key, lambda: self._train_stage(r, t, stage_key),
                        [d / "checkpoint", d / "train_log.json"], everyone=True)
             pairs.append(self.manifest.data["stages"][f"round-{r}/train-s{t}"].get("pairs"))
@@ -67,7 +67,7 @@ class CurryStages:
     def stage_refs(self, r: int, t: int) -> None:
         """Reference log-probs of stage t's pairs under the policy after stage t - 1 (t >= 2; stage
         1 reads the round's `ref_logps.parquet`)."""
-        if t == 1 or not self.n_refs():
+        if t == 1 or not n_refs(self.c):
             return
         out = self.stage_dir(r, t) / "ref_logps.parquet"
 
@@ -79,7 +79,7 @@ class CurryStages:
             column = self.selected_logprobs(previous, pool)
             write_rows(out, [{"id": rec.id, "ref_logps": [col.tolist()]} for rec, col in zip(pool, column)])
 
-        self.stage(f"round-{r}/refs-s{t}", config_key("refs-stage", self.train_key(r), t), run, [out])
+        self.stage(f"round-{r}/refs-s{t}", self.keys.refs_stage(r, t), run, [out])
 
     def _train_stage(self, r: int, t: int, key: str) -> dict:
         """Stage t: train on its pairs, starting from the policy after stage t - 1 (LoRA: the same
@@ -90,10 +90,10 @@ class CurryStages:
 
         pool, picked = self.stage_pool(r, t)
         ref_rows = None
-        if self.n_refs() and t == 1:
+        if n_refs(self.c) and t == 1:
             rows = pq.read_table(self.round_dir(r) / "ref_logps.parquet").to_pylist()
             ref_rows = [[[col[0], col[slot]] for col in rows[i]["ref_logps"]] for i, slot in picked]
-        elif self.n_refs():
+        elif n_refs(self.c):
             rows = pq.read_table(self.stage_dir(r, t) / "ref_logps.parquet").to_pylist()
             ref_rows = [row["ref_logps"] for row in rows]
         previous = self.stage_dir(r, t - 1) / "checkpoint" if t > 1 else None
@@ -105,5 +105,5 @@ class CurryStages:
             self._loaded.clear()  # training changes the model in place
         d = self.stage_dir(r, t)
         train_round(self.c, model, tok, pool, ref_rows, d / "train", key, d / "checkpoint", progress=self.progress,
-                    lora_seed=self.lora_seed(r), adapter=previous if self.c.model.lora else None)
+                    lora_seed=lora_seed(self.c, r), adapter=previous if self.c.model.lora else None)
         return {"pairs": len(pool)}

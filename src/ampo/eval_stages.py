@@ -1,19 +1,19 @@
 """The evaluation stages of a self-play run: the initial policy's held-out samples (`baseline/`,
 once per run), the benchmarks (IFEval, IFBench) on the initial policy and after each round, and
-each round's `eval.json` (`ampo.evaluation.compare` against the baseline), with their keys.
+each round's `eval.json` (`ampo.evaluation.compare` against the baseline); their keys are
+`ampo.stage_keys.RunKeys`'.
 
 `EvalStages` is part of `ampo.pipeline.Pipeline` (a mixin): it uses the pipeline's config,
-stages, split, reward function, embedder and policies.
+stages, keys, reward function, embedder and policies.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 from pathlib import Path
 
-from .config import config_key, seed_from
+from .hashing import seed_from
 from .data import write_json, write_rows
 from .runner import fingerprints
 
@@ -22,28 +22,6 @@ log = logging.getLogger("ampo")
 
 class EvalStages:
     """The held-out evaluation and benchmark stages of `Pipeline`."""
-
-    def eval_options(self) -> dict:
-        """The `eval` options of the held-out evaluation (the benchmark ones key their own stages)."""
-        return {k: v for k, v in dataclasses.asdict(self.c.eval).items() if not k.startswith("benchmark")}
-
-    def eval_key(self, r: int) -> str:
-        benchmarks = [self.benchmark_key(name, i) for name in self.c.eval.benchmarks for i in (-1, r)]
-        return config_key("eval", self.train_key(r), self.baseline_key(), self.eval_options(), *benchmarks)
-
-    def baseline_key(self) -> str:
-        from .sampling import SAMPLER
-
-        self.split()
-        return config_key("baseline", self.policy_key(0), self._split_key, self.c.score.reward,
-                          self.c.embed.embedder, self.eval_options(), self.c.seed, SAMPLER)
-
-    def benchmark_key(self, name: str, r: int) -> str:
-        """Key of benchmark `name` on the policy after round r (the initial policy for r = -1)."""
-        e = self.c.eval
-        policy = self.policy_key(0) if r < 0 else self.train_key(r)
-        return config_key("benchmark", name, policy, e.benchmark_max_new_tokens, e.benchmark_limit,
-                          e.benchmark_prompts_per_batch, self.c.seed)
 
     def benchmark_dir(self, name: str, r: int) -> Path:
         return (self.dir / "baseline" if r < 0 else self.round_dir(r)) / name
@@ -55,7 +33,7 @@ class EvalStages:
 
         e = self.c.eval
         for name in e.benchmarks:
-            out, key = self.benchmark_dir(name, r), self.benchmark_key(name, r)
+            out, key = self.benchmark_dir(name, r), self.keys.benchmark(name, r)
             stage = f"baseline/{name}" if r < 0 else f"round-{r}/{name}"
             outputs = [out / f for f in ("metrics.json", "results.jsonl", "responses.jsonl")]
             recorded = (self.manifest.data["stages"].get(stage) or {}).get("outputs") or {}
@@ -86,13 +64,13 @@ class EvalStages:
         def run():
             from .evaluation import baseline_summary, sample_and_score
 
-            held = self.split()["heldout"]
+            held = self.keys.split().heldout
             rows = sample_and_score(self.policy(0), self.reward_fn(), held, self.c.eval,
                                     seed=seed_from("eval", self.c.seed), progress=self.progress)
             write_rows(out, rows)
             write_json(summary, baseline_summary(self.policy(0), self.embedder(round_idx=0), rows))
 
-        self.stage("baseline", self.baseline_key(), run, [out, summary])
+        self.stage("baseline", self.keys.baseline(), run, [out, summary])
 
     def evaluate(self, r: int) -> None:
         out = self.round_dir(r) / "eval.json"
@@ -104,7 +82,7 @@ class EvalStages:
                      result["mean_reward"], result["baseline_mean_reward"], result["win_rate"],
                      *result["win_rate_ci"])
 
-        self.stage(f"round-{r}/evaluate", self.eval_key(r), run, [out, self.round_dir(r) / "eval_samples.parquet"])
+        self.stage(f"round-{r}/evaluate", self.keys.evaluate(r), run, [out, self.round_dir(r) / "eval_samples.parquet"])
 
     def _evaluate(self, r: int) -> dict:
         """The policy after round `r` against the baseline samples, plus the benchmarks' figures."""
@@ -112,7 +90,7 @@ class EvalStages:
 
         from .evaluation import compare, judge_against, sample_and_score
 
-        rows = sample_and_score(self.policy(r + 1), self.reward_fn(), self.split()["heldout"], self.c.eval,
+        rows = sample_and_score(self.policy(r + 1), self.reward_fn(), self.keys.split().heldout, self.c.eval,
                                 seed=seed_from("eval", self.c.seed), progress=self.progress)
         base_rows = pq.read_table(self.dir / "baseline" / "samples.parquet").to_pylist()
         pairwise = judge_against(self.reward_fn(), rows, base_rows)  # a pairwise scorer judges new vs baseline

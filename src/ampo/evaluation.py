@@ -175,7 +175,7 @@ def evaluate_policies(policy: str, against: str, base: str, prompts: list[dict],
     model folder, or a LoRA adapter on `base`) on held-out `prompts`, as a round is evaluated
     against the initial policy. Writes `out/eval.json` (a round's schema, with `policy` and
     `against` in place of `round`), `out/eval_samples.parquet`, `out/baseline/`; resumable."""
-    from .config import config_key, seed_from
+    from .hashing import config_key, seed_from
     from .data import write_json, write_rows
     from .embeddings import load_embedder
     from .ifeval.evaluate import load_eval_policy, policy_fingerprint

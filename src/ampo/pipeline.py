@@ -6,14 +6,14 @@ skips stages whose key matches; a changed config field reruns exactly the stages
 a killed run resumes: generation from its last finished shard, training from its last Trainer
 checkpoint, everything else from the last finished stage.
 
-`Pipeline` keeps the rounds, their keys and their scheduling. The stage functions it calls are in
-`ampo.stages`; its Curry-DPO training stages are in `ampo.curry_stages` and its evaluation stages
-in `ampo.eval_stages` (mixins of `Pipeline`).
+`Pipeline` keeps the rounds and their scheduling. Every stage's key comes from
+`ampo.stage_keys.RunKeys` (`self.keys`); the stage functions it calls are in `ampo.stages`; its
+Curry-DPO training stages are in `ampo.curry_stages` and its evaluation stages in
+`ampo.eval_stages` (mixins of `Pipeline`).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 from pathlib import Path
@@ -21,20 +21,16 @@ from typing import Any
 
 import numpy as np
 
-from .config import RunConfig, config_key, dump_config, seed_from
+from .config import RunConfig, dump_config, seed_from
 from .curry_stages import CurryStages
-from .data import PoolRecord, atomic_dir, atomic_path, read_pool, read_prompt_rows, write_json, write_rows
+from .data import PoolRecord, atomic_dir, atomic_path, read_pool, write_json, write_rows
 from .eval_stages import EvalStages
 from .runner import Runner, fingerprints, sharded_map
+from .stage_keys import RunKeys, aggregate, lora_seed, n_refs
 from .stages import (embed_pool, load_round_policy, references, reference_logps, sample_rows,
                      select_pool, selected_logprobs)
 
 log = logging.getLogger("ampo")
-
-BUILTIN_PROMPTS = Path(__file__).parent / "recipes" / "prompts.jsonl"
-# `data.prompts` names for the bundled prompt files
-BUILTIN_PROMPT_SETS = {"builtin": BUILTIN_PROMPTS,
-                       "builtin-ifeval": Path(__file__).parent / "recipes" / "ifeval_prompts.jsonl"}
 
 
 class Pipeline(CurryStages, EvalStages, Runner):
@@ -46,12 +42,14 @@ class Pipeline(CurryStages, EvalStages, Runner):
     """
 
     def __init__(self, config: RunConfig, progress: bool = True):
+        keys = RunKeys(config)
+        keys.split()  # a bad prompt file or `data.heldout` is refused before the run folder exists
         super().__init__(config.out, dump_config(config), progress)
         self.c = config
+        self.keys = keys
         self._reward_fn = None
         self._embedder = None
         self._loaded: dict[str, Any] = {}  # policy key -> (model, tokenizer), one at a time
-        self._split: dict | None = None
 
     # -- components, loaded once ------------------------------------------------------------
 
@@ -72,15 +70,9 @@ class Pipeline(CurryStages, EvalStages, Runner):
             self._embedder = load_embedder(self.c.embed.embedder, batch_size=self.c.embed.batch_size)
         return self._embedder
 
-    def policy_key(self, r: int) -> str:
-        """Key of the policy that round r starts from (the initial policy for r = 0)."""
-        if r == 0:
-            return config_key("policy", self.c.model.policy, self.c.model.dtype)
-        return self.train_key(r - 1)
-
     def policy(self, r: int):
         """(model, tokenizer) that round r starts from; round checkpoints are applied in order."""
-        key = self.policy_key(r)
+        key = self.keys.policy(r)
         if key not in self._loaded:
             self._loaded.clear()  # keep one policy in memory
             self._loaded[key] = load_round_policy(self.c, [self.round_dir(i) / "checkpoint" for i in range(r)])
@@ -106,70 +98,25 @@ class Pipeline(CurryStages, EvalStages, Runner):
 
     # -- prompts ----------------------------------------------------------------------------
 
-    def split(self) -> dict[str, list]:
-        """Train / held-out split of the prompts, made once and recorded in `split.json`."""
-        if self._split is None:
-            self._split = self._make_split()
-        return self._split
-
-    def _make_split(self) -> dict[str, list]:
+    def split(self) -> None:
+        """Record the train / held-out split of the prompts (`self.keys.split()`) in `split.json`."""
         path = self.dir / "split.json"
-        source = BUILTIN_PROMPT_SETS.get(self.c.data.prompts) or Path(self.c.data.prompts)
-        rows = read_prompt_rows(source, self.c.data.gold_field)
-        prompts = [(row["id"], row["prompt"]) for row in rows]
-        metas = [row.get("meta") for row in rows]
-        golds = [row["gold"] for row in rows] if self.c.data.gold_field else []
-        key = config_key("split", [p for _, p in prompts], [i for i, _ in prompts],
-                         self.c.data.heldout, self.c.data.split_seed, *([metas] if any(metas) else []),
-                         *([golds] if golds else []))
-
-        def make():
-            if self.c.data.heldout >= len(prompts):
-                raise ValueError(f"data.heldout={self.c.data.heldout} leaves no training prompts "
-                                 f"({len(prompts)} prompts in {source})")
-            order = np.random.default_rng(self.c.data.split_seed).permutation(len(prompts))
-            held = sorted(order[: self.c.data.heldout].tolist())
-            train = sorted(order[self.c.data.heldout:].tolist())
-            write_json(path, {"source": str(source), "train": [rows[i] for i in train],
-                              "heldout": [rows[i] for i in held]})
-
-        self.stage("split", key, make, [path])
-        self._split_key = key
-        return json.loads(path.read_text())
-
-    def round_prompts(self, r: int) -> list[dict]:
-        """The train prompts of round r: all of them, or a fresh rotating window of `train_prompts`."""
-        train = self.split()["train"]
-        n = self.c.data.train_prompts
-        if n <= 0 or n >= len(train):
-            return train
-        start = (r * n) % len(train)
-        return [train[(start + i) % len(train)] for i in range(n)]
+        split = self.keys.split()
+        make = lambda: write_json(path, {"source": str(split.source), "train": split.train, "heldout": split.heldout})
+        self.stage("split", self.keys.split_key(), make, [path])
 
     # -- the stages of a round --------------------------------------------------------------
 
-    def generate_key(self, r: int) -> str:
-        from .sampling import SAMPLER
-
-        prompts = self.round_prompts(r)
-        # all of it: batch sizes do not choose a response's random stream, but they can move its
-        # logits by rounding, and with them (rarely) a sampled token
-        g = dataclasses.asdict(self.c.generate)
-        g["dtype"] = generation_dtype(g["dtype"])  # the dtype "auto" resolves to on this machine
-        gold = [[p["gold"] for p in prompts]] if self.c.data.gold_field else []
-        return config_key("generate", self.policy_key(r), [p["id"] for p in prompts], g, self.c.seed, r, SAMPLER,
-                          *gold)
-
     def generate(self, r: int) -> None:
         out = self.round_dir(r) / "pool.parquet"
-        key = self.generate_key(r)
+        key = self.keys.generate(r)
         self.stage(f"round-{r}/generate", key, lambda: self._generate(r, key, out), [out], everyone=True)
 
     def _generate(self, r: int, key: str, out: Path) -> dict:
-        from .backends import BACKENDS
-        from .generation import GenerationConfig, make_generator
+        from .backends import BACKENDS, make_generator
+        from .generation import GenerationConfig
 
-        prompts = self.round_prompts(r)
+        prompts = self.keys.round_prompts(r)
         g = self.c.generate
 
         from_disk = BACKENDS[g.backend].loads_from_disk
@@ -199,26 +146,16 @@ class Pipeline(CurryStages, EvalStages, Runner):
             write_rows(out, rows)
         return info
 
-    def aggregate(self) -> str:
-        """`score.aggregate` with "auto" resolved for the configured scorer."""
-        from .rewards import resolve_aggregate, reward_kind
-
-        return resolve_aggregate(self.c.score.aggregate, reward_kind(self.c.score.reward))
-
-    def score_key(self, r: int) -> str:
-        how = self.aggregate()  # keyed only when it is not the plain reward, so older runs keep their keys
-        return config_key("score", self.generate_key(r), self.c.score.reward, *([how] if how != "reward" else []))
-
     def score(self, r: int) -> None:
         out = self.round_dir(r) / "rewards.parquet"
-        key = self.score_key(r)
+        key = self.keys.score(r)
 
         def run() -> dict:
             from .rewards import score_records
 
             pool, _ = read_pool(self.round_dir(r) / "pool.parquet")
             work = lambda s, shard: [{"id": rec.id, **row}
-                                     for rec, row in zip(shard, score_records(self.reward_fn(), shard, self.aggregate()))]
+                                     for rec, row in zip(shard, score_records(self.reward_fn(), shard, aggregate(self.c)))]
             rows, info = sharded_map(pool, self.c.generate.shard_prompts, work,
                                      self.round_dir(r) / "score.parts", key, self.dist)
             if self.dist.main:
@@ -227,13 +164,9 @@ class Pipeline(CurryStages, EvalStages, Runner):
 
         self.stage(f"round-{r}/score", key, run, [out], everyone=True)
 
-    def embed_key(self, r: int) -> str:
-        policy = self.policy_key(r) if self.c.embed.embedder == "policy" else None
-        return config_key("embed", self.generate_key(r), self.c.embed.embedder, policy)
-
     def embed(self, r: int) -> None:
         out = self.round_dir(r) / "embeddings.npy"
-        key = self.embed_key(r)
+        key = self.keys.embed(r)
 
         def run() -> dict:
             pool, _ = read_pool(self.round_dir(r) / "pool.parquet")
@@ -253,13 +186,6 @@ class Pipeline(CurryStages, EvalStages, Runner):
 
         self.stage(f"round-{r}/embed", key, run, [out], everyone=True)
 
-    def select_key(self, r: int) -> str:
-        s = dataclasses.asdict(self.c.select)
-        for option in ("require_beats", "min_margin"):  # keyed only when set, so older runs keep their keys
-            if s[option] is None:
-                del s[option]
-        return config_key("select", self.score_key(r), self.embed_key(r), s, self.c.seed)
-
     def select(self, r: int) -> None:
         out = self.round_dir(r) / "selection.parquet"
 
@@ -275,7 +201,7 @@ class Pipeline(CurryStages, EvalStages, Runner):
                              for p, idx, sh in zip(pool, sel.indices, sel.short)])
             return sel.counts
 
-        self.stage(f"round-{r}/select", self.select_key(r), run, [out])
+        self.stage(f"round-{r}/select", self.keys.select(r), run, [out])
 
     def scored_pool(self, r: int, with_selection: bool = True) -> list[PoolRecord]:
         """The round's pool with rewards, embeddings and (optionally) the selection joined in."""
@@ -314,20 +240,9 @@ class Pipeline(CurryStages, EvalStages, Runner):
                      r, len(keep), len(pool))
         return keep
 
-    def n_refs(self) -> int:
-        from .losses import LOSSES
-
-        return (1 + len(self.c.train.extra_references)) if LOSSES[self.c.train.loss].refs else 0
-
-    def refs_key(self, r: int) -> str | None:
-        if not self.n_refs():
-            return None
-        first = self.policy_key(0 if self.c.train.reference == "initial" else r)
-        return config_key("refs", self.select_key(r), first, self.c.train.extra_references)
-
     def refs(self, r: int) -> None:
         """Reference log-probs of every selected response, once per round, one column per reference."""
-        if not self.n_refs():
+        if not n_refs(self.c):
             return
         out = self.round_dir(r) / "ref_logps.parquet"
 
@@ -337,28 +252,15 @@ class Pipeline(CurryStages, EvalStages, Runner):
             rows = reference_logps(references(self.c, first), pool, self.c.train.shared_prefix, self.progress)
             write_rows(out, [{"id": rec.id, "ref_logps": row} for rec, row in zip(pool, rows)])
 
-        self.stage(f"round-{r}/refs", self.refs_key(r), run, [out])
+        self.stage(f"round-{r}/refs", self.keys.refs(r), run, [out])
 
     def selected_logprobs(self, policy, pool: list[PoolRecord]) -> list[np.ndarray]:
         """Summed log-probs of each record's selected responses under `policy` (model, tokenizer)."""
         return selected_logprobs(policy, pool, self.c.train.shared_prefix, self.progress)
 
-    def train_key(self, r: int) -> str:
-        from .trainer import train_options
-
-        t = train_options(self.c)
-        m = dataclasses.asdict(self.c.model)
-        lora_seed = self.lora_seed(r) if self.c.model.lora else None
-        return config_key("train", self.policy_key(r), self.select_key(r), self.refs_key(r), t, m, self.c.seed,
-                          lora_seed)
-
-    def lora_seed(self, r: int) -> int:
-        """The seed of round r's new LoRA adapter: each round draws different initial weights."""
-        return seed_from("lora", self.c.seed, r)
-
     def train(self, r: int) -> None:
         out = self.round_dir(r) / "checkpoint"
-        key = self.train_key(r)
+        key = self.keys.train(r)
         work = self._train_pair_stages if self.c.train.curriculum == "pairs" else self._train
         self.stage(f"round-{r}/train", key, lambda: work(r, key, out),
                    [out, self.round_dir(r) / "train_log.json"], everyone=True)
@@ -368,14 +270,14 @@ class Pipeline(CurryStages, EvalStages, Runner):
 
         pool = self.training_pool(r)
         ref_rows = None
-        if self.n_refs():
+        if n_refs(self.c):
             import pyarrow.parquet as pq
 
             ref_rows = [row["ref_logps"] for row in pq.read_table(self.round_dir(r) / "ref_logps.parquet").to_pylist()]
         model, tok = self.policy(r)
         self._loaded.clear()  # training modifies the model in place (LoRA) or its weights
         train_round(self.c, model, tok, pool, ref_rows, self.round_dir(r) / "train", key, out, progress=self.progress,
-                    lora_seed=self.lora_seed(r))
+                    lora_seed=lora_seed(self.c, r))
 
     # -- the whole run ----------------------------------------------------------------------
 
@@ -407,7 +309,7 @@ class Pipeline(CurryStages, EvalStages, Runner):
         from .report import REPORT_FILES, write_report
 
         outputs = [self.dir / name for name in REPORT_FILES]
-        key = config_key("report", [self.eval_key(r) for r in range(self.c.rounds)])
+        key = self.keys.report()
         if force or not (self.manifest.done("report", key) and self._intact("report", outputs)):
             log.info("[report] running (key %s)", key)
             rounds = [self.round_dir(r) for r in range(self.c.rounds)]
@@ -418,13 +320,3 @@ class Pipeline(CurryStages, EvalStages, Runner):
             self.manifest.mark("report", key, "done", outputs=fingerprints(self.dir, outputs))
         return outputs[0]
 
-
-def generation_dtype(requested: str) -> str:
-    """The dtype generation runs in here: "auto" resolved for this machine's device, so that a run
-    resumed on a machine that resolves it differently regenerates instead of mixing dtypes."""
-    import torch
-
-    from .generation import resolve_dtype
-
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return resolve_dtype(requested, device)

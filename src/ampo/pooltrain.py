@@ -1,7 +1,8 @@
 """`ampo train`: train a policy on a pool the user already has (any layout `read_pool` accepts).
 
 The stages are the ones a self-play round runs after scoring, through the same functions
-(`ampo.stages`, `ampo.trainer.train_round`) and the same keys: embed (only when the strategy needs
+(`ampo.stages`, `ampo.trainer.train_round`) and the same key functions (`ampo.stage_keys.PoolKeys`,
+with the input file in place of a round's generation): embed (only when the strategy needs
 embeddings and the pool has none) -> select -> reference log-probs (when the loss needs them) ->
 train -> merge (with `--merge`). Each stage is keyed and atomic in the output folder, so a killed
 `ampo train` resumes: finished stages are skipped and training continues from its last Trainer
@@ -14,26 +15,19 @@ Output folder: `checkpoint/` (a model folder, or a PEFT adapter with the tokeniz
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 from pathlib import Path
 
 import numpy as np
 
-from .config import ConfigError, RunConfig, config_key, dump_config, seed_from
+from .config import ConfigError, RunConfig, dump_config
 from .data import PoolRecord, atomic_dir, atomic_path, read_pool, write_rows
-from .runner import Runner, fingerprints
+from .runner import Runner
+from .stage_keys import PoolKeys, lora_seed, n_refs
 from .stages import embed_pool, load_round_policy, reference_logps, references, select_pool
-from .trainer import train_options
 
 log = logging.getLogger("ampo")
-
-
-def needs_embeddings(strategy: str) -> bool:
-    from .selection import SELECTORS
-
-    return SELECTORS[strategy].needs_embeddings
 
 
 class PoolTraining(Runner):
@@ -52,7 +46,7 @@ class PoolTraining(Runner):
         self.source = Path(source)
         self.merge_adapter = merge
         self.pool = self._read_pool()
-        self.input_key = config_key("input", list(fingerprints(self.source.parent, [self.source]).values()))
+        self.keys = PoolKeys(config, self.source, has_embeddings=all(r.embeddings is not None for r in self.pool))
 
     def _read_pool(self) -> list[PoolRecord]:
         from .losses import LOSSES
@@ -67,38 +61,6 @@ class PoolTraining(Runner):
                      sum(len(r.responses) for r in pool))
         return pool
 
-    # -- keys: the pipeline's, with the input file in place of a round's generation ----------
-
-    def policy_key(self) -> str:
-        return config_key("policy", self.c.model.policy, self.c.model.dtype)
-
-    def embed_key(self) -> str | None:
-        if not needs_embeddings(self.c.select.strategy) or all(r.embeddings is not None for r in self.pool):
-            return None  # the pool's own embeddings (or none needed)
-        policy = self.policy_key() if self.c.embed.embedder == "policy" else None
-        return config_key("embed", self.input_key, self.c.embed.embedder, policy)
-
-    def select_key(self) -> str:
-        return config_key("select", self.input_key, self.embed_key(), dataclasses.asdict(self.c.select), self.c.seed)
-
-    def n_refs(self) -> int:
-        from .losses import LOSSES
-
-        return (1 + len(self.c.train.extra_references)) if LOSSES[self.c.train.loss].refs else 0
-
-    def refs_key(self) -> str | None:
-        if not self.n_refs():
-            return None
-        return config_key("refs", self.select_key(), self.policy_key(), self.c.train.extra_references)
-
-    def lora_seed(self) -> int:
-        """The new adapter's seed: round 0's, as in a run."""
-        return seed_from("lora", self.c.seed, 0)
-
-    def train_key(self) -> str:
-        return config_key("train", self.policy_key(), self.select_key(), self.refs_key(), train_options(self.c),
-                          dataclasses.asdict(self.c.model), self.c.seed, self.lora_seed() if self.c.model.lora else None)
-
     # -- stages ----------------------------------------------------------------------------
 
     def run(self) -> dict:
@@ -109,7 +71,7 @@ class PoolTraining(Runner):
             return self.summary()
 
     def embed(self) -> None:
-        key = self.embed_key()
+        key = self.keys.embed()
         out = self.dir / "embeddings.npy"
         if key is None:
             return
@@ -143,14 +105,14 @@ class PoolTraining(Runner):
             write_rows(out, [{"id": rec.id, "selected": idx.tolist(), "short": bool(short)}
                              for rec, idx, short in zip(self.pool, sel.indices, sel.short)])
 
-        self.stage("select", self.select_key(), run, [out])
+        self.stage("select", self.keys.select(), run, [out])
         import pyarrow.parquet as pq
 
         for rec, row in zip(self.pool, pq.read_table(out).to_pylist(), strict=True):
             rec.selected = row["selected"]
 
     def refs(self) -> None:
-        if not self.n_refs():
+        if not n_refs(self.c):
             return
         out = self.dir / "ref_logps.parquet"
 
@@ -159,22 +121,22 @@ class PoolTraining(Runner):
                                    self.c.train.shared_prefix, self.progress)
             write_rows(out, [{"id": rec.id, "ref_logps": row} for rec, row in zip(self.pool, rows)])
 
-        self.stage("refs", self.refs_key(), run, [out])
+        self.stage("refs", self.keys.refs(), run, [out])
 
     def train(self) -> None:
         from .trainer import train_round
 
-        out, key = self.dir / "checkpoint", self.train_key()
+        out, key = self.dir / "checkpoint", self.keys.train()
 
         def run():
             ref_rows = None
-            if self.n_refs():
+            if n_refs(self.c):
                 import pyarrow.parquet as pq
 
                 ref_rows = [row["ref_logps"] for row in pq.read_table(self.dir / "ref_logps.parquet").to_pylist()]
             model, tok = load_round_policy(self.c, [])
             train_round(self.c, model, tok, self.pool, ref_rows, self.dir / "train", key, out,
-                        progress=self.progress, lora_seed=self.lora_seed(), save_tokenizer=True)
+                        progress=self.progress, lora_seed=lora_seed(self.c, 0), save_tokenizer=True)
 
         self.stage("train", key, run, [out, self.dir / "train_log.json"], everyone=True)
 
@@ -193,7 +155,7 @@ class PoolTraining(Runner):
                 model.save_pretrained(str(tmp), safe_serialization=True)
                 tok.save_pretrained(str(tmp))
 
-        self.stage("merge", config_key("merge", self.train_key()), run, [out])
+        self.stage("merge", self.keys.merge(), run, [out])
 
     def summary(self) -> dict:
         history = json.loads((self.dir / "train_log.json").read_text())

@@ -30,11 +30,11 @@ class Manifest:
     def __init__(self, path: Path, write: bool = True):
         self.path = path
         self.write = write  # only the main process writes
-        self.data = self._read(path)
+        self.data = self.read(path)
         self.data["versions"] = _versions()
 
     @staticmethod
-    def _read(path: Path) -> dict:
+    def read(path: Path) -> dict:
         """The manifest's content; a damaged one is named and counts as empty (every stage is redone)."""
         if not path.exists():
             return {"stages": {}}

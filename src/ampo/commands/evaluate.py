@@ -39,7 +39,7 @@ def cmd_evaluate_held_out(args) -> None:
     from ..config import EvalConfig
     from ..data import read_prompt_rows
     from ..evaluation import evaluate_policies
-    from ..pipeline import BUILTIN_PROMPT_SETS
+    from ..recipes import BUILTIN_PROMPT_SETS
 
     if args.responses or not args.policy:
         raise ValueError("ampo evaluate: --responses needs --benchmark; without --benchmark give --policy")
@@ -63,7 +63,7 @@ def cmd_evaluate_held_out(args) -> None:
 def cmd_make_prompts(args) -> None:
     from ..data import output_format, read_prompt_rows, write_rows
     from ..ifeval.prompts import build_prompts
-    from ..pipeline import BUILTIN_PROMPTS
+    from ..recipes import BUILTIN_PROMPTS
 
     output_format(args.output)
     base = read_prompt_rows(args.base or BUILTIN_PROMPTS)

@@ -7,7 +7,8 @@ def cmd_generate(args) -> None:
     import torch
 
     from ..data import output_format, read_prompt_rows, write_rows
-    from ..generation import GenerationConfig, make_generator, resolve_dtype
+    from ..backends import make_generator
+    from ..generation import GenerationConfig, resolve_dtype
     from ..models import load_policy
     from ..stages import sample_rows
 

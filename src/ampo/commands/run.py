@@ -5,8 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-DEMO_RECIPE = Path(__file__).parent.parent / "recipes" / "demo.yaml"
-RECIPES = {"demo": DEMO_RECIPE, "ifeval": Path(__file__).parent.parent / "recipes" / "ifeval.yaml"}
+from ..recipes import DEMO_RECIPE, RECIPES  # noqa: F401 (re-exported by ampo.cli)
 
 
 def cmd_run(args) -> None:
@@ -17,6 +16,11 @@ def cmd_run(args) -> None:
     if args.config and "=" in args.config and not Path(args.config).exists():  # no config file, only overrides
         args.config, overrides = None, [args.config, *overrides]
     config = load_config(args.config, overrides)
+    if args.dry_run:
+        from ..dry_run import format_plan, plan
+
+        print(format_plan(plan(config), config.out))
+        return
     results = Pipeline(config, progress=not args.quiet).run()
     _print_results(config.out, results)
 

@@ -71,7 +71,7 @@ def cmd_train_rm(args) -> None:
     preference_labels(pairs, args.soft_gamma, source=args.input, rows=rows)  # errors name the file's rows
     gpm = None
     if args.head == "gpm":
-        from ..gpm import GPMHead
+        from ..rewards.gpm import GPMHead
 
         gpm = GPMHead(value_head_dim=args.value_head_dim, tau=args.tau, gate=args.gate)
     elif (args.value_head_dim, args.tau, args.gate) != (2, 0.1, "none"):

@@ -4,11 +4,11 @@ Validation happens here, once, before any model is loaded: an unknown key, a wro
 incompatible combination raises `ConfigError` with one line naming the option.
 
 Modules: `sections` (the dataclasses, `ConfigError`), `loading` (YAML and overrides to a checked
-`RunConfig`), `validation` (the range and choice tables, cross-field checks), `keys` (content
-hashes for stage keys and seeds).
+`RunConfig`), `validation` (the range and choice tables, cross-field checks). `config_key` and `seed_from`
+are re-exported from `ampo.hashing`; the stage keys themselves are in `ampo.stage_keys`.
 """
 
-from .keys import config_key, seed_from
+from ..hashing import config_key, seed_from
 from .loading import MAX_YAML_VALUES, dump_config, load_config, parse_overrides, safe_yaml
 from .sections import (AGGREGATES, BENCHMARKS, ConfigError, DataConfig, EmbedConfig, EvalConfig, GenerateConfig,
                        ModelConfig, RunConfig, ScoreConfig, SelectConfig, TrainConfig, short)

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from ..config import short
+from ..errors import short
 from .records import PoolError, Prompt
 from .rows import _DuplicateMember, lone_surrogate, loads
 

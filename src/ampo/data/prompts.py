@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ..config import short
+from ..errors import short
 from .checks import _check_meta, _check_prompt
 from .records import PoolError, Prompt
 from .rows import _txt_rows, read_rows

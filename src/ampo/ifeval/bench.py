@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ampo.config import short
+from ampo.errors import short
 from ampo.data import PoolError, read_rows
 
 DATA_PACKAGE = "eval_framework"

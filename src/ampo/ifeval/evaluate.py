@@ -177,7 +177,7 @@ def evaluate_policy(benchmark: str, policy, out_dir: str | Path, *, key: str, li
     and settings is rescored without generating again. Generation runs in the dtype "auto" resolves
     to here (bf16 on CPUs with native bf16 matmuls, else fp32), which is part of the key: a run
     resumed on a machine that resolves it differently regenerates instead of mixing dtypes."""
-    from ampo.config import config_key
+    from ampo.hashing import config_key
     from ampo.generation import resolve_dtype
 
     out_dir = Path(out_dir)

@@ -9,7 +9,6 @@ from typing import Any
 
 import numpy as np
 
-from ..config import AGGREGATES
 from .base import PairwiseScorer, RewardFn, is_pairwise, score_texts
 from .builtin import BuiltinReward
 from .callables import CallablePairwise, CallableReward
@@ -32,13 +31,13 @@ def score_records(scorer: Any, pool: Sequence[Any], aggregate: str = "reward") -
     (`ampo.preferences.aggregate`), so every selector, loss and evaluation reads one scalar per
     response; with "reward" (scalar scorers only) it is the reward itself, as before.
     """
-    from ..preferences import aggregate as aggregate_matrix, scalar_to_logits
+    from ..preferences import AGGREGATES, aggregate as aggregate_matrix, scalar_to_logits
 
     prompts, pools, metas = _pool_texts(pool)
     if is_pairwise(scorer):
         if aggregate == "reward":
             raise ValueError(f"a pairwise scorer has no scalar reward: choose an aggregate "
-                             f"({', '.join(AGGREGATES[1:])})")
+                             f"({', '.join(AGGREGATES)})")
         matrices = scorer.matrices(prompts, pools)
     else:
         flat = score_texts(scorer, [p for p, rs in zip(prompts, pools) for _ in rs], [r for rs in pools for r in rs],
@@ -71,12 +70,12 @@ def reward_kind(spec: str) -> str:
     reward model), "pairwise" ("pairwise:module:function", a judge returning one prompt's
     preference matrix) or "callable" ("module:function" / "file.py:function"). Cheap, so configs
     are checked before anything loads."""
-    from ..gpm import GPM_FILE
+    from .gpm import GPM_FILE
 
     if spec == "builtin":
         return "builtin"
     if spec.split(":", 1)[0] == "ifeval":
-        from ..ifeval.reward import parse_spec
+        from .ifeval import parse_spec
 
         parse_spec(spec)
         return "ifeval"
@@ -95,8 +94,8 @@ def reward_kind(spec: str) -> str:
 
 
 def load_reward(spec: str, **kwargs: Any) -> RewardFn | PairwiseScorer:
-    """A reward from a spec (see `reward_kind`; `ifeval[:...]` is `ampo.ifeval.reward.IFEvalReward`,
-    a GPM folder is `ampo.gpm.GPMScorer`). `kwargs` go to `BuiltinReward`, `HFRewardModel` or
+    """A reward from a spec (see `reward_kind`; `ifeval[:...]` is `ampo.rewards.ifeval.IFEvalReward`,
+    a GPM folder is `ampo.rewards.gpm.GPMScorer`). `kwargs` go to `BuiltinReward`, `HFRewardModel` or
     `GPMScorer`."""
     kind = reward_kind(spec)
     if kind == "builtin":
@@ -104,13 +103,13 @@ def load_reward(spec: str, **kwargs: Any) -> RewardFn | PairwiseScorer:
     if kind == "folder":
         return HFRewardModel(spec, **kwargs)
     if kind == "gpm":
-        from ..gpm import GPMScorer
+        from .gpm import GPMScorer
 
         return GPMScorer(spec, **kwargs)
     if kwargs:
         raise ValueError(f"reward {spec!r} is a {kind} and takes no options {sorted(kwargs)}")
     if kind == "ifeval":
-        from ..ifeval.reward import IFEvalReward
+        from .ifeval import IFEvalReward
 
         return IFEvalReward.from_spec(spec)
     if kind == "pairwise":

@@ -90,9 +90,9 @@ def train_reward_model(
 
     `head="bt"`: a one-logit model, loss (soft) Bradley-Terry on `r(prompt, winner) -
     r(prompt, loser)`; `HFRewardModel(out_dir)` loads it. `head="gpm"`: a General Preference
-    Model with the options `gpm` (an `ampo.gpm.GPMHead`; default value_head_dim 2, tau 0.1,
+    Model with the options `gpm` (an `ampo.rewards.gpm.GPMHead`; default value_head_dim 2, tau 0.1,
     normalised, no gate): `2k` outputs are the preference embedding `v`, loss
-    `gpm_loss(v_winner, v_loser, p)`; `ampo.gpm.GPMScorer(out_dir)` loads it. Both take the labels
+    `gpm_loss(v_winner, v_loser, p)`; `ampo.rewards.gpm.GPMScorer(out_dir)` loads it. Both take the labels
     of `preference_labels` (hard, or MMPO soft labels with `soft_gamma`). The backbone (default:
     the bundled all-MiniLM-L6-v2 BERT) is loaded as `AutoModelForSequenceClassification` and
     trained with AdamW, linear decay after 10% warmup, gradient clipping at 1. Everything is
@@ -106,7 +106,7 @@ def train_reward_model(
     from ampo.embeddings import minilm_path
     from ampo.models import load_weights
 
-    from ampo.gpm import GPMHead, PromptGate, save_gate
+    from .gpm import GPMHead, PromptGate, save_gate
     from ampo.preferences import gpm_loss
 
     out_dir = Path(out_dir)

@@ -1,4 +1,5 @@
-"""Content hashes of JSON-able parts: the stage keys of caching and resume, and derived seeds."""
+"""Content hashes of JSON-able parts: the stage keys of caching and resume (`ampo.stage_keys`), and
+derived seeds. A leaf module."""
 
 from __future__ import annotations
 

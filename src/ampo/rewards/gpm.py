@@ -18,7 +18,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from .preferences import GPM_GATES, gpm_gates, gpm_scores
+from ..preferences import GPM_GATES, gpm_gates, gpm_scores
 
 GPM_FILE = "gpm.json"
 GATE_FILE = "gpm_gate.safetensors"
@@ -112,7 +112,7 @@ class GPMScorer:
     def __init__(self, path: str | Path, batch_size: int = 16, max_length: int = 512, device: str = "cpu"):
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-        from .models import load_weights
+        from ..models import load_weights
 
         self.path = Path(path)
         self.name = str(path)
@@ -133,7 +133,7 @@ class GPMScorer:
 
     def embeddings(self, prompts: list[str], responses: list[str]) -> np.ndarray:
         """Preference embeddings `v [n, 2k]` (before normalisation) of (prompt, response) pairs."""
-        from .rewards import pair_logits
+        from .reward_model import pair_logits
 
         return pair_logits(self.model, self.tokenizer, prompts, responses, self.batch_size, self.max_length)
 

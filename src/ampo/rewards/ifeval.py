@@ -18,8 +18,8 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from .offline import registry
-from .scoring import follow_instructions
+from ..ifeval.offline import registry
+from ..ifeval.scoring import follow_instructions
 
 OPTIONS = ("loose", "degeneracy")
 
@@ -44,7 +44,7 @@ def check_weights(**weights: float) -> None:
 def parse_spec(spec: str) -> dict[str, float]:
     """The weights of a reward spec `ifeval` or `ifeval:loose=0.5,degeneracy=0.1`, checked (no
     checker is loaded: configs call this before anything runs)."""
-    from ampo.config import short
+    from ampo.errors import short
 
     name, _, options = spec.partition(":")
     if name != "ifeval":
@@ -80,7 +80,7 @@ class IFEvalReward:
 
     def breakdown(self, prompt: str, response: str, meta: Mapping[str, Any]) -> dict[str, float]:
         """The strict and loose fractions, the repetition term and the reward of one response."""
-        from ampo.rewards import degeneracy_terms
+        from .builtin import degeneracy_terms
 
         ids, kwargs = check_meta(meta)
         strict, loose = follow_instructions(self._checks, ids, kwargs, prompt, response)
@@ -91,7 +91,7 @@ class IFEvalReward:
 
     def __call__(self, prompts: list[str], responses: list[str],
                  metas: Sequence[Mapping[str, Any]] = ()) -> np.ndarray:
-        from ampo.rewards import validate_rewards
+        from .base import validate_rewards
 
         if not (len(prompts) == len(responses) == len(metas)):
             raise ValueError(f"reward 'ifeval': {len(prompts)} prompts, {len(responses)} responses, "
