@@ -24,6 +24,8 @@ from transformers.generation.logits_process import LogitsProcessorList
 
 from ampo.decoding import HEADROOM, ContinuousDecoder, supports_slot_cache
 from ampo.models import DTYPES, encode_prompt, load_tokenizer, resolve_policy
+from ampo.precision import (BF16_CPU_FLAGS, DTYPE_CHOICES, choose_dtype,  # noqa: F401 (re-exported)
+                            cpu_flags, resolve_dtype)
 from ampo.sampling import Sampler, StreamSampling, stream_ids
 
 Prompt = str | list[dict]
@@ -40,8 +42,7 @@ class Sample:
 
 
 BATCHING = ("continuous", "hf")
-GENERATION_DTYPES = ("auto", "float32", "bfloat16")
-BF16_CPU_FLAGS = {"avx512_bf16", "amx_bf16"}  # /proc/cpuinfo flags of CPUs with native bf16 matmuls
+GENERATION_DTYPES = DTYPE_CHOICES  # "auto": `ampo.precision.choose_dtype`
 
 
 @dataclass
@@ -77,43 +78,6 @@ class GenerationConfig:
             raise ValueError(f"generation batching must be one of {BATCHING}, got {self.batching!r}")
         if self.dtype not in GENERATION_DTYPES:
             raise ValueError(f"generation dtype must be one of {GENERATION_DTYPES}, got {self.dtype!r}")
-
-
-def choose_dtype(requested: str, device_type: str, cpu_flags: set[str]) -> str:
-    """The generation dtype for `requested` ("auto", "float32" or "bfloat16") on a device.
-
-    "auto" means bf16 on CUDA and on CPUs with native bf16 matmuls (avx512_bf16 or AMX), where it
-    is about twice as fast as fp32, and fp32 everywhere else: on an AVX2-only CPU bf16 is emulated
-    and sampled about 2.5x slower than fp32 (docs/models_generation.md).
-    """
-    if requested != "auto":
-        return requested
-    if device_type == "cuda" or (device_type == "cpu" and cpu_flags & BF16_CPU_FLAGS):
-        return "bfloat16"
-    return "float32"
-
-
-def cpu_flags() -> set[str]:
-    """This machine's CPU feature flags (from /proc/cpuinfo), plus `avx512_bf16` / `amx_bf16` when
-    torch detects them (for systems without /proc; every AMX CPU so far has AMX-BF16)."""
-    flags: set[str] = set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                flags.update(line.split(":", 1)[1].split())
-                break
-    except OSError:
-        pass
-    if torch.cpu._is_avx512_bf16_supported():
-        flags.add("avx512_bf16")
-    if torch.cpu._is_amx_tile_supported():
-        flags.add("amx_bf16")
-    return flags
-
-
-def resolve_dtype(requested: str, device: torch.device) -> str:
-    """`choose_dtype` for this machine."""
-    return choose_dtype(requested, device.type, cpu_flags() if device.type == "cpu" else set())
 
 
 class Generator(Protocol):

@@ -17,6 +17,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from .logprobs import build_rows, build_shared_prefix_rows, response_ids, sequence_logprobs, shared_prefix_logprobs
 from .models import encode_prompt
+from .precision import compute_context
 
 
 class RowLayout(ABC):
@@ -115,6 +116,7 @@ def response_logprobs(
     batch_rows: int = 16,
     progress: bool = False,
     shared_prefix: bool = False,
+    dtype: str = "float32",
 ) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """Summed log-probs and token counts of each prompt's responses, without gradients.
 
@@ -122,7 +124,9 @@ def response_logprobs(
     have one entry per response in `responses[i]`. `finished` (default: all True) says which
     responses end with EOS. Batches follow `RowLayout.batches` (`batch_rows` padded rows sorted by
     length, or with `shared_prefix` one row per prompt and about `batch_rows` responses per
-    batch); the model runs in eval mode and its previous mode is restored.
+    batch); the model runs in eval mode and its previous mode is restored. `dtype` is the resolved
+    compute dtype (`ampo.precision.resolve_train_dtype`): "bfloat16" runs under autocast as the
+    trainer does, so that reference and policy log-probs are computed in the same numerics.
     """
     if len(prompts) != len(responses):
         raise ValueError(f"response_logprobs got {len(prompts)} prompts but {len(responses)} response lists")
@@ -140,7 +144,7 @@ def response_logprobs(
     was_training = model.training
     model.eval()
     try:
-        with torch.no_grad():
+        with torch.no_grad(), compute_context(dtype, device.type):
             for batch in tqdm(layout.batches(prompt_tokens, answer_tokens, batch_rows), desc="log-probs",
                               disable=not progress):
                 rows = layout.rows([prompt_tokens[i] for i, _ in batch],

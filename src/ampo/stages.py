@@ -50,23 +50,26 @@ def select_pool(strategy: str, k: int, pool: list[PoolRecord], seed: int, progre
 
 
 def reference_logps(references: Iterable[tuple], pool: list[PoolRecord], shared_prefix: bool = False,
-                    progress: bool = True) -> list[list[list[float]]]:
+                    progress: bool = True, dtype: str = "float32") -> list[list[list[float]]]:
     """Summed log-probs of each record's selected responses under each reference (model,
-    tokenizer): per record `[R][K]`. `references` may load each model lazily (one in memory)."""
-    columns = [selected_logprobs(policy, pool, shared_prefix, progress) for policy in references]
+    tokenizer): per record `[R][K]`. `references` may load each model lazily (one in memory).
+    `dtype`: the resolved `train.dtype` (`ampo.precision.resolve_train_dtype`), the numerics the
+    policy trains in; references computed otherwise start the log-ratios away from 0."""
+    columns = [selected_logprobs(policy, pool, shared_prefix, progress, dtype) for policy in references]
     return [[col[i].tolist() for col in columns] for i in range(len(pool))]
 
 
 def selected_logprobs(policy: tuple, pool: list[PoolRecord], shared_prefix: bool = False,
-                      progress: bool = True) -> list[np.ndarray]:
-    """Summed log-probs of each record's selected responses under `policy` (model, tokenizer)."""
+                      progress: bool = True, dtype: str = "float32") -> list[np.ndarray]:
+    """Summed log-probs of each record's selected responses under `policy` (model, tokenizer), in
+    the resolved compute `dtype` (as `reference_logps`)."""
     from .layouts import response_logprobs
 
     prompts = [rec.prompt for rec in pool]
     responses = [[rec.responses[i] for i in rec.selected] for rec in pool]
     finished = [[rec.finished[i] if rec.finished else True for i in rec.selected] for rec in pool]
     return response_logprobs(*policy, prompts, responses, finished, progress=progress,
-                             shared_prefix=shared_prefix)[0]
+                             shared_prefix=shared_prefix, dtype=dtype)[0]
 
 
 def load_round_policy(c, checkpoints: list[Path]):

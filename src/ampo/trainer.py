@@ -22,6 +22,7 @@ from transformers import Trainer
 
 from .layouts import row_layout
 from .losses import COUNT_METRICS, LOSSES, GroupBatch, compute, resolve_hparams
+from .precision import compute_context, fp32_context, resolve_train_dtype
 
 
 @dataclass
@@ -99,7 +100,7 @@ class GroupTrainer(Trainer):
     """`transformers.Trainer` whose loss is `LOSSES[loss_name]` over each batch of groups."""
 
     def __init__(self, *args, loss_name: str, loss_hparams: dict | None = None, logprob_chunk: int = 1024,
-                 eos_id: int | None = None, **kwargs):
+                 eos_id: int | None = None, compute_dtype: str = "float32", **kwargs):
         super().__init__(*args, **kwargs)
         if not isinstance(self.data_collator, GroupCollator):
             raise TypeError("GroupTrainer needs a GroupCollator: its row layout computes the log-probs")
@@ -112,13 +113,16 @@ class GroupTrainer(Trainer):
             raise ValueError(f"loss {loss_name!r} with {self.loss_hparams} needs the tokenizer's eos_id "
                              "(EOS log-probs)")
         self.eos_id = eos_id
+        self.compute_dtype = compute_dtype  # resolved `train.dtype`: bfloat16 = autocast, fp32 weights kept
         self._metrics: dict[str, list[float]] = defaultdict(list)
         self._tokens = 0
         self._t0 = time.perf_counter()
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        logps, lengths, *eos = self.layout.logprobs(model, inputs, self.logprob_chunk,
-                                                     self.eos_id if self.needs_eos else None)
+        device_type = self.args.device.type
+        with compute_context(self.compute_dtype, device_type):  # the log-probs come out in fp32 either way
+            logps, lengths, *eos = self.layout.logprobs(model, inputs, self.logprob_chunk,
+                                                         self.eos_id if self.needs_eos else None)
         lengths = lengths.to(logps.dtype)
         mask = inputs["mask"].to(logps.device)
         ref = inputs.get("ref_logps")
@@ -134,7 +138,8 @@ class GroupTrainer(Trainer):
             pref_logits=None if prefs is None else prefs.to(logps.device, logps.dtype),
             old_logps=None if old is None else old.to(logps.device, logps.dtype),
         )
-        loss, metrics = compute(self.loss_name, batch, **self.loss_hparams)
+        with fp32_context(device_type):  # the loss maths never autocast
+            loss, metrics = compute(self.loss_name, batch, **self.loss_hparams)
         self._record(batch, metrics, int(lengths.sum()))
         return (loss, {"logps": logps}) if return_outputs else loss
 
@@ -236,10 +241,13 @@ COSMETIC_OPTIONS = ("save_steps", "report_to", "logprob_chunk", "gradient_checkp
 
 def train_options(c) -> dict:
     """The `train` options that change the trained weights (the training stage's key): all but
-    `COSMETIC_OPTIONS`, and `max_steps` only when set (so keys made before it existed hold)."""
+    `COSMETIC_OPTIONS`, `max_steps` only when set, and `dtype` as this machine resolves it
+    (`resolve_train_dtype`) only when that is bfloat16 (so keys made before either existed hold)."""
     t = {k: v for k, v in dataclasses.asdict(c.train).items() if k not in COSMETIC_OPTIONS}
     if not t["max_steps"]:
         t.pop("max_steps")
+    if (dtype := resolve_train_dtype(t.pop("dtype"))) != "float32":
+        t["dtype"] = dtype
     return t
 
 
@@ -308,6 +316,7 @@ def train_round(c, model, tokenizer, pool, ref_rows, work_dir: Path, key: str, o
         loss_hparams=c.train.hparams,
         logprob_chunk=c.train.logprob_chunk,
         eos_id=tokenizer.eos_token_id,
+        compute_dtype=resolve_train_dtype(c.train.dtype),
     )
     resume = last_complete_checkpoint(work_dir)
     trainer.train(resume_from_checkpoint=str(resume) if resume else None)

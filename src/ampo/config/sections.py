@@ -21,7 +21,7 @@ def short(value: Any, limit: int = 60) -> str:
 @dataclass
 class ModelConfig:
     policy: str = "smollm2-135m-instruct"  # built-in name, local folder, or hub id (network only)
-    dtype: str = "float32"  # float32 | bfloat16
+    dtype: str = "float32"  # float32 | bfloat16: how the weights are stored (train.dtype: how training computes)
     trust_remote_code: bool = False
     lora: bool = True
     lora_r: int = 16
@@ -97,6 +97,10 @@ class TrainConfig:
     logprob_chunk: int = 1024
     gradient_checkpointing: bool = False  # recompute activations in backward: less memory, ~30% slower
     shared_prefix: bool = False  # one row per group, prompt forwarded once (sdpa/eager attention)
+    dtype: str = "auto"  # the arithmetic of training and of the reference / old log-prob passes: auto (bf16
+    # on CUDA or a CPU with native bf16, else fp32) | float32 | bfloat16 (autocast: bf16 matmuls, fp32 log-probs
+    # and losses). Not `model.dtype`, the dtype the weights are stored (and updated) in: with model.dtype
+    # float32 and train.dtype bfloat16 the weights, gradients and optimiser state stay fp32 (docs/pipeline.md)
     save_steps: int = 20
     report_to: list[str] = field(default_factory=list)  # e.g. ["tensorboard"]; nothing by default
 

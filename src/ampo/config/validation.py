@@ -91,6 +91,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "train.lr_scheduler": LR_SCHEDULERS,
     "train.reference": ("round_start", "initial"),
     "train.curriculum": ("none", "groups", "pairs"),
+    "train.dtype": ("auto", "float32", "bfloat16"),
 }
 
 
