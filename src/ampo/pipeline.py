@@ -1,4 +1,5 @@
-"""Self-play rounds: generate -> score -> embed -> select -> (references) -> train -> evaluate.
+"""Self-play rounds: generate -> score -> embed -> select -> (references) -> (sampling policy's
+log-probs) -> train -> evaluate.
 
 Every stage writes its outputs atomically into the run folder and records a content key (a hash
 of its inputs' keys and the config fields that change its numbers) in `manifest.json`. A rerun
@@ -25,8 +26,9 @@ from .config import RunConfig, dump_config, seed_from
 from .curry_stages import CurryStages
 from .data import PoolRecord, atomic_dir, atomic_path, read_pool, write_json, write_rows
 from .eval_stages import EvalStages
+from .round_files import read_scored_pool
 from .runner import Runner, fingerprints, sharded_map
-from .stage_keys import RunKeys, aggregate, lora_seed, n_refs
+from .stage_keys import RunKeys, aggregate, lora_seed, n_refs, train_dtype
 from .stages import (embed_pool, load_round_policy, references, reference_logps, sample_rows,
                      select_pool, selected_logprobs)
 
@@ -44,7 +46,7 @@ class Pipeline(CurryStages, EvalStages, Runner):
     def __init__(self, config: RunConfig, progress: bool = True):
         keys = RunKeys(config)
         keys.split()  # a bad prompt file or `data.heldout` is refused before the run folder exists
-        super().__init__(config.out, dump_config(config), progress)
+        super().__init__(config.out, dump_config(config), progress, store=config.store)
         self.c = config
         self.keys = keys
         self._reward_fn = None
@@ -205,32 +207,19 @@ class Pipeline(CurryStages, EvalStages, Runner):
 
     def scored_pool(self, r: int, with_selection: bool = True) -> list[PoolRecord]:
         """The round's pool with rewards, embeddings and (optionally) the selection joined in."""
-        import pyarrow.parquet as pq
-
-        rd = self.round_dir(r)
-        pool, _ = read_pool(rd / "pool.parquet")
-        rewards = pq.read_table(rd / "rewards.parquet").to_pylist()
-        emb = np.load(rd / "embeddings.npy")
-        offset = 0
-        for rec, row in zip(pool, rewards, strict=True):
-            n = len(rec.responses)
-            rec.rewards = row["rewards"]
-            if row.get("pref_logits") is not None:
-                rec.extra["pref_logits"] = np.asarray(row["pref_logits"], dtype=np.float64)
-            rec.embeddings = emb[offset: offset + n]
-            offset += n
-        if with_selection:
-            for rec, row in zip(pool, pq.read_table(rd / "selection.parquet").to_pylist(), strict=True):
-                rec.selected = row["selected"]
-        return pool
+        return read_scored_pool(self.round_dir(r), with_selection)
 
     def training_pool(self, r: int) -> list[PoolRecord]:
         """The selected groups the loss can train on: a prompt dropped by selection
-        (`select.min_margin`) or left with fewer negatives than the loss needs is left out."""
+        (`select.min_margin`) or left with fewer negatives than the loss needs is left out, and so
+        is a group of one response even for a loss that takes one (grpo: its advantage is 0, so
+        it would add no policy gradient, only forward passes, a KL pull with `kl > 0`, and a
+        smaller step for the batch's other groups, since the loss is a mean over prompts)."""
         from .losses import LOSSES
 
         pool = self.scored_pool(r)
-        keep = [rec for rec in pool if len(rec.selected) > LOSSES[self.c.train.loss].negatives]
+        need = max(LOSSES[self.c.train.loss].negatives, 1)
+        keep = [rec for rec in pool if len(rec.selected) > need]
         if not keep:
             raise ValueError(f"round {r}: no prompt has enough selected responses to train on "
                              f"(select.min_margin={self.c.select.min_margin}, select.require_beats="
@@ -249,14 +238,45 @@ class Pipeline(CurryStages, EvalStages, Runner):
         def run():
             pool = self.training_pool(r)
             first = self.policy(0 if self.c.train.reference == "initial" else r)
-            rows = reference_logps(references(self.c, first), pool, self.c.train.shared_prefix, self.progress)
+            rows = reference_logps(references(self.c, first), pool, self.c.train.shared_prefix, self.progress,
+                                   dtype=train_dtype(self.c))
             write_rows(out, [{"id": rec.id, "ref_logps": row} for rec, row in zip(pool, rows)])
 
         self.stage(f"round-{r}/refs", self.keys.refs(r), run, [out])
 
+    def old(self, r: int) -> None:
+        """The sampling policy's log-probs of every selected response (`LossSpec.old`: grpo), once
+        per round: the round-start policy generated the round's pool. Skipped when the loss reads
+        none, or when the round's first reference is the round-start policy: then the refs
+        stage's first column is the same numbers and serves (`RunKeys.old_in_refs`)."""
+        key = self.keys.old(r)
+        if key is None:
+            return
+        out = self.round_dir(r) / "old_logps.parquet"
+
+        def run():
+            pool = self.training_pool(r)
+            column = self.selected_logprobs(self.policy(r), pool)
+            write_rows(out, [{"id": rec.id, "old_logps": col.tolist()} for rec, col in zip(pool, column)])
+
+        self.stage(f"round-{r}/old", key, run, [out])
+
+    def old_rows(self, r: int, ref_rows: list | None) -> list[list[float]] | None:
+        """Round r's sampling-policy log-probs per training record (`[K]` each), in the order of
+        `training_pool(r)`: the old stage's file, or the first reference column; None when the
+        loss reads none."""
+        if self.keys.old_in_refs(r):
+            return [row[0] for row in ref_rows]
+        if self.keys.old(r) is None:
+            return None
+        import pyarrow.parquet as pq
+
+        return [row["old_logps"] for row in pq.read_table(self.round_dir(r) / "old_logps.parquet").to_pylist()]
+
     def selected_logprobs(self, policy, pool: list[PoolRecord]) -> list[np.ndarray]:
-        """Summed log-probs of each record's selected responses under `policy` (model, tokenizer)."""
-        return selected_logprobs(policy, pool, self.c.train.shared_prefix, self.progress)
+        """Summed log-probs of each record's selected responses under `policy` (model, tokenizer),
+        in the training numerics (`train.dtype` resolved)."""
+        return selected_logprobs(policy, pool, self.c.train.shared_prefix, self.progress, dtype=train_dtype(self.c))
 
     def train(self, r: int) -> None:
         out = self.round_dir(r) / "checkpoint"
@@ -265,7 +285,7 @@ class Pipeline(CurryStages, EvalStages, Runner):
         self.stage(f"round-{r}/train", key, lambda: work(r, key, out),
                    [out, self.round_dir(r) / "train_log.json"], everyone=True)
 
-    def _train(self, r: int, key: str, out: Path) -> None:
+    def _train(self, r: int, key: str, out: Path) -> dict:
         from .trainer import train_round
 
         pool = self.training_pool(r)
@@ -274,10 +294,11 @@ class Pipeline(CurryStages, EvalStages, Runner):
             import pyarrow.parquet as pq
 
             ref_rows = [row["ref_logps"] for row in pq.read_table(self.round_dir(r) / "ref_logps.parquet").to_pylist()]
+        old_rows = self.old_rows(r, ref_rows)
         model, tok = self.policy(r)
         self._loaded.clear()  # training modifies the model in place (LoRA) or its weights
-        train_round(self.c, model, tok, pool, ref_rows, self.round_dir(r) / "train", key, out, progress=self.progress,
-                    lora_seed=lora_seed(self.c, r))
+        return train_round(self.c, model, tok, pool, ref_rows, self.round_dir(r) / "train", key, out,
+                           progress=self.progress, lora_seed=lora_seed(self.c, r), old_rows=old_rows)
 
     # -- the whole run ----------------------------------------------------------------------
 
@@ -292,8 +313,8 @@ class Pipeline(CurryStages, EvalStages, Runner):
         self.benchmarks(-1)
         results = []
         for r in range(self.c.rounds):
-            for step in (self.generate, self.score, self.embed, self.select, self.refs, self.train, self.benchmarks,
-                         self.evaluate):
+            for step in (self.generate, self.score, self.embed, self.select, self.refs, self.old, self.train,
+                         self.benchmarks, self.evaluate):
                 step(r)
             results.append(json.loads((self.round_dir(r) / "eval.json").read_text()))
         if self.dist.main:
@@ -303,20 +324,16 @@ class Pipeline(CurryStages, EvalStages, Runner):
                 log.warning("the report was not written: %s", e.strerror or e)
         return results
 
-    def report(self, force: bool = False) -> Path:
+    def report(self) -> Path:
         """Write report.md and its plots unless they match every round's evaluation (main process
         only); return the report's path."""
-        from .report import REPORT_FILES, write_report
+        from .report import REPORT_FILES, write_run_report
 
         outputs = [self.dir / name for name in REPORT_FILES]
-        key = self.keys.report()
-        if force or not (self.manifest.done("report", key) and self._intact("report", outputs)):
+        key = self.keys.report()  # not `self.stage`: only the main process writes it, the others do not wait
+        if not (self.manifest.done("report", key) and self._intact("report", outputs)):
             log.info("[report] running (key %s)", key)
-            rounds = [self.round_dir(r) for r in range(self.c.rounds)]
-            evals = [json.loads((d / "eval.json").read_text()) for d in rounds]
-            logs = [json.loads((d / "train_log.json").read_text()) if (d / "train_log.json").exists() else []
-                    for d in rounds]
-            write_report(self.dir, self.c, evals, logs, self.scored_pool(0))
+            write_run_report(self.dir, self.c)
             self.manifest.mark("report", key, "done", outputs=fingerprints(self.dir, outputs))
         return outputs[0]
 

@@ -179,3 +179,16 @@ def write_report(out: Path, c, evals: list[dict], logs: list[list[dict]], pool: 
     with atomic_path(path) as tmp:
         tmp.write_text("\n".join(lines))
     return path
+
+
+def write_run_report(folder: Path, c) -> Path:
+    """`write_report` for the run folder `folder` of config `c`, from what the folder holds: each
+    round's `eval.json` and `train_log.json`, and round 0's scored pool and selection."""
+    import json
+
+    from .round_files import read_scored_pool
+
+    rounds = [folder / f"round-{r}" for r in range(c.rounds)]
+    evals = [json.loads((d / "eval.json").read_text()) for d in rounds]
+    logs = [json.loads((d / "train_log.json").read_text()) if (d / "train_log.json").exists() else [] for d in rounds]
+    return write_report(folder, c, evals, logs, read_scored_pool(rounds[0]))

@@ -52,12 +52,20 @@ def _print_results(out: str, results: list[dict]) -> None:
 
 
 def cmd_report(args) -> None:
+    """Rewrite RUN's report from its files (no models, no stages): under the run folder's lock, and
+    recorded in its manifest so that the next `ampo run` keeps it."""
     import dataclasses
 
     from ..config import load_config
-    from ..pipeline import Pipeline
+    from ..report import REPORT_FILES, write_run_report
+    from ..runner import Manifest, RunLock, fingerprints
+    from ..stage_keys import RunKeys
 
     run = Path(args.run)
     config = dataclasses.replace(load_config(run / "config.yaml"), out=str(run))  # RUN, wherever it is now
-    with Pipeline(config, progress=False) as pipe:
-        print(pipe.report(force=True))
+    with RunLock(run):
+        path = write_run_report(run, config)
+        manifest = Manifest(run / "manifest.json")
+        manifest.mark("report", RunKeys(config).report(), "done",
+                      outputs=fingerprints(run, [run / name for name in REPORT_FILES]))
+    print(path)
