@@ -326,6 +326,78 @@ def test_full_disk_fails_in_one_line_and_leaves_no_file(tmp_path, tiny_policy): 
         assert sorted(p.name for p in tmp_path.iterdir()) == ["pool.jsonl"]
 
 
+def _file_size_limit(limit):
+    def set_limit():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # fail the write instead of killing the process
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, resource.RLIM_INFINITY))
+    return set_limit
+
+
+def _train(t, p, *extra):
+    return ["train", "--input", str(EXAMPLES / "trl_pairs.jsonl"), "--output", str(t / "out"), "--policy", str(p),
+            "--strategy", "bottomk", "--k", "1", "--max-steps", "1", *extra]
+
+
+# id -> (file size limit, argv from (tmp, policy), the line; none of these writes is JSON or Parquet)
+FULL_DISK_SAVES = {
+    "Trainer checkpoint, safetensors": (
+        50_000, lambda t, p: _train(t, p, "--no-lora"),
+        "cannot write {t}/out/train/checkpoint-1/model.safetensors: File too large"),
+    "Trainer checkpoint, torch.save": (  # the LoRA weights fit, the optimizer state does not
+        150_000, lambda t, p: _train(t, p, "model.lora_r=64"),
+        "cannot write {t}/out/train/checkpoint-1/optimizer.pt: the write stopped short (is the disk full?)"),
+    "--merge": (
+        50_000, lambda t, p: _train(t, p, "--merge", "model.lora_r=2"),
+        "cannot write {t}/out/merged/model.safetensors: File too large"),
+    "train-rm": (
+        50_000, lambda t, p: train_rm(lines(t / "pairs.jsonl", PAIR, PAIR)),  # the bundled MiniLM backbone
+        "cannot write {t}/rm/model.safetensors: File too large"),
+}
+
+
+@pytest.mark.parametrize("name", FULL_DISK_SAVES)
+def test_full_disk_in_a_safetensors_or_torch_save_is_one_line(name, tmp_path, tiny_policy):  # noqa: F811
+    """safetensors' SafetensorError and torch.save's RuntimeError are not OSErrors: a full disk in
+    them is named like one (issue 29); the folders written atomically are not left behind, and the
+    same command rerun once there is room finishes."""
+    limit, argv, line = FULL_DISK_SAVES[name]
+    argv = argv(tmp_path, tiny_policy)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-m", "ampo.cli", "-q", *argv], env=env, capture_output=True, text=True,
+                          preexec_fn=_file_size_limit(limit), timeout=300)
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert done.stderr.splitlines()[-1] == "ampo: error: " + line.format(t=tmp_path)
+    assert "Traceback" not in done.stderr
+    assert not (tmp_path / "out" / "merged").exists() and not (tmp_path / "rm").exists()
+    if name == "Trainer checkpoint, safetensors":  # room again: the rerun finishes
+        assert subprocess.run([sys.executable, "-m", "ampo.cli", "-q", *argv], env=env, capture_output=True,
+                              timeout=300).returncode == 0
+        assert (tmp_path / "out" / "checkpoint" / "model.safetensors").is_file()
+
+
+def test_full_disk_while_converting_the_default_policy_is_one_line(tmp_path):
+    """The default policy's conversion into the cache (a fake GGUF reader gives the tiny model)."""
+    script = f"""
+import resource, signal, sys
+sys.path.insert(0, {str(ROOT / "tests")!r})
+from conftest import make_tiny_model, make_tiny_tokenizer
+from ampo import models
+models.gguf_location = lambda: (None, None)
+models.load_gguf = lambda *a: (make_tiny_model(make_tiny_tokenizer()), make_tiny_tokenizer())
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (50_000, resource.RLIM_INFINITY))
+from ampo.cli import main
+sys.exit(main(["-q", "generate", "--input", {str(EXAMPLES / "tiny_prompts.jsonl")!r}, "--output",
+               {str(tmp_path / "out.jsonl")!r}, "--n", "1", "--max-new-tokens", "2"]))
+"""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "AMPO_CACHE": str(tmp_path / "cache")}
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert done.stderr.splitlines()[-1] == (f"ampo: error: cannot write {tmp_path}/cache/smollm2-135m-instruct/"
+                                            "model.safetensors: File too large")
+    assert list((tmp_path / "cache").iterdir()) == [] and not (tmp_path / "out.jsonl").exists()
+
+
 LATE_OPTIONS = [  # each used to fail only after models were loaded, or never
     ("generate.shard_prompts=0", "config 'generate.shard_prompts': must be >= 1, got 0"),
     ("embed.batch_size=0", "config 'embed.batch_size': must be >= 1, got 0"),
@@ -359,6 +431,7 @@ LATE_OPTIONS = [  # each used to fail only after models were loaded, or never
     ("eval.benchmark_max_new_tokens=0", "config 'eval.benchmark_max_new_tokens': must be >= 1, got 0"),
     ("eval.benchmark_prompts_per_batch=0", "config 'eval.benchmark_prompts_per_batch': must be >= 1, got 0"),
     ("seed=4294967296", "config 'seed': must be in [0, 4294967295], got 4294967296"),  # NumPy seeds are 32-bit
+    ("data.heldout=320", "config 'data.heldout': 320 leaves no training prompts (320 prompts in "),  # no run folder
 ]
 
 
