@@ -140,6 +140,22 @@ def test_conversion_writes_a_loadable_folder_once(fake_gguf, tmp_path):
     assert tokenizer.eos_token == "<|im_end|>" and tokenizer.chat_template
 
 
+def test_converted_policy_is_readable_like_every_output(fake_gguf, tmp_path):
+    """safetensors' `save_file` creates model.safetensors 0600; the cache folder gets the usual
+    0644 files and 0755 folders, like every output (issue 29)."""
+    import os
+    import stat
+
+    mask = os.umask(0o022)
+    try:
+        folder = ensure_default_policy()
+    finally:
+        os.umask(mask)
+    assert (folder / "model.safetensors").is_file()
+    for path in [folder, *folder.rglob("*")]:
+        assert stat.S_IMODE(path.stat().st_mode) == (0o755 if path.is_dir() else 0o644), path
+
+
 def test_interrupted_conversion_leaves_no_trusted_folder(fake_gguf, tmp_path, monkeypatch):
     def interrupted_save(self, *args, **kwargs):
         raise KeyboardInterrupt

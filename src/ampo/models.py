@@ -94,6 +94,8 @@ def convert_gguf(source: tuple[Path, str], target: Path) -> None:
     `save_pretrained`) and saved with its tokenizer into a temporary sibling folder, which is then
     renamed to `target`. If another process finished first, its folder is kept and ours discarded.
     """
+    from .data import naming_write_errors, widen_permissions
+
     loaded, tokenizer = load_gguf(*source)
     check_chat_tokenizer(tokenizer)
     config = loaded.config.to_dict()
@@ -104,8 +106,10 @@ def convert_gguf(source: tuple[Path, str], target: Path) -> None:
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     tmp.chmod(0o755)
     try:
-        model.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
+        with naming_write_errors(target, tmp):  # a full disk: one line naming the file
+            model.save_pretrained(tmp, safe_serialization=True)
+            tokenizer.save_pretrained(tmp)
+        widen_permissions(tmp)  # save_file makes model.safetensors 0600: 0644 like every output
         try:
             tmp.rename(target)
         except OSError:

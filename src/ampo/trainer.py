@@ -284,7 +284,7 @@ def train_round(c, model, tokenizer, pool, ref_rows, work_dir: Path, key: str, o
     """
     import shutil
 
-    from .data import atomic_dir, widen_permissions, write_json
+    from .data import atomic_dir, naming_write_errors, widen_permissions, write_json
 
     key_file = work_dir / "KEY"
     if work_dir.exists() and (not key_file.exists() or key_file.read_text() != key):
@@ -319,7 +319,8 @@ def train_round(c, model, tokenizer, pool, ref_rows, work_dir: Path, key: str, o
         compute_dtype=resolve_train_dtype(c.train.dtype),
     )
     resume = last_complete_checkpoint(work_dir)
-    trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    with naming_write_errors(work_dir):  # a full disk in a checkpoint (safetensors, torch.save): one line
+        trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     widen_permissions(work_dir)  # the Trainer's checkpoints, like every file of the run
     if trainer.is_world_process_zero():
         write_json(work_dir.parent / "train_log.json", trainer.state.log_history)

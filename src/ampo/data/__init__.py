@@ -10,7 +10,8 @@ folders), `rows` (raw rows from files), `checks` (field checks), `pool_layouts` 
 the layouts), `prompts` (prompt files), `writers` (JSONL/Parquet outputs).
 """
 
-from .atomic import WriteError, atomic_dir, atomic_path, ensure_dir, widen_permissions, write_json
+from .atomic import (WriteError, atomic_dir, atomic_path, ensure_dir, naming_write_errors, widen_permissions,
+                     write_json)
 from .checks import _check_meta, _check_number, _check_prompt
 from .pool_layouts import RESPONSE_FIELDS, detect_layout, read_pool
 from .prompts import read_prompt_rows, read_prompts
@@ -21,6 +22,6 @@ from .writers import add_gold, dump_rows, output_format, trl_pairs, write_pool, 
 __all__ = [
     "RESPONSE_FIELDS", "PoolError", "PoolRecord", "Prompt", "WriteError", "_check_meta", "_check_number",
     "_check_prompt", "add_gold", "atomic_dir", "atomic_path", "detect_layout", "dump_rows", "ensure_dir",
-    "output_format", "prompt_text", "read_pool", "read_prompt_rows", "read_prompts", "read_rows", "trl_pairs",
+    "naming_write_errors", "output_format", "prompt_text", "read_pool", "read_prompt_rows", "read_prompts", "read_rows", "trl_pairs",
     "widen_permissions", "write_json", "write_pool", "write_rows",
 ]

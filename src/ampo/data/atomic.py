@@ -7,6 +7,7 @@ import contextlib
 import errno
 import json
 import os
+import re
 import secrets
 import shutil
 import stat
@@ -28,6 +29,70 @@ def _write_error(path: Path, error: OSError) -> OSError:
     if isinstance(error, FileExistsError):  # mkdir: a parent's name is taken by a file
         error = NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR))
     return WriteError(error.errno, f"cannot write {path}: {error.strerror or error}")
+
+
+_OS_ERROR = re.compile(r"\(os error (\d+)\)")
+
+
+def _library_write_error(path: Path, error: Exception) -> OSError | None:
+    """A failed write that a library reports as something other than an OSError, as the OSError it
+    stands for, naming `path`; None for any other error. safetensors raises `SafetensorError`
+    ("Error while serializing: I/O error: No space left on device (os error 28)"), `torch.save` a
+    RuntimeError from its zip writer."""
+    text = str(error)
+    if type(error).__name__ == "SafetensorError" and text.startswith("Error while serializing"):
+        found = _OS_ERROR.search(text)
+        code = int(found.group(1)) if found else errno.EIO
+        return WriteError(code, f"cannot write {path}: {os.strerror(code)}")
+    if isinstance(error, RuntimeError) and ("PytorchStreamWriter" in text or "inline_container" in text):
+        return WriteError(errno.EIO, f"cannot write {path}: the write stopped short (is the disk full?)")
+    return None
+
+
+_SAVE_CALLS = {("save_file", "filename"), ("save", "f")}  # safetensors.torch.save_file, torch.save
+
+
+def _file_being_written(error: Exception) -> Path | None:
+    """The file a failed save was writing: an OSError's own file name, else the file argument of
+    the innermost `safetensors.torch.save_file` / `torch.save` call in the error's traceback
+    (neither library names it in its error)."""
+    if isinstance(error, OSError) and isinstance(error.filename, (str, os.PathLike)):
+        return Path(error.filename)
+    found, tb = None, error.__traceback__
+    while tb is not None:
+        code = tb.tb_frame.f_code
+        module = code.co_filename.replace(os.sep, "/")
+        for name, arg in _SAVE_CALLS:
+            if code.co_name == name and ("/safetensors/" in module or "/torch/serialization" in module):
+                value = tb.tb_frame.f_locals.get(arg)
+                if isinstance(value, (str, os.PathLike)):
+                    found = Path(value)
+        tb = tb.tb_next
+    return found
+
+
+@contextlib.contextmanager
+def naming_write_errors(folder: str | Path, written: str | Path | None = None) -> Iterator[None]:
+    """Inside the block, a failed write (an OSError, or a library's own error for one: full disk,
+    file size limit) becomes one `WriteError` naming the file it was writing (the folder when no
+    file is known). `written`: the folder the block writes into, if not `folder` (a temporary
+    sibling); a file there is named as its path under `folder`."""
+    folder = Path(folder)
+    written = Path(written) if written is not None else folder
+    try:
+        yield
+    except WriteError:
+        raise
+    except Exception as e:
+        path = _file_being_written(e)
+        if path is None:
+            path = folder
+        elif path.absolute().is_relative_to(written.absolute()):
+            path = folder / path.absolute().relative_to(written.absolute())
+        error = _write_error(path, e) if isinstance(e, OSError) else _library_write_error(path, e)
+        if error is None:
+            raise
+        raise error from e
 
 
 @contextlib.contextmanager
@@ -52,6 +117,10 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         raise
     except OSError as e:
         raise _write_error(path, e) from e
+    except Exception as e:  # a library's own error for a failed write (safetensors, torch.save)
+        if (error := _library_write_error(path, e)) is None:
+            raise
+        raise error from e
     finally:
         tmp_path.unlink(missing_ok=True)
 
@@ -92,7 +161,8 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     except OSError as e:
         raise _write_error(path, e) from e
     try:
-        yield tmp_path
+        with naming_write_errors(path, tmp_path):  # safetensors' full disk too: one line naming the file
+            yield tmp_path
         widen_permissions(tmp_path)
         shutil.rmtree(path, ignore_errors=True)
         os.rename(tmp_path, path)
