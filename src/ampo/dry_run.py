@@ -37,6 +37,8 @@ def stage_keys(keys: RunKeys) -> list[tuple[str, str]]:
                    (f"round-{r}/embed", keys.embed(r)), (f"round-{r}/select", keys.select(r))]
         if keys.refs(r) is not None:
             stages.append((f"round-{r}/refs", keys.refs(r)))
+        if keys.old(r) is not None:  # the sampling policy's log-probs (grpo), unless the refs' first column
+            stages.append((f"round-{r}/old", keys.old(r)))
         stages.append((f"round-{r}/train", keys.train(r)))
         stages += [(f"round-{r}/{name}", keys.benchmark(name, r)) for name in c.eval.benchmarks]
         stages.append((f"round-{r}/evaluate", keys.evaluate(r)))

@@ -4,13 +4,14 @@ The stages are the ones a self-play round runs after scoring, through the same f
 (`ampo.stages`, `ampo.trainer.train_round`) and the same key functions (`ampo.stage_keys.PoolKeys`,
 with the input file in place of a round's generation): embed (only when the strategy needs
 embeddings and the pool has none) -> select -> reference log-probs (when the loss needs them) ->
-train -> merge (with `--merge`). Each stage is keyed and atomic in the output folder, so a killed
-`ampo train` resumes: finished stages are skipped and training continues from its last Trainer
-checkpoint.
+the sampling policy's log-probs (grpo: the model being trained, at its start; the reference
+column when there is one) -> train -> merge (with `--merge`). Each stage is keyed and atomic in
+the output folder, so a killed `ampo train` resumes: finished stages are skipped and training
+continues from its last Trainer checkpoint.
 
 Output folder: `checkpoint/` (a model folder, or a PEFT adapter with the tokenizer, either of which
 `from_pretrained` loads), `merged/` (with `--merge`), `train_log.json`, `selection.parquet`,
-`embeddings.npy`, `ref_logps.parquet`, `config.yaml`, `manifest.json`.
+`embeddings.npy`, `ref_logps.parquet`, `old_logps.parquet`, `config.yaml`, `manifest.json`.
 """
 
 from __future__ import annotations
@@ -24,8 +25,8 @@ import numpy as np
 from .config import ConfigError, RunConfig, dump_config
 from .data import PoolRecord, atomic_dir, atomic_path, read_pool, write_rows
 from .runner import Runner
-from .stage_keys import PoolKeys, lora_seed, n_refs
-from .stages import embed_pool, load_round_policy, reference_logps, references, select_pool
+from .stage_keys import PoolKeys, lora_seed, n_refs, train_dtype
+from .stages import embed_pool, load_round_policy, reference_logps, references, select_pool, selected_logprobs
 
 log = logging.getLogger("ampo")
 
@@ -55,7 +56,10 @@ class PoolTraining(Runner):
         why = ("`ampo train` takes each group's positive by reward"
                + (f" and loss '{self.c.train.loss}' weighs by them" if spec.uses_rewards else "")
                + "; add them with `ampo score` first")
-        pool, layout = read_pool(self.source, require=("rewards",), min_responses=spec.negatives + 1, why=why)
+        # two responses at least, even for a loss that takes one (grpo): one response has no
+        # advantage, so no signal to train on (as the pipeline's `training_pool`)
+        pool, layout = read_pool(self.source, require=("rewards",), min_responses=max(spec.negatives, 1) + 1,
+                                 why=why)
         if self.dist.main:
             log.info("read %s (%s layout): %d prompts, %d responses", self.source, layout, len(pool),
                      sum(len(r.responses) for r in pool))
@@ -66,7 +70,7 @@ class PoolTraining(Runner):
     def run(self) -> dict:
         """Every stage; returns a summary (groups, steps, first and last logged loss, paths)."""
         with self:
-            for step in (self.embed, self.select, self.refs, self.train, self.merge):
+            for step in (self.embed, self.select, self.refs, self.old, self.train, self.merge):
                 step()
             return self.summary()
 
@@ -118,10 +122,36 @@ class PoolTraining(Runner):
 
         def run():
             rows = reference_logps(references(self.c, load_round_policy(self.c, [])), self.pool,
-                                   self.c.train.shared_prefix, self.progress)
+                                   self.c.train.shared_prefix, self.progress, dtype=train_dtype(self.c))
             write_rows(out, [{"id": rec.id, "ref_logps": row} for rec, row in zip(self.pool, rows)])
 
         self.stage("refs", self.keys.refs(), run, [out])
+
+    def old(self) -> None:
+        """The sampling policy's log-probs of the selected responses (`LossSpec.old`: grpo): the
+        model being trained, at its start (`model.policy`). With a reference pass (grpo with
+        `kl > 0`) the refs' first column is the same policy and serves instead."""
+        key = self.keys.old()
+        if key is None:
+            return
+        out = self.dir / "old_logps.parquet"
+
+        def run():
+            column = selected_logprobs(load_round_policy(self.c, []), self.pool, self.c.train.shared_prefix,
+                                       self.progress, dtype=train_dtype(self.c))
+            write_rows(out, [{"id": rec.id, "old_logps": col.tolist()} for rec, col in zip(self.pool, column)])
+
+        self.stage("old", key, run, [out])
+
+    def old_rows(self, ref_rows: list | None) -> list[list[float]] | None:
+        """The sampling policy's log-probs per record (`[K]`), or None when the loss reads none."""
+        if self.keys.old_in_refs():
+            return [row[0] for row in ref_rows]
+        if self.keys.old() is None:
+            return None
+        import pyarrow.parquet as pq
+
+        return [row["old_logps"] for row in pq.read_table(self.dir / "old_logps.parquet").to_pylist()]
 
     def train(self) -> None:
         from .trainer import train_round
@@ -135,8 +165,9 @@ class PoolTraining(Runner):
 
                 ref_rows = [row["ref_logps"] for row in pq.read_table(self.dir / "ref_logps.parquet").to_pylist()]
             model, tok = load_round_policy(self.c, [])
-            train_round(self.c, model, tok, self.pool, ref_rows, self.dir / "train", key, out,
-                        progress=self.progress, lora_seed=lora_seed(self.c, 0), save_tokenizer=True)
+            return train_round(self.c, model, tok, self.pool, ref_rows, self.dir / "train", key, out,
+                               progress=self.progress, lora_seed=lora_seed(self.c, 0), save_tokenizer=True,
+                               old_rows=self.old_rows(ref_rows))
 
         self.stage("train", key, run, [out, self.dir / "train_log.json"], everyone=True)
 

@@ -14,7 +14,9 @@ Keys of finished run folders must not change (a changed key redoes the stage and
 it): options added after runs existed are keyed only when they differ from the value that earlier
 runs had implicitly (`select.require_beats`/`min_margin` only when set, `train.max_steps` only when
 set, a training dtype only when it is not float32, `score.aggregate` only when it is not the plain
-reward). `tests/test_stage_keys.py` pins the keys of the shipped recipes.
+reward). `tests/test_stage_keys.py` pins the keys of the shipped recipes. Stages that only some
+losses have (the sampling policy's log-probs, `old_key`) are keyed, and appear in the train key,
+only where the loss reads them.
 """
 
 from __future__ import annotations
@@ -80,11 +82,20 @@ def refs_key(selected: str, reference: str, extra_references: list[str], dtype: 
     return config_key("refs", selected, reference, extra_references, *([dtype] if dtype != "float32" else []))
 
 
+def old_key(selected: str, policy: str, dtype: str) -> str:
+    """The sampling policy's log-probs of the selected responses (`LossSpec.old`: grpo's ratio):
+    under `policy` (the policy key of the one that generated them), computed in `dtype` (the
+    resolved `train.dtype`), as the references are."""
+    return config_key("old", selected, policy, *([dtype] if dtype != "float32" else []))
+
+
 def train_key(policy: str, selected: str, refs: str | None, train: dict, model: dict, seed: int,
-              lora_seed: int | None) -> str:
+              lora_seed: int | None, old: str | None = None) -> str:
     """A round's training: its starting policy, groups, references, the weight-changing `train`
-    options (`train_options`), the `model` options and the new adapter's seed."""
-    return config_key("train", policy, selected, refs, train, model, seed, lora_seed)
+    options (`train_options`), the `model` options, the new adapter's seed and, for a loss that
+    reads them from their own stage, the sampling policy's log-probs (`old_key`; None: the loss
+    reads none, or reads the references' first column, which `refs` already keys)."""
+    return config_key("train", policy, selected, refs, train, model, seed, lora_seed, *([old] if old else []))
 
 
 def train_stage_key(train: str, t: int) -> str:
@@ -181,10 +192,18 @@ def aggregate(c) -> str:
 
 
 def n_refs(c) -> int:
-    """How many reference columns the loss reads (0: no reference pass)."""
+    """How many reference columns the reference pass computes: 0 (no pass) when the loss reads no
+    reference with its configured hyperparameters (`LossSpec.needs_refs`: grpo with `kl = 0`)."""
     from .losses import LOSSES
 
-    return (1 + len(c.train.extra_references)) if LOSSES[c.train.loss].refs else 0
+    return (1 + len(c.train.extra_references)) if LOSSES[c.train.loss].needs_refs(c.train.hparams) else 0
+
+
+def needs_old(c) -> bool:
+    """Whether the loss reads the sampling policy's log-probs (`LossSpec.old`: grpo)."""
+    from .losses import LOSSES
+
+    return LOSSES[c.train.loss].old
 
 
 def lora_seed(c, r: int) -> int:
@@ -254,18 +273,35 @@ class RunKeys:
     def select(self, r: int) -> str:
         return select_key(self.score(r), self.embed(r), dataclasses.asdict(self.c.select), self.c.seed)
 
+    def reference(self, r: int) -> str:
+        """The policy key of round r's first reference (`train.reference`)."""
+        return self.policy(0 if self.c.train.reference == "initial" else r)
+
     @_memoised
     def refs(self, r: int) -> str | None:
         if not n_refs(self.c):
             return None
-        first = self.policy(0 if self.c.train.reference == "initial" else r)
-        return refs_key(self.select(r), first, self.c.train.extra_references, train_dtype(self.c))
+        return refs_key(self.select(r), self.reference(r), self.c.train.extra_references, train_dtype(self.c))
+
+    def old_in_refs(self, r: int) -> bool:
+        """The loss reads the sampling policy's log-probs, and round r's first reference is that
+        policy (the round-start policy: `train.reference: round_start`, or round 0): the refs
+        stage's first column serves as both, computed once."""
+        return needs_old(self.c) and self.refs(r) is not None and self.reference(r) == self.policy(r)
+
+    @_memoised
+    def old(self, r: int) -> str | None:
+        """Round r's old log-prob stage (the round-start policy sampled the round's pool); None
+        when the loss reads none or reads the refs stage's first column (`old_in_refs`)."""
+        if not needs_old(self.c) or self.old_in_refs(r):
+            return None
+        return old_key(self.select(r), self.policy(r), train_dtype(self.c))
 
     @_memoised
     def train(self, r: int) -> str:
         seed = lora_seed(self.c, r) if self.c.model.lora else None
         return train_key(self.policy(r), self.select(r), self.refs(r), train_options(self.c),
-                         dataclasses.asdict(self.c.model), self.c.seed, seed)
+                         dataclasses.asdict(self.c.model), self.c.seed, seed, self.old(r))
 
     def train_stage(self, r: int, t: int) -> str:
         return train_stage_key(self.train(r), t)
@@ -327,11 +363,23 @@ class PoolKeys:
             return None
         return refs_key(self.select(), self.policy(), self.c.train.extra_references, train_dtype(self.c))
 
+    def old_in_refs(self) -> bool:
+        """The loss reads the sampling policy's log-probs and has a reference pass: the model being
+        trained, at its start, is both (the first reference is always `model.policy` here)."""
+        return needs_old(self.c) and self.refs() is not None
+
+    @_memoised
+    def old(self) -> str | None:
+        """The old log-prob stage: None when the loss reads none or reads the refs' first column."""
+        if not needs_old(self.c) or self.old_in_refs():
+            return None
+        return old_key(self.select(), self.policy(), train_dtype(self.c))
+
     @_memoised
     def train(self) -> str:
         seed = lora_seed(self.c, 0) if self.c.model.lora else None
         return train_key(self.policy(), self.select(), self.refs(), train_options(self.c),
-                         dataclasses.asdict(self.c.model), self.c.seed, seed)
+                         dataclasses.asdict(self.c.model), self.c.seed, seed, self.old())
 
     def merge(self) -> str:
         return merge_key(self.train())

@@ -154,10 +154,11 @@ def validate(c: RunConfig, self_play: bool = True) -> None:
         if isinstance(default, (int, float)) and not isinstance(default, bool) and (
                 isinstance(value, (bool, str)) or not isinstance(value, (int, float))):
             raise ConfigError(f"config 'train.hparams.{name}': expected a number, got {short(value)}")
-    n_refs = 1 + len(c.train.extra_references) if spec.refs else 0
-    if spec.refs > n_refs:
-        raise ConfigError(f"config 'train.extra_references': loss '{c.train.loss}' needs {spec.refs} reference "
-                          f"models; give {spec.refs - 1} extra reference path(s)")
+    needed = spec.needs_refs(c.train.hparams)  # grpo reads its reference only with kl > 0
+    n_refs = 1 + len(c.train.extra_references) if needed else 0
+    if needed > n_refs:
+        raise ConfigError(f"config 'train.extra_references': loss '{c.train.loss}' needs {needed} reference "
+                          f"models; give {needed - 1} extra reference path(s)")
     if c.select.k < spec.negatives:
         raise ConfigError(f"config 'select.k': loss '{c.train.loss}' needs at least {spec.negatives} negatives "
                           f"per group, got {c.select.k}")
@@ -193,14 +194,20 @@ def validate(c: RunConfig, self_play: bool = True) -> None:
 
 def check_pair_stages(c: RunConfig, spec) -> None:
     """`train.curriculum: pairs` trains pairs (one negative each) against one reference that moves
-    forward every stage, and needs at least two pairs per prompt to order."""
+    forward every stage, and needs at least two pairs per prompt to order. A loss that reads the
+    sampling policy's log-probs (grpo) is a group loss: its advantages need the whole group."""
     where = "config 'train.curriculum': 'pairs'"
+    if spec.old:
+        raise ConfigError(f"{where} trains one pair per stage; loss '{c.train.loss}' is a group loss (its "
+                          f"advantages compare every response of a group, sampled by one policy): use "
+                          f"curriculum 'none' or 'groups'")
     if spec.negatives > 1:
         raise ConfigError(f"{where} trains pairs (one negative each); loss '{c.train.loss}' needs "
                           f"{spec.negatives} negatives per group")
-    if spec.refs > 1 or c.train.extra_references:
+    needed = spec.needs_refs(c.train.hparams)
+    if needed > 1 or c.train.extra_references:
         raise ConfigError(f"{where} moves one reference forward each stage; it cannot be used with "
-                          f"train.extra_references or loss '{c.train.loss}' ({spec.refs} references)")
+                          f"train.extra_references or loss '{c.train.loss}' ({needed} references)")
     from ..selection import SELECTORS
 
     negatives = c.generate.n - 1 if SELECTORS[c.select.strategy].every_candidate else c.select.k
