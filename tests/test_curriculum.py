@@ -1,4 +1,4 @@
-"""Curry-DPO stages: pair order and schedule against the spec's worked numbers (algorithms-2 §4), and
+"""Curry-DPO stages: pair order and schedule against worked numbers computed by hand (docs/pipeline.md), and
 `ampo run` with `train.curriculum: pairs` on a tiny policy: stages, moved references, resume, determinism."""
 
 import json
@@ -13,7 +13,7 @@ from ampo.curriculum import pair_order, stage_count, stage_pairs
 from ampo.losses import GroupBatch, compute
 from test_pipeline import _kill_when, _run_cli, _stage_done, run, tiny_overrides
 
-TOY = [2.0, 1.0, -0.5, -1.5]  # spec §0 toy rewards
+TOY = [2.0, 1.0, -0.5, -1.5]  # the toy prompt's rewards (docs/losses.md)
 B = [0.9, 0.8, 0.1]
 
 

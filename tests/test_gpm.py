@@ -1,6 +1,6 @@
 """GPM reward models: `train_reward_model(head="gpm")` / `ampo train-rm --head gpm` on the same
 pair files as the Bradley-Terry head, the saved folder detected by `score.reward` and scored as
-preference matrices (spec-2 §2)."""
+preference matrices (docs/preferences.md)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
-"""Tests for ampo.losses against the worked numbers of spec/algorithms.md (sections 0-4) and
-spec/algorithms-2.md (gpo, tripo, mmpo target=pref; "spec-2"), and grpo (GSPO ratio) against
-numbers derived by hand from its formula in docs/losses.md."""
+"""Tests for ampo.losses against worked numbers computed by hand (independently of the code) from
+each loss's formula in docs/losses.md, mostly on the toy prompt below (gpo, tripo, mmpo
+target=pref and grpo's GSPO ratio included)."""
 
 import math
 from pathlib import Path
@@ -22,14 +22,14 @@ from ampo.losses import (
 )
 from ampo.preferences import aggregate, scalar_to_logits
 
-# The shared toy prompt of spec section 0.
+# The shared toy prompt of the worked numbers (docs/losses.md, "The table").
 TOY_LP = [-40.0, -55.0, -60.0, -80.0]
 TOY_REF = [-42.0, -54.0, -58.0, -75.0]
 TOY_LEN = [40.0, 50.0, 40.0, 64.0]
 TOY_R = [2.0, 1.0, -0.5, -1.5]
-# A second reference for MRPO (ref_logps[1], the spec's ref1); made up, any values work.
+# A second reference for MRPO (ref_logps[1], MRPO's ref1); made up, any values work.
 TOY_REF_EXTRA = [-44.0, -53.0, -61.0, -73.0]
-# Preference logits of spec-2 example P1: 0 -> 1 -> 2 -> 0 is a cycle, all beat 3.
+# Preference logits of example P1 (docs/preferences.md): 0 -> 1 -> 2 -> 0 is a cycle, all beat 3.
 TOY_PREF = [[0.0, 1.5, -1.0, 2.0], [-1.5, 0.0, 1.0, 2.0], [1.0, -1.0, 0.0, 2.0], [-2.0, -2.0, -2.0, 0.0]]
 
 PAIRWISE = {"dpo", "ipo", "simpo", "mmpo", "mrpo"}
@@ -139,8 +139,8 @@ def test_mmpo_soft_target_and_reward_model_loss_toy():
 
 
 MRPO_LP = [-40.0, -60.0]
-MRPO_PRIMARY = [-42.0, -58.0]  # the spec's ref2 (initial policy) -> ref_logps[0]
-MRPO_EXTRA = [-44.0, -55.0]  # the spec's ref1 (external model) -> ref_logps[1]
+MRPO_PRIMARY = [-42.0, -58.0]  # MRPO's ref2 (initial policy) -> ref_logps[0]
+MRPO_EXTRA = [-44.0, -55.0]  # MRPO's ref1 (external model) -> ref_logps[1]
 
 
 def mrpo_pair() -> GroupBatch:
@@ -290,7 +290,7 @@ def test_lipo_toy(log_base, expected):
 
 
 # ---------------------------------------------------------------------------------------------
-# spec-2: mmpo target=pref (with DNO's and Curry-DPO's worked numbers), gpo, tripo
+# Preference-based: mmpo target=pref (with DNO's and Curry-DPO's worked numbers), gpo, tripo
 
 
 def with_rewards(batch: GroupBatch, rewards) -> GroupBatch:
@@ -298,7 +298,7 @@ def with_rewards(batch: GroupBatch, rewards) -> GroupBatch:
 
 
 def exact(value: torch.Tensor, expected: float) -> bool:
-    """Equal to a spec number given to six decimals (or to 1e-6 relative for large ones)."""
+    """Equal to a worked number given to six decimals (or to 1e-6 relative for large ones)."""
     return abs(float(value) - expected) <= 1e-6 * max(1.0, abs(expected))
 
 
@@ -341,7 +341,7 @@ def test_mmpo_pref_target_needs_pref_logits():
 
 
 def test_dno_d1_with_win_rate_rewards():
-    # spec-2 D1: rewards = win_rate of P1; soft form = mmpo with gamma = 1, hard form (Prct) = dpo.
+    # DNO (example D1): rewards = win_rate of P1; soft form = mmpo with gamma = 1, hard form (Prct) = dpo.
     win_rate = aggregate(TOY_PREF, "win_rate")
     assert exact(t(win_rate[0] - win_rate[3]), 0.536568)
     assert exact(loss_of("dpo", toy(slots=(0, 3)), beta=0.1), 0.403186)
@@ -352,7 +352,7 @@ def test_dno_d1_with_win_rate_rewards():
 
 
 def test_curry_dpo_c1_stage_losses():
-    # spec-2 C1: stage 1 trains (0, 3); with the stage-1 model as reference every pair starts at
+    # Curry-DPO (example C1): stage 1 trains (0, 3); with the stage-1 model as reference every pair starts at
     # log 2; later in stage 2, pair (0, 2) with lp [-38, -63] against reference [-39, -61].
     assert exact(loss_of("dpo", toy(slots=(0, 3)), beta=0.1), 0.403186)
     restart = GroupBatch(**{**toy().__dict__, "ref_logps": t([TOY_LP])[None]})
@@ -439,7 +439,7 @@ def test_tripo_ties_pick_distinct_chosen_and_rejected():
 
 
 def test_tripo_nll_is_per_prompt_not_pooled():
-    # spec-2 D6: golds (-40 over 40 tokens) and (-30 over 10): per-prompt mean 2.0, pooled 70/50 = 1.4.
+    # NLL per prompt vs pooled: golds (-40 over 40 tokens) and (-30 over 10): per-prompt mean 2.0, pooled 70/50 = 1.4.
     second = toy()
     second.logps[0, 0], second.lengths[0, 0] = -30.0, 10.0
     loss, metrics = compute("tripo", stack([toy(), second]), alpha=1.0)

@@ -1,6 +1,6 @@
 """Pairwise preferences through the pipeline's pieces: pairwise scorers, `score.aggregate`,
 `select.require_beats` / `select.min_margin`, the collator's `pref_logits`, gold responses, and
-config validation (spec-2 §1 and §5, examples P1 and D1)."""
+config validation (docs/preferences.md; the preference cycle of example P1, DNO's example D1)."""
 
 from __future__ import annotations
 
@@ -67,7 +67,7 @@ def test_a_scalar_reward_is_the_special_case_s_ij_equals_r_i_minus_r_j():
     reward = lambda prompts, responses: r
     assert score_records(reward, pool, "reward") == [{"rewards": r}]  # today's behaviour: no matrix
     (row,) = score_records(reward, pool, "mean_logit")
-    np.testing.assert_allclose(row["rewards"], [3.5, 1.5, -1.5, -3.5])  # spec-2 §1 BT check: 2 (r - mean r)
+    np.testing.assert_allclose(row["rewards"], [3.5, 1.5, -1.5, -3.5])  # Bradley-Terry check: 2 (r - mean r)
     np.testing.assert_allclose(row["pref_logits"], np.subtract.outer(r, r))
     assert resolve_aggregate("auto", "folder") == "reward" and resolve_aggregate("auto", "pairwise") == "win_rate"
     assert resolve_aggregate("copeland", "gpm") == "copeland"
@@ -79,7 +79,7 @@ def test_require_beats_keeps_only_negatives_the_positive_beats_p1():
     plain = select_groups("bottomk", [rewards], [emb], 3)
     assert plain.indices[0].tolist() == [0, 3, 1, 2] and plain.counts == {}  # 2 beats the positive 0
     sel = select_groups("bottomk", [rewards], [emb], 2, prefs=[P1], require_beats=0.5)
-    assert sel.indices[0].tolist() == [0, 3, 1]  # spec-2 P1: group [0, 3, 1]
+    assert sel.indices[0].tolist() == [0, 3, 1]  # P1 with require_beats: group [0, 3, 1]
     assert sel.counts == {"require_beats_prompts": 1, "require_beats_removed": 1}
     assert select_groups("optselect", [rewards], [emb], 3, prefs=[P1], require_beats=0.5).indices[0].tolist() \
         == [0, 3, 1]  # k = 3 asks for more than is left: a short group without 2

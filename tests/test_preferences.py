@@ -1,4 +1,5 @@
-"""Tests for ampo.preferences against the worked numbers of spec/algorithms-2.md (sections 1-2)."""
+"""Tests for ampo.preferences against worked numbers computed by hand from the formulas of
+docs/preferences.md (aggregates, require_beats, GPM)."""
 
 import itertools
 import math
@@ -38,7 +39,7 @@ def vec(x) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------------------------------------
-# Aggregates (spec-2 §1)
+# Aggregates
 
 
 def test_p1_aggregates():
@@ -116,7 +117,7 @@ def test_scalar_to_logits():
 
 
 # ---------------------------------------------------------------------------------------------
-# require_beats (spec-2 §1)
+# require_beats
 
 
 def test_beaten_by_p1_and_the_selected_group():
@@ -138,7 +139,7 @@ def test_beaten_by_keeps_ties_at_one_half_and_never_the_positive():
 
 
 # ---------------------------------------------------------------------------------------------
-# GPM (spec-2 §2)
+# GPM (arXiv 2410.02197)
 
 
 def test_gpm_g1_raw_and_normalised():

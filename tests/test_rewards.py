@@ -239,7 +239,7 @@ def test_hf_reward_model_refuses_multi_label_models(tmp_path, minilm_tokenizer):
 
 
 def test_soft_bt_loss_matches_spec_numbers():
-    # spec/algorithms.md section 2: r_w = 1.3, r_l = 0.4, p = 0.740775 -> 0.574456; hard 0.341154.
+    # MMPO's reward-model loss, worked by hand: r_w = 1.3, r_l = 0.4, p = 0.740775 -> 0.574456; hard 0.341154.
     w, lose = torch.tensor([1.3]), torch.tensor([0.4])
     soft = soft_bt_loss(w, lose, torch.tensor([0.740775])).item()
     assert soft == pytest.approx(0.574456, abs=1e-6)
@@ -253,7 +253,7 @@ def test_preference_labels_hard_soft_and_swap():
     ]
     assert [x[3] for x in preference_labels(pairs)] == [1.0, 1.0]
     soft = preference_labels(pairs, soft_gamma=0.3)
-    assert soft[0] == ("p", "a", "b", pytest.approx(0.740775, abs=1e-6))  # spec section 2 toy
+    assert soft[0] == ("p", "a", "b", pytest.approx(0.740775, abs=1e-6))  # sigmoid(0.3 * 3.5)
     assert soft[1] == ("p", "d", "c", pytest.approx(0.740775, abs=1e-6))  # swapped, p <- 1 - p
     with pytest.raises(ValueError, match="^preference pairs: row 1: soft labels need"):
         preference_labels([{"prompt": "p", "chosen": "a", "rejected": "b"}], soft_gamma=1.0)

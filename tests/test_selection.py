@@ -1,4 +1,4 @@
-"""Tests for ampo.selection against spec/algorithms.md section 1.2."""
+"""Tests for ampo.selection against the strategies' formulas and worked example in docs/selection.md."""
 
 import numpy as np
 import pytest
@@ -16,13 +16,13 @@ from ampo.selection import (
     sweet_spot_target,
 )
 
-# The spec's 9-point worked example (k = 3, positive = id 6).
+# The 9-point worked example of docs/selection.md (k = 3, positive = id 6).
 EMB = np.array(
     [(0, 0), (0.3, 0.1), (0.1, 0.4), (5, 0), (6, 1), (4.9, 0.1), (0, 5), (0.3, 5.2), (5.1, -0.1)]
 )
 REW = np.array([-2.0, -1.8, -1.5, 0.5, -0.2, 1.0, 2.5, -0.5, 0.2])
 
-SPEC = {  # strategy -> (selected negatives, cost), from the spec's table
+SPEC = {  # strategy -> (selected negatives, cost), computed independently of the code
     "bottomk": ({0, 1, 2}, 13.6972),
     "coreset": ({0, 4, 7}, 3.6835),
     "optselect": ({0, 3, 7}, 3.3043),

@@ -175,7 +175,7 @@ def test_simpo_matches_trl_cpo_simpo_loss_and_gradients(tmp_path):
 
 def test_ipo_per_token_matches_trl_and_summed_differs(tmp_path):
     """TRL's IPO divides each log-ratio by its completion length; ampo's `ipo` uses summed log-probs
-    by default (spec 4) and TRL's form with `per_token=True`."""
+    by default (docs/losses.md) and TRL's form with `per_token=True`."""
     trl_value, trl_grad, _ = trl_loss(dpo_trainer(tmp_path, "ipo", precompute=True))
     summed, _, _ = ampo_loss(tmp_path, "ipo", {"beta": 0.1})
     assert abs(summed.item() - trl_value.item()) > 1.0  # summed and averaged IPO are different losses

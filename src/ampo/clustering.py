@@ -1,7 +1,7 @@
 """The maths behind the embedding strategies of `ampo.selection`, pure NumPy on the squared
 distance matrices of many equal-size candidate pools at once (HiGHS through ``highspy`` for the
 exact MIP): k-means coreset, weighted k-medoids local search (opt-select) and the exact
-k-median. Formulas: ``spec/algorithms.md`` section 1.2 and docs/selection.md. Positions returned
+k-median. Formulas: docs/selection.md. Positions returned
 are into each candidate pool, in ascending reward (ties by position).
 """
 
@@ -27,7 +27,8 @@ def by_reward(rewards: np.ndarray, positions: np.ndarray) -> np.ndarray:
 
 
 def relative_weights(rewards: np.ndarray) -> np.ndarray:
-    """``exp(min(r) - r)``: the spec's weights divided by a constant, so the argmin is the same.
+    """``exp(min(r) - r)``: opt-select's weights ``exp(mean(r) - r)`` divided by a constant, so the
+    argmin is the same.
 
     Scaling by ``exp(min(r) - mean(r))`` keeps every weight in (0, 1] and avoids overflow for
     reward models with a large range. Works on the last axis.
@@ -238,7 +239,7 @@ def local_search(dist: np.ndarray, w: np.ndarray, medoids: np.ndarray):
 def optselect_block(rewards: np.ndarray, d2: np.ndarray, k: int, seeds: Sequence[int] = ()) -> list:
     """Opt-select for a block of equal-size pools; returns one position array per pool.
 
-    Local search runs from two starts, bottom-k (the spec's start) and the greedy build, and the
+    Local search runs from two starts, bottom-k and the greedy build, and the
     lower final cost wins (ties to bottom-k). Two starts cost little and avoid most poor local
     optima of either start. Deterministic: ``seeds`` is unused.
     """

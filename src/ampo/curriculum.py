@@ -1,4 +1,4 @@
-"""Curry-DPO stages (Pattnaik et al., arXiv 2403.07230; spec algorithms-2 section 4), pure.
+"""Curry-DPO stages (Pattnaik et al., arXiv 2403.07230; docs/pipeline.md), pure.
 
 A prompt's selected group (positive in slot 0, then its negatives) gives one pair (slot 0, slot j)
 per negative. Its pairs are ranked easy -> hard by the reward gap `r_0 - r_j` (largest first). A

@@ -1,4 +1,4 @@
-"""The preference filters around active selection (spec-2 §1 and §5): `require_beats` keeps only
+"""The preference filters around active selection (docs/preferences.md): `require_beats` keeps only
 the candidates the positive beats under the prompt's preference matrix before a strategy picks
 negatives, and `min_margin` drops a prompt whose group is too close in reward. Pure NumPy.
 """
@@ -34,7 +34,7 @@ def select_groups(
     min_margin: float | None = None,
     progress: bool = False,
 ) -> GroupSelection:
-    """``select_batch`` with the pipeline's preference filters (spec-2 §1 and §5).
+    """``select_batch`` with the pipeline's preference filters (docs/preferences.md).
 
     ``require_beats``: before the strategy picks negatives, each pool keeps only the positive
     (argmax reward, ties to the lowest index) and the responses ``j`` it beats with

@@ -5,7 +5,7 @@ responses (leading axes batch prompts of equal N). A scalar reward is the specia
 ``S_ij = r_i - r_j`` (`scalar_to_logits`), so one path serves reward models and pairwise judges.
 `aggregate` turns S into one score per response, which every selector and loss reads as
 ``rewards``. `gpm_scores` builds S from General Preference Model embeddings, which can express
-preference cycles that no scalar reward can. Formulas: ``spec/algorithms-2.md`` sections 1-2.
+preference cycles that no scalar reward can. Formulas: ``docs/preferences.md``.
 
 Pure NumPy, except the GPM bilinear form, which is torch so that the same code scores responses
 and trains a GPM head (`gpm_loss`). Nothing here is wired into the pipeline yet
@@ -61,7 +61,7 @@ def scalar_to_logits(rewards) -> np.ndarray:
 
 
 def aggregate(S, how: str) -> np.ndarray:
-    """One score per response ``[..., N]`` from preference logits ``[..., N, N]`` (spec-2 §1).
+    """One score per response ``[..., N]`` from preference logits ``[..., N, N]`` (docs/preferences.md).
 
     * ``mean_logit``: ``(1/N) sum_j (S_ij - S_ji)``, GPM's ``max_logits`` and GPO's target;
       for ``S = r_i - r_j`` it is ``2 (r_i - mean(r))``.
@@ -105,14 +105,15 @@ def beaten_by(S, positive: int, threshold: float) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------------------------
-# General Preference Model (GPM, arXiv 2410.02197), spec-2 §2
+# General Preference Model (GPM, arXiv 2410.02197)
 
 
 def gpm_gates(u: Tensor, form: str = "softmax", hidden_size: int | None = None) -> Tensor:
     """Gate weights ``lambda [..., k]`` from the prompt head's output ``u [..., k]``.
 
     ``softmax``: ``softmax(u)``, GPM's inference code. ``k_softmax_sqrtH``:
-    ``k * softmax(u / sqrt(hidden_size))``, GPM's later training code (spec-2 D2).
+    ``k * softmax(u / sqrt(hidden_size))``, GPM's later training code (which, as
+    released, fails: ``math`` not imported, ``hidden_dim`` undefined).
     """
     if form == "softmax":
         return torch.softmax(u, dim=-1)
@@ -129,7 +130,7 @@ def gpm_score(v_i: Tensor, v_j: Tensor, gates: Tensor | None = None, normalize: 
     ``R`` is block-diagonal with blocks ``lambda_l * [[0, -1], [1, 0]]``, so
     ``s = sum_l lambda_l (v_i[2l] v_j[2l+1] - v_i[2l+1] v_j[2l])``: skew-symmetric
     (``s(i, j) = -s(j, i)``, ``s(i, i) = 0``). ``gates`` ``[..., k]`` default to 1;
-    ``normalize`` L2-normalises the embeddings first (GPM's inference, spec-2 D1). Broadcasts
+    ``normalize`` L2-normalises the embeddings first (GPM's inference code). Broadcasts
     over leading axes; differentiable.
     """
     if v_i.shape[-1] % 2 or v_j.shape[-1] != v_i.shape[-1]:

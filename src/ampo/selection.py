@@ -1,7 +1,7 @@
 """Active selection: the positive plus ``k`` informative negatives from one prompt's pool.
 
 Pure NumPy (HiGHS through ``highspy`` for the exact MIP). Every function is deterministic for a
-given seed. The formulas follow ``spec/algorithms.md`` section 1.2:
+given seed. The formulas follow AMPO (arXiv 2502.18293) as written up in docs/selection.md:
 
 * the positive is the highest-reward response (ties to the lowest index);
 * the negatives come from the candidate pool ``P`` = every other response;
@@ -125,7 +125,7 @@ def coreset(rewards, embeddings, k: int, seed: int = 0) -> np.ndarray:
 
     AMPO-Coreset: every semantic mode contributes one negative. Clustering is k-means (Lloyd)
     seeded by k-means++ with 4 seeded restarts (``ampo.clustering``), keeping the lowest inertia:
-    k-means is what the spec's worked example assumes, and restarts make the result stable
+    k-means is what the worked example of docs/selection.md assumes, and restarts make the result stable
     across seeds on well-separated data. With fewer than ``k`` distinct embeddings, each distinct
     point is a cluster and the remaining slots take the lowest-reward unchosen candidates.
     """

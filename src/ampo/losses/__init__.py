@@ -4,9 +4,8 @@ Every loss reads a :class:`GroupBatch` of ``[B, K]`` tensors in the group layout
 group is the positive, ``mask`` False marks an empty slot of a ragged group, ``ref_logps`` is
 ``[R, B, K]`` (R reference models) or None, ``old_logps`` ``[B, K]`` the sampling policy's
 log-probs (grpo) or None. A loss returns ``(per_prompt_loss [B], metrics)``;
-the caller averages. Formulas and section numbers refer to ``spec/algorithms.md`` ("spec-2" is
-``spec/algorithms-2.md``); the choices made where the spec is ambiguous are listed in
-``docs/losses.md``.
+the caller averages. The formulas, their papers and the choices made where the sources are
+ambiguous are listed in ``docs/losses.md``.
 
 Masked slots never reach the maths: their inputs are replaced by harmless finite values before
 any arithmetic (so NaN/inf garbage there cannot leak into the loss or its gradient), and they are

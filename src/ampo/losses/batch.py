@@ -60,7 +60,7 @@ class LossSpec:
     uses_rewards: bool
     length_normalized: bool
     pairwise: bool  # averages over the pairs (0, j), else uses the whole group
-    defaults: dict  # default hyperparameters, named as in the spec
+    defaults: dict  # default hyperparameters, named as the loss function's keywords
     description: str  # one line for `ampo --help` and the docs
     negatives: int = 1  # valid negatives needed in every group
     old: bool = False  # reads old_logps: the sampling policy's log-probs (grpo's ratio)

@@ -1,7 +1,6 @@
 """Group objectives: the positive (or the above-mean responses) against the whole group at once
 (AMPO, REFA, SWEPO, InfoNCA, NCA), REFA's EOS regulariser, and GRPO with GSPO's sequence-level
-ratio (each response against the group's mean reward). Formulas: `spec/algorithms.md`,
-docs/losses.md."""
+ratio (each response against the group's mean reward). Formulas: docs/losses.md."""
 
 from __future__ import annotations
 
@@ -38,7 +37,7 @@ def ampo_loss(
     batch: GroupBatch, beta: float = 10.0, gamma: float = 3.0, alpha: float = 0.0,
     eos_reg: str = "none", eos_lambda: float = 1e-5,
 ) -> tuple[Tensor, Metrics]:
-    """AMPO, the recommended implementation of spec 1.3(c) (REFA-1vsK on the selected group).
+    """AMPO (arXiv 2502.18293), implemented as REFA-1vsK on the selected group.
 
     ``s = beta*avg + alpha*(r - mean_valid(r))``;
     ``L = -log( e^{s+} / (e^{s+} + gamma * sum_neg e^{s}) )``. Reference-free. The mean for the
@@ -61,7 +60,7 @@ def refa_loss(
     batch: GroupBatch, beta: float = 10.0, gamma: float = 4.0, alpha: float = 0.0,
     eos_reg: str = "none", eos_lambda: float = 1e-5,
 ) -> tuple[Tensor, Metrics]:
-    """REFA-Dynamic, spec 1.3(b) (REFA Eq. 6), with W-REFA's additive reward term.
+    """REFA-Dynamic (arXiv 2412.16378, Eq. 6), with W-REFA's additive reward term.
 
     ``s = beta*avg + alpha*(r - rbar)``; ``L = -log( sum_{Y+} e^s / (sum_{Y+} e^s + gamma *
     sum_{Y-} e^s) )`` with ``Y+ = {r > rbar}`` over the valid responses (slot 0 always in Y+) and
@@ -85,7 +84,7 @@ def refa_loss(
 def swepo_loss(
     batch: GroupBatch, beta: float = 0.1, alpha: float = 1.0, dev_fn: str = "signed"
 ) -> tuple[Tensor, Metrics]:
-    """SWEPO / MPO, spec 1.3(a) (REFA Eq. 5); reference ``ref_logps[0]``.
+    """SWEPO / MPO (arXiv 2412.04628; REFA Eq. 5); reference ``ref_logps[0]``.
 
     ``x = beta*h + alpha*dev(r - rbar)`` with ``dev`` signed, abs or square;
     ``L = -log( sum_{Y+} e^x / sum_{Y+ ∪ Y-} e^x )``, ``Y+ = {r > rbar}`` over the valid responses
@@ -107,7 +106,7 @@ def swepo_loss(
 def infonca_loss(
     batch: GroupBatch, beta: float = 0.01, temperature: float = 1e-4
 ) -> tuple[Tensor, Metrics]:
-    """InfoNCA, spec 4; reference ``ref_logps[0]``.
+    """InfoNCA (arXiv 2402.05369); reference ``ref_logps[0]``.
 
     ``m = beta*h``, soft labels ``t = softmax(r / temperature)`` over the valid responses,
     ``L = -sum_i t_i log softmax(m)_i``. Defaults follow the shipped thu-ml QLoRA yaml.
@@ -124,7 +123,7 @@ def infonca_loss(
 def nca_loss(
     batch: GroupBatch, beta: float = 0.01, temperature: float = 1e-4
 ) -> tuple[Tensor, Metrics]:
-    """NCA, spec 4; reference ``ref_logps[0]``.
+    """NCA (arXiv 2402.05369); reference ``ref_logps[0]``.
 
     ``m = beta*h``, ``t = softmax(r / temperature)``,
     ``L = -(1/K) sum_i log sigma(-m_i) - sum_i t_i log sigma(m_i)`` with K the valid count.

@@ -1,5 +1,5 @@
 """Listwise objectives over the reward ranking of the group (PRO, LiPO-lambda) and the regression
-of log-ratios onto preference scores (GPO / SPPO). Formulas: `spec/algorithms.md`, spec-2."""
+of log-ratios onto preference scores (GPO / SPPO). Formulas: docs/losses.md."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from .batch import (GPO_FORMS, GroupBatch, Metrics, _at, _extreme_negatives, _li
 def pro_loss(
     batch: GroupBatch, sft_weight: float | None = None, dynamic_temperature: bool = False
 ) -> tuple[Tensor, Metrics]:
-    """PRO, spec 4: Plackett-Luce over the valid responses sorted by reward, plus SFT.
+    """PRO (arXiv 2306.17492): Plackett-Luce over the valid responses sorted by reward, plus SFT.
 
     ``L_rank = -sum_k log( e^{avg_k} / sum_{i>=k} e^{avg_i} )`` over the reward order (descending,
     ties keep slot order), ``L = L_rank + sft_weight * NLL(top)`` with the per-token NLL
@@ -71,7 +71,7 @@ def _descending_ranks(score: Tensor) -> Tensor:
 def lipo_loss(
     batch: GroupBatch, beta: float = 0.1, log_base: float = 2.0
 ) -> tuple[Tensor, Metrics]:
-    """LiPO-lambda, spec 4; reference ``ref_logps[0]``, labels ``psi = rewards``.
+    """LiPO-lambda (arXiv 2402.01878); reference ``ref_logps[0]``, labels ``psi = rewards``.
 
     ``s = beta*h``; ``L = -sum_{psi_i > psi_j} Delta_ij log sigma(s_i - s_j)`` with
     ``Delta_ij = |G_i - G_j| * |1/D(tau_i) - 1/D(tau_j)|``, ``G = 2^psi - 1``,
@@ -103,7 +103,7 @@ def gpo_loss(
     batch: GroupBatch, beta: float = 0.001, center: float = 0.0, form: str = "pair",
     clamp: float | None = None,
 ) -> tuple[Tensor, Metrics]:
-    """GPO / SPPO-style regression, spec-2 §3; reference ``ref_logps[0]``, scores ``s = rewards``.
+    """GPO / SPPO-style regression (arXiv 2410.02197, 2405.00675); reference ``ref_logps[0]``, scores ``s = rewards``.
 
     The log-ratio ``h = lp - ref`` regresses onto ``t = (s - center)/beta``, clipped to
     ``[-clamp, clamp]`` when ``clamp`` is set. ``form="pair"``:

@@ -1,5 +1,5 @@
 """Pairwise objectives: the pairs (positive, negative j) for every valid j >= 1, averaged (DPO, IPO,
-SimPO, MMPO, MRPO), and Triple-PO's best-vs-worst pair. Formulas: `spec/algorithms.md`, spec-2."""
+SimPO, MMPO, MRPO), and Triple-PO's best-vs-worst pair. Formulas: docs/losses.md."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from .batch import (MMPO_TARGETS, GroupBatch, Metrics, _at, _extreme_negatives, 
 
 
 def dpo_loss(batch: GroupBatch, beta: float = 0.1) -> tuple[Tensor, Metrics]:
-    """DPO, spec 4; reference ``ref_logps[0]``: ``-log sigma(beta*(h_w - h_l))`` (summed lp)."""
+    """DPO (arXiv 2305.18290); reference ``ref_logps[0]``: ``-log sigma(beta*(h_w - h_l))`` (summed lp)."""
     g = _prepare(batch, "dpo", refs=1)
     score = beta * (g.logps - g.refs[0])
     diff = score[:, :1] - score
@@ -20,7 +20,7 @@ def dpo_loss(batch: GroupBatch, beta: float = 0.1) -> tuple[Tensor, Metrics]:
 
 
 def ipo_loss(batch: GroupBatch, beta: float = 0.1, per_token: bool = False) -> tuple[Tensor, Metrics]:
-    """IPO, spec 4; reference ``ref_logps[0]``: ``(h_w - h_l - 1/(2 beta))^2``, summed log-probs.
+    """IPO (arXiv 2310.12036); reference ``ref_logps[0]``: ``(h_w - h_l - 1/(2 beta))^2``, summed log-probs.
 
     ``beta`` is the paper's tau (TRL reuses ``beta`` for it). ``per_token=True`` divides each
     log-ratio by the response length first: TRL's form, which its authors report the IPO
@@ -36,7 +36,7 @@ def ipo_loss(batch: GroupBatch, beta: float = 0.1, per_token: bool = False) -> t
 
 
 def simpo_loss(batch: GroupBatch, beta: float = 2.0, gamma: float = 1.0) -> tuple[Tensor, Metrics]:
-    """SimPO, spec 4; reference-free: ``-log sigma(beta*(avg_w - avg_l) - gamma)``."""
+    """SimPO (arXiv 2405.14734); reference-free: ``-log sigma(beta*(avg_w - avg_l) - gamma)``."""
     g = _prepare(batch, "simpo")
     score = beta * g.avg
     diff = score[:, :1] - score
@@ -44,12 +44,12 @@ def simpo_loss(batch: GroupBatch, beta: float = 2.0, gamma: float = 1.0) -> tupl
 
 
 def soft_target(reward_w: Tensor, reward_l: Tensor, gamma: float) -> Tensor:
-    """MMPO's Bradley-Terry soft label ``p = sigmoid(gamma * (r_w - r_l))`` (spec 2)."""
+    """MMPO's Bradley-Terry soft label ``p = sigmoid(gamma * (r_w - r_l))`` (arXiv 2410.03145)."""
     return torch.sigmoid(gamma * (reward_w - reward_l))
 
 
 def soft_bt_loss(score_w: Tensor, score_l: Tensor, p: Tensor | float) -> Tensor:
-    """Cross-entropy of ``sigma(score_w - score_l)`` against the soft label ``p`` (spec 2).
+    """Cross-entropy of ``sigma(score_w - score_l)`` against the soft label ``p`` (MMPO, arXiv 2410.03145).
 
     ``-p log sigma(z) - (1 - p) log sigma(-z)`` with ``z = score_w - score_l``; elementwise. It is
     both the MMPO policy loss (scores ``beta*h``) and the MMPO reward-model loss (RM scores).
@@ -61,11 +61,11 @@ def soft_bt_loss(score_w: Tensor, score_l: Tensor, p: Tensor | float) -> Tensor:
 def mmpo_loss(
     batch: GroupBatch, beta: float = 0.01, gamma: float = 0.3, target: str = "reward"
 ) -> tuple[Tensor, Metrics]:
-    """MMPO, spec 2; reference ``ref_logps[0]``: DPO against the soft label of the reward margin.
+    """MMPO (arXiv 2410.03145); reference ``ref_logps[0]``: DPO against the soft label of the reward margin.
 
     ``p = sigmoid(gamma*(r_w - r_l))``, ``z = beta*(h_w - h_l)``,
     ``L = -p log sigma(z) - (1-p) log sigma(-z)``. Defaults: the Gemma-7B UltraFeedback recipe.
-    ``target="pref"`` takes ``p = sigmoid(S_0j)`` from ``batch.pref_logits`` instead (spec-2 §1;
+    ``target="pref"`` takes ``p = sigmoid(S_0j)`` from ``batch.pref_logits`` instead (docs/preferences.md;
     gamma unused), so a negative that beats the positive under an intransitive judge gets
     ``p < 0.5`` rather than a false hard label.
     """
@@ -87,7 +87,7 @@ def mmpo_loss(
 def tripo_loss(
     batch: GroupBatch, beta: float = 0.1, alpha: float = 1.0, length_norm: bool = False, gamma: float = 0.5
 ) -> tuple[Tensor, Metrics]:
-    """Triple-PO, spec-2 §6; reference-free. Gold = slot 0, chosen ``w`` and rejected ``l`` = the
+    """Triple-PO (arXiv 2405.16681); reference-free. Gold = slot 0, chosen ``w`` and rejected ``l`` = the
     highest- and lowest-reward valid negatives (by reward, not slot order).
 
     ``L = -log sigma(beta*(lp_w - lp_l)) + alpha * NLL`` with ``NLL = -lp_0/|y_0|``, the gold
@@ -125,9 +125,9 @@ def mrpo_clipped_reference(
     eta: float = 0.1,
     alpha: float = -1.0,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """MRPO's ARWC weight and CTRO-clipped extra reference for pairs (w, l), spec 3.
+    """MRPO's ARWC weight and CTRO-clipped extra reference for pairs (w, l) (MRPO's code, arXiv 2405.16388).
 
-    ``primary`` is the spec's ref2 (the initial policy), ``extra`` its ref1; all are summed
+    ``primary`` is MRPO's ref2 (the initial policy), ``extra`` its ref1; all are summed
     log-probs. ``alpha < 0`` makes the weight adaptive (ARWC); ``eta > 0`` clips adaptively,
     ``eta <= 0`` clips at the fixed rate ``|eta|``. Returns ``(clipped_w, clipped_l, weight)``.
     """
@@ -150,10 +150,10 @@ def mrpo_clipped_reference(
 def mrpo_loss(
     batch: GroupBatch, beta: float = 0.1, eta: float = 0.1, alpha: float = -1.0, naive: bool = False
 ) -> tuple[Tensor, Metrics]:
-    """MRPO, spec 3: DPO against a virtual reference built from two or more references.
+    """MRPO (arXiv 2405.16388): DPO against a virtual reference built from two or more references.
 
-    ``ref_logps[0]`` is the primary reference (the spec's ref2, the initial policy);
-    ``ref_logps[1:]`` are extra references (the spec's ref1). ``L = -log sigma(beta*[(lp_w -
+    ``ref_logps[0]`` is the primary reference (MRPO's ref2, the initial policy);
+    ``ref_logps[1:]`` are extra references (MRPO's ref1). ``L = -log sigma(beta*[(lp_w -
     ref~_w) - (lp_l - ref~_l)])``. With ``naive=True``, the paper's "Multi-DPO" baseline instead:
     ``weight * DPO(ref = clipped extra) + (1 - weight) * DPO(ref = primary)``. With R > 2
     references the two-reference loss is computed with each extra reference and averaged.

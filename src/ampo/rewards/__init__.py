@@ -1,6 +1,6 @@
 """Scoring responses: the built-in demo reward, local reward models, Python callables, pairwise
 judges, and training a reward model on preference pairs (hard or margin-matching soft labels,
-spec 2).
+MMPO, arXiv 2410.03145).
 
 Every reward is a `RewardFn`: `reward(prompts, responses) -> np.ndarray[float64]`, one finite
 score per (prompt, response) pair, validated by `validate_rewards`. A reward that needs

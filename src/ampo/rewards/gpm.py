@@ -5,7 +5,7 @@ model can express preference cycles that a one-logit (Bradley-Terry) reward mode
 A GPM folder is a normal sequence-classification model folder (`num_labels = 2k`) plus
 `gpm.json` (head options, `GPMHead`) and, with a prompt gate, `gpm_gate.safetensors`. It is made
 by `ampo train-rm --head gpm` (`ampo.rewards.train_reward_model`) and loaded by `score.reward`
-(`GPMScorer`, detected by `gpm.json`). Formulas: `spec/algorithms-2.md` section 2.
+(`GPMScorer`, detected by `gpm.json`). Formulas: docs/preferences.md (GPM, arXiv 2410.02197).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ class GPMHead:
     """The options of a GPM head, shared by training and scoring (so the two cannot disagree).
 
     `value_head_dim` = 2k (even); `tau` the temperature of `P = sigma(s / tau)`; `normalize`
-    L2-normalises `v` (spec-2 D1); `gate`: "none" (lambda = 1) or the prompt gate's form
+    L2-normalises `v` (as GPM's inference code does); `gate`: "none" (lambda = 1) or the prompt gate's form
     (`ampo.preferences.gpm_gates`: "softmax", "k_softmax_sqrtH").
     """
 

@@ -57,8 +57,8 @@ PAIRWISE_KINDS = ("pairwise", "gpm")
 
 
 def resolve_aggregate(aggregate: str, kind: str) -> str:
-    """`score.aggregate` with "auto" resolved: "win_rate" for a pairwise scorer (spec-2 §1's
-    default), "reward" (today's behaviour) for a scalar one."""
+    """`score.aggregate` with "auto" resolved: "win_rate" for a pairwise scorer (bounded, so
+    opt-select's weights stay moderate; docs/preferences.md), "reward" (today's behaviour) for a scalar one."""
     if aggregate != "auto":
         return aggregate
     return "win_rate" if kind in PAIRWISE_KINDS else "reward"

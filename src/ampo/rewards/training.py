@@ -1,4 +1,4 @@
-"""Training a reward model on preference pairs: hard or margin-matching soft labels (MMPO, spec 2),
+"""Training a reward model on preference pairs: hard or margin-matching soft labels (MMPO, arXiv 2410.03145),
 a Bradley-Terry head or a General Preference Model head."""
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ def preference_labels(
 
     Without `soft_gamma`, p = 1 (hard labels). With it, p = sigmoid(soft_gamma * margin), the
     margin being `score_chosen - score_rejected` or `margin`; if p < 0.5 the two responses are
-    swapped and p <- 1 - p (MMPO, spec 2). A prompt may be a chat message list (its last user
+    swapped and p <- 1 - p (MMPO's code). A prompt may be a chat message list (its last user
     message is used). Errors name `source` and the pair's 1-based row (`rows[i]` when given).
     """
     from ..data import PoolError, _check_number, _check_prompt, prompt_text
