@@ -108,12 +108,13 @@ def test_the_dtypes_train_different_weights(tmp_path):
     assert first_losses[1] == pytest.approx(first_losses[0], rel=0.01)
 
 
-def test_reference_pass_uses_the_training_numerics(tiny_model, tiny_tokenizer):
+@pytest.mark.parametrize("shared_prefix", [False, True])
+def test_reference_pass_uses_the_training_numerics(tiny_model, tiny_tokenizer, shared_prefix):
     """A reference computed in the policy's training dtype starts the log-ratios at (about) 0;
     one computed in the other dtype does not."""
     records = pool_records()
     groups = build_groups(tiny_tokenizer, records)
-    collate = GroupCollator(tiny_tokenizer.pad_token_id)
+    collate = GroupCollator(tiny_tokenizer.pad_token_id, shared_prefix=shared_prefix)
     prompts = [r.prompt for r in records]
     texts = [[r.responses[i] for i in r.selected] for r in records]
     finished = [[r.finished[i] if r.finished else True for i in r.selected] for r in records]
@@ -122,7 +123,8 @@ def test_reference_pass_uses_the_training_numerics(tiny_model, tiny_tokenizer):
     mask = collate(groups)["mask"]
     gaps = {}
     for dtype in ("float32", "bfloat16"):
-        refs, _ = response_logprobs(tiny_model, tiny_tokenizer, prompts, texts, finished, dtype=dtype)
+        refs, _ = response_logprobs(tiny_model, tiny_tokenizer, prompts, texts, finished, dtype=dtype,
+                                    shared_prefix=shared_prefix)
         ref = torch.zeros_like(policy)
         for b, row in enumerate(refs):
             ref[b, : len(row)] = torch.from_numpy(row)

@@ -24,15 +24,17 @@ from .data import prompt_text
 from .rewards import is_pairwise
 
 
-def sample_and_score(policy, reward_fn, prompts: list[dict], eval_cfg, seed: int, progress: bool = True) -> list[dict]:
+def sample_and_score(policy, reward_fn, prompts: list[dict], eval_cfg, seed: int, progress: bool = True,
+                     dtype: str = "auto") -> list[dict]:
     """`samples_per_prompt` samples per held-out prompt, with their rewards. One row per prompt.
     Sample j of a prompt draws from the stream of (seed, prompt id, j) whichever policy samples:
-    the baseline and every round share their random numbers (common random numbers)."""
+    the baseline and every round share their random numbers (common random numbers). `dtype` is
+    the sampling dtype (`generate.dtype`: "auto" is bf16 only where the machine has it natively)."""
     from .generation import GenerationConfig, HFGenerator
 
     model, tok = policy
     cfg = GenerationConfig(n=eval_cfg.samples_per_prompt, temperature=eval_cfg.temperature,
-                           max_new_tokens=eval_cfg.max_new_tokens, seed=seed)
+                           max_new_tokens=eval_cfg.max_new_tokens, seed=seed, dtype=dtype)
     samples = HFGenerator(model, tok, cfg).generate([p["prompt"] for p in prompts], progress=progress,
                                                     keys=[p["id"] for p in prompts])
     texts = [[s.text for s in ss] for ss in samples]
