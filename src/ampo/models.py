@@ -206,7 +206,19 @@ def load_adapter(model: PreTrainedModel, folder: str | Path, **kwargs):
             f" (only {', '.join(pickled)}: pickled weights can run code when loaded; convert them to "
             f"safetensors, or set {ALLOW_BIN_ENV}=1 if you trust this folder)" if pickled else ""))
     with refused_pickles(f"adapter {folder}"):
-        return PeftModel.from_pretrained(model, str(folder), **kwargs)
+        return ordered_adapter_config(PeftModel.from_pretrained(model, str(folder), **kwargs))
+
+
+def ordered_adapter_config(model):
+    """Sort the set-valued options of a PEFT model's adapter configs (`target_modules`, ...) in place
+    and return the model. PEFT keeps them as Python sets and writes them to `adapter_config.json` in
+    set order, which follows the process's string hash: the same adapter would get different bytes
+    in every process. Sorted, its checkpoints and final adapter are byte-identical."""
+    for config in getattr(model, "peft_config", {}).values():
+        for name, value in vars(config).items():
+            if isinstance(value, (set, frozenset)):
+                setattr(config, name, sorted(value, key=str))
+    return model
 
 
 @contextlib.contextmanager

@@ -305,10 +305,13 @@ def train_round(c, model, tokenizer, pool, ref_rows, work_dir: Path, key: str, o
             r=c.model.lora_r, lora_alpha=c.model.lora_alpha, lora_dropout=c.model.lora_dropout,
             target_modules=list(c.model.lora_targets), task_type="CAUSAL_LM"))
     model.train()
+        from .models import ordered_adapter_config
+
     dataset = GroupDataset(build_groups(tokenizer, pool, ref_rows, old_rows),
                            curriculum=c.train.curriculum == "groups")
     trainer = GroupTrainer(
         model=model,
+        ordered_adapter_config(model)  # adapter_config.json in a fixed order, not the string hash's
         args=training_args(c, work_dir, progress),
         train_dataset=dataset,
         data_collator=GroupCollator(tokenizer.pad_token_id, shared_prefix=c.train.shared_prefix),
