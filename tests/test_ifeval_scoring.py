@@ -139,3 +139,75 @@ def test_same_answers_as_if_verifiable_on_the_benchmark():
         ref, _ = evaluate_instructions(response, list(it.instruction_id_list), list(it.kwargs), it.prompt, checks)
         strict, loose = follow_instructions(checks, it.instruction_id_list, it.kwargs, it.prompt, response)
         assert strict == [r.strict_pass for r in ref] and loose == [r.loose_pass for r in ref], it.key
+
+
+def test_nltk_checks_are_the_ones_that_tokenise_with_nltk():
+    """`NLTK_CHECKS` (capped on huge answers) is exactly the set of instruction types whose checks
+    run NLTK's time-limited matches: every IFEval and IFBench checker is run with them recorded
+    (IFBench's two types that need NLTK data no package ships cannot run, and are NLTK checks)."""
+    from nltk import redos
+
+    from ampo.ifeval.evaluate import SKIP
+    from ampo.ifeval.scoring import NLTK_CHECKS, build_checker
+
+    calls = []
+    resolve = redos.TimedPattern._resolve
+    text = "\n\n".join(["The Garden was quiet. Mr. Smith sang softly, e.g. over the wall! Why not? * a point\n"] * 30)
+    found = set()
+    for bench in ("ifeval", "ifbench"):
+        checks, uses = registry(bench), {}
+        for item in load_items(bench):
+            for instruction_id, kwargs in zip(item.instruction_id_list, item.kwargs):
+                uses.setdefault(instruction_id, []).append((kwargs, item.prompt))
+        for instruction_id, cases in uses.items():
+            for kwargs, prompt in cases[:3] if instruction_id not in SKIP[bench] else []:
+                checker = build_checker(checks, instruction_id, kwargs, prompt)
+                calls.clear()
+                redos.TimedPattern._resolve = lambda self, timeout: calls.append(1) or resolve(self, timeout)
+                try:
+                    checker.check_following(text)
+                finally:
+                    redos.TimedPattern._resolve = resolve
+                if calls:
+                    found.add(instruction_id)
+    assert found == NLTK_CHECKS - SKIP["ifbench"] and SKIP["ifbench"] <= NLTK_CHECKS
+
+
+def test_a_huge_answer_loses_only_its_own_nltk_checks(tmp_path):
+    """A 10 MB answer to a sentence-count prompt once lost the whole evaluation (NLTK gave up
+    after 5 s with an error naming nothing): now its NLTK check is scored "not followed" without
+    running, the prompt is listed in metrics.json, and every other answer is scored (issue 29)."""
+    import json
+
+    from ampo.cli import main
+    from ampo.ifeval.scoring import MAX_CHECKED_CHARS
+
+    huge = "A sentence. " * 900_000  # 10.8 MB; key 179 asks for at least 50 sentences
+    assert len(huge) > MAX_CHECKED_CHARS
+    rows = [{"key": 179, "response": huge}, {"key": 1268, "response": "One sentence. Two sentences."},
+            {"key": 1174, "response": "o " * 50_001 + "*a* *b*"}]  # letter count, sentences, highlights
+    (tmp_path / "responses.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert main(["-q", "evaluate", "--benchmark", "ifeval", "--responses", str(tmp_path / "responses.jsonl"),
+                 "--output", str(tmp_path / "out"), "--bootstrap", "10"]) == 0
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert metrics["too_long_to_check"]["keys"] == [1174, 179]  # in benchmark order
+    assert metrics["too_long_to_check"]["max_chars"] == MAX_CHECKED_CHARS
+    results = {r["key"]: r for r in map(json.loads, (tmp_path / "out" / "results.jsonl").read_text().splitlines())}
+    assert results[179]["follow_instruction_list_strict"] == results[179]["follow_instruction_list_loose"] == [False]
+    assert results[1268]["follow_instruction_list_strict"] == [True]
+    assert results[1174]["follow_instruction_list_strict"] == [False, False, True]  # only the middle one unchecked
+
+
+def test_checks_do_not_depend_on_how_busy_the_machine_is(monkeypatch):
+    """NLTK stops a match after `redos.DEFAULT_TIMEOUT` seconds of wall-clock time; a machine busy
+    enough to make every match that slow (here: a limit of a microsecond) changes no score."""
+    from nltk import redos
+
+    checks = registry("ifeval")
+    text = "One. Two. Three. " * 3000  # 9000 sentences, 51,000 characters
+    kwargs = [{"num_sentences": 9000, "relation": "at least"}, {"num_words": 9001, "relation": "less than"}]
+    ids = ["length_constraints:number_sentences", "length_constraints:number_words"]
+    expected = follow_instructions(checks, ids, kwargs, "", text)
+    monkeypatch.setattr(redos, "DEFAULT_TIMEOUT", 1e-6)
+    assert follow_instructions(checks, ids, kwargs, "", text) == expected == ([True, True], [True, True])
+    assert redos.DEFAULT_TIMEOUT == 1e-6  # the limit is lifted only while the checks run

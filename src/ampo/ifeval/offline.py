@@ -89,6 +89,25 @@ def _no_downloads() -> Iterator[None]:
         nltk.download = original
 
 
+@contextlib.contextmanager
+def no_wall_clock_limit() -> Iterator[None]:
+    """NLTK runs every regular-expression match of its tokenisers under a wall-clock timeout (5 s,
+    `nltk.redos.DEFAULT_TIMEOUT`): a sentence count on a long answer would pass on an idle machine
+    and raise on a busy one. Inside the block there is no such limit, so the outcome depends on the
+    text alone; ampo bounds the work instead (`scoring.MAX_CHECKED_CHARS`)."""
+    try:
+        from nltk import redos
+    except ImportError:  # an NLTK without the limit
+        yield
+        return
+    saved = redos.DEFAULT_TIMEOUT
+    redos.DEFAULT_TIMEOUT = None
+    try:
+        yield
+    finally:
+        redos.DEFAULT_TIMEOUT = saved
+
+
 def prepare() -> None:
     """Make the checks deterministic and offline (idempotent)."""
     global _prepared

@@ -7,10 +7,18 @@ Strict: the checker accepts the response as it is. Loose: the checker accepts an
 An empty (whitespace-only) response or variant never passes. Instruction types in `skip` are not
 checked: their entry is None and they count in no accuracy.
 
-One deliberate difference: a checker whose arguments are incomplete or invalid draws the missing
-ones at random in the official code (IFEval keys 1122 and 1129 ask for the "letter" '#' and '!',
-so the letter-frequency checker picks a random letter on every run). ampo seeds that draw from
-the instruction and its arguments, so the same response always gets the same score.
+Two deliberate differences, both so that the same response always gets the same score:
+
+- a checker whose arguments are incomplete or invalid draws the missing ones at random in the
+  official code (IFEval keys 1122 and 1129 ask for the "letter" '#' and '!', so the
+  letter-frequency checker picks a random letter on every run). ampo seeds that draw from the
+  instruction and its arguments.
+- the checks that tokenise with NLTK (`NLTK_CHECKS`: sentence and word counts and positions) take
+  seconds per megabyte, and NLTK stops each of its matches after 5 s of wall-clock time, so on a
+  very long answer the official code passes, fails or raises depending on how busy the machine is
+  (and one raise loses the whole evaluation). ampo runs them without that limit, and scores them
+  "not followed" without running them on an answer longer than `MAX_CHECKED_CHARS` characters
+  (no benchmark budget comes near it); `aggregate` lists those prompts under `too_long_to_check`.
 """
 
 from __future__ import annotations
@@ -24,8 +32,20 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from .bench import Item
+from .offline import no_wall_clock_limit
 
 MODEL_CARD_METRIC = "avg_prompt_inst_strict_acc"
+
+# The instruction types whose checks tokenise the answer with NLTK (Punkt sentences, word_tokenize,
+# RegexpTokenizer), found by running every IFEval and IFBench checker (tests/test_ifeval_scoring.py).
+NLTK_CHECKS = frozenset({
+    "change_case:capital_word_frequency", "length_constraints:number_sentences", "length_constraints:number_words",
+    "count:word_count_range", "format:title_case", "ratio:stop_words", "words:keywords_specific_position",
+    "words:start_verb", "words:words_position",
+})
+# Longer answers are not given to them: about 0.5 s per check and loose variant at this size; 30x a
+# 1280-token answer.
+MAX_CHECKED_CHARS = 100_000
 
 
 @dataclass
@@ -36,6 +56,13 @@ class PromptResult:
     instruction_id_list: tuple[str, ...]
     strict: list[bool | None]
     loose: list[bool | None]
+    too_long: tuple[str, ...] = ()  # instruction types scored "not followed" unchecked (`too_long_to_check`)
+
+
+def too_long_to_check(instruction_id: str, response: str) -> bool:
+    """Whether `instruction_id` is scored "not followed" on `response` without running its check:
+    an NLTK check on an answer of more than `MAX_CHECKED_CHARS` characters."""
+    return instruction_id in NLTK_CHECKS and len(response) > MAX_CHECKED_CHARS
 
 
 def loose_variants(response: str) -> list[str]:
@@ -68,7 +95,8 @@ def build_checker(registry: dict[str, Any], instruction_id: str, kwargs: dict[st
 
 def follow_instructions(registry: dict[str, Any], instruction_ids: Sequence[str], kwargs: Sequence[dict],
                         prompt: str, response: str, skip: frozenset = frozenset()) -> tuple[list, list]:
-    """(strict, loose): one bool per instruction (None for the types in `skip`)."""
+    """(strict, loose): one bool per instruction (None for the types in `skip`; False for an NLTK
+    check on an answer too long to check, `too_long_to_check`)."""
     variants = [v for v in loose_variants(response) if v.strip()]
     strict, loose = [], []
     for instruction_id, kw in zip(instruction_ids, kwargs, strict=True):
@@ -76,15 +104,21 @@ def follow_instructions(registry: dict[str, Any], instruction_ids: Sequence[str]
             strict.append(None)
             loose.append(None)
             continue
+        if too_long_to_check(instruction_id, response):
+            strict.append(False)
+            loose.append(False)
+            continue
         checker = build_checker(registry, instruction_id, kw, prompt)
-        strict.append(bool(response.strip()) and bool(checker.check_following(response)))
-        loose.append(any(checker.check_following(v) for v in variants))
+        with no_wall_clock_limit():
+            strict.append(bool(response.strip()) and bool(checker.check_following(response)))
+            loose.append(any(checker.check_following(v) for v in variants))
     return strict, loose
 
 
 def score_item(registry: dict[str, Any], item: Item, response: str, skip: frozenset = frozenset()) -> PromptResult:
     strict, loose = follow_instructions(registry, item.instruction_id_list, item.kwargs, item.prompt, response, skip)
-    return PromptResult(item.key, item.instruction_id_list, strict, loose)
+    too_long = tuple(i for i in item.instruction_id_list if i not in skip and too_long_to_check(i, response))
+    return PromptResult(item.key, item.instruction_id_list, strict, loose, too_long)
 
 
 def _counts(results: Iterable[PromptResult], mode: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -142,5 +176,7 @@ def aggregate(results: Sequence[PromptResult], n_boot: int = 1000, seed: int = 0
     out["n_prompts"] = int(len(_counts(results, "strict")[0]))
     out["n_instructions"] = int(sum(t["n"] for t in per_type.values()))
     out["unscored_instructions"] = dict(sorted(unscored.items()))
+    out["too_long_to_check"] = {"max_chars": MAX_CHECKED_CHARS, "instruction_types": sorted(NLTK_CHECKS),
+                                "keys": [r.key for r in results if r.too_long]}
     out["bootstrap"] = {"samples": n_boot, "seed": seed, "level": 0.95, "over": "prompts"}
     return out
