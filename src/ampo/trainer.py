@@ -300,18 +300,18 @@ def train_round(c, model, tokenizer, pool, ref_rows, work_dir: Path, key: str, o
         from peft import LoraConfig, get_peft_model
         from transformers import set_seed
 
+        from .models import ordered_adapter_config
+
         set_seed(lora_seed)  # the adapter's initial weights are random: draw them from the given seed
         model = get_peft_model(model, LoraConfig(
             r=c.model.lora_r, lora_alpha=c.model.lora_alpha, lora_dropout=c.model.lora_dropout,
             target_modules=list(c.model.lora_targets), task_type="CAUSAL_LM"))
+        ordered_adapter_config(model)  # adapter_config.json in a fixed order, not the string hash's
     model.train()
-        from .models import ordered_adapter_config
-
     dataset = GroupDataset(build_groups(tokenizer, pool, ref_rows, old_rows),
                            curriculum=c.train.curriculum == "groups")
     trainer = GroupTrainer(
         model=model,
-        ordered_adapter_config(model)  # adapter_config.json in a fixed order, not the string hash's
         args=training_args(c, work_dir, progress),
         train_dataset=dataset,
         data_collator=GroupCollator(tokenizer.pad_token_id, shared_prefix=c.train.shared_prefix),
