@@ -18,6 +18,7 @@ import sys
 from .commands.evaluate import cmd_evaluate, cmd_make_prompts
 from .commands.pool import cmd_embed, cmd_generate, cmd_score, cmd_select
 from .commands.run import DEMO_RECIPE, RECIPES, cmd_demo, cmd_report, cmd_run
+from .commands.sweep import cmd_sweep, cmd_sweep_worker
 from .commands.train import TRAIN_FLAGS, cmd_train, cmd_train_rm, train_config
 from .config import AGGREGATES, CLI_RANGES, Range, short
 
@@ -229,6 +230,42 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--base", help="base prompts (JSONL/Parquet/TXT); default: ampo's bundled prompts")
     s.set_defaults(fn=cmd_make_prompts)
 
+    s = sub.add_parser("sweep", help="a hyperparameter study: one `ampo run` per trial, shared stages made once",
+                       description="Sweep options of a run config with Optuna (grid, TPE or random): each trial is a "
+                                   "run folder OUT/trials/NNN; stages trials share are made once (OUT/store). "
+                                   "Rerunning the command resumes the sweep. Writes OUT/sweep.md, OUT/sweep.png "
+                                   "and OUT/best.yaml. See docs/sweep.md.")
+    s.add_argument("config", nargs="?", help="YAML config (as `ampo run`)")
+    s.add_argument("overrides", nargs="*", help="dotted overrides of the config, fixed for every trial")
+    s.add_argument("--out", required=True, help="the sweep folder; rerunning on it resumes")
+    s.add_argument("--grid", action="append", metavar="KEY=V1,V2,...",
+                   help="values of an option (repeatable), e.g. train.learning_rate=1e-5,3e-5; a loss "
+                        "hyperparameter as train.beta or train.hparams.beta")
+    s.add_argument("--range", action="append", metavar="KEY=LOW:HIGH[:log]",
+                   help="a numeric range for --sampler tpe|random (repeatable), e.g. train.learning_rate=1e-6:1e-3:log")
+    s.add_argument("--sampler", choices=["grid", "tpe", "random"],
+                   help="default: grid with only --grid, tpe with a --range")
+    s.add_argument("--trials", type=int, help="number of trials (grid: at most, and by default, the grid's size)")
+    s.add_argument("--metric", default="mean_reward",
+                   help="a figure of the last round's eval.json (default mean_reward: the held-out reward of the "
+                        "run's own task); benchmark figures are refused without --allow-benchmark-metric")
+    s.add_argument("--direction", choices=["maximize", "minimize"], help="default: the metric's (drift: minimize)")
+    s.add_argument("--allow-benchmark-metric", action="store_true",
+                   help="allow a metric computed on IFEval / IFBench (contaminates that benchmark)")
+    s.add_argument("--jobs", type=int, default=1, help="trials at once, as single-threaded processes")
+    s.add_argument("--storage", help="Optuna storage shared by several machines: an RDB URL (sqlite:///path, "
+                                     "postgresql://...) or a journal file; default OUT/study.journal")
+    s.add_argument("--study", help="the study's name in --storage (default: derived from the swept options, "
+                                   "the metric and the base config)")
+    s.add_argument("--estimate", action="store_true",
+                   help="print the number of trials and the stages and time they need, and run nothing")
+    s.set_defaults(fn=cmd_sweep)
+
+    s = sub.add_parser("sweep-worker", help="one process of `ampo sweep --jobs N` (started by it)")
+    s.add_argument("folder", help="the sweep folder (holding sweep.json)")
+    s.add_argument("--parent", type=int, help="the coordinator's pid: this worker dies with it")
+    s.set_defaults(fn=cmd_sweep_worker)
+
     s = sub.add_parser("report", help="rewrite report.md and plots of a finished run folder")
     s.add_argument("run")
     s.set_defaults(fn=cmd_report)
@@ -236,7 +273,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and args.command == "sweep" and all("=" in e and not e.startswith("-") for e in extra):
+        args.overrides = [*args.overrides, *extra]  # `ampo sweep CONFIG --out DIR --grid ... key=value`
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s ampo %(message)s", datefmt="%H:%M:%S")
     for noisy in ("httpx", "urllib3", "sentence_transformers", "transformers"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

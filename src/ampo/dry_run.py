@@ -7,7 +7,8 @@ A stage is
 - `resume`: started with this key and interrupted: generation, scoring and embedding continue from
   their finished shards, training from its last Trainer checkpoint;
 - `redo`: recorded with another key (an option it depends on changed) or with damaged outputs: runs again;
-- `run`: never started: runs.
+- `run`: never started: runs;
+- `store`: not done here, but the run's stage store (`store:`) holds its key: its files are taken from there.
 """
 
 from __future__ import annotations
@@ -50,8 +51,20 @@ def plan(config) -> list[PlannedStage]:
     """Every stage of `config`'s run and its status in the run folder `config.out`."""
     folder = Path(config.out)
     recorded = Manifest.read(folder / "manifest.json")["stages"] if (folder / "manifest.json").exists() else {}
-    return [PlannedStage(name, key, _status(folder, recorded.get(name), key))
-            for name, key in stage_keys(RunKeys(config))]
+    stored = _stored(config)
+    return [PlannedStage(name, key, "store" if status != "done" and stored(name, key) else status)
+            for name, key in stage_keys(RunKeys(config))
+            for status in [_status(folder, recorded.get(name), key)]]
+
+
+def _stored(config):
+    """Whether the run's stage store (`store:`) holds a stage: a run takes it from there."""
+    if not getattr(config, "store", None):
+        return lambda name, key: False
+    from .stage_store import UNSHARED, StageStore
+
+    store = StageStore(config.store)
+    return lambda name, key: name not in UNSHARED and store.has(key)
 
 
 def _status(folder: Path, entry: dict | None, key: str) -> str:
@@ -72,7 +85,8 @@ def format_plan(stages: list[PlannedStage], folder: str) -> str:
     width = max(len(s.name) for s in stages)
     lines = [f"{'stage':<{width}}  {'key':<16}  status"]
     lines += [f"{s.name:<{width}}  {s.key:<16}  {s.status}" for s in stages]
-    counts = {status: sum(s.status == status for s in stages) for status in ("done", "resume", "redo", "run")}
+    counts = {status: sum(s.status == status for s in stages) for status in ("done", "resume", "redo", "run", "store")}
     lines.append(f"{folder}: {counts['done']} done, {counts['resume']} to resume, {counts['redo']} to redo "
-                 f"(changed key or damaged outputs), {counts['run']} to run")
+                 f"(changed key or damaged outputs), {counts['run']} to run"
+                 + (f", {counts['store']} to take from the stage store" if counts["store"] else ""))
     return "\n".join(lines)

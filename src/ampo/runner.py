@@ -164,8 +164,14 @@ class Runner:
     main one takes the lock and writes `config_text` to `config.yaml` when given.
     """
 
-    def __init__(self, folder: str | Path, config_text: str | None = None, progress: bool = True):
+    def __init__(self, folder: str | Path, config_text: str | None = None, progress: bool = True,
+                 store: str | Path | None = None):
         self.dir = Path(folder)
+        self.store = None  # `ampo.stage_store.StageStore`: finished stages shared with other run folders
+        if store is not None:
+            from .stage_store import StageStore
+
+            self.store = StageStore(store)
         self.dist = Dist()
         self.progress = progress and self.dist.main
         self._lock = None
@@ -202,15 +208,43 @@ class Runner:
             if self.dist.main:
                 log.info("[%s] up to date (key %s)", name, key)
             return
+        with self._claim(key):
+            if self._from_store(name, key, outputs):
+                return
+            if self.dist.main:
+                log.info("[%s] running (key %s)", name, key)
+            self.manifest.mark(name, key, "running")
+            t0 = time.perf_counter()
+            info = fn() if (everyone or self.dist.main) else None
+            self.dist.wait()
+            files = fingerprints(self.dir, outputs) if self.dist.main else {}
+            self.manifest.mark(name, key, "done", seconds=round(time.perf_counter() - t0, 2),
+                               finished_at=time.strftime("%Y-%m-%dT%H:%M:%S"), **(info or {}), outputs=files)
+            if self.store is not None and self.dist.main:
+                self.store.put(name, key, self.dir, self.manifest.data["stages"][name])
+
+    def _claim(self, key: str):
+        """The store's claim on `key` while this process makes it (main process; nothing without a store)."""
+        import contextlib
+
+        return self.store.claim(key) if self.store is not None and self.dist.main else contextlib.nullcontext()
+
+    def _from_store(self, name: str, key: str, outputs: list[Path]) -> bool:
+        """Take the stage from the store when it holds `key` intact: mark it done (every process
+        learns whether it did)."""
+        if self.store is None:
+            return False
+        entry = None
         if self.dist.main:
-            log.info("[%s] running (key %s)", name, key)
-        self.manifest.mark(name, key, "running")
-        t0 = time.perf_counter()
-        info = fn() if (everyone or self.dist.main) else None
-        self.dist.wait()
-        files = fingerprints(self.dir, outputs) if self.dist.main else {}
-        self.manifest.mark(name, key, "done", seconds=round(time.perf_counter() - t0, 2),
-                           finished_at=time.strftime("%Y-%m-%dT%H:%M:%S"), **(info or {}), outputs=files)
+            t0 = time.perf_counter()
+            entry = self.store.fetch(name, key, self.dir, outputs)
+            if entry is not None:
+                log.info("[%s] taken from the stage store %s (key %s)", name, self.store.root, key)
+                self.manifest.mark(name, key, "done", seconds=round(time.perf_counter() - t0, 2),
+                                   finished_at=time.strftime("%Y-%m-%dT%H:%M:%S"), **entry["info"],
+                                   outputs=entry["outputs"], from_store={"seconds": entry["seconds"],
+                                                                         "made_in": entry["made_in"]})
+        return bool(self.dist.share(entry is not None))
 
     def _intact(self, name: str, outputs: list[Path]) -> bool:
         """Whether a finished stage's outputs still match their manifest record; if not, say which

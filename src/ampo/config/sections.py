@@ -130,6 +130,7 @@ AGGREGATES = ("reward", "mean_logit", "win_rate", "win_rate_self", "copeland")
 @dataclass
 class RunConfig:
     out: str = "runs/ampo"
+    store: str | None = None  # a stage store shared by run folders (ampo.stage_store); in no stage key
     seed: int = 0
     rounds: int = 2
     model: ModelConfig = field(default_factory=ModelConfig)

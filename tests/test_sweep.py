@@ -1,0 +1,339 @@
+"""`ampo sweep` and the stage store on a tiny in-process policy: shared stages made once (store),
+grid and TPE studies, the outputs (sweep.md, sweep.png, best.yaml), `--estimate`, refusals before
+any model loads, resume after `kill -9`, and two processes on one study storage."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from ampo.cli import main
+from ampo.config import load_config
+from ampo.pipeline import Pipeline
+from ampo.runner import Runner
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def tiny(policy: Path, *extra: str) -> list[str]:
+    """The options of a tiny one-round run (as tests/test_pipeline.py), without `out`."""
+    return ["rounds=1", f"model.policy={policy}", "model.lora=false",
+            f"data.prompts={ROOT / 'examples' / 'tiny_prompts.jsonl'}", "data.heldout=2", "generate.n=4",
+            "generate.max_new_tokens=6", "generate.shard_prompts=2", "select.k=2", "embed.embedder=policy",
+            "eval.samples_per_prompt=2", "eval.max_new_tokens=6", "eval.bootstrap=200", "train.prompts_per_step=2",
+            "train.save_steps=1", *extra]
+
+
+def sweep(policy, out, *flags, extra=()) -> int:
+    return main(["-q", "sweep", *tiny(policy, *extra), "--out", str(out), *flags])
+
+
+def study_trials(out: Path):
+    import optuna
+
+    from ampo.sweep import Sweep, open_study
+
+    st = open_study(Sweep.load(out))
+    return st.study.get_trials(deepcopy=False), optuna.trial.TrialState
+
+
+def stages(run: Path) -> dict:
+    return json.loads((run / "manifest.json").read_text())["stages"]
+
+
+def mtimes(folder: Path) -> dict[str, float]:
+    return {str(p.relative_to(folder)): p.stat().st_mtime_ns for p in folder.rglob("*") if p.is_file()}
+
+
+# -- the stage store ---------------------------------------------------------------------------
+
+def _write_stage(folder: Path, calls: list, text: str = "pool"):
+    def fn():
+        calls.append(folder.name)
+        (folder / "round-0" / "checkpoint").mkdir(parents=True, exist_ok=True)
+        (folder / "round-0" / "pool.txt").write_text(text)
+        (folder / "round-0" / "checkpoint" / "w.bin").write_bytes(b"\0\1\2")
+        return {"shards_by_rank": {"0": 1}}
+    return fn
+
+
+def _outputs(folder: Path) -> list[Path]:
+    return [folder / "round-0" / "pool.txt", folder / "round-0" / "checkpoint"]
+
+
+def test_store_gives_a_finished_stage_to_another_run_folder(tmp_path):
+    store, calls = tmp_path / "store", []
+    for name in ("a", "b"):
+        folder = tmp_path / name
+        with Runner(folder, store=store) as run:
+            run.stage("round-0/generate", "k1", _write_stage(folder, calls), _outputs(folder))
+            run.stage("split", "k2", lambda f=folder: [(f / "split.json").write_text("{}"), calls.append("split")]
+                      and None, [folder / "split.json"])
+    assert calls == ["a", "split", "split"]  # made once; `split` (names its prompt file) is never shared
+    a, b = stages(tmp_path / "a")["round-0/generate"], stages(tmp_path / "b")["round-0/generate"]
+    assert b["outputs"] == a["outputs"] and b["shards_by_rank"] == {"0": 1} and b["from_store"]["seconds"] is not None
+    assert "from_store" not in a
+    same = lambda rel: os.path.samefile(tmp_path / "a" / rel, tmp_path / "b" / rel)
+    assert same("round-0/pool.txt") and same("round-0/checkpoint/w.bin")  # hard links, not copies
+    # a rerun finds the stage done in its own folder
+    with Runner(tmp_path / "b", store=store) as run:
+        run.stage("round-0/generate", "k1", _write_stage(tmp_path / "b", calls), _outputs(tmp_path / "b"))
+    assert calls == ["a", "split", "split"]
+
+
+def test_a_damaged_store_entry_is_dropped_and_the_stage_runs(tmp_path):
+    store, calls = tmp_path / "store", []
+    with Runner(tmp_path / "a", store=store) as run:
+        run.stage("round-0/generate", "k1", _write_stage(tmp_path / "a", calls), _outputs(tmp_path / "a"))
+    stored = store / "k1" / "files" / "round-0" / "pool.txt"
+    stored.unlink()
+    stored.write_text("tampered")  # a new file: the run folder's copy is untouched
+    with Runner(tmp_path / "b", store=store) as run:
+        run.stage("round-0/generate", "k1", _write_stage(tmp_path / "b", calls), _outputs(tmp_path / "b"))
+    assert calls == ["a", "b"]
+    assert (tmp_path / "b" / "round-0" / "pool.txt").read_text() == "pool"
+    assert "from_store" not in stages(tmp_path / "b")["round-0/generate"]
+    assert (store / "k1" / "files" / "round-0" / "pool.txt").read_text() == "pool"  # stored again, intact
+
+
+def test_ampo_run_with_a_store_reuses_the_pool_of_a_run_that_differs_in_train(tiny_policy, tmp_path):
+    store = tmp_path / "store"
+    make = lambda out, *extra: load_config(overrides=[*tiny(tiny_policy, *extra), f"out={tmp_path / out}",
+                                                      f"store={store}"])
+    Pipeline(make("a", "train.learning_rate=0.01"), progress=False).run()
+    second = make("b", "train.learning_rate=0.001")
+    from ampo.dry_run import plan
+
+    status = {s.name: s.status for s in plan(second)}
+    assert status["round-0/generate"] == status["baseline"] == "store" and status["round-0/train"] == "run"
+    Pipeline(second, progress=False).run()
+    b = stages(tmp_path / "b")
+    for name in ("baseline", "round-0/generate", "round-0/score", "round-0/embed", "round-0/select"):
+        assert b[name]["from_store"], name
+    for name in ("split", "round-0/train", "round-0/evaluate"):
+        assert "from_store" not in b[name], name
+    assert not (tmp_path / "b" / "round-0" / "generate.parts").exists()
+
+
+# -- refusals, before any model loads ----------------------------------------------------------
+
+@pytest.mark.parametrize("flags, message", [
+    (["--grid", "train.learning_rate=fast,1e-3"], "expected float, got 'fast'"),
+    (["--grid", "model.foo=1,2"], "unknown config key 'model.foo'"),
+    (["--grid", "train.lerning_rate=1,2"], "not a hyperparameter of loss 'ampo'"),
+    (["--grid", "select.k=0,1"], "must be >= 1"),
+    (["--grid", "train.learning_rate="], "empty grid"),
+    (["--grid", "train.learning_rate=1e-3,1e-3"], "given twice"),
+    (["--grid", "train.learning_rate=1e-3,1e-2", "--trials", "3"], "more trials than the grid has (2)"),
+    (["--range", "train.learning_rate=1e-3:1e-2:log", "--sampler", "grid"], "--range needs --sampler tpe"),
+    (["--range", "train.learning_rate=1e-3:1e-2:log"], "needs --trials"),
+    (["--range", "train.learning_rate=1e-2:1e-3", "--trials", "2"], "LOW must be below HIGH"),
+    (["--range", "select.strategy=a:b", "--trials", "2"], "--range select.strategy"),
+    (["--grid", "out=a,b"], "cannot be swept"),
+    (["--grid", "train.learning_rate=1e-3,1e-2", "--grid", "train.learning_rate=1e-4"], "swept twice"),
+    (["--grid", "train.seed=1,2"], "not a hyperparameter"),
+    (["--grid", "train.loss=dpo,ampo", "--grid", "train.gamma=0.5,1"], "not a hyperparameter of loss 'dpo'"),
+    (["--grid", "train.learning_rate=1e-3,1e-2", "--metric", "benchmarks.ifeval.avg_prompt_inst_strict_acc"],
+     "contaminates the benchmark"),
+    (["--grid", "train.learning_rate=1e-3,1e-2", "--metric", "accuracy"], "unknown; choose one of"),
+    ([], "nothing to sweep"),
+])
+def test_bad_sweeps_are_refused_in_one_line(tiny_policy, tmp_path, capsys, flags, message):
+    out = tmp_path / "sweep"
+    assert sweep(tiny_policy, out, *flags) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("ampo: error:") and "\n" not in err and message in err, err
+    assert not out.exists()
+
+
+def test_a_value_both_swept_and_set_is_refused(tiny_policy, tmp_path, capsys):
+    assert sweep(tiny_policy, tmp_path / "s", "--grid", "train.learning_rate=1e-3,1e-2",
+                 extra=["train.learning_rate=0.1"]) == 2
+    assert "both swept and set" in capsys.readouterr().err
+
+
+def test_a_folder_holding_another_sweep_is_refused(tiny_policy, tmp_path, capsys):
+    out = tmp_path / "s"
+    out.mkdir()
+    (out / "sweep.json").write_text(json.dumps({"params": [], "sampler": "grid"}))
+    assert sweep(tiny_policy, out, "--grid", "train.learning_rate=1e-3,1e-2") == 2
+    assert "holds another sweep (its swept options differ)" in capsys.readouterr().err
+    assert sorted(os.listdir(out)) == ["sweep.json"]
+
+
+# -- --estimate ---------------------------------------------------------------------------------
+
+def test_estimate_counts_trials_and_shared_stages_without_running(tiny_policy, tmp_path, capsys):
+    out = tmp_path / "s"
+    assert sweep(tiny_policy, out, "--grid", "train.learning_rate=1e-3,1e-2", "--grid", "train.beta=1,2",
+                 "--estimate") == 0
+    text = capsys.readouterr().out
+    assert "4 trials (grid 2 train.learning_rate x 2 train.hparams.beta)" in text  # train.beta is the loss's
+    # per trial: split, baseline, generate, score, embed, select, train, evaluate; the five in the
+    # middle are shared, split is per folder: 4 x 8 = 32 in all, 5 + 4 x 3 = 17 distinct
+    assert "32 in all trials, 17 distinct" in text and "17 to make" in text
+    assert "no stage timings yet" in text
+    assert not out.exists()
+
+
+def test_an_allowed_benchmark_metric_warns_that_the_benchmark_is_contaminated(tiny_policy, tmp_path, capsys):
+    assert sweep(tiny_policy, tmp_path / "s", "--grid", "train.learning_rate=1e-3,1e-2", "--metric",
+                 "benchmarks.ifeval.avg_prompt_inst_strict_acc", "--allow-benchmark-metric", "--estimate",
+                 extra=["eval.benchmarks=[ifeval]"]) == 0
+    assert "contaminated" in capsys.readouterr().err
+
+
+# -- sweeps -------------------------------------------------------------------------------------
+
+def test_grid_sweep_shares_stages_and_writes_its_outputs(tiny_policy, tmp_path, capsys):
+    out = tmp_path / "s"
+    flags = ["--grid", "train.learning_rate=1e-3,1e-2"]
+    assert sweep(tiny_policy, out, *flags) == 0
+    trials, State = study_trials(out)
+    assert [t.state for t in trials] == [State.COMPLETE] * 2
+    assert sorted(t.params["train.learning_rate"] for t in trials) == [1e-3, 1e-2]
+    first, second = (out / "trials" / f"{t.number:03d}" for t in trials)
+    for t, folder in zip(trials, (first, second)):
+        ev = json.loads((folder / "round-0" / "eval.json").read_text())
+        assert t.value == ev["mean_reward"] and len(t.user_attrs["metric_ci"]) == 2
+        assert load_config(folder / "config.yaml").train.learning_rate == t.params["train.learning_rate"]
+    # the second trial took the pool, its scores and embeddings, the selection and the baseline from
+    # the store: one generation in all
+    a, b = stages(first), stages(second)
+    for name in ("baseline", "round-0/generate", "round-0/score", "round-0/embed", "round-0/select"):
+        assert "from_store" not in a[name] and b[name]["from_store"] and a[name]["key"] == b[name]["key"], name
+    assert "from_store" not in b["round-0/train"] and a["round-0/train"]["key"] != b["round-0/train"]["key"]
+    generations = [e for e in (out / "store").glob("*/entry.json") if json.loads(e.read_text())["stage"]
+                   == "round-0/generate"]
+    assert len(generations) == 1
+    # outputs
+    md = (out / "sweep.md").read_text()
+    assert "| trial | train.learning_rate | mean_reward [95% CI] |" in md and md.count("| done |") == 2
+    assert (out / "sweep.png").stat().st_size > 0
+    best_trial = max(trials, key=lambda t: t.value)
+    best = load_config(out / "best.yaml")
+    assert best.train.learning_rate == best_trial.params["train.learning_rate"] and best.out == str(out / "best")
+    printed = capsys.readouterr().out
+    assert "2 of 2 trials done" in printed and "best: trial" in printed
+    # each trial is an ordinary run folder: `ampo report` works on it
+    assert main(["-q", "report", str(second)]) == 0
+    # rerunning the finished sweep does nothing
+    before = mtimes(out / "trials")
+    assert sweep(tiny_policy, out, *flags) == 0
+    after = mtimes(out / "trials")
+    assert {k for k in before if before[k] != after.get(k)} <= set()
+    assert len(study_trials(out)[0]) == 2
+    # best.yaml is ready for `ampo run`: every shared stage comes from the sweep's store
+    assert main(["-q", "run", str(out / "best.yaml")]) == 0
+    remade = stages(out / "best")
+    assert all(e.get("from_store") for name, e in remade.items() if name not in ("split", "report"))
+
+
+def test_tpe_sweep_over_a_log_range(tiny_policy, tmp_path):
+    out = tmp_path / "s"
+    assert sweep(tiny_policy, out, "--range", "train.learning_rate=1e-4:1e-1:log", "--trials", "2") == 0
+    trials, State = study_trials(out)
+    assert [t.state for t in trials] == [State.COMPLETE] * 2
+    lrs = [t.params["train.learning_rate"] for t in trials]
+    assert all(1e-4 <= lr <= 1e-1 for lr in lrs) and lrs[0] != lrs[1]
+    assert json.loads((out / "sweep.json").read_text())["sampler"] == "tpe"
+    assert (out / "best.yaml").exists()
+
+
+def test_a_failed_trial_is_recorded_and_retried_in_its_folder(tiny_policy, tmp_path, monkeypatch, capsys):
+    import ampo.sweep
+
+    out = tmp_path / "s"
+    real = ampo.sweep.read_metric
+
+    def broken(run_dir, config, metric):
+        if config.train.learning_rate == 1e-2:
+            raise ValueError("boom")
+        return real(run_dir, config, metric)
+
+    monkeypatch.setattr(ampo.sweep, "read_metric", broken)
+    flags = ["--grid", "train.learning_rate=1e-3,1e-2"]
+    assert sweep(tiny_policy, out, *flags) == 2
+    assert "1 of 2 trials failed" in capsys.readouterr().err
+    assert "ValueError: boom" in (out / "sweep.md").read_text()
+    monkeypatch.setattr(ampo.sweep, "read_metric", real)
+    assert sweep(tiny_policy, out, *flags) == 0
+    trials, State = study_trials(out)
+    assert [t.state for t in trials] == [State.COMPLETE, State.FAIL, State.COMPLETE] or \
+        [t.state for t in trials] == [State.FAIL, State.COMPLETE, State.COMPLETE]
+    retry = trials[2]
+    assert retry.user_attrs["retry_of"] in (0, 1) and retry.user_attrs["folder"] == f"{retry.user_attrs['retry_of']:03d}"
+    assert sorted(os.listdir(out / "trials")) == ["000", "001"]
+    assert "2 attempts" in (out / "sweep.md").read_text()
+
+
+# -- resume after kill -9, and several processes on one study ------------------------------------
+
+def _cli(args, **kw):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "-m", "ampo.cli", "-q", *args], env=env, cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, **kw)
+
+
+def test_kill_9_mid_trial_and_rerun_resumes_it_in_its_folder(tiny_policy, tmp_path):
+    out = tmp_path / "s"
+    flags = ["--grid", "train.learning_rate=1e-3,1e-2"]
+    slower = "generate.max_new_tokens=48"
+    proc = _cli(["sweep", *tiny(tiny_policy, slower), "--out", str(out), *flags])
+    second_training = out / "trials" / "001" / "round-0" / "train"
+    t0 = time.time()
+    while not second_training.exists():  # the second trial is training (its pool came from the store)
+        if proc.poll() is not None:
+            pytest.fail(f"the sweep ended (exit {proc.returncode}) before the kill point: {proc.stderr.read()[-2000:]}")
+        if time.time() - t0 > 300:
+            proc.kill()
+            pytest.fail("kill point not reached")
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    trials, State = study_trials(out)
+    assert [t.state for t in trials] == [State.COMPLETE, State.RUNNING]  # Optuna's record of the killed trial
+    first = mtimes(out / "trials" / "000")
+    assert sweep(tiny_policy, out, *flags, extra=[slower]) == 0
+    trials, State = study_trials(out)
+    assert [t.state for t in trials] == [State.COMPLETE, State.COMPLETE]  # resumed, not asked again
+    assert sorted(os.listdir(out / "trials")) == ["000", "001"]
+    assert mtimes(out / "trials" / "000") == first  # the finished trial is kept as it was
+    b = stages(out / "trials" / "001")
+    assert b["round-0/generate"]["from_store"] and all(e["status"] == "done" for e in b.values())
+    md = (out / "sweep.md").read_text()
+    assert md.count("| done |") == 2
+
+
+@pytest.mark.slow
+@pytest.mark.ci  # the one test of several processes on a study: CI runs it (a minute)
+def test_two_processes_share_one_study_storage_and_one_store(tiny_policy, tmp_path):
+    """Two `ampo sweep` commands on one database (as two machines would: each its own --out; one
+    with --jobs 2) and one stage store: every grid point runs once, the shared stages are made once."""
+    db, store = tmp_path / "study.db", tmp_path / "store"
+    flags = ["--grid", "train.learning_rate=1e-3,3e-3,1e-2", "--grid", "train.beta=1,2", "--storage",
+             f"sqlite:///{db}"]
+    procs = [_cli(["sweep", *tiny(tiny_policy, f"store={store}"), "--out", str(tmp_path / name), *flags, *jobs])
+             for name, jobs in (("a", []), ("b", ["--jobs", "2"]))]
+    for p in procs:
+        assert p.wait(timeout=600) == 0, p.stderr.read()[-3000:]
+    folders = {name: sorted(os.listdir(tmp_path / name / "trials")) for name in ("a", "b")}
+    assert sorted(folders["a"] + folders["b"]) == [f"{i:03d}" for i in range(6)]  # each trial once, somewhere
+    from ampo.sweep import Sweep, open_study
+
+    st = open_study(Sweep.load(tmp_path / "a"))
+    trials = st.study.get_trials(deepcopy=False)
+    assert len(trials) == 6 and all(t.state.name == "COMPLETE" for t in trials)
+    assert len({tuple(sorted(t.params.items())) for t in trials}) == 6
+    made = [name for name in ("a", "b") for f in folders[name]
+            if "from_store" not in stages(tmp_path / name / "trials" / f)["round-0/generate"]]
+    assert len(made) == 1  # one generation for six trials in three processes
+    for name in ("a", "b"):
+        assert (tmp_path / name / "sweep.md").read_text().count("| done |") == 6
