@@ -6,75 +6,14 @@ encode/decode) with a ChatML-style template and `<|im_end|>` as eos = pad, like 
 
 from __future__ import annotations
 
-import functools
 from pathlib import Path
 
 import pytest
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-CHAT_TEMPLATE = (
-    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
+from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
 
-CORPUS = [
-    "The quick brown fox jumps over the lazy dog.",
-    "Write a short happy story about a cat and a sunny garden.",
-    "I love this movie, it was wonderful and great fun!",
-    "This is terrible, awful and sad; I hated every minute.",
-    "Explain why the sky is blue in one sentence.",
-    "Once upon a time there was a small robot who wanted to sing.",
-    "Numbers like 1, 2, 3 and 42 appear in text too.",
-]
-
-
-@functools.lru_cache(maxsize=1)
-def _tokenizer_json() -> str:
-    """Train the byte-level BPE once per session (a few ms) and keep it as JSON."""
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=400,
-        special_tokens=["<|im_start|>", "<|im_end|>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tok.train_from_iterator(CORPUS * 4, trainer=trainer)
-    return tok.to_str()
-
-
-def make_tiny_tokenizer() -> PreTrainedTokenizerFast:
-    """A fresh tokenizer object (callers may mutate it, e.g. padding_side)."""
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=Tokenizer.from_str(_tokenizer_json()),
-        bos_token="<|im_start|>",
-        eos_token="<|im_end|>",
-        pad_token="<|im_end|>",
-        padding_side="left",
-    )
-    tokenizer.chat_template = CHAT_TEMPLATE
-    return tokenizer
-
-
-def make_tiny_model(tokenizer: PreTrainedTokenizerFast, seed: int = 0) -> LlamaForCausalLM:
-    """A random 2-layer Llama (hidden 32) over `tokenizer`'s vocabulary, in eval mode."""
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=512,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    torch.manual_seed(seed)
-    return LlamaForCausalLM(config).eval()
+from helpers import make_tiny_model, make_tiny_tokenizer
 
 
 @pytest.fixture(autouse=True)

@@ -15,7 +15,7 @@ from safetensors.torch import load_file, save_file
 
 from ampo.cli import main
 from ampo.config import ConfigError, load_config
-from test_pipeline import ROOT
+from helpers import ROOT
 
 EXAMPLES = ROOT / "examples"
 GOOD = {"prompt": "p", "responses": ["a", "b", "c"], "rewards": [0.1, 0.5, -0.2], "embeddings": [[1, 0], [0, 1], [1, 1]]}
@@ -71,7 +71,7 @@ def pickled_adapter(tmp, policy, payload=None):
     tensors, or `payload`."""
     from peft import LoraConfig, get_peft_model
 
-    from conftest import make_tiny_model, make_tiny_tokenizer  # the tiny policy's architecture
+    from helpers import make_tiny_model, make_tiny_tokenizer  # the tiny policy's architecture
 
     folder = tmp / "adapter"
     model = get_peft_model(make_tiny_model(make_tiny_tokenizer()),
@@ -380,7 +380,7 @@ def test_full_disk_while_converting_the_default_policy_is_one_line(tmp_path):
     script = f"""
 import resource, signal, sys
 sys.path.insert(0, {str(ROOT / "tests")!r})
-from conftest import make_tiny_model, make_tiny_tokenizer
+from helpers import make_tiny_model, make_tiny_tokenizer
 from ampo import models
 models.gguf_location = lambda: (None, None)
 models.load_gguf = lambda *a: (make_tiny_model(make_tiny_tokenizer()), make_tiny_tokenizer())

@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 
 from ampo.curriculum import pair_order, stage_count, stage_pairs
 from ampo.losses import GroupBatch, compute
-from test_pipeline import _kill_when, _run_cli, _stage_done, run, tiny_overrides
+from helpers import kill_when, run_cli, stage_done, run, tiny_overrides
 
 TOY = [2.0, 1.0, -0.5, -1.5]  # the toy prompt's rewards (docs/losses.md)
 B = [0.9, 0.8, 0.1]
@@ -108,11 +108,11 @@ def test_pairs_resume_at_the_stage_they_were_in_and_give_the_same_adapter(tiny_p
     ref_out, out = tmp_path / "ref", tmp_path / "killed"
     extra = (*PAIRS, *LORA, "train.epochs=4")
     reference = run(tiny_policy, ref_out, *extra)[0]
-    proc = _run_cli(tiny_overrides(tiny_policy, out, *extra))
+    proc = run_cli(tiny_overrides(tiny_policy, out, *extra))
     stage_2 = out / "round-0" / "stage-2" / "train"
-    ready = {"after-stage-1": _stage_done(out, "round-0/train-s1"),
+    ready = {"after-stage-1": stage_done(out, "round-0/train-s1"),
              "mid-stage-2": lambda: any(stage_2.glob("checkpoint-*/trainer_state.json"))}
-    _kill_when(proc, ready[point])
+    kill_when(proc, ready[point])
     assert stages_of(out)["round-0/train"]["status"] == "running"
     stage_1 = stages_of(out)["round-0/train-s1"]
     resumed = run(tiny_policy, out, *extra)[0]

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from test_pipeline import ROOT, tiny_overrides
+from helpers import ROOT, tiny_overrides
 
 # Files that legitimately differ between two runs, and why:
 VARYING = {

@@ -17,12 +17,12 @@ from ampo.rewards.gpm import GATE_FILE, GPM_FILE, GPMHead, GPMScorer
 from ampo.preferences import gpm_scores
 from ampo.data import PoolRecord
 from ampo.rewards import is_pairwise, load_reward, reward_kind, score_records, train_reward_model
-from test_rewards import _counting_pairs, _tiny_bert
+from helpers import counting_pairs, tiny_bert
 
 
 @pytest.fixture(scope="module")
 def backbone(tmp_path_factory):
-    return _tiny_bert(tmp_path_factory.mktemp("backbone"), AutoTokenizer.from_pretrained(minilm_path()))
+    return tiny_bert(tmp_path_factory.mktemp("backbone"), AutoTokenizer.from_pretrained(minilm_path()))
 
 
 def held_out_accuracy(scorer, pairs):
@@ -34,7 +34,7 @@ def held_out_accuracy(scorer, pairs):
 @pytest.mark.parametrize("soft_gamma", [None, 1.0])
 def test_gpm_head_learns_a_held_out_ranking_and_loads_as_a_pairwise_scorer(tmp_path, backbone, soft_gamma):
     rng = random.Random(0)
-    train, held_out = _counting_pairs(rng, 240), _counting_pairs(rng, 100)
+    train, held_out = counting_pairs(rng, 240), counting_pairs(rng, 100)
     out = train_reward_model(train, tmp_path / "gpm", backbone=backbone, soft_gamma=soft_gamma, epochs=3, lr=1e-3,
                              max_length=32, head="gpm", gpm=GPMHead(value_head_dim=4, tau=0.1))
     assert json.loads((out / GPM_FILE).read_text()) == {"head": "gpm", "value_head_dim": 4, "tau": 0.1,
@@ -47,7 +47,7 @@ def test_gpm_head_learns_a_held_out_ranking_and_loads_as_a_pairwise_scorer(tmp_p
 
 def test_gpm_scorer_matrix_is_gpm_scores_of_its_embeddings(tmp_path, backbone):
     rng = random.Random(1)
-    out = train_reward_model(_counting_pairs(rng, 16), tmp_path / "gpm", backbone=backbone, epochs=1,
+    out = train_reward_model(counting_pairs(rng, 16), tmp_path / "gpm", backbone=backbone, epochs=1,
                              max_length=32, head="gpm", gpm=GPMHead(value_head_dim=6, tau=0.5))
     scorer = GPMScorer(out, batch_size=2)
     responses = ["great kind answer", "the reply was very", "lovely", "it felt quite clear"]
@@ -63,7 +63,7 @@ def test_gpm_scorer_matrix_is_gpm_scores_of_its_embeddings(tmp_path, backbone):
 
 def test_prompt_gate_is_trained_saved_and_applied(tmp_path, backbone):
     rng = random.Random(2)
-    out = train_reward_model(_counting_pairs(rng, 16), tmp_path / "gated", backbone=backbone, epochs=1,
+    out = train_reward_model(counting_pairs(rng, 16), tmp_path / "gated", backbone=backbone, epochs=1,
                              max_length=32, head="gpm", gpm=GPMHead(value_head_dim=4, gate="softmax"))
     assert (out / GATE_FILE).is_file()
     scorer = GPMScorer(out)
@@ -90,7 +90,7 @@ def test_gpm_options_are_checked(tmp_path):
 
 def test_train_rm_cli_trains_a_gpm_head(tmp_path, backbone, monkeypatch, capsys):
     pairs = tmp_path / "pairs.jsonl"
-    pairs.write_text("".join(json.dumps(p) + "\n" for p in _counting_pairs(random.Random(3), 8)))
+    pairs.write_text("".join(json.dumps(p) + "\n" for p in counting_pairs(random.Random(3), 8)))
     monkeypatch.setattr("ampo.embeddings.minilm_path", lambda: backbone)
     out = tmp_path / "rm"
     assert main(["-q", "train-rm", "--input", str(pairs), "--output", str(out), "--head", "gpm",
@@ -105,7 +105,7 @@ def test_train_rm_cli_trains_a_gpm_head(tmp_path, backbone, monkeypatch, capsys)
 
 
 def test_score_cli_writes_pref_logits_for_a_gpm_folder(tmp_path, backbone, capsys):
-    out = train_reward_model(_counting_pairs(random.Random(4), 8), tmp_path / "gpm", backbone=backbone, epochs=1,
+    out = train_reward_model(counting_pairs(random.Random(4), 8), tmp_path / "gpm", backbone=backbone, epochs=1,
                              max_length=32, head="gpm")
     pool = tmp_path / "pool.jsonl"
     pool.write_text(json.dumps({"prompt": "How was it?", "responses": ["great", "the", "kind answer"]}) + "\n")

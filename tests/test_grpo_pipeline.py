@@ -22,7 +22,7 @@ from ampo.dry_run import stage_keys as planned_keys
 from ampo.pipeline import Pipeline
 from ampo.recipes import HERE as RECIPES
 from ampo.stage_keys import RunKeys, lora_seed, train_key, train_options
-from test_pipeline import ROOT, tiny_overrides
+from helpers import ROOT, tiny_overrides
 
 EXAMPLES = ROOT / "examples"
 TIES = f"pairwise:{Path(__file__).parent / 'judges.py'}:ties_on_weather_and_flights"

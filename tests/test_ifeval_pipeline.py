@@ -11,7 +11,7 @@ from ampo.cli import main
 from ampo.config import load_config
 from ampo.pipeline import Pipeline
 from ampo.runner import RunLock
-from test_pipeline import ROOT
+from helpers import ROOT
 
 
 def test_one_round_with_the_ifeval_reward_and_benchmark(tiny_policy, tmp_path, capsys):

@@ -16,7 +16,7 @@ import pytest
 
 from ampo.cli import main
 from ampo.runner import Manifest
-from test_pipeline import run
+from helpers import run
 
 CONFIG = ("model.lora=true", "model.lora_r=2", "model.lora_targets=[q_proj]", "train.loss=dpo")
 

@@ -11,7 +11,7 @@ import time
 import pytest
 
 from ampo.runner import RunInUseError, RunLock
-from test_pipeline import ROOT, tiny_overrides
+from helpers import ROOT, tiny_overrides
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
 

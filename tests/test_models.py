@@ -7,7 +7,7 @@ import json
 import huggingface_hub.constants
 import pytest
 import torch
-from conftest import make_tiny_model, make_tiny_tokenizer
+from helpers import make_tiny_model, make_tiny_tokenizer
 
 from ampo import models
 from ampo.models import (

@@ -14,7 +14,7 @@ import pytest
 from ampo.config import load_config
 from ampo.pipeline import Pipeline
 from ampo.preferences import aggregate
-from test_pipeline import ROOT, tiny_overrides
+from helpers import ROOT, tiny_overrides
 
 JUDGE = f"pairwise:{Path(__file__).parent / 'judges.py'}:cyclic"
 

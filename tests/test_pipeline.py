@@ -3,32 +3,14 @@ invalidation on config change, resume after `kill -9`, and the run folder's cont
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
 
-from ampo.config import load_config
-from ampo.pipeline import Pipeline
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def tiny_overrides(policy: Path, out: Path, *extra: str) -> list[str]:
-    return [f"out={out}", "rounds=1", f"model.policy={policy}", "model.lora=false",
-            f"data.prompts={ROOT / 'examples' / 'tiny_prompts.jsonl'}", "data.heldout=2",
-            "generate.n=4", "generate.max_new_tokens=6", "generate.shard_prompts=2", "select.k=2",
-            "embed.embedder=policy", "eval.samples_per_prompt=2", "eval.max_new_tokens=6", "eval.bootstrap=200",
-            "train.prompts_per_step=2", "train.learning_rate=0.01", "train.save_steps=1", *extra]
-
-
-def run(policy, out, *extra):
-    return Pipeline(load_config(overrides=tiny_overrides(policy, out, *extra)), progress=False).run()
-
+from helpers import ROOT, kill_when, run, run_cli, stage_done, tiny_overrides
 
 def mtimes(folder: Path) -> dict[str, float]:
     return {str(p.relative_to(folder)): p.stat().st_mtime_ns for p in folder.rglob("*") if p.is_file()}
@@ -100,37 +82,9 @@ def test_lora_round_chains_adapters(tiny_policy, tmp_path):
     assert not (out / "round-1" / "checkpoint" / "config.json").exists()
 
 
-def _run_cli(args, **kw):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    return subprocess.Popen([sys.executable, "-m", "ampo.cli", "-q", "run", *args], env=env, cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **kw)
-
-
-def _kill_when(proc, ready, timeout=240):
-    t0 = time.time()
-    while not ready():
-        if proc.poll() is not None:
-            pytest.fail(f"run ended (exit {proc.returncode}) before the kill point")
-        if time.time() - t0 > timeout:
-            proc.kill()
-            pytest.fail("kill point not reached")
-        time.sleep(0.005)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-
-
-def _stage_done(out, name):
-    def ready():
-        try:
-            return json.loads((out / "manifest.json").read_text())["stages"][name]["status"] == "done"
-        except (FileNotFoundError, KeyError, json.JSONDecodeError):
-            return False
-    return ready
-
-
 KILL_POINTS = {
     "mid-generate": lambda out: lambda: any((out / "round-0" / "generate.parts").glob("shard-00000-*.jsonl")),
-    "after-select": lambda out: _stage_done(out, "round-0/select"),
+    "after-select": lambda out: stage_done(out, "round-0/select"),
     "mid-train": lambda out: lambda: any((out / "round-0" / "train").glob("checkpoint-*/trainer_state.json")),
 }
 
@@ -141,8 +95,8 @@ def test_kill_9_and_resume_gives_the_same_result(tiny_policy, tmp_path, point):
     slower = "generate.max_new_tokens=48"  # long enough shards that the poller sees one finished
     ref_out, out = tmp_path / "ref", tmp_path / "killed"
     reference = run(tiny_policy, ref_out, slower)[0]
-    proc = _run_cli(tiny_overrides(tiny_policy, out, slower))
-    _kill_when(proc, KILL_POINTS[point](out))
+    proc = run_cli(tiny_overrides(tiny_policy, out, slower))
+    kill_when(proc, KILL_POINTS[point](out))
     resumed = run(tiny_policy, out, slower)[0]
     for name in ("pool.parquet", "rewards.parquet", "selection.parquet"):
         assert pq.read_table(out / "round-0" / name).equals(pq.read_table(ref_out / "round-0" / name)), name

@@ -9,7 +9,7 @@ import textwrap
 import numpy as np
 import pytest
 import torch
-from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+from transformers import AutoTokenizer, BertForSequenceClassification
 
 from ampo.embeddings import minilm_path
 from ampo.losses import soft_bt_loss
@@ -23,6 +23,7 @@ from ampo.rewards import (
     train_reward_model,
     validate_rewards,
 )
+from helpers import counting_pairs, tiny_bert
 
 POSITIVE = (
     "Sure! Paris is the capital of France. It is a beautiful city with wonderful museums, "
@@ -164,29 +165,13 @@ def test_load_reward_dispatch_and_errors(tmp_path):
 # HF reward models
 
 
-def _tiny_bert(folder, tokenizer, seed=0, num_labels=1):
-    """Save a tiny random BERT classifier with `tokenizer` to `folder`."""
-    torch.manual_seed(seed)
-    config = BertConfig(
-        vocab_size=tokenizer.vocab_size,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        num_labels=num_labels,
-    )
-    BertForSequenceClassification(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
-
-
 @pytest.fixture(scope="module")
 def minilm_tokenizer():
     return AutoTokenizer.from_pretrained(minilm_path())
 
 
 def test_hf_reward_model_scores_pairs_in_input_order(tmp_path, minilm_tokenizer):
-    folder = _tiny_bert(tmp_path / "rm", minilm_tokenizer)
+    folder = tiny_bert(tmp_path / "rm", minilm_tokenizer)
     prompts = ["What is 2+2?", "Say hi", "Tell me a long story about a dragon and a knight"]
     responses = ["Four.", "Hello there, nice to meet you!", "Once upon a time"]
     scores = HFRewardModel(folder, batch_size=2)(prompts, responses)
@@ -205,7 +190,7 @@ def test_hf_reward_model_uses_the_chat_template(tmp_path, minilm_tokenizer):
     tokenizer.chat_template = (
         "{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }} {% endfor %}"
     )
-    folder = _tiny_bert(tmp_path / "rm", tokenizer)
+    folder = tiny_bert(tmp_path / "rm", tokenizer)
     score = HFRewardModel(folder)(["Say hi"], ["Hello!"])[0]
     model = BertForSequenceClassification.from_pretrained(folder).eval()
     text = "[user] Say hi [assistant] Hello! "
@@ -229,7 +214,7 @@ def test_encode_pairs_cuts_the_prompt_start_and_keeps_the_response(minilm_tokeni
 
 
 def test_hf_reward_model_refuses_multi_label_models(tmp_path, minilm_tokenizer):
-    folder = _tiny_bert(tmp_path / "rm", minilm_tokenizer, num_labels=2)
+    folder = tiny_bert(tmp_path / "rm", minilm_tokenizer, num_labels=2)
     with pytest.raises(ValueError, match="num_labels=2; expected 1"):
         HFRewardModel(folder)
 
@@ -261,29 +246,6 @@ def test_preference_labels_hard_soft_and_swap():
         preference_labels([{"prompt": "p", "chosen": "a"}])
 
 
-GOOD = ["great", "helpful", "kind", "clear", "friendly", "lovely"]
-FILLER = ["the", "answer", "was", "and", "very", "quite", "reply", "tone", "it", "felt"]
-
-
-def _counting_pairs(rng, n):
-    """Pairs whose quality is the number of GOOD words mixed into 8 filler words (0-4)."""
-
-    def sentence(quality):
-        words = [rng.choice(FILLER) for _ in range(8)]
-        for _ in range(quality):
-            words.insert(rng.randrange(len(words) + 1), rng.choice(GOOD))
-        return " ".join(words)
-
-    pairs = []
-    for _ in range(n):
-        high, low = sorted(rng.sample(range(5), 2), reverse=True)
-        pairs.append(
-            {"prompt": "How was the reply?", "chosen": sentence(high), "rejected": sentence(low),
-             "score_chosen": high, "score_rejected": low}
-        )
-    return pairs
-
-
 def _pairwise_accuracy(reward, pairs):
     prompts = [p["prompt"] for p in pairs]
     chosen = reward(prompts, [p["chosen"] for p in pairs])
@@ -295,8 +257,8 @@ def test_train_reward_model_learns_held_out_ranking(
     tmp_path, minilm_tokenizer, one_thread, soft_gamma
 ):
     rng = random.Random(0)
-    train, held_out = _counting_pairs(rng, 240), _counting_pairs(rng, 100)
-    backbone = _tiny_bert(tmp_path / "backbone", minilm_tokenizer)
+    train, held_out = counting_pairs(rng, 240), counting_pairs(rng, 100)
+    backbone = tiny_bert(tmp_path / "backbone", minilm_tokenizer)
     out = train_reward_model(
         train, tmp_path / "rm", backbone=backbone, soft_gamma=soft_gamma,
         epochs=3, lr=1e-3, max_length=32,

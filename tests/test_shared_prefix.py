@@ -11,8 +11,8 @@ from ampo.config import load_config
 from ampo.layouts import PaddedRows, SharedPrefixRows, response_logprobs
 from ampo.logprobs import build_rows, build_shared_prefix_rows, sequence_logprobs, shared_prefix_logprobs
 from ampo.trainer import GroupCollator, GroupDataset, GroupTrainer, build_groups, training_args
-from conftest import make_tiny_model, make_tiny_tokenizer
-from test_trainer import pool_records
+from helpers import make_tiny_model, make_tiny_tokenizer
+from helpers import pool_records
 
 # three groups: ragged prompts, ragged group sizes, one empty response
 PROMPTS = [[3, 4, 5], [6, 7], [8, 9, 10, 11]]

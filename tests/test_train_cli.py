@@ -95,7 +95,7 @@ def test_lora_with_a_reference_loss_and_merge(tiny_policy, tmp_path):
 
 
 def test_same_groups_and_losses_as_a_pipeline_round(tiny_policy, tmp_path):
-    from test_pipeline import tiny_overrides
+    from helpers import tiny_overrides
 
     overrides = tiny_overrides(tiny_policy, tmp_path / "run")
     Pipeline(load_config(overrides=overrides), progress=False).run()
@@ -173,7 +173,7 @@ def test_bad_pools_are_refused_with_one_line_naming_the_row(rows, expected, tmp_
 def test_evaluate_a_policy_against_another_writes_a_rounds_eval_json(tiny_policy, tmp_path):
     """A policy against itself draws the same samples (same seed): win rate exactly 1/2, no drift;
     an adapter from `ampo train` against its base gets every key a round's eval.json has."""
-    from test_pipeline import run
+    from helpers import run
 
     round_keys = set(run(tiny_policy, tmp_path / "run")[0]) - {"round"}
     common = ["-q", "evaluate", "--prompts", str(EXAMPLES / "tiny_prompts.jsonl"), "--max-new-tokens", "6",

@@ -12,8 +12,8 @@ from ampo.config import ConfigError, load_config
 from ampo.layouts import response_logprobs
 from ampo.precision import compute_context, resolve_train_dtype
 from ampo.trainer import GroupCollator, GroupDataset, GroupTrainer, build_groups, training_args
-from conftest import make_tiny_model, make_tiny_tokenizer
-from test_trainer import pool_records
+from helpers import make_tiny_model, make_tiny_tokenizer
+from helpers import pool_records
 
 
 @pytest.fixture

@@ -11,17 +11,7 @@ from ampo.data import PoolRecord
 from ampo.logprobs import build_rows, sequence_logprobs
 from ampo.losses import LOSSES
 from ampo.trainer import Group, GroupCollator, GroupDataset, GroupTrainer, build_groups, training_args
-from conftest import make_tiny_model, make_tiny_tokenizer
-
-
-def pool_records():
-    texts = ["I love this, wonderful!", "This is terrible and sad.", "The quick brown fox.", "Once upon a time"]
-    return [
-        PoolRecord(prompt="Write a short happy story.", responses=texts, rewards=[1.0, -1.0, 0.2, 0.0],
-                   selected=[0, 1, 3, 2], finished=[True, True, False, True]),
-        PoolRecord(prompt=[{"role": "user", "content": "Explain why the sky is blue."}], responses=texts[:3],
-                   rewards=[0.1, 0.9, -0.5], selected=[1, 2]),
-    ]
+from helpers import make_tiny_model, make_tiny_tokenizer, pool_records
 
 
 def test_collator_layout_and_layout_logprobs_match_rows(tiny_tokenizer, tiny_model):

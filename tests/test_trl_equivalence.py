@@ -31,7 +31,7 @@ from ampo.layouts import response_logprobs
 from ampo.logprobs import response_ids
 from ampo.models import chat_prompt, encode_prompt
 from ampo.trainer import Group, GroupCollator, GroupDataset, GroupTrainer
-from conftest import make_tiny_model, make_tiny_tokenizer
+from helpers import make_tiny_model, make_tiny_tokenizer
 
 # Two prompts, each with a group of K = 4 responses (positive first) of different lengths.
 GROUPS = [
