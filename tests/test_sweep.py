@@ -213,6 +213,9 @@ def test_grid_sweep_shares_stages_and_writes_its_outputs(tiny_policy, tmp_path, 
     generations = [e for e in (out / "store").glob("*/entry.json") if json.loads(e.read_text())["stage"]
                    == "round-0/generate"]
     assert len(generations) == 1
+    stored = {q.relative_to(out / "store").as_posix() for q in (out / "store").rglob("*") if q.is_file()}
+    assert any("/files/round-0/checkpoint/" in f for f in stored)  # a declared output: shared
+    assert not any("/round-0/train/" in f or ".parts/" in f for f in stored)  # Trainer checkpoints, shards: not
     # outputs
     md = (out / "sweep.md").read_text()
     assert "| trial | train.learning_rate | mean_reward [95% CI] |" in md and md.count("| done |") == 2
@@ -300,6 +303,10 @@ def test_kill_9_mid_trial_and_rerun_resumes_it_in_its_folder(tiny_policy, tmp_pa
     proc.wait()
     trials, State = study_trials(out)
     assert [t.state for t in trials] == [State.COMPLETE, State.RUNNING]  # Optuna's record of the killed trial
+    from ampo.sweep import Sweep, open_study
+    from ampo.sweep_report import collect
+
+    assert [r.status for r in collect(open_study(Sweep.load(out)))] == ["done", "interrupted"]
     first = mtimes(out / "trials" / "000")
     assert sweep(tiny_policy, out, *flags, extra=[slower]) == 0
     trials, State = study_trials(out)
@@ -335,5 +342,7 @@ def test_two_processes_share_one_study_storage_and_one_store(tiny_policy, tmp_pa
     made = [name for name in ("a", "b") for f in folders[name]
             if "from_store" not in stages(tmp_path / name / "trials" / f)["round-0/generate"]]
     assert len(made) == 1  # one generation for six trials in three processes
-    for name in ("a", "b"):
+    for name in ("a", "b"):  # a process that ended first may have seen the other's last trial running:
+        # rerunning its command (nothing left to run) brings its sweep.md up to date
+        assert main(["-q", "sweep", *tiny(tiny_policy, f"store={store}"), "--out", str(tmp_path / name), *flags]) == 0
         assert (tmp_path / name / "sweep.md").read_text().count("| done |") == 6

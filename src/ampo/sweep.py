@@ -215,7 +215,25 @@ def _lock(path: Path, block: bool) -> int | None:
     except BlockingIOError:
         os.close(fd)
         return None
+    os.ftruncate(fd, 0)
+    os.write(fd, str(os.getpid()).encode())  # the holder, for `sweep.md` (see `holder_alive`)
     return fd
+
+
+def holder_alive(path: Path) -> bool:
+    """Whether the process that last took the lock at `path` (on this machine) still exists; read
+    without taking the lock, so looking never gets in the way of a process resuming a trial."""
+    try:
+        pid = int(path.read_text().strip())
+    except (OSError, ValueError):
+        return False
+    try:
+        os.kill(pid, 0)
+    except PermissionError:  # exists, owned by another user
+        return True
+    except OSError:
+        return False
+    return True
 
 
 class _Held:
@@ -355,14 +373,16 @@ def retry_failed(st: Study) -> int:
 class _Heartbeat(threading.Thread):
     """Refreshes a running trial's `heartbeat` attribute, so other machines see it is alive."""
 
-    def __init__(self, st: Study, trial_id: int):
+    def __init__(self, st: Study, trial_id: int, seconds_before: float):
         super().__init__(daemon=True)
         self.st, self.trial_id, self.halt = st, trial_id, threading.Event()
+        self.t0, self.seconds_before = time.perf_counter(), seconds_before
 
     def run(self) -> None:
         while not self.halt.wait(HEARTBEAT_S):
-            try:
-                _set_attrs(self.st, self.trial_id, heartbeat=time.time())
+            try:  # the run time so far too: a killed attempt's time is not lost
+                _set_attrs(self.st, self.trial_id, heartbeat=time.time(),
+                           seconds=round(self.seconds_before + time.perf_counter() - self.t0, 1))
             except Exception as e:  # a storage hiccup must not end the trial
                 log.warning("sweep: heartbeat of trial %d not recorded: %s", self.trial_id, e)
 
@@ -381,7 +401,7 @@ def run_trial(st: Study, claim: Claim, progress: bool = False) -> float | None:
     sweep = st.sweep
     log.info("trial %d%s: %s in %s", claim.number, " (resumed)" if claim.resumed else "", _params_text(claim.params),
              claim.run_dir)
-    beat = _Heartbeat(st, claim.trial_id)
+    beat = _Heartbeat(st, claim.trial_id, claim.seconds_before)
     beat.start()
     t0 = time.perf_counter()
     value = ci = error = None

@@ -39,7 +39,7 @@ def collect(st: Study) -> list[TrialRow]:
     """One row per trial folder (its latest attempt), in folder order."""
     from optuna.trial import TrialState
 
-    from .sweep import _lock
+    from .sweep import holder_alive
 
     latest: dict[str, Any] = {}
     attempts: dict[str, int] = {}
@@ -55,13 +55,8 @@ def collect(st: Study) -> list[TrialRow]:
         a = t.user_attrs
         status = {TrialState.COMPLETE: "done", TrialState.FAIL: "failed", TrialState.WAITING: "waiting",
                   TrialState.RUNNING: "running"}.get(t.state, t.state.name.lower())
-        if status == "running" and a.get("host") == HOST and a.get("lock") and Path(a["lock"]).exists():
-            fd = _lock(Path(a["lock"]), block=False)
-            if fd is not None:  # nobody holds it: the process is gone
-                import os
-
-                os.close(fd)
-                status = "interrupted"
+        if status == "running" and a.get("host") == HOST and a.get("lock") and not holder_alive(Path(a["lock"])):
+            status = "interrupted"  # its process is gone: the next `ampo sweep` resumes it
         rows.append(TrialRow(folder, t.number, status, dict(t.params), t.value if status == "done" else None,
                              a.get("metric_ci"), a.get("seconds"), a.get("error"), a.get("run_dir"), a.get("host"),
                              attempts[folder], _from_store(a.get("run_dir"))))

@@ -91,6 +91,10 @@ def cmd_sweep(args) -> None:
         print(f"best: trial {best.folder} ({shown}): {sweep.metric} {fmt_metric(best.value, best.ci)}")
         print(f"its config: {sweep.dir / 'best.yaml'}")
     print(f"table and plot: {sweep.dir / 'sweep.md'}")
+    elsewhere = sum(r.status in ("running", "waiting") for r in rows)
+    if elsewhere:
+        print(f"{elsewhere} trial{'s' * (elsewhere > 1)} still running in other processes (sharing the study): "
+              f"rerun this command later to update sweep.md and best.yaml")
     if sweep.benchmark_metric:
         print("WARNING: " + _contamination(sweep), file=sys.stderr)
     failed = [r for r in rows if r.status == "failed"]
