@@ -294,18 +294,3 @@ class VLLMGenerator:
         n_tokens = len(ids) + int(finished and not ends_with_eos)
         return Sample(text=output.text, n_tokens=n_tokens, finished=finished)
 
-
-def make_generator(
-    backend: str,
-    model_name_or_path: str,
-    model: PreTrainedModel | None = None,
-    tokenizer: PreTrainedTokenizerBase | None = None,
-    config: GenerationConfig | None = None,
-) -> Generator:
-    """Build a generator from `ampo.backends.BACKENDS` ("hf" uses `model`/`tokenizer` when given,
-    else loads them)."""
-    from .backends import BACKENDS
-
-    if backend not in BACKENDS:
-        raise ValueError(f"generation backend {backend!r} is not one of {', '.join(map(repr, BACKENDS))}")
-    return BACKENDS[backend].build(model_name_or_path, model=model, tokenizer=tokenizer, config=config)

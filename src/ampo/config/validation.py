@@ -112,7 +112,7 @@ def validate(c: RunConfig, self_play: bool = True) -> None:
     (`self_play=False`: not generation against selection, nor the prompt file)."""
     from ..embeddings import embedder_kind
     from ..losses import HPARAM_CHOICES, LOSSES, check_hparams
-    from ..pipeline import BUILTIN_PROMPT_SETS
+    from ..recipes import BUILTIN_PROMPT_SETS
     from ..rewards import PAIRWISE_KINDS, reward_kind
     from ..selection import SELECTORS
 
