@@ -128,3 +128,20 @@ def test_curriculum_keeps_its_yes_no_form():
     for loss in ("dpo", "ampo", "simpo", "gpo", "mmpo"):
         assert load_config(overrides=["train.curriculum=pairs", f"train.loss={loss}"]).train.curriculum == "pairs"
     assert load_config(overrides=["train.curriculum=pairs", "select.strategy=all", "select.k=1"])
+
+
+def test_a_full_finetune_does_not_inherit_the_lora_learning_rate(tmp_path, caplog):
+    """`model.lora: false` with no `train.learning_rate` anywhere gets the full fine-tune default
+    (logged); a rate set in the YAML, a flag or an override is kept; LoRA keeps its own default."""
+    import logging
+
+    from ampo.config.loading import FULL_FINETUNE_LEARNING_RATE
+
+    caplog.set_level(logging.INFO, logger="ampo")
+    assert load_config(overrides=["model.lora=false"]).train.learning_rate == FULL_FINETUNE_LEARNING_RATE == 1e-6
+    assert "model.lora is false and train.learning_rate is not set: using 1e-06" in caplog.text
+    assert load_config(overrides=["model.lora=false", "train.learning_rate=5e-4"]).train.learning_rate == 5e-4
+    yaml_file = tmp_path / "c.yaml"
+    yaml_file.write_text("model: {lora: false}\ntrain: {learning_rate: 2.0e-6}\n")
+    assert load_config(yaml_file).train.learning_rate == 2e-6
+    assert load_config().train.learning_rate == 5e-4  # LoRA

@@ -14,7 +14,8 @@ forwarded once per group instead of K times.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+import functools
+from typing import Callable, NamedTuple
 
 import torch
 from torch.utils.checkpoint import checkpoint
@@ -214,11 +215,14 @@ def _summed_logprobs(
     `[n_sequences]`. The head runs on `chunk_size` states at a time, checkpointed when gradients
     are on."""
     rows, sources, targets, owners = index
-    base = getattr(model, "module", model)
     states = hidden[rows, sources]
     token_ids = input_ids[rows, targets]
-    head = base.get_output_embeddings()
-    use_checkpoint = torch.is_grad_enabled() and states.requires_grad
+    head = output_head(model)
+    # a frozen head under DeepSpeed ZeRO-3 (LoRA) is not gathered again when the checkpoint recomputes
+    # in the backward pass (its weight comes back empty): its chunks keep their logits instead
+    weight = getattr(head, "weight", None)
+    zero3_frozen = getattr(weight, "ds_id", None) is not None and not weight.requires_grad
+    use_checkpoint = torch.is_grad_enabled() and states.requires_grad and not zero3_frozen
     token_logps = []
     for start in range(0, len(token_ids), chunk_size):
         chunk = (states[start : start + chunk_size], token_ids[start : start + chunk_size])
@@ -257,8 +261,27 @@ def _eos_logprobs(
         cols = torch.where(ends_with_eos, sources, targets)
         end_rows[owners[last]] = rows[last]
         end_cols[owners[last]] = cols[last]
+    return _token_logprobs(output_head(model), hidden[end_rows, end_cols], torch.full_like(end_rows, eos_id))
+
+
+def output_head(model: PreTrainedModel) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The LM head as a function of hidden states, to call after the model's forward.
+
+    Under FSDP2, accelerate shards the final norm and the head as one group, left unsharded
+    after the forward; calling that head module again outside the forward makes torch's backward
+    crash (a segfault, torch 2.13, CPU and gloo: `tests/test_distributed.py`). Its weight, still
+    whole then, is applied directly instead; FSDP reduce-scatters its gradient as usual. A head
+    whose weight is a shard (a DTensor: resharded after the forward) is called as a module, so
+    FSDP gathers it."""
     head = getattr(model, "module", model).get_output_embeddings()
-    return _token_logprobs(head, hidden[end_rows, end_cols], torch.full_like(end_rows, eos_id))
+    try:
+        from torch.distributed.fsdp import FSDPModule
+        from torch.distributed.tensor import DTensor
+    except ImportError:  # a torch without FSDP2
+        return head
+    if isinstance(head, FSDPModule) and isinstance(head, torch.nn.Linear) and not isinstance(head.weight, DTensor):
+        return functools.partial(torch.nn.functional.linear, weight=head.weight, bias=head.bias)
+    return head
 
 
 def _final_hidden_states(
@@ -280,7 +303,8 @@ def _final_hidden_states(
     return out.hidden_states[-1]
 
 
-def _token_logprobs(head: torch.nn.Module, states: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+def _token_logprobs(head: Callable[[torch.Tensor], torch.Tensor], states: torch.Tensor,
+                    targets: torch.Tensor) -> torch.Tensor:
     """Log-prob of each target token given its hidden state, with an fp32 softmax."""
     logits = head(states).float()
     return logits.log_softmax(-1).gather(-1, targets[:, None]).squeeze(-1)

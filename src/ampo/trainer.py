@@ -11,6 +11,7 @@ checkpoints, resume and multi-process (DDP / DeepSpeed / FSDP via accelerate) ar
 from __future__ import annotations
 
 import dataclasses
+import logging
 import time
 from collections import defaultdict
 from dataclasses import dataclass
@@ -20,9 +21,12 @@ from typing import Any
 import torch
 from transformers import Trainer
 
+from .distributed import enable_cpu_sharding, full_state_dict, parallel_info, reduce_metrics
 from .layouts import row_layout
 from .losses import COUNT_METRICS, LOSSES, GroupBatch, compute, resolve_hparams
 from .precision import compute_context, fp32_context, resolve_train_dtype
+
+log = logging.getLogger("ampo")
 
 
 @dataclass
@@ -151,12 +155,27 @@ class GroupTrainer(Trainer):
                 self._metrics[name].append(float(value))
         self._tokens += tokens
 
+    def create_accelerator_and_postprocess(self) -> None:
+        super().create_accelerator_and_postprocess()
+        enable_cpu_sharding(self)  # an FSDP / DeepSpeed config on CPU processes: that, not silently DDP
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        """The Trainer's, except that an FSDP full state dict is gathered into plain tensors
+        (`full_state_dict`: on CPU processes torch leaves DTensors that safetensors refuses)."""
+        if self.is_fsdp_enabled and "FULL_STATE_DICT" in str(self.accelerator.state.fsdp_plugin.state_dict_type):
+            self._save(output_dir or self.args.output_dir, state_dict=full_state_dict(self))
+            return
+        super().save_model(output_dir, _internal_call)
+
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        if self._metrics and "loss" in logs:
-            for name, values in self._metrics.items():  # counts (zero_signal_groups) summed over the step
-                logs[name] = sum(values) if name in COUNT_METRICS else sum(values) / len(values)
-            elapsed = time.perf_counter() - self._t0
-            logs["tokens_per_s"] = self._tokens / max(elapsed, 1e-9)
+        if "loss" in logs:  # every process logs the loss at the same steps (the Trainer averages it over them)
+            # the loss's metrics over every process, like the loss: means of all ranks' values, counts
+            # (zero_signal_groups) summed; tokens/s of all processes together (collective)
+            metrics, tokens_per_s = reduce_metrics(self._metrics, COUNT_METRICS, self._tokens,
+                                                   time.perf_counter() - self._t0, self.args.device)
+            if metrics:
+                logs.update(metrics)
+                logs["tokens_per_s"] = tokens_per_s
             self._metrics.clear()
             self._tokens, self._t0 = 0, time.perf_counter()
         super().log(logs, start_time)
@@ -273,8 +292,9 @@ def last_complete_checkpoint(work_dir: Path) -> Path | None:
 
 def train_round(c, model, tokenizer, pool, ref_rows, work_dir: Path, key: str, out: Path, progress: bool = True, *,
                 lora_seed: int, adapter: Path | None = None, save_tokenizer: bool = False,
-                old_rows: list[list[float]] | None = None) -> None:
-    """Train `model` on the selected groups of `pool` and save the result atomically to `out`.
+                old_rows: list[list[float]] | None = None) -> dict:
+    """Train `model` on the selected groups of `pool` and save the result atomically to `out`;
+    returns what trained it (`parallel`: none, ddp, fsdp2, deepspeed-zero<stage>; `processes`).
 
     Trainer checkpoints go to `work_dir` (tagged with the stage key): a rerun with the same key
     resumes from the last one; a different key starts afresh. With LoRA, `out` holds the adapter:
@@ -325,10 +345,16 @@ def train_round(c, model, tokenizer, pool, ref_rows, work_dir: Path, key: str, o
     with naming_write_errors(work_dir):  # a full disk in a checkpoint (safetensors, torch.save): one line
         trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     widen_permissions(work_dir)  # the Trainer's checkpoints, like every file of the run
+    parallel = parallel_info(trainer)
+    state_dict = full_state_dict(trainer)  # FSDP / DeepSpeed: gathered from every process (collective)
     if trainer.is_world_process_zero():
+        if parallel["processes"] > 1:
+            log.info("trained data-parallel: %s on %d processes", parallel["wrapper"], parallel["processes"])
         write_json(work_dir.parent / "train_log.json", trainer.state.log_history)
         with atomic_dir(out) as tmp:
-            trainer.model.save_pretrained(str(tmp), safe_serialization=True)
+            trainer.accelerator.unwrap_model(trainer.model).save_pretrained(str(tmp), safe_serialization=True,
+                                                                             state_dict=state_dict)
             if save_tokenizer or not c.model.lora:
                 tokenizer.save_pretrained(str(tmp))
     model.eval()
+    return {"parallel": parallel["wrapper"], "processes": parallel["processes"]}

@@ -177,8 +177,33 @@ def load_config(path: str | Path | None = None, overrides: list[str] = (), base:
         data = _merge(data, loaded)
     data = _merge(data, parse_overrides(list(overrides)))
     config = _build(RunConfig, data)
+    _mode_defaults(config, data)
     validate(config, self_play)
     return config
+
+
+# `train.learning_rate` when `model.lora` is false and nothing set the rate: the DPO paper's rate for
+# full fine-tunes (Rafailov et al. 2023, arXiv 2305.18290, section 6 and appendix B: 1e-6) and TRL's
+# `DPOConfig` default. Published full fine-tunes of DPO-family losses use 3e-7 to 5e-6 (Zephyr's DPO
+# stage 5e-7, SimPO's sweep 3e-7 to 1e-6); the dataclass default, 5e-4, is a LoRA rate and moves a
+# full model hundreds of times too far per step.
+FULL_FINETUNE_LEARNING_RATE = 1e-6
+
+
+def _mode_defaults(config: RunConfig, data: dict) -> None:
+    """Defaults that depend on another option: a full fine-tune (`model.lora: false`) whose YAML,
+    recipe, flags and overrides leave `train.learning_rate` unset gets `FULL_FINETUNE_LEARNING_RATE`
+    instead of the LoRA default, and the log says so."""
+    if not config.model.lora and "learning_rate" not in (data.get("train") or {}):
+        import logging
+        import os
+
+        config.train.learning_rate = FULL_FINETUNE_LEARNING_RATE
+        if os.environ.get("RANK", "0") == "0":
+            logging.getLogger("ampo").info(
+                "model.lora is false and train.learning_rate is not set: using %g, a full fine-tune's rate "
+                "(the LoRA default is %g; set train.learning_rate to choose)", FULL_FINETUNE_LEARNING_RATE,
+                type(config.train)().learning_rate)
 
 
 def dump_config(c: RunConfig) -> str:
