@@ -1,0 +1,501 @@
+"""The tuned IFEval study (issue 27 part 2): the fixed-lr study's question (alignment_ifeval.py) with
+every arm at its own best settings, chosen by `ampo sweep` on the held-out training-style split
+(the `ifeval` reward on 32 held-out `builtin-ifeval` prompts, greedy), never on IFEval or IFBench.
+
+A thin layer over alignment_ifeval.py: the same arm definitions (`ARMS`, plus `grpo all`), sizes,
+round-0 pools (taken from the fixed-lr study's archive, never regenerated), benchmark evaluation
+and archive layout. The grid is fixed in `GRIDS` and in results/alignment_ifeval_tuned/PLAN.md,
+written before any tuned result existed.
+
+    python benchmarks/alignment_ifeval_tuned.py --plan        # the grid, per arm
+    python benchmarks/alignment_ifeval_tuned.py --estimate    # what tuning and the final runs cost
+    python benchmarks/alignment_ifeval_tuned.py --tune --jobs 2   # one `ampo sweep` per arm on seed 0 (resumable)
+    python benchmarks/alignment_ifeval_tuned.py --sync        # archive finished trials, nothing else
+    python benchmarks/alignment_ifeval_tuned.py --final --jobs 2  # chosen settings x seeds 0,1,2 + IFEval/IFBench
+    python benchmarks/alignment_ifeval_tuned.py --report      # tuning.md (+ alignment.md once final units exist)
+
+Tuning: one sweep folder per arm, OUT/sweeps/<arm>/, all sharing one stage store OUT/store into
+which seed 0's archived round-0 pool (results/alignment_ifeval/seed0/round0-minilm: split, pool,
+rewards, MiniLM embeddings) is loaded first, after checking that the archived stage keys are the
+keys a trial computes (`seed_store`), so the trials take the pool from the store. The held-out
+baseline is made once (greedy evaluation: its key differs from the archive's sampled one), the
+selection and reference log-probs once per arm, training and the held-out evaluation per trial.
+Every finished trial's small files go to ARCHIVE/tuning/<arm>/<NNN>/ as it finishes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+import alignment_ifeval as ai  # noqa: E402
+
+ROOT = HERE.parent
+FIXED_ARCHIVE = ROOT / "results" / "alignment_ifeval"  # the fixed-lr study: its pools and initial policy
+ARCHIVE = ROOT / "results" / "alignment_ifeval_tuned"
+OUT = ROOT / "runs" / "alignment_ifeval_tuned"
+
+# grpo over all 16 responses: groups with no reward spread carry no advantage and are dropped;
+# kl 0, GSPO's clip and scale=std are the loss's defaults (docs/losses.md); 16 responses per
+# group need activation checkpointing on 24 GB, as `swepo all` does
+GRPO_ALL = ["select.strategy=all", "select.min_margin=1e-06", "train.loss=grpo", "train.gradient_checkpointing=true"]
+ai.ARMS.setdefault("grpo all", GRPO_ALL)  # this study's arm set extends the fixed-lr study's
+
+# In tuning order: the three baselines first, then the others
+TUNED_ARMS = ["dpo best-vs-worst", "ampo+random", "grpo all", "simpo best-vs-worst", "dpo sweet-spot",
+              "ampo+optselect", "ampo+bottomk", "swepo+random", "swepo+optselect", "swepo all"]
+BASELINES = ("dpo best-vs-worst", "ampo+random", "grpo all")
+
+LEARNING_RATES_PLANNED = (3e-6, 1e-5, 3e-5, 1e-4, 3e-4)  # the lead's grid (PLAN.md), before the estimate
+# Trimmed after `--estimate` (PLAN.md "Cost estimate"): the five rates cost about 16 single-thread
+# hours of tuning, over the ~10 budgeted; one rate is dropped for every arm (the issue's floor is
+# four rates over 3e-6..3e-4 and two betas, so nothing else can go): 1e-5, keeping both ends of the
+# range and the half-decade steps at the top
+LEARNING_RATES = (3e-6, 3e-5, 1e-4, 3e-4)
+BETAS = {"ampo": (3.0, 10.0), "swepo": (0.03, 0.1), "dpo": (0.03, 0.1), "simpo": (2.0, 10.0), "grpo": ()}
+DEFAULT_BETA = {"ampo": 10.0, "swepo": 0.1, "dpo": 0.1, "simpo": 2.0}
+# The same for every trial and every final run (the LoRA setting is the recipe's, spelled out)
+FIXED = ["eval.temperature=0", "model.lora=true", "model.lora_r=16", "model.lora_alpha=32", "model.lora_dropout=0.0",
+         "train.epochs=1"]
+TIE = 0.005  # metric differences within this go to the lower learning rate
+SEED_TUNE = 0
+TRIAL_FILES = ("config.yaml", "manifest.json", "round-0/eval.json", "round-0/train_log.json")
+
+
+def loss_of(arm: str) -> str:
+    return dict(o.split("=", 1) for o in ai.ARMS[arm])["train.loss"]
+
+
+def slug(arm: str) -> str:
+    return arm.replace(" ", "_")
+
+
+def grid(arm: str) -> dict[str, list]:
+    """The arm's swept options: `--grid` key -> values."""
+    g = {"train.learning_rate": list(LEARNING_RATES)}
+    if BETAS[loss_of(arm)]:
+        g["train.beta"] = list(BETAS[loss_of(arm)])
+    return g
+
+
+def grid_points(arm: str) -> list[dict]:
+    g = grid(arm)
+    return [dict(zip(g, values)) for values in itertools.product(*g.values())]
+
+
+def n_trials(arms=TUNED_ARMS) -> int:
+    return sum(len(grid_points(a)) for a in arms)
+
+
+def plan_table(arms=TUNED_ARMS) -> str:
+    lines = ["| arm | loss | learning rates | beta | fixed | LoRA | trials |", "|---|---|---|---|---|---|---|"]
+    for arm in arms:
+        g, loss = grid(arm), loss_of(arm)
+        beta = ", ".join(f"{b:g}" for b in g.get("train.beta", [])) or "– (kl 0)"
+        lines.append(f"| {arm} | {loss} | {', '.join(f'{x:g}' for x in g['train.learning_rate'])} | {beta} | "
+                     f"`{' '.join(ai.ARMS[arm])}` | r=16, alpha=32, dropout 0, q/k/v/o | {len(grid_points(arm))} |")
+    lines.append(f"\n{n_trials(arms)} trials on seed {SEED_TUNE}; fixed for every trial: `{' '.join(FIXED)}`")
+    return "\n".join(lines)
+
+
+def sizes() -> ai.Sizes:
+    return ai.Sizes(seeds=(0, 1, 2), train_prompts=64, heldout=32, n=16, k=7, gen_tokens=128, eval_tokens=128,
+                    limit=0, rounds=1)
+
+
+def base_overrides(arm: str, seed: int, store: Path) -> list[str]:
+    """Everything but the swept options and `out`: the fixed-lr study's sizes and arm, FIXED, the store."""
+    return [*sizes().overrides(seed), *ai.ARMS[arm], *FIXED, f"store={store}"]
+
+
+def setting_overrides(params: dict) -> list[str]:
+    out = [f"train.learning_rate={params['train.learning_rate']}"]
+    if params.get("train.beta") is not None:
+        out.append(f"train.hparams.beta={params['train.beta']}")
+    return out
+
+
+# ------------------------------------------------------------------ selection
+
+
+def choose(trials: list[dict], default_beta: float | None = None, tie: float = TIE) -> dict | None:
+    """The chosen trial among finished ones (`{"params": {...}, "value": float}`): the highest
+    metric; the trials within `tie` of it go to the lowest learning rate, then to the loss's
+    default beta, then to the higher metric. None when none finished."""
+    done = [t for t in trials if t.get("value") is not None]
+    if not done:
+        return None
+    best = max(t["value"] for t in done)
+    near = [t for t in done if t["value"] >= best - tie]
+    return min(near, key=lambda t: (t["params"]["train.learning_rate"],
+                                    t["params"].get("train.beta") != default_beta, -t["value"]))
+
+
+# ------------------------------------------------------------------ the store, seeded from the archive
+
+
+def trial_keys(arm: str, store: Path, params: dict | None = None) -> dict[str, str]:
+    """Stage name -> key of a seed-0 trial of `arm` (any grid point: the round-0 stages do not
+    depend on the swept options)."""
+    from ampo.cli import RECIPES
+    from ampo.config import load_config
+    from ampo.dry_run import stage_keys
+    from ampo.stage_keys import RunKeys
+
+    params = params or grid_points(arm)[0]
+    config = load_config(RECIPES["ifeval"], [*base_overrides(arm, SEED_TUNE, store), *setting_overrides(params),
+                                             "out=/nonexistent"])
+    return dict(stage_keys(RunKeys(config)))
+
+
+def seed_store(store: Path, source: Path, arm: str = "ampo+random") -> dict[str, str]:
+    """Load the archived round-0 stages of `source` (a run-folder look-alike) into `store` where
+    their keys are the ones a trial computes; returns stage -> 'stored' | 'already' | 'key differs'."""
+    from ampo.stage_store import UNSHARED, StageStore
+
+    want = trial_keys(arm, store)
+    recorded = json.loads((source / "manifest.json").read_text())["stages"]
+    st, status = StageStore(store), {}
+    for name, entry in recorded.items():
+        if name in UNSHARED:
+            continue
+        if want.get(name) != entry["key"]:
+            status[name] = "key differs"
+        elif st.has(entry["key"]):
+            status[name] = "already"
+        else:
+            st.root.mkdir(parents=True, exist_ok=True)
+            st.put(name.split("/")[-1], entry["key"], source, entry)
+            status[name] = "stored" if st.has(entry["key"]) else "not stored"
+    return status
+
+
+# ------------------------------------------------------------------ tuning
+
+
+def sweep_dir(out: Path, arm: str) -> Path:
+    return out / "sweeps" / slug(arm)
+
+
+def sweep_command(arm: str, out: Path, jobs: int = 1) -> list[str]:
+    cmd = [sys.executable, "-m", "ampo.cli", "-q", "sweep", str(ROOT / "src/ampo/recipes/ifeval.yaml"),
+           *base_overrides(arm, SEED_TUNE, out / "store"), "--out", str(sweep_dir(out, arm)), "--jobs", str(jobs)]
+    for key, values in grid(arm).items():
+        cmd += ["--grid", f"{key}=" + ",".join(f"{v:g}" for v in values)]
+    return cmd
+
+
+def trial_record(run_dir: Path) -> dict | None:
+    """A finished trial's params and metric (mean_reward and its interval), from its folder."""
+    from ampo.config import load_config
+    from ampo.sweep import read_metric
+
+    if not (run_dir / "round-0" / "eval.json").is_file():
+        return None
+    config = load_config(str(run_dir / "config.yaml"), [])
+    value, ci = read_metric(run_dir, config, "mean_reward")
+    params = {"train.learning_rate": config.train.learning_rate}
+    if "beta" in (config.train.hparams or {}):
+        params["train.beta"] = float(config.train.hparams["beta"])
+    return {"params": params, "value": value, "ci": ci, "loss": config.train.loss}
+
+
+def archive_trial(run_dir: Path, dest: Path) -> bool:
+    """Copy a finished trial's small files (TRIAL_FILES, trial.json) into `dest`, through a
+    temporary folder renamed when complete; False when the trial has not finished."""
+    if (dest / "trial.json").is_file():
+        return True
+    record = trial_record(run_dir)
+    if record is None:
+        return False
+    tmp = dest.with_name(dest.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    for rel in TRIAL_FILES:
+        if (run_dir / rel).is_file():
+            (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(run_dir / rel, tmp / rel)
+    (tmp / "trial.json").write_text(json.dumps({**record, "folder": run_dir.name}, indent=1) + "\n")
+    shutil.rmtree(dest, ignore_errors=True)
+    os.replace(tmp, dest)
+    return True
+
+
+def archived_trials(archive: Path, arm: str) -> list[dict]:
+    folder = archive / "tuning" / slug(arm)
+    return [json.loads(p.read_text()) for p in sorted(folder.glob("*/trial.json"))]
+
+
+def sync_tuning(out: Path, archive: Path, arms=TUNED_ARMS) -> int:
+    """Archive every finished trial (and each sweep's sweep.md); returns how many are archived."""
+    total = 0
+    for arm in arms:
+        sd = sweep_dir(out, arm)
+        for run_dir in sorted((sd / "trials").glob("*")) if (sd / "trials").is_dir() else []:
+            archive_trial(run_dir, archive / "tuning" / slug(arm) / run_dir.name)
+        for name in ("sweep.md", "sweep.json"):
+            if (sd / name).is_file():
+                (archive / "tuning" / slug(arm)).mkdir(parents=True, exist_ok=True)
+                shutil.copy2(sd / name, archive / "tuning" / slug(arm) / name)
+        total += len(archived_trials(archive, arm))
+    return total
+
+
+def mem_available_gb() -> float:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) / 2**20
+    except OSError:
+        pass
+    return float("inf")
+
+
+def tune(out: Path, archive: Path, arms: list[str], jobs: int, min_free_gb: float = 11.0) -> None:
+    """One `ampo sweep` per arm, `jobs` arms at a time (each one single-threaded process), archiving
+    finished trials every minute. Rerun to continue: finished trials are kept, killed ones resume."""
+    ai.check_archive(archive, sizes())
+    status = seed_store(out / "store", ai.archive_round0(FIXED_ARCHIVE, SEED_TUNE, "minilm"))
+    print("round-0 stages from the fixed-lr archive:", json.dumps(status), flush=True)
+    (out / "logs").mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
+           "HF_HUB_OFFLINE": "1"}
+    waiting = [a for a in arms if len(archived_trials(archive, a)) < len(grid_points(a))]
+    running: dict[str, tuple] = {}
+    last_sync = last_start = 0.0
+    while waiting or running:
+        # a second sweep starts only with room for its training process (~9-10 GB) on a shared machine
+        # (measured 3 minutes after the last start, when that one's training has its memory)
+        while waiting and len(running) < jobs and (not running or (
+                time.time() - last_start > 180 and mem_available_gb() >= min_free_gb)):
+            arm = waiting.pop(0)
+            last_start = time.time()
+            log = open(out / "logs" / f"{slug(arm)}.log", "a")
+            running[arm] = (subprocess.Popen(sweep_command(arm, out), stdout=log, stderr=subprocess.STDOUT,
+                                             env=env, cwd=ROOT), log)
+            print(f"{arm}: sweep started (log {log.name})", flush=True)
+        time.sleep(5)
+        for arm, (proc, log) in list(running.items()):
+            if proc.poll() is not None:
+                log.close()
+                del running[arm]
+                print(f"{arm}: sweep ended (exit {proc.returncode})", flush=True)
+        if time.time() - last_sync > 60 or not running:
+            n = sync_tuning(out, archive, arms)
+            last_sync = time.time()
+            print(f"{time.strftime('%H:%M:%S')}: {n} of {n_trials(arms)} trials archived", flush=True)
+
+
+# ------------------------------------------------------------------ the final runs
+
+
+def chosen(archive: Path, arm: str) -> dict | None:
+    """The arm's chosen settings, once every trial of its grid is archived."""
+    trials = archived_trials(archive, arm)
+    if len(trials) < len(grid_points(arm)):
+        return None
+    return choose(trials, DEFAULT_BETA.get(loss_of(arm)))
+
+
+def final_config(arm: str, seed: int, params: dict, folder: Path, store: Path):
+    from ampo.cli import RECIPES
+    from ampo.config import load_config
+
+    return load_config(RECIPES["ifeval"], [*base_overrides(arm, seed, store), *setting_overrides(params),
+                                           f"out={folder}"])
+
+
+def run_final_unit(out: Path, archive: Path, seed: int, arm: str, params: dict) -> None:
+    """One arm at its chosen settings on one seed, then IFEval and IFBench (alignment_ifeval's
+    evaluation). Seed 0's config is its tuned trial's, so every stage comes from the store."""
+    from ampo.pipeline import Pipeline, load_round_policy
+
+    folder = ai.arm_dir(out / "final", seed, arm)
+    if not folder.exists():
+        source = ai.archive_round0(FIXED_ARCHIVE, seed, "minilm")
+        ai.seed_round0(folder, source, True)
+    config = final_config(arm, seed, params, folder, out / "store")
+    with Pipeline(config, progress=False) as pipe:
+        pipe.run()
+    key = json.loads((folder / "manifest.json").read_text())["stages"]["round-0/train"]["key"]
+    for name in ai.BENCHMARKS:
+        ai.evaluate(name, lambda: load_round_policy(config, [folder / "round-0" / "checkpoint"]), key,
+                    folder / "bench" / name, sizes())
+
+
+def final(out: Path, archive: Path, arms: list[str], jobs: int, unit: str | None = None) -> None:
+    if unit:
+        seed, arm = ai.seed_and_arm(unit)
+        run_final_unit(out, archive, seed, arm, chosen(archive, arm)["params"])
+        return
+    ai.check_archive(archive, sizes())
+    if not (archive / "initial").exists():  # the initial policy's evaluation: the same sizes and dtype
+        shutil.copytree(FIXED_ARCHIVE / "initial", archive / "initial")
+    todo = [f"seed{s}:{a}" for s in sizes().seeds for a in arms if chosen(archive, a)]
+    skipped = [a for a in arms if not chosen(archive, a)]
+    if skipped:
+        print("not tuned yet (skipped):", ", ".join(skipped), flush=True)
+    todo = [u for u in todo if not ai.is_finished(archive, u)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
+    (out / "logs").mkdir(parents=True, exist_ok=True)
+    running: dict[str, tuple] = {}
+    while todo or running:
+        while todo and len(running) < jobs:
+            u = todo.pop(0)
+            log = open(out / "logs" / f"final_{u.replace(':', '_').replace(' ', '_')}.log", "a")
+            cmd = [sys.executable, str(Path(__file__).resolve()), "--final", "--unit", u, "--out", str(out),
+                   "--archive", str(archive)]
+            running[u] = (subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT), log)
+            print(f"{u}: started", flush=True)
+        time.sleep(5)
+        for u, (proc, log) in list(running.items()):
+            if proc.poll() is not None:
+                log.close()
+                del running[u]
+                if proc.returncode == 0:
+                    ai.archive_unit(out / "final", archive, u)
+                print(f"{u}: {'done (archived)' if proc.returncode == 0 else f'FAILED (exit {proc.returncode})'}",
+                      flush=True)
+
+
+# ------------------------------------------------------------------ cost estimate and report
+
+
+def measured(arm: str, stage: str, archive: Path = FIXED_ARCHIVE) -> float | None:
+    """The median seconds of `round-0/<stage>` of `arm` in the fixed-lr study's archive (fp32
+    training on its Xeon); `grpo all`, not in that study, is taken as `swepo all` (the same 16
+    responses per group with activation checkpointing; its `old` pass as swepo's refs)."""
+    import statistics
+
+    name = "swepo all" if arm == "grpo all" else arm
+    stage = "refs" if stage == "old" else stage
+    found = [json.loads(m.read_text())["stages"].get(f"round-0/{stage}", {}).get("seconds")
+             for m in archive.glob(f"seed*/{slug(name)}/manifest.json")]
+    found = [x for x in found if x]
+    return statistics.median(found) if found else None
+
+
+def estimate_parts(arms: list[str], rates: dict) -> list[tuple[str, float]]:
+    """(part, single-thread seconds) of the tuning phase and of the final runs: per arm the fixed-lr
+    study's measured stage seconds (`measured`), else `rates` (alignment_ifeval.rates_from)."""
+    z = sizes()
+    bench_s = sum(ai.BENCH_PROMPTS.values()) * z.eval_tokens * rates["greedy_token"]
+
+    def sec(arm, stage):
+        return measured(arm, stage) or {"evaluate": rates["arm_overhead"]}.get(stage, 0.0)
+
+    def refs(arm):  # reference (grpo: sampling-policy) log-probs, once per arm and seed
+        return sec(arm, "old" if loss_of(arm) == "grpo" else "refs")
+
+    train = sum(len(grid_points(a)) * sec(a, "train") for a in arms)
+    heldout = sum(len(grid_points(a)) * sec(a, "evaluate") for a in arms)
+    final_train = 2 * sum(sec(a, "train") + refs(a) + sec(a, "evaluate") for a in arms)  # seed 0 = the tuned trial
+    return [("tuning: training (every trial)", train),
+            ("tuning: reference log-probs (once per arm)", sum(refs(a) for a in arms)),
+            ("tuning: held-out evaluation (every trial)", heldout),
+            ("final: seeds 1 and 2: refs, training, held-out evaluation", final_train),
+            ("final: IFEval + IFBench, 3 seeds", 3 * len(arms) * bench_s)]
+
+
+def estimate_text(arms: list[str], jobs: int, rates: dict, source: str) -> str:
+    parts = estimate_parts(arms, rates)
+    total = sum(s for _, s in parts)
+    tuning = sum(s for name, s in parts if name.startswith("tuning"))
+    lines = [f"Cost estimate: {n_trials(arms)} tuning trials on seed 0 ({len(arms)} arms), then {len(arms)} arms x 3 "
+             f"seeds with IFEval + IFBench; rates {source}", "", "| part | single-thread hours |", "|---|---|"]
+    lines += [f"| {name} | {s / 3600:.1f} |" for name, s in parts]
+    lines += [f"| **tuning** | **{tuning / 3600:.1f}** |", f"| **total** | **{total / 3600:.1f}** |", "",
+              f"With --jobs {jobs} on {jobs} free cores: tuning about {tuning / 3600 / jobs:.1f} h wall, "
+              f"everything about {total / 3600 / jobs:.1f} h."]
+    return "\n".join(lines)
+
+
+def curve_table(trials: list[dict], arm: str) -> str:
+    """metric [95% CI] per learning rate (rows) and beta (columns); the chosen trial starred."""
+    betas = grid(arm).get("train.beta", [None])
+    pick = choose(trials, DEFAULT_BETA.get(loss_of(arm))) if len(trials) == len(grid_points(arm)) else None
+    head = " | ".join(f"beta {b:g}" if b is not None else "metric" for b in betas)
+    lines = [f"| learning rate | {head} |", "|---|" + "---|" * len(betas)]
+    for lr in LEARNING_RATES:
+        cells = []
+        for b in betas:
+            t = next((t for t in trials if t["params"]["train.learning_rate"] == lr
+                      and t["params"].get("train.beta") == b), None)
+            if t is None:
+                cells.append("–")
+                continue
+            ci = f" [{t['ci'][0]:.3f}, {t['ci'][1]:.3f}]" if t.get("ci") else ""
+            cells.append(f"{'**' if t is pick else ''}{t['value']:.3f}{ci}{'** ★' if t is pick else ''}")
+        lines.append(f"| {lr:g} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def report(archive: Path, arms: list[str]) -> str:
+    md = ["# Tuned IFEval study: tuning (seed 0)\n",
+          "Metric: `mean_reward`, the `ifeval` reward of one greedy answer per held-out training-style prompt "
+          "(32 prompts), 95% bootstrap interval over prompts. Chosen: the highest metric, ties within "
+          f"{TIE} to the lower learning rate (★). Grid fixed in PLAN.md.\n"]
+    for arm in arms:
+        trials = archived_trials(archive, arm)
+        c = chosen(archive, arm)
+        md += [f"## {arm}\n", f"{len(trials)} of {len(grid_points(arm))} trials finished; chosen: "
+               + (", ".join(f"{k}={v:g}" for k, v in c["params"].items()) + f" ({c['value']:.3f})" if c else
+                  "not yet (every trial of the grid must finish first)") + "\n", curve_table(trials, arm), ""]
+    text = "\n".join(md) + "\n"
+    (archive / "tuning.md").write_text(text)
+    finals = [f"seed{s}:{a}" for s in sizes().seeds for a in arms if ai.is_finished(archive, f"seed{s}:{a}")]
+    if finals:
+        from alignment_report import analyse
+
+        analyse(archive, sizes(), [a for a in arms if any(u.endswith(":" + a) for u in finals)])
+    return text
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--plan", action="store_true", help="print the grid per arm")
+    ap.add_argument("--estimate", action="store_true", help="print the cost, from the fixed-lr study's measured rates")
+    ap.add_argument("--tune", action="store_true", help="run (or continue) the tuning sweeps on seed 0")
+    ap.add_argument("--sync", action="store_true", help="archive the finished trials")
+    ap.add_argument("--final", action="store_true", help="chosen settings x seeds 0,1,2, with IFEval and IFBench")
+    ap.add_argument("--report", action="store_true", help="tuning.md (and alignment.md from finished final units)")
+    ap.add_argument("--unit", help=argparse.SUPPRESS)
+    ap.add_argument("--arms", nargs="+", help="a subset of the arms")
+    ap.add_argument("--jobs", type=int, default=2)
+    ap.add_argument("--min-free-gb", type=float, default=11.0,
+                    help="--tune: start another arm's sweep beside a running one only with this much memory free")
+    ap.add_argument("--out", default=str(OUT))
+    ap.add_argument("--archive", default=str(ARCHIVE))
+    args = ap.parse_args(argv)
+    arms = [a for a in TUNED_ARMS if a in (args.arms or TUNED_ARMS)]
+    if set(args.arms or []) - set(TUNED_ARMS):
+        raise SystemExit(f"unknown arm(s) {sorted(set(args.arms) - set(TUNED_ARMS))}; known: {TUNED_ARMS}")
+    out, archive = Path(args.out), Path(args.archive)
+    if args.plan:
+        print(plan_table(arms))
+    elif args.estimate:
+        print(estimate_text(arms, args.jobs, ai.rates_from(FIXED_ARCHIVE),
+                            f"measured in {FIXED_ARCHIVE.relative_to(ROOT)} (fp32 training on a Xeon)"))
+    elif args.tune:
+        tune(out, archive, arms, args.jobs, args.min_free_gb)
+    elif args.sync:
+        print(sync_tuning(out, archive, arms), "trials archived")
+    elif args.final:
+        final(out, archive, arms, args.jobs, args.unit)
+    elif args.report:
+        print(report(archive, arms))
+    else:
+        ap.print_help()
+
+
+if __name__ == "__main__":
+    main()
