@@ -1,0 +1,126 @@
+"""The tuned IFEval study's driver (benchmarks/alignment_ifeval_tuned.py): its pure parts. The grid
+(as PLAN.md fixes it), the selection rule, the sweep command, the archived pool's keys against a
+trial's, and archiving a finished trial. Fast: no model loads."""
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
+import alignment_ifeval_tuned as tuned  # noqa: E402
+
+from ampo.config import dump_config, load_config  # noqa: E402
+
+
+def test_the_grid_is_the_plans():
+    assert tuned.LEARNING_RATES == (3e-6, 3e-5, 1e-4, 3e-4)  # the plan's five, less 1e-5 (PLAN.md: the trim)
+    assert set(tuned.LEARNING_RATES) < set(tuned.LEARNING_RATES_PLANNED)
+    betas = {arm: tuned.grid(arm).get("train.beta") for arm in tuned.TUNED_ARMS}
+    assert betas["ampo+random"] == betas["ampo+optselect"] == betas["ampo+bottomk"] == [3.0, 10.0]
+    assert betas["swepo all"] == betas["swepo+random"] == betas["swepo+optselect"] == [0.03, 0.1]
+    assert betas["dpo best-vs-worst"] == betas["dpo sweet-spot"] == [0.03, 0.1]
+    assert betas["simpo best-vs-worst"] == [2.0, 10.0] and betas["grpo all"] is None
+    assert len(tuned.TUNED_ARMS) == 10 and tuned.n_trials() == 9 * 8 + 4
+    points = tuned.grid_points("dpo best-vs-worst")
+    assert len(points) == len({tuple(p.items()) for p in points}) == 8
+    assert {"train.learning_rate": 3e-4, "train.beta": 0.1} in points
+    for arm in tuned.TUNED_ARMS:  # each beta set holds the loss's default
+        if tuned.BETAS[tuned.loss_of(arm)]:
+            assert tuned.DEFAULT_BETA[tuned.loss_of(arm)] in tuned.grid(arm)["train.beta"]
+    assert "grpo all" in tuned.plan_table() and "76 trials" in tuned.plan_table()
+
+
+@pytest.mark.parametrize("arm", tuned.TUNED_ARMS)
+def test_every_grid_point_is_a_valid_config(arm, tmp_path):
+    for params in tuned.grid_points(arm):
+        c = tuned.final_config(arm, 1, params, tmp_path / "x", tmp_path / "store")
+        assert c.train.learning_rate == params["train.learning_rate"]
+        assert c.train.hparams.get("beta") == params.get("train.beta")
+        assert (c.model.lora_r, c.model.lora_alpha, c.model.lora_dropout) == (16, 32, 0.0)
+        assert c.eval.temperature == 0 and c.eval.samples_per_prompt == 1 and c.eval.benchmarks == []
+        assert c.generate.n == 16 and c.rounds == 1 and c.seed == 1
+    grpo = tuned.final_config("grpo all", 0, tuned.grid_points("grpo all")[0], tmp_path / "x", tmp_path / "s")
+    assert grpo.select.strategy == "all" and grpo.select.min_margin == 1e-6 and grpo.train.loss == "grpo"
+
+
+def trial(lr, value, beta=None):
+    return {"params": {"train.learning_rate": lr, **({"train.beta": beta} if beta is not None else {})},
+            "value": value}
+
+
+def test_the_highest_metric_wins_and_ties_go_to_the_lower_rate_then_the_default_beta():
+    assert tuned.choose([]) is None and tuned.choose([{"params": {}, "value": None}]) is None
+    assert tuned.choose([trial(3e-6, 0.40), trial(1e-4, 0.50), trial(3e-4, 0.45)])["params"]["train.learning_rate"] == 1e-4
+    # within 0.005 of the best: the lowest rate, even when its metric is a little lower
+    assert tuned.choose([trial(3e-5, 0.496), trial(1e-4, 0.500)])["params"]["train.learning_rate"] == 3e-5
+    assert tuned.choose([trial(3e-5, 0.494), trial(1e-4, 0.500)])["params"]["train.learning_rate"] == 1e-4
+    # the same rate within the tie: the loss's default beta
+    picked = tuned.choose([trial(1e-4, 0.500, beta=3.0), trial(1e-4, 0.499, beta=10.0)], default_beta=10.0)
+    assert picked["params"]["train.beta"] == 10.0
+    assert tuned.choose([trial(1e-4, 0.5, 3.0), trial(1e-4, 0.4, 10.0)], default_beta=10.0)["params"]["train.beta"] == 3.0
+
+
+def test_the_sweep_command_sweeps_the_grid_and_fixes_the_rest(tmp_path):
+    cmd = tuned.sweep_command("ampo+random", tmp_path)
+    grids = [cmd[i + 1] for i, x in enumerate(cmd) if x == "--grid"]
+    assert grids == ["train.learning_rate=3e-06,3e-05,0.0001,0.0003", "train.beta=3,10"]
+    assert f"store={tmp_path / 'store'}" in cmd and "eval.temperature=0" in cmd and "select.strategy=random" in cmd
+    assert cmd[cmd.index("--out") + 1] == str(tmp_path / "sweeps" / "ampo+random")
+    assert not any(x.startswith("train.learning_rate=") for x in cmd if x not in grids)
+    assert "--grid" not in " ".join(tuned.sweep_command("grpo all", tmp_path)).split("train.learning_rate=")[1]
+
+
+def test_the_archived_seed0_pool_has_the_keys_a_tuned_trial_computes(tmp_path):
+    """So the trials take seed 0's pool from the store instead of generating it again."""
+    source = tuned.ai.archive_round0(tuned.FIXED_ARCHIVE, 0, "minilm")
+    if not (source / "manifest.json").is_file():
+        pytest.skip("the fixed-lr study's archive is not here")
+    recorded = json.loads((source / "manifest.json").read_text())["stages"]
+    for arm in ("ampo+random", "grpo all", "dpo sweet-spot"):
+        keys = tuned.trial_keys(arm, tmp_path / "store")
+        for stage in ("split", "round-0/generate", "round-0/score", "round-0/embed"):
+            assert keys[stage] == recorded[stage]["key"], (arm, stage)
+        assert keys["baseline"] != recorded["baseline"]["key"]  # greedy held-out evaluation: made once, anew
+
+
+def fake_trial(folder: Path, lr: float, beta: float, value: float) -> Path:
+    c = load_config(None, ["train.loss=dpo", f"train.learning_rate={lr}", f"train.hparams.beta={beta}", "rounds=1",
+                           f"out={folder}"])
+    (folder / "round-0").mkdir(parents=True, exist_ok=True)
+    (folder / "config.yaml").write_text(dump_config(c))
+    (folder / "manifest.json").write_text(json.dumps({"stages": {}}))
+    (folder / "round-0" / "eval.json").write_text(json.dumps({"mean_reward": value, "mean_reward_ci": [0.1, 0.9]}))
+    (folder / "round-0" / "train_log.json").write_text("[]")
+    (folder / "round-0" / "checkpoint").mkdir()  # big files stay out of the archive
+    return folder
+
+
+def test_a_finished_trial_is_archived_once_with_its_metric_and_params(tmp_path, monkeypatch):
+    out, archive = tmp_path / "runs", tmp_path / "archive"
+    trials = tuned.sweep_dir(out, "dpo best-vs-worst") / "trials"
+    fake_trial(trials / "000", 3e-5, 0.1, 0.42)
+    fake_trial(trials / "001", 3e-4, 0.03, 0.40)
+    (trials / "002" / "round-0").mkdir(parents=True)  # still running: not archived
+    assert tuned.sync_tuning(out, archive, ["dpo best-vs-worst"]) == 2
+    kept = archive / "tuning" / "dpo_best-vs-worst"
+    assert sorted(p.name for p in kept.iterdir()) == ["000", "001"]
+    assert sorted(str(p.relative_to(kept / "000")) for p in (kept / "000").rglob("*") if p.is_file()) == [
+        "config.yaml", "manifest.json", "round-0/eval.json", "round-0/train_log.json", "trial.json"]
+    records = tuned.archived_trials(archive, "dpo best-vs-worst")
+    assert records[0]["params"] == {"train.learning_rate": 3e-5, "train.beta": 0.1}
+    assert records[0]["value"] == 0.42 and records[0]["ci"] == [0.1, 0.9] and records[0]["loss"] == "dpo"
+    # no choice before the whole grid is in; the curve shows what is there
+    assert tuned.chosen(archive, "dpo best-vs-worst") is None
+    table = tuned.curve_table(records, "dpo best-vs-worst")
+    assert "| 3e-05 | – | 0.420 [0.100, 0.900] |" in table and "★" not in table
+    # a full grid: the choice and the star
+    monkeypatch.setattr(tuned, "LEARNING_RATES", (3e-5, 3e-4))
+    monkeypatch.setattr(tuned, "BETAS", {**tuned.BETAS, "dpo": (0.03, 0.1)})
+    fake_trial(trials / "002", 3e-5, 0.03, 0.30)
+    fake_trial(trials / "003", 3e-4, 0.1, 0.20)
+    assert tuned.sync_tuning(out, archive, ["dpo best-vs-worst"]) == 4
+    assert tuned.chosen(archive, "dpo best-vs-worst")["params"] == {"train.learning_rate": 3e-5, "train.beta": 0.1}
+    assert "**0.420 [0.100, 0.900]** ★" in tuned.report(archive, ["dpo best-vs-worst"])
+    assert (archive / "tuning.md").is_file()
