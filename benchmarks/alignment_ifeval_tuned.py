@@ -72,6 +72,13 @@ SEED_TUNE = 0
 TRIAL_FILES = ("config.yaml", "manifest.json", "round-0/eval.json", "round-0/train_log.json")
 
 
+def ai_stats():
+    """alignment_stats (the fixed-lr study's statistics, with the tuned study's additions)."""
+    import alignment_stats
+
+    return alignment_stats
+
+
 def loss_of(arm: str) -> str:
     return dict(o.split("=", 1) for o in ai.ARMS[arm])["train.loss"]
 
@@ -456,7 +463,8 @@ def report(archive: Path, arms: list[str]) -> str:
     if finals:
         from alignment_report import analyse
 
-        analyse(archive, sizes(), [a for a in arms if any(u.endswith(":" + a) for u in finals)])
+        analyse(archive, sizes(), [a for a in arms if any(u.endswith(":" + a) for u in finals)], baselines=BASELINES,
+                seed_intervals=True, leave_out="punctuation:no_comma")
     return text
 
 

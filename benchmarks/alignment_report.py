@@ -179,9 +179,12 @@ def pool_data(out: Path, seed: int, arms: list[str]) -> tuple[list[dict], dict, 
     return pools, selections, embedders
 
 
-def analyse(out: Path, sizes: Sizes, arms: list[str], n_boot: int = 2000) -> dict:
+def analyse(out: Path, sizes: Sizes, arms: list[str], n_boot: int = 2000, baselines=BASELINES,
+            seed_intervals: bool = False, leave_out: str | None = None) -> dict:
     """Collect what is finished, compute the statistics, write results.json, alignment.md and
-    alignment.png; missing arms or seeds are named, not guessed."""
+    alignment.png; missing arms or seeds are named, not guessed. The tuned study (issue 27) adds
+    baselines, `seed_intervals` (an interval of each mean difference that also resamples seeds)
+    and `leave_out` (the differences again without the prompts carrying that instruction)."""
     results: dict = {"sizes": asdict(sizes), "arms": arms, "benchmarks": {}, "missing": []}
     md = ["# Alignment benchmark on IFEval\n", f"Sizes: `{json.dumps(asdict(sizes))}`. Figures in %; mean ± sd over "
           "seeds; paired differences in percentage points with a paired bootstrap over prompts "
@@ -191,7 +194,7 @@ def analyse(out: Path, sizes: Sizes, arms: list[str], n_boot: int = 2000) -> dic
         initial_answers, prompts = (initial and read_responses(out / "initial" / name)) or (None, None)
         if initial:
             initial = with_answer_stats(*initial, initial_answers, None), initial[1]
-        figures, counts, answers = {}, {}, {}
+        figures, counts, answers, kept_counts = {}, {}, {}, {}
         for arm in arms:
             found = {s: read_metrics(arm_dir(out, s, arm) / "bench" / name) for s in sizes.seeds}
             results["missing"] += [f"seed{s}/{arm}/{name}" for s, v in found.items() if v is None]
@@ -201,6 +204,9 @@ def analyse(out: Path, sizes: Sizes, arms: list[str], n_boot: int = 2000) -> dic
                 figures[arm] = [{**with_answer_stats(m, rows, answers[arm][s], initial_answers), "seed": s}
                                 for s, (m, rows) in done.items()]
                 counts[arm] = {s: stats.prompt_counts(rows) for s, (_, rows) in done.items()}
+                if leave_out:
+                    kept_counts[arm] = {s: stats.prompt_counts(stats.leave_out_instruction(rows, leave_out))
+                                        for s, (_, rows) in done.items()}
         kept = ("seed",) + stats.FIGURES + stats.ANSWERS + stats.LOOPS + stats.DRIFT
         bench = {"initial": initial and {f: initial[0][f] for f in kept if f in initial[0]},
                  "arms": {arm: [{f: m[f] for f in kept if f in m} for m in ms] for arm, ms in figures.items()},
@@ -229,12 +235,25 @@ def analyse(out: Path, sizes: Sizes, arms: list[str], n_boot: int = 2000) -> dic
                    f"the change of the average: Spearman ρ = {c['spearman']:+.2f} ({p_value}; an unchanged "
                    "answer cannot change the score, so more changed answers allow a larger change either way: "
                    "a positive ρ says the changes hurt on the whole, a negative one that they helped).\n"]
-        for against in BASELINES:
+        for against in baselines:
             if against not in counts:
                 continue
             diffs = {arm: paired(counts, arm, against, sizes.seeds, n_boot) for arm in counts if arm != against}
             bench["differences"][against] = {arm: d for arm, d in diffs.items() if d}
             md += [stats.difference_table(bench["differences"][against], against, name), ""]
+            if seed_intervals:
+                for arm, d in bench["differences"][against].items():
+                    d["mean_ci_seeds"] = stats.seed_and_prompt_interval(
+                        [counts[arm][s] for s in d["seeds"]], [counts[against][s] for s in d["seeds"]], n_boot)
+                md += [stats.seed_interval_table(bench["differences"][against], against, name), ""]
+            seed = next(iter(counts[against]))
+            left = leave_out and len(counts[against][seed]) - len(kept_counts[against][seed])
+            if left:  # (none on IFBench, whose instructions have other names)
+                diffs = {arm: paired(kept_counts, arm, against, sizes.seeds, n_boot) for arm in kept_counts
+                         if arm != against}
+                bench.setdefault("differences_without", {})[against] = {arm: d for arm, d in diffs.items() if d}
+                md += [f"Without the {left} prompts carrying `{leave_out}`:\n",
+                       stats.difference_table(bench["differences_without"][against], against, name), ""]
         bench["contrasts"] = []
         for arm, against, meaning in CONTRASTS:
             d = arm in counts and against in counts and paired(counts, arm, against, sizes.seeds, n_boot)
@@ -246,7 +265,7 @@ def analyse(out: Path, sizes: Sizes, arms: list[str], n_boot: int = 2000) -> dic
     if results["benchmarks"][BENCHMARKS[0]]["arms"]:
         md[2:2] = ["## Summary\n", "Average (strict, %) mean ± sd over seeds; differences in points: the mean over "
                    "seeds of the paired differences [95% paired bootstrap over prompts] and the sign count over "
-                   "seeds (+/−/0).\n", stats.summary_table(results["benchmarks"], BASELINES), ""]
+                   "seeds (+/−/0).\n", stats.summary_table(results["benchmarks"], baselines), ""]
     pools = {}
     for seed in sizes.seeds:
         data = pool_data(out, seed, arms)

@@ -90,6 +90,32 @@ def paired_difference(a: Sequence[Mapping], b: Sequence[Mapping], n_boot: int = 
             "signs": sign_count(diffs), "n_prompts": n, "n_boot": n_boot}
 
 
+def seed_and_prompt_interval(a: Sequence[Mapping], b: Sequence[Mapping], n_boot: int = 2000,
+                             seed: int = 0) -> list[float]:
+    """95% interval of the mean over seeds of average(a) - average(b) (inputs as
+    `paired_difference`) from a two-level bootstrap: each sample draws the seeds with replacement
+    and one set of prompts, shared by both arms and every seed drawn. Unlike `paired_difference`'s
+    `mean_ci` it reflects the seed spread as well as the prompt sample (with 3 seeds, coarsely)."""
+    if len(a) != len(b) or not a:
+        raise ValueError(f"need one pair of results per seed, got {len(a)} and {len(b)}")
+    pairs = [_aligned(x, y) for x, y in zip(a, b)]
+    n = len(pairs[0][0])
+    if any(len(x) != n for x, _ in pairs):
+        raise ValueError("the seeds' results cover different prompts")
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, n, size=(n_boot, n))
+    boots = np.stack([_boot_average(x, idx) - _boot_average(y, idx) for x, y in pairs])  # [seeds, B]
+    drawn = rng.integers(0, len(pairs), size=(n_boot, len(pairs)))
+    values = boots[drawn, np.arange(n_boot)[:, None]].mean(axis=1)
+    return [float(np.percentile(values, 2.5)), float(np.percentile(values, 97.5))]
+
+
+def leave_out_instruction(rows: Sequence[Mapping], instruction: str) -> list[Mapping]:
+    """The `results.jsonl` rows of the prompts that do not carry `instruction` (e.g.
+    `punctuation:no_comma`, a constraint a looping answer keeps by accident)."""
+    return [r for r in rows if instruction not in (r.get("instruction_id_list") or ())]
+
+
 def sign_count(values: Iterable[float]) -> dict:
     """How many values are above, below and exactly at zero."""
     v = np.asarray(list(values), dtype=float)
@@ -401,6 +427,17 @@ def difference_table(diffs: Mapping[str, Mapping], against: str, benchmark: str)
     lines = [f"| {benchmark}: arm − {against} | per seed [95% paired bootstrap] | mean over seeds [95%] | "
              "signs (+/−/0) |", "|---|---|---|---|"]
     lines += [f"| {arm} | {_difference_cells(d)} |" for arm, d in diffs.items()]
+    return "\n".join(lines)
+
+
+def seed_interval_table(diffs: Mapping[str, Mapping], against: str, benchmark: str) -> str:
+    """Markdown: per arm, the mean paired difference against `against` with the interval over
+    prompts and the one that also resamples seeds (`mean_ci_seeds`), in points."""
+    lines = [f"| {benchmark}: arm − {against} | seeds | mean over seeds [95% over prompts] | "
+             "[95% over seeds and prompts] |", "|---|---|---|---|"]
+    for arm, d in diffs.items():
+        lo, hi = (100 * v for v in d.get("mean_ci_seeds") or (float("nan"), float("nan")))
+        lines.append(f"| {arm} | {len(d['per_seed'])} | {_mean_interval(d)} | [{lo:+.1f}, {hi:+.1f}] |")
     return "\n".join(lines)
 
 

@@ -124,3 +124,30 @@ def test_a_finished_trial_is_archived_once_with_its_metric_and_params(tmp_path, 
     assert tuned.chosen(archive, "dpo best-vs-worst")["params"] == {"train.learning_rate": 3e-5, "train.beta": 0.1}
     assert "**0.420 [0.100, 0.900]** ★" in tuned.report(archive, ["dpo best-vs-worst"])
     assert (archive / "tuning.md").is_file()
+
+
+def rows(flags_by_prompt, instructions=None):
+    return [{"key": i, "instruction_id_list": (instructions or {}).get(i, ["x"] * len(f)),
+             "follow_instruction_list_strict": f} for i, f in enumerate(flags_by_prompt)]
+
+
+def test_the_seed_resampling_interval_holds_the_prompt_one_and_widens_with_the_seed_spread():
+    st = tuned.ai_stats()
+    base = [[i % 2 == 1] for i in range(60)]
+    better = [[True] if i % 4 == 0 else f for i, f in enumerate(base)]  # half the failures fixed
+    a, b = st.prompt_counts(rows(better)), st.prompt_counts(rows(base))
+    d = st.paired_difference([a, a, a], [b, b, b], n_boot=400)
+    both = st.seed_and_prompt_interval([a, a, a], [b, b, b], n_boot=400)
+    assert both[0] > 0 and abs(both[0] - d["mean_ci"][0]) < 0.02  # identical seeds: no seed spread to add
+    worse = st.prompt_counts(rows([[False]] * 60))
+    spread = st.seed_and_prompt_interval([a, a, worse], [b, b, b], n_boot=400)
+    assert spread[1] - spread[0] > d["mean_ci"][1] - d["mean_ci"][0]
+    with pytest.raises(ValueError):
+        st.seed_and_prompt_interval([a], [b, b])
+
+
+def test_leaving_out_an_instruction_drops_the_prompts_that_carry_it():
+    st = tuned.ai_stats()
+    r = rows([[True], [False, True], [False]], {0: ["a"], 1: ["punctuation:no_comma", "b"], 2: ["c"]})
+    assert [x["key"] for x in st.leave_out_instruction(r, "punctuation:no_comma")] == [0, 2]
+    assert st.leave_out_instruction(r, "nothing") == r
