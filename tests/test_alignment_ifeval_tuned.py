@@ -151,3 +151,33 @@ def test_leaving_out_an_instruction_drops_the_prompts_that_carry_it():
     r = rows([[True], [False, True], [False]], {0: ["a"], 1: ["punctuation:no_comma", "b"], 2: ["c"]})
     assert [x["key"] for x in st.leave_out_instruction(r, "punctuation:no_comma")] == [0, 2]
     assert st.leave_out_instruction(r, "nothing") == r
+
+
+@pytest.mark.parametrize("arm", ["ampo+random", "grpo all"])
+def test_a_final_seed0_run_has_its_tuned_trials_keys(arm, tmp_path):
+    """So seed 0's final run takes every stage, training included, from the sweep's store."""
+    from ampo.cli import RECIPES
+    from ampo.dry_run import stage_keys
+    from ampo.stage_keys import RunKeys
+    from ampo.sweep_space import base_data, trial_config
+
+    store = tmp_path / "store"
+    base = base_data(load_config(RECIPES["ifeval"], tuned.base_overrides(arm, 0, store)))
+    for point in tuned.grid_points(arm):
+        swept = {("train.hparams.beta" if k == "train.beta" else k): v for k, v in point.items()}
+        trial = trial_config(base, swept, str(tmp_path / "trial"), str(store))
+        final = tuned.final_config(arm, 0, point, tmp_path / "final", store)
+        assert dict(stage_keys(RunKeys(trial))) == dict(stage_keys(RunKeys(final)))
+
+
+def test_the_tuned_averages_beside_the_fixed_lr_ones():
+    def results(arm, values):
+        return {"benchmarks": {b: {"arms": {arm: [{"avg_prompt_inst_strict_acc": v} for v in values]}}
+                               for b in ("ifeval", "ifbench")}}
+
+    fixed, tuned_results = results("ampo+random", [0.20, 0.19]), results("ampo+random", [0.22])
+    choices = {"ampo+random": {"params": {"train.learning_rate": 3e-5, "train.beta": 3.0}, "value": 0.5}}
+    table = tuned.beside_fixed(fixed, tuned_results, choices)
+    row = next(line for line in table.splitlines() if line.startswith("| ampo+random"))
+    assert row.startswith("| ampo+random | learning_rate 3e-05, beta 3 | 19.5 ± 0.7 (2) | 22.0 (1 seed) |")
+    assert "| grpo all | not tuned yet | – | – |" in table
