@@ -355,6 +355,15 @@ def final(out: Path, archive: Path, arms: list[str], jobs: int, unit: str | None
     if skipped:
         print("not tuned yet (skipped):", ", ".join(skipped), flush=True)
     todo = [u for u in todo if not ai.is_finished(archive, u)]
+    if jobs <= 1:  # in this process, one unit after another
+        for u in todo:
+            if u == "initial":
+                ai.run_initial(out / "final", sizes())
+            else:
+                run_final_unit(out, archive, *ai.seed_and_arm(u), chosen(archive, ai.seed_and_arm(u)[1])["params"])
+            ai.archive_unit(out / "final", archive, u)
+            print(f"{u}: done (archived)", flush=True)
+        return
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
     (out / "logs").mkdir(parents=True, exist_ok=True)
     running: dict[str, tuple] = {}

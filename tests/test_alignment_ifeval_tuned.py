@@ -181,3 +181,42 @@ def test_the_tuned_averages_beside_the_fixed_lr_ones():
     row = next(line for line in table.splitlines() if line.startswith("| ampo+random"))
     assert row.startswith("| ampo+random | learning_rate 3e-05, beta 3 | 19.5 ± 0.7 (2) | 22.0 (1 seed) |")
     assert "| grpo all | not tuned yet | – | – |" in table
+
+
+def test_the_final_phase_archives_its_units_and_reports_them(tmp_path, monkeypatch):
+    """The final phase's plumbing, with each unit's run replaced by copying a fixed-lr unit's files
+    (real benchmark outputs): the chosen settings reach the unit, the archive holds the units, and
+    --report writes tuning.md beside alignment.md."""
+    import shutil
+
+    fixed = tuned.FIXED_ARCHIVE
+    if not (fixed / "seed0" / "dpo_best-vs-worst" / "bench" / "ifeval" / "done.json").is_file():
+        pytest.skip("the fixed-lr study's archive is not here")
+    out, archive = tmp_path / "runs", tmp_path / "archive"
+    monkeypatch.setattr(tuned, "LEARNING_RATES", (3e-5,))
+    monkeypatch.setattr(tuned, "sizes", lambda: tuned.ai.Sizes(seeds=(0,), train_prompts=64, heldout=32, n=16, k=7,
+                                                                gen_tokens=128, eval_tokens=128, limit=0, rounds=1))
+    arms = ["dpo best-vs-worst", "ampo+random"]
+    for arm in arms:  # a finished grid: beta 0.03 wins for dpo, 10 (the default, tied) for ampo
+        for i, point in enumerate(tuned.grid_points(arm)):
+            folder = archive / "tuning" / tuned.slug(arm) / f"{i:03d}"
+            folder.mkdir(parents=True)
+            value = 0.5 if point.get("train.beta") in (0.03, 3.0, 10.0) else 0.4
+            (folder / "trial.json").write_text(json.dumps({"params": point, "value": value, "ci": None}))
+    got = {}
+
+    def fake_unit(out_, archive_, seed, arm, params):
+        got[arm] = params
+        shutil.copytree(fixed / f"seed{seed}" / tuned.slug(arm), tuned.ai.arm_dir(out_ / "final", seed, arm))
+
+    monkeypatch.setattr(tuned, "run_final_unit", fake_unit)
+    monkeypatch.setattr(tuned.ai, "run_initial", lambda o, z: shutil.copytree(fixed / "initial", o / "initial"))
+    tuned.final(out, archive, arms, jobs=1)
+    assert got == {"dpo best-vs-worst": {"train.learning_rate": 3e-5, "train.beta": 0.03},
+                   "ampo+random": {"train.learning_rate": 3e-5, "train.beta": 10.0}}
+    for unit in ("initial", "seed0:dpo best-vs-worst", "seed0:ampo+random"):
+        assert tuned.ai.is_finished(archive, unit)
+    text = tuned.report(archive, arms)
+    assert "## Beside the fixed-lr study" in text and "| dpo best-vs-worst | learning_rate 3e-05, beta 0.03 |" in text
+    md = (archive / "alignment.md").read_text()
+    assert "over seeds and prompts" in md and "punctuation:no_comma" in md
