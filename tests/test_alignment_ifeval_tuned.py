@@ -52,14 +52,16 @@ def trial(lr, value, beta=None):
 
 def test_the_highest_metric_wins_and_ties_go_to_the_lower_rate_then_the_default_beta():
     assert tuned.choose([]) is None and tuned.choose([{"params": {}, "value": None}]) is None
-    assert tuned.choose([trial(3e-6, 0.40), trial(1e-4, 0.50), trial(3e-4, 0.45)])["params"]["train.learning_rate"] == 1e-4
+    picked = tuned.choose([trial(3e-6, 0.40), trial(1e-4, 0.50), trial(3e-4, 0.45)])
+    assert picked["params"]["train.learning_rate"] == 1e-4
     # within 0.005 of the best: the lowest rate, even when its metric is a little lower
     assert tuned.choose([trial(3e-5, 0.496), trial(1e-4, 0.500)])["params"]["train.learning_rate"] == 3e-5
     assert tuned.choose([trial(3e-5, 0.494), trial(1e-4, 0.500)])["params"]["train.learning_rate"] == 1e-4
     # the same rate within the tie: the loss's default beta
     picked = tuned.choose([trial(1e-4, 0.500, beta=3.0), trial(1e-4, 0.499, beta=10.0)], default_beta=10.0)
     assert picked["params"]["train.beta"] == 10.0
-    assert tuned.choose([trial(1e-4, 0.5, 3.0), trial(1e-4, 0.4, 10.0)], default_beta=10.0)["params"]["train.beta"] == 3.0
+    picked = tuned.choose([trial(1e-4, 0.5, 3.0), trial(1e-4, 0.4, 10.0)], default_beta=10.0)
+    assert picked["params"]["train.beta"] == 3.0
 
 
 def test_the_sweep_command_sweeps_the_grid_and_fixes_the_rest(tmp_path):
