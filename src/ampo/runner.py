@@ -9,7 +9,6 @@ status `done` and the outputs still have the sizes and sha256 recorded when it f
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import json
 import logging
 import os
@@ -20,6 +19,7 @@ from typing import Any, Callable
 
 from . import __version__
 from .data import atomic_path, ensure_dir, write_json, write_rows
+from .fingerprints import fingerprints  # noqa: F401 (re-exported: callers import it from here)
 
 log = logging.getLogger("ampo")
 
@@ -261,24 +261,6 @@ class Runner:
                 log.warning("[%s] %s %s: redoing the stage", name, self.dir / rel, problem)
                 return False
         return True
-
-
-def fingerprints(root: Path, outputs: list[Path]) -> dict[str, dict]:
-    """Size and sha256 of each output file, folders expanded to the files inside them, keyed by
-    the path relative to `root`. Missing outputs are left out."""
-    files = []
-    for path in outputs:
-        files.extend(sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else
-                     [path] if path.is_file() else [])
-    return {p.relative_to(root).as_posix(): {"size": p.stat().st_size, "sha256": _sha256(p)} for p in files}
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _write_if_changed(path: Path, text: str) -> None:

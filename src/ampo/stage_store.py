@@ -84,7 +84,7 @@ class StageStore:
         """Put stored stage `key`'s files into `run_dir` at the declared `outputs` and return its
         entry (`outputs`: fingerprints as found in `run_dir`, `info`: the stage's manifest extras,
         `seconds`: how long it took to make), or None when the store does not hold it intact."""
-        from .runner import fingerprints
+        from .fingerprints import fingerprints
 
         if name in UNSHARED or not self.has(key):
             return None
