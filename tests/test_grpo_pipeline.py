@@ -15,6 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 
 import ampo.pipeline
+import ampo.pooltrain
 import ampo.stages
 from ampo.cli import main
 from ampo.config import ConfigError, load_config
@@ -54,6 +55,7 @@ def count_passes(monkeypatch) -> list[int]:
 
     monkeypatch.setattr(ampo.stages, "selected_logprobs", counted)
     monkeypatch.setattr(ampo.pipeline, "selected_logprobs", counted)
+    monkeypatch.setattr(ampo.pooltrain, "selected_logprobs", counted)  # bound at import, by whichever test came first
     return calls
 
 
