@@ -42,6 +42,7 @@ bench-quick: install
 	$(PY) benchmarks/bench_selection.py --quick
 	$(PY) benchmarks/bench_generation_logprobs.py --quick --only generation --threads 1
 	$(PY) benchmarks/bench_train_vs_trl.py --quick --arms ampo-shared ampo trl
+	$(PY) benchmarks/bench_train_dtype.py --quick --threads 1
 	$(PY) benchmarks/bench_alignment.py --quick --out runs/bench_alignment_quick
 	$(PY) benchmarks/bench_alignment.py --task ifeval --quick --jobs 2 --out runs/bench_alignment_ifeval_quick
 	$(PY) benchmarks/bench_gpm_cycle.py --quick --threads 1
@@ -51,6 +52,7 @@ bench: install
 	$(PY) benchmarks/bench_selection.py
 	$(PY) benchmarks/bench_generation_logprobs.py
 	$(PY) benchmarks/bench_train_vs_trl.py --arms ampo-shared ampo trl
+	$(PY) benchmarks/bench_train_dtype.py --threads 1 --out runs/bench_train_dtype.json
 	$(PY) benchmarks/bench_alignment.py
 	$(PY) benchmarks/bench_gpm_cycle.py --threads 1 --out runs/bench_gpm_cycle.json
 	$(PY) benchmarks/bench_gpo_gpm.py

@@ -130,3 +130,28 @@ def test_reference_pass_uses_the_training_numerics(tiny_model, tiny_tokenizer, s
             ref[b, : len(row)] = torch.from_numpy(row)
         gaps[dtype] = float((policy - ref)[mask].abs().max())
     assert gaps["bfloat16"] < 1e-3 < gaps["float32"]
+
+
+def test_cpu_bf16_autocast_runs_sdpa_attention_in_fp32():
+    """CPU bf16 sdpa's backward is about 2x slower than fp32's (torch 2.13): under CPU bf16 autocast
+    transformers' sdpa entry computes on fp32 copies; elsewhere it is the original function."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    with compute_context("bfloat16", "cpu"):  # installs it
+        pass
+    attention = ALL_ATTENTION_FUNCTIONS["sdpa"]
+    module = torch.nn.Module()
+    module.is_causal, module.num_key_value_groups = True, 1
+    q, k, v = (torch.randn(2, 4, 7, 8) for _ in range(3))
+    exact, _ = sdpa_attention_forward(module, q, k, v, None, is_causal=True)
+    with compute_context("bfloat16", "cpu"):
+        out, _ = attention(module, q.bfloat16(), k, v.bfloat16(), None, is_causal=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        plain, _ = sdpa_attention_forward(module, q.bfloat16(), k, v.bfloat16(), None, is_causal=True)
+    inputs_fp32, _ = sdpa_attention_forward(module, q.bfloat16().float(), k, v.bfloat16().float(), None, is_causal=True)
+    assert out.dtype == plain.dtype == torch.bfloat16
+    assert torch.equal(out, inputs_fp32.bfloat16())  # fp32 arithmetic on the bf16 inputs, rounded once
+    assert (out.float() - exact).abs().max() <= (plain.float() - exact).abs().max()
+    same, _ = attention(module, q, k, v, None, is_causal=True)  # no autocast: the original
+    assert torch.equal(same, exact)

@@ -15,6 +15,7 @@ fp32 master weights), and log-probs and losses are computed in fp32 (`ampo.logpr
 from __future__ import annotations
 
 import contextlib
+import functools
 from pathlib import Path
 
 import torch
@@ -78,6 +79,8 @@ def compute_context(dtype: str, device_type: str) -> contextlib.AbstractContextM
     """The context that runs a model's passes in the resolved compute `dtype`: bf16 autocast
     (the weights keep their dtype) for "bfloat16", nothing for "float32"."""
     if dtype == "bfloat16":
+        if device_type == "cpu":
+            fp32_attention_under_cpu_autocast()
         return torch.autocast(device_type=device_type, dtype=torch.bfloat16)
     if dtype == "float32":
         return contextlib.nullcontext()
@@ -87,3 +90,32 @@ def compute_context(dtype: str, device_type: str) -> contextlib.AbstractContextM
 def fp32_context(device_type: str) -> contextlib.AbstractContextManager:
     """Leave any enclosing autocast: what runs inside (the losses) computes in its inputs' dtype."""
     return torch.autocast(device_type=device_type, enabled=False)
+
+
+@functools.cache
+def fp32_attention_under_cpu_autocast() -> None:
+    """Under CPU bf16 autocast, run transformers' `sdpa` attention on fp32 copies of its inputs.
+
+    On CPU (torch 2.13) the bf16 scaled-dot-product attention's backward pass is about twice as
+    slow as fp32's, which ate a third of bf16 training's gain on SmolLM2 (benchmarks/bench_train_dtype.py);
+    in fp32 the attention costs what it costs in an fp32 step, and the matmuls around it keep bf16's
+    speed. Installed once, as the process's `sdpa` entry of transformers' attention table; it
+    changes nothing outside CPU autocast (generation, fp32 training, CUDA), where it calls the
+    original. Same memory behaviour as before (no L x L scores), and the attention is exact fp32.
+    """
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    original = ALL_ATTENTION_FUNCTIONS.get("sdpa", sdpa_attention_forward)
+
+    def attention(module, query, key, value, attention_mask, *args, **kwargs):
+        if not (query.device.type == "cpu" and torch.is_autocast_enabled("cpu")
+                and torch.get_autocast_dtype("cpu") == torch.bfloat16):
+            return original(module, query, key, value, attention_mask, *args, **kwargs)
+        if attention_mask is not None and attention_mask.is_floating_point():
+            attention_mask = attention_mask.float()
+        with torch.autocast("cpu", enabled=False):
+            out, weights = original(module, query.float(), key.float(), value.float(), attention_mask, *args, **kwargs)
+        return out.to(torch.bfloat16), weights  # what autocast's sdpa returns
+
+    ALL_ATTENTION_FUNCTIONS["sdpa"] = attention
