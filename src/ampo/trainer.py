@@ -10,7 +10,6 @@ checkpoints, resume and multi-process (DDP / DeepSpeed / FSDP via accelerate) ar
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import time
 from collections import defaultdict
@@ -253,21 +252,6 @@ def training_args(c, output_dir: Path, progress: bool = True):
         activation_checkpointing=t.gradient_checkpointing,
         activation_checkpointing_kwargs={"use_reentrant": False},
     )
-
-
-COSMETIC_OPTIONS = ("save_steps", "report_to", "logprob_chunk", "gradient_checkpointing", "shared_prefix")
-
-
-def train_options(c) -> dict:
-    """The `train` options that change the trained weights (the training stage's key): all but
-    `COSMETIC_OPTIONS`, `max_steps` only when set, and `dtype` as this machine resolves it
-    (`resolve_train_dtype`) only when that is bfloat16 (so keys made before either existed hold)."""
-    t = {k: v for k, v in dataclasses.asdict(c.train).items() if k not in COSMETIC_OPTIONS}
-    if not t["max_steps"]:
-        t.pop("max_steps")
-    if (dtype := resolve_train_dtype(t.pop("dtype"))) != "float32":
-        t["dtype"] = dtype
-    return t
 
 
 CHECKPOINT_FILES = ("trainer_state.json", "optimizer.pt", "scheduler.pt")

@@ -1,5 +1,5 @@
 """The run configuration's dataclasses: one per stage, gathered in `RunConfig`, with their defaults;
-and `ConfigError`, the one error a bad configuration raises (its values cut by `short`)."""
+and `ConfigError` (from `ampo.errors`), the one error a bad configuration raises."""
 
 from __future__ import annotations
 
@@ -7,15 +7,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-
-class ConfigError(ValueError):
-    """A bad configuration value; the message names the option."""
-
-
-def short(value: Any, limit: int = 60) -> str:
-    """`repr(value)`, cut to `limit` characters: errors never echo a huge value back."""
-    text = repr(value)
-    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+from ..errors import ConfigError, short  # noqa: F401 (re-exported by ampo.config)
 
 
 @dataclass
