@@ -72,12 +72,7 @@ def paired_difference(a: Sequence[Mapping], b: Sequence[Mapping], n_boot: int = 
     one set of prompts and uses it for both arms and every seed. Returns the per-seed differences
     with their 95% intervals and the mean over seeds with its interval (which reflects the prompt
     sample, not the seed spread; the sign count and the per-seed values show that)."""
-    if len(a) != len(b) or not a:
-        raise ValueError(f"need one pair of results per seed, got {len(a)} and {len(b)}")
-    pairs = [_aligned(x, y) for x, y in zip(a, b)]
-    n = len(pairs[0][0])
-    if any(len(x) != n for x, _ in pairs):
-        raise ValueError("the seeds' results cover different prompts")
+    pairs, n = _seed_pairs(a, b)
     idx = np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
     diffs = np.array([average(x) - average(y) for x, y in pairs])
     boots = np.stack([_boot_average(x, idx) - _boot_average(y, idx) for x, y in pairs])  # [seeds, B]
@@ -90,18 +85,24 @@ def paired_difference(a: Sequence[Mapping], b: Sequence[Mapping], n_boot: int = 
             "signs": sign_count(diffs), "n_prompts": n, "n_boot": n_boot}
 
 
-def seed_and_prompt_interval(a: Sequence[Mapping], b: Sequence[Mapping], n_boot: int = 2000,
-                             seed: int = 0) -> list[float]:
-    """95% interval of the mean over seeds of average(a) - average(b) (inputs as
-    `paired_difference`) from a two-level bootstrap: each sample draws the seeds with replacement
-    and one set of prompts, shared by both arms and every seed drawn. Unlike `paired_difference`'s
-    `mean_ci` it reflects the seed spread as well as the prompt sample (with 3 seeds, coarsely)."""
+def _seed_pairs(a: Sequence[Mapping], b: Sequence[Mapping]) -> tuple[list, int]:
+    """One aligned pair of per-prompt results per seed, and the prompt count they share."""
     if len(a) != len(b) or not a:
         raise ValueError(f"need one pair of results per seed, got {len(a)} and {len(b)}")
     pairs = [_aligned(x, y) for x, y in zip(a, b)]
     n = len(pairs[0][0])
     if any(len(x) != n for x, _ in pairs):
         raise ValueError("the seeds' results cover different prompts")
+    return pairs, n
+
+
+def seed_and_prompt_interval(a: Sequence[Mapping], b: Sequence[Mapping], n_boot: int = 2000,
+                             seed: int = 0) -> list[float]:
+    """95% interval of the mean over seeds of average(a) - average(b) (inputs as
+    `paired_difference`) from a two-level bootstrap: each sample draws the seeds with replacement
+    and one set of prompts, shared by both arms and every seed drawn. Unlike `paired_difference`'s
+    `mean_ci` it reflects the seed spread as well as the prompt sample (with 3 seeds, coarsely)."""
+    pairs, n = _seed_pairs(a, b)
     rng = np.random.default_rng(seed)
     idx = rng.integers(0, n, size=(n_boot, n))
     boots = np.stack([_boot_average(x, idx) - _boot_average(y, idx) for x, y in pairs])  # [seeds, B]
