@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .config import ConfigError, RunConfig, load_config, safe_yaml, short
+from .config.loading import set_dotted
 
 NOT_SWEPT = ("out", "store")  # where a trial goes is the sweep's business
 MAX_CHECKED_COMBINATIONS = 1000  # every combination of values is validated up to this many
@@ -79,16 +80,6 @@ def canonical(key: str) -> str:
     if len(parts) == 2 and parts[0] == "train" and parts[1] not in {f.name for f in dataclasses.fields(TrainConfig)}:
         return f"train.hparams.{parts[1]}"
     return key
-
-
-def set_dotted(data: dict, key: str, value: Any) -> None:
-    *parents, last = key.split(".")
-    node = data
-    for p in parents:
-        node = node.setdefault(p, {})
-        if not isinstance(node, dict):
-            raise ConfigError(f"'{key}': '{p}' is not a section")
-    node[last] = value
 
 
 def get_dotted(data: dict, key: str) -> Any:

@@ -80,7 +80,8 @@ def _build(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
     return cls(**kwargs)
 
 
-def _set_dotted(data: dict, dotted: str, value: Any) -> None:
+def set_dotted(data: dict, dotted: str, value: Any) -> None:
+    """Set `data[a][b][c] = value` for the dotted key `a.b.c`, making sections as needed."""
     *parents, last = dotted.split(".")
     node = data
     for p in parents:
@@ -143,7 +144,7 @@ def parse_overrides(overrides: list[str]) -> dict[str, Any]:
             raise ConfigError(f"config override {short(item)}: expected key=value")
         key, raw = item.split("=", 1)
         value = safe_yaml(raw, f"config override {short(key.strip() + '=')}") if raw.strip() else ""
-        _set_dotted(data, key.strip(), value)
+        set_dotted(data, key.strip(), value)
     return data
 
 
