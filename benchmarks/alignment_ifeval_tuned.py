@@ -88,7 +88,8 @@ def slug(arm: str) -> str:
 
 
 def grid(arm: str) -> dict[str, list]:
-    """The arm's swept options: `--grid` key -> values."""
+    """The arm's full grid (PLAN.md, "The grids"): `--grid` key -> values. Only part of it is run
+    (`design_points`); the rest is the second trim's."""
     g = {"train.learning_rate": list(LEARNING_RATES)}
     if BETAS[loss_of(arm)]:
         g["train.beta"] = list(BETAS[loss_of(arm)])
@@ -100,17 +101,53 @@ def grid_points(arm: str) -> list[dict]:
     return [dict(zip(g, values)) for values in itertools.product(*g.values())]
 
 
+def default_beta(arm: str) -> float | None:
+    return DEFAULT_BETA.get(loss_of(arm))
+
+
+def lr_points(arm: str) -> list[dict]:
+    """Stage 1 of the coordinate design: every learning rate at the loss's default beta."""
+    beta = default_beta(arm)
+    return [{"train.learning_rate": lr, **({"train.beta": beta} if beta is not None else {})} for lr in LEARNING_RATES]
+
+
+def beta_points(arm: str, lr: float) -> list[dict]:
+    """Stage 2: the loss's other betas at stage 1's chosen learning rate (none for grpo)."""
+    return [{"train.learning_rate": lr, "train.beta": b} for b in BETAS[loss_of(arm)] if b != default_beta(arm)]
+
+
+def find(trials: list[dict], point: dict) -> dict | None:
+    """The finished trial at exactly `point` (any sweep folder: a point's result does not depend on it)."""
+    return next((t for t in trials if t["params"] == point and t.get("value") is not None), None)
+
+
+def design_points(arm: str, trials: list[dict]) -> list[dict]:
+    """The points the coordinate design runs, as far as the finished `trials` determine them."""
+    stage1 = lr_points(arm)
+    found = [find(trials, p) for p in stage1]
+    if None in found:
+        return stage1
+    return stage1 + beta_points(arm, choose(found, default_beta(arm))["params"]["train.learning_rate"])
+
+
+def n_design(arm: str) -> int:
+    """Trials of the coordinate design: every rate, plus the other beta (if the loss has one)."""
+    return len(LEARNING_RATES) + len(BETAS[loss_of(arm)][1:])
+
+
 def n_trials(arms=TUNED_ARMS) -> int:
-    return sum(len(grid_points(a)) for a in arms)
+    return sum(n_design(a) for a in arms)
 
 
 def plan_table(arms=TUNED_ARMS) -> str:
-    lines = ["| arm | loss | learning rates | beta | fixed | LoRA | trials |", "|---|---|---|---|---|---|---|"]
+    lines = ["| arm | loss | learning rates (stage 1, at the default beta) | default beta | other beta (stage 2, at "
+             "stage 1's rate) | fixed | LoRA | trials |", "|---|---|---|---|---|---|---|---|"]
     for arm in arms:
-        g, loss = grid(arm), loss_of(arm)
-        beta = ", ".join(f"{b:g}" for b in g.get("train.beta", [])) or "– (kl 0)"
-        lines.append(f"| {arm} | {loss} | {', '.join(f'{x:g}' for x in g['train.learning_rate'])} | {beta} | "
-                     f"`{' '.join(ai.ARMS[arm])}` | r=16, alpha=32, dropout 0, q/k/v/o | {len(grid_points(arm))} |")
+        loss, other = loss_of(arm), [b for b in BETAS[loss_of(arm)] if b != default_beta(arm)]
+        lines.append(f"| {arm} | {loss} | {', '.join(f'{x:g}' for x in LEARNING_RATES)} | "
+                     f"{'– (kl 0)' if default_beta(arm) is None else f'{default_beta(arm):g}'} | "
+                     f"{', '.join(f'{b:g}' for b in other) or '–'} | `{' '.join(ai.ARMS[arm])}` | "
+                     f"r=16, alpha=32, dropout 0, q/k/v/o | {n_design(arm)} |")
     lines.append(f"\n{n_trials(arms)} trials on seed {SEED_TUNE}; fixed for every trial: `{' '.join(FIXED)}`")
     return "\n".join(lines)
 
@@ -190,14 +227,32 @@ def seed_store(store: Path, source: Path, arm: str = "ampo+random") -> dict[str,
 # ------------------------------------------------------------------ tuning
 
 
-def sweep_dir(out: Path, arm: str) -> Path:
-    return out / "sweeps" / slug(arm)
+# Sweep folders per arm: "grid" holds the full 4 x 2 grid's trials run before the second trim
+# (dpo best-vs-worst, ampo+random); "lr" and "beta" are the coordinate design's two stages
+STAGES = {"grid": "", "lr": "-lr", "beta": "-beta"}
 
 
-def sweep_command(arm: str, out: Path, jobs: int = 1) -> list[str]:
+def sweep_dir(out: Path, arm: str, stage: str) -> Path:
+    return out / "sweeps" / (slug(arm) + STAGES[stage])
+
+
+def next_sweep(archive: Path, arm: str) -> tuple[str, list[dict]] | None:
+    """(stage, points) of the arm's next sweep: stage 1 until every rate is archived, then stage 2;
+    None when the design is complete."""
+    trials = archived_trials(archive, arm)
+    stage1 = lr_points(arm)
+    if any(find(trials, p) is None for p in stage1):
+        return "lr", stage1
+    todo = design_points(arm, trials)[len(stage1):]
+    return ("beta", todo) if any(find(trials, p) is None for p in todo) else None
+
+
+def sweep_command(arm: str, out: Path, stage: str, points: list[dict], jobs: int = 1) -> list[str]:
+    """`ampo sweep` over `points` (a product of rates and betas)."""
     cmd = [sys.executable, "-m", "ampo.cli", "-q", "sweep", str(ROOT / "src/ampo/recipes/ifeval.yaml"),
-           *base_overrides(arm, SEED_TUNE, out / "store"), "--out", str(sweep_dir(out, arm)), "--jobs", str(jobs)]
-    for key, values in grid(arm).items():
+           *base_overrides(arm, SEED_TUNE, out / "store"), "--out", str(sweep_dir(out, arm, stage)), "--jobs", str(jobs)]
+    for key in points[0]:
+        values = sorted({p[key] for p in points})
         cmd += ["--grid", f"{key}=" + ",".join(f"{v:g}" for v in values)]
     return cmd
 
@@ -246,15 +301,22 @@ def sync_tuning(out: Path, archive: Path, arms=TUNED_ARMS) -> int:
     """Archive every finished trial (and each sweep's sweep.md); returns how many are archived."""
     total = 0
     for arm in arms:
-        sd = sweep_dir(out, arm)
-        for run_dir in sorted((sd / "trials").glob("*")) if (sd / "trials").is_dir() else []:
-            archive_trial(run_dir, archive / "tuning" / slug(arm) / run_dir.name)
-        for name in ("sweep.md", "sweep.json"):
-            if (sd / name).is_file():
-                (archive / "tuning" / slug(arm)).mkdir(parents=True, exist_ok=True)
-                shutil.copy2(sd / name, archive / "tuning" / slug(arm) / name)
-        total += len(archived_trials(archive, arm))
+        for stage, suffix in STAGES.items():
+            sd, prefix = sweep_dir(out, arm, stage), f"{stage}-" if suffix else ""
+            for run_dir in sorted((sd / "trials").glob("*")) if (sd / "trials").is_dir() else []:
+                archive_trial(run_dir, archive / "tuning" / slug(arm) / (prefix + run_dir.name))
+            for name in ("sweep.md", "sweep.json"):
+                if (sd / name).is_file():
+                    (archive / "tuning" / slug(arm)).mkdir(parents=True, exist_ok=True)
+                    shutil.copy2(sd / name, archive / "tuning" / slug(arm) / (prefix + name))
+        total += n_done(archive, arm)
     return total
+
+
+def n_done(archive: Path, arm: str) -> int:
+    """How many of the arm's design points are archived."""
+    trials = archived_trials(archive, arm)
+    return sum(find(trials, p) is not None for p in design_points(arm, trials))
 
 
 def mem_available_gb() -> float:
@@ -276,7 +338,7 @@ def tune(out: Path, archive: Path, arms: list[str], jobs: int, min_free_gb: floa
     (out / "logs").mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
            "HF_HUB_OFFLINE": "1"}
-    waiting = [a for a in arms if len(archived_trials(archive, a)) < len(grid_points(a))]
+    waiting = [a for a in arms if next_sweep(archive, a)]
     running: dict[str, tuple] = {}
     last_sync = last_start = 0.0
     while waiting or running:
@@ -285,17 +347,22 @@ def tune(out: Path, archive: Path, arms: list[str], jobs: int, min_free_gb: floa
         while waiting and len(running) < jobs and (not running or (
                 time.time() - last_start > 180 and mem_available_gb() >= min_free_gb)):
             arm = waiting.pop(0)
+            stage, points = next_sweep(archive, arm)
             last_start = time.time()
-            log = open(out / "logs" / f"{slug(arm)}.log", "a")
-            running[arm] = (subprocess.Popen(sweep_command(arm, out), stdout=log, stderr=subprocess.STDOUT,
-                                             env=env, cwd=ROOT), log)
-            print(f"{arm}: sweep started (log {log.name})", flush=True)
+            log = open(out / "logs" / f"{slug(arm)}{STAGES[stage]}.log", "a")
+            running[arm] = (subprocess.Popen(sweep_command(arm, out, stage, points), stdout=log,
+                                             stderr=subprocess.STDOUT, env=env, cwd=ROOT), log, stage)
+            print(f"{arm}: {stage} sweep started (log {log.name})", flush=True)
         time.sleep(5)
-        for arm, (proc, log) in list(running.items()):
+        for arm, (proc, log, stage) in list(running.items()):
             if proc.poll() is not None:
                 log.close()
                 del running[arm]
-                print(f"{arm}: sweep ended (exit {proc.returncode})", flush=True)
+                print(f"{arm}: {stage} sweep ended (exit {proc.returncode})", flush=True)
+                sync_tuning(out, archive, [arm])
+                following = next_sweep(archive, arm)
+                if proc.returncode == 0 and following and following[0] != stage:
+                    waiting.insert(0, arm)  # stage 2 right after stage 1
         if time.time() - last_sync > 60 or not running:
             n = sync_tuning(out, archive, arms)
             last_sync = time.time()
@@ -306,11 +373,14 @@ def tune(out: Path, archive: Path, arms: list[str], jobs: int, min_free_gb: floa
 
 
 def chosen(archive: Path, arm: str) -> dict | None:
-    """The arm's chosen settings, once every trial of its grid is archived."""
-    trials = archived_trials(archive, arm)
-    if len(trials) < len(grid_points(arm)):
-        return None
-    return choose(trials, DEFAULT_BETA.get(loss_of(arm)))
+    """The arm's chosen settings among the design's points, once every one is archived (points of
+    the full grid outside the design, run before the second trim, are not candidates)."""
+    return choose_design(arm, archived_trials(archive, arm))
+
+
+def choose_design(arm: str, trials: list[dict]) -> dict | None:
+    found = [find(trials, p) for p in design_points(arm, trials)]  # stage 1 alone while it is incomplete
+    return None if None in found else choose(found, default_beta(arm))
 
 
 def final_config(arm: str, seed: int, params: dict, folder: Path, store: Path):
@@ -415,8 +485,8 @@ def estimate_parts(arms: list[str], rates: dict) -> list[tuple[str, float]]:
     def refs(arm):  # reference (grpo: sampling-policy) log-probs, once per arm and seed
         return sec(arm, "old" if loss_of(arm) == "grpo" else "refs")
 
-    train = sum(len(grid_points(a)) * sec(a, "train") for a in arms)
-    heldout = sum(len(grid_points(a)) * sec(a, "evaluate") for a in arms)
+    train = sum(n_design(a) * sec(a, "train") for a in arms)
+    heldout = sum(n_design(a) * sec(a, "evaluate") for a in arms)
     final_train = 2 * sum(sec(a, "train") + refs(a) + sec(a, "evaluate") for a in arms)  # seed 0 = the tuned trial
     return [("tuning: training (every trial)", train),
             ("tuning: reference log-probs (once per arm)", sum(refs(a) for a in arms)),
@@ -441,7 +511,8 @@ def estimate_text(arms: list[str], jobs: int, rates: dict, source: str) -> str:
 def curve_table(trials: list[dict], arm: str) -> str:
     """metric [95% CI] per learning rate (rows) and beta (columns); the chosen trial starred."""
     betas = grid(arm).get("train.beta", [None])
-    pick = choose(trials, DEFAULT_BETA.get(loss_of(arm))) if len(trials) == len(grid_points(arm)) else None
+    pick = choose_design(arm, trials)
+    design = design_points(arm, trials)
     head = " | ".join(f"beta {b:g}" if b is not None else "metric" for b in betas)
     lines = [f"| learning rate | {head} |", "|---|" + "---|" * len(betas)]
     for lr in LEARNING_RATES:
@@ -453,7 +524,8 @@ def curve_table(trials: list[dict], arm: str) -> str:
                 cells.append("–")
                 continue
             ci = f" [{t['ci'][0]:.3f}, {t['ci'][1]:.3f}]" if t.get("ci") else ""
-            cells.append(f"{'**' if t is pick else ''}{t['value']:.3f}{ci}{'** ★' if t is pick else ''}")
+            outside = "" if t["params"] in design else " †"
+            cells.append(f"{'**' if t is pick else ''}{t['value']:.3f}{ci}{'** ★' if t is pick else ''}{outside}")
         lines.append(f"| {lr:g} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -486,11 +558,13 @@ def report(archive: Path, arms: list[str]) -> str:
     md = ["# Tuned IFEval study: tuning (seed 0)\n",
           "Metric: `mean_reward`, the `ifeval` reward of one greedy answer per held-out training-style prompt "
           "(32 prompts), 95% bootstrap interval over prompts. Chosen: the highest metric, ties within "
-          f"{TIE} to the lower learning rate (★). Grid fixed in PLAN.md.\n"]
+          f"{TIE} to the lower learning rate (★), among the coordinate design's points (PLAN.md, second trim): "
+          "every rate at the loss's default beta, then the other beta at that stage's chosen rate. † marks "
+          "points of the full grid run before the second trim: shown, never chosen.\n"]
     for arm in arms:
         trials = archived_trials(archive, arm)
         c = chosen(archive, arm)
-        md += [f"## {arm}\n", f"{len(trials)} of {len(grid_points(arm))} trials finished; chosen: "
+        md += [f"## {arm}\n", f"{n_done(archive, arm)} of {n_design(arm)} design trials finished; chosen: "
                + (", ".join(f"{k}={v:g}" for k, v in c["params"].items()) + f" ({c['value']:.3f})" if c else
                   "not yet (every trial of the grid must finish first)") + "\n", curve_table(trials, arm), ""]
     text = "\n".join(md) + "\n"
