@@ -237,9 +237,12 @@ def sweep_dir(out: Path, arm: str, stage: str) -> Path:
 
 
 def next_sweep(archive: Path, arm: str) -> tuple[str, list[dict]] | None:
-    """(stage, points) of the arm's next sweep: stage 1 until every rate is archived, then stage 2;
-    None when the design is complete."""
-    trials = archived_trials(archive, arm)
+    return next_sweep_points(arm, archived_trials(archive, arm))
+
+
+def next_sweep_points(arm: str, trials: list[dict]) -> tuple[str, list[dict]] | None:
+    """(stage, points) of the arm's next sweep given its finished `trials`: stage 1 until every
+    rate is in, then stage 2; None when the design is complete."""
     stage1 = lr_points(arm)
     if any(find(trials, p) is None for p in stage1):
         return "lr", stage1

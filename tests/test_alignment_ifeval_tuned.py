@@ -22,14 +22,33 @@ def test_the_grid_is_the_plans():
     assert betas["swepo all"] == betas["swepo+random"] == betas["swepo+optselect"] == [0.03, 0.1]
     assert betas["dpo best-vs-worst"] == betas["dpo sweet-spot"] == [0.03, 0.1]
     assert betas["simpo best-vs-worst"] == [2.0, 10.0] and betas["grpo all"] is None
-    assert len(tuned.TUNED_ARMS) == 10 and tuned.n_trials() == 9 * 8 + 4
+    assert len(tuned.TUNED_ARMS) == 10 and tuned.n_trials() == 9 * 5 + 4  # the coordinate design (second trim)
     points = tuned.grid_points("dpo best-vs-worst")
     assert len(points) == len({tuple(p.items()) for p in points}) == 8
     assert {"train.learning_rate": 3e-4, "train.beta": 0.1} in points
     for arm in tuned.TUNED_ARMS:  # each beta set holds the loss's default
         if tuned.BETAS[tuned.loss_of(arm)]:
             assert tuned.DEFAULT_BETA[tuned.loss_of(arm)] in tuned.grid(arm)["train.beta"]
-    assert "grpo all" in tuned.plan_table() and "76 trials" in tuned.plan_table()
+    assert "grpo all" in tuned.plan_table() and "49 trials" in tuned.plan_table()
+
+
+def test_the_coordinate_design_runs_the_rates_at_the_default_beta_then_the_other_beta_at_the_chosen_rate():
+    arm, done = "ampo+random", []
+    assert tuned.next_sweep_points(arm, done) == ("lr", [{"train.learning_rate": lr, "train.beta": 10.0}
+                                                        for lr in tuned.LEARNING_RATES])
+    done += [trial(3e-6, 0.30, 10.0), trial(3e-5, 0.35, 10.0), trial(1e-4, 0.33, 10.0), trial(3e-4, 0.20, 3.0)]
+    assert tuned.next_sweep_points(arm, done)[0] == "lr"  # a point outside stage 1 does not count
+    assert tuned.choose_design(arm, done) is None
+    done.append(trial(3e-4, 0.31, 10.0))
+    assert tuned.next_sweep_points(arm, done) == ("beta", [{"train.learning_rate": 3e-5, "train.beta": 3.0}])
+    assert len(tuned.design_points(arm, done)) == 5 and tuned.choose_design(arm, done) is None
+    done.append(trial(3e-5, 0.353, 3.0))
+    assert tuned.next_sweep_points(arm, done) is None
+    assert tuned.choose_design(arm, done)["params"] == {"train.learning_rate": 3e-5, "train.beta": 10.0}  # the tie
+    done[-1] = trial(3e-5, 0.40, 3.0)
+    assert tuned.choose_design(arm, done)["params"] == {"train.learning_rate": 3e-5, "train.beta": 3.0}
+    grpo = [trial(lr, 0.3) for lr in tuned.LEARNING_RATES]
+    assert tuned.next_sweep_points("grpo all", grpo) is None and tuned.n_design("grpo all") == 4
 
 
 @pytest.mark.parametrize("arm", tuned.TUNED_ARMS)
@@ -65,13 +84,17 @@ def test_the_highest_metric_wins_and_ties_go_to_the_lower_rate_then_the_default_
 
 
 def test_the_sweep_command_sweeps_the_grid_and_fixes_the_rest(tmp_path):
-    cmd = tuned.sweep_command("ampo+random", tmp_path)
+    cmd = tuned.sweep_command("ampo+random", tmp_path, "lr", tuned.lr_points("ampo+random"))
     grids = [cmd[i + 1] for i, x in enumerate(cmd) if x == "--grid"]
-    assert grids == ["train.learning_rate=3e-06,3e-05,0.0001,0.0003", "train.beta=3,10"]
+    assert grids == ["train.learning_rate=3e-06,3e-05,0.0001,0.0003", "train.beta=10"]
     assert f"store={tmp_path / 'store'}" in cmd and "eval.temperature=0" in cmd and "select.strategy=random" in cmd
-    assert cmd[cmd.index("--out") + 1] == str(tmp_path / "sweeps" / "ampo+random")
+    assert cmd[cmd.index("--out") + 1] == str(tmp_path / "sweeps" / "ampo+random-lr")
     assert not any(x.startswith("train.learning_rate=") for x in cmd if x not in grids)
-    assert "--grid" not in " ".join(tuned.sweep_command("grpo all", tmp_path)).split("train.learning_rate=")[1]
+    cmd = tuned.sweep_command("ampo+random", tmp_path, "beta", tuned.beta_points("ampo+random", 1e-4))
+    assert [cmd[i + 1] for i, x in enumerate(cmd) if x == "--grid"] == ["train.learning_rate=0.0001", "train.beta=3"]
+    assert cmd[cmd.index("--out") + 1] == str(tmp_path / "sweeps" / "ampo+random-beta")
+    grpo = tuned.sweep_command("grpo all", tmp_path, "lr", tuned.lr_points("grpo all"))
+    assert "--grid" not in " ".join(grpo).split("train.learning_rate=")[1]
 
 
 def test_the_archived_seed0_pool_has_the_keys_a_tuned_trial_computes(tmp_path):
@@ -101,28 +124,32 @@ def fake_trial(folder: Path, lr: float, beta: float, value: float) -> Path:
 
 def test_a_finished_trial_is_archived_once_with_its_metric_and_params(tmp_path, monkeypatch):
     out, archive = tmp_path / "runs", tmp_path / "archive"
-    trials = tuned.sweep_dir(out, "dpo best-vs-worst") / "trials"
+    trials = tuned.sweep_dir(out, "dpo best-vs-worst", "lr") / "trials"
     fake_trial(trials / "000", 3e-5, 0.1, 0.42)
-    fake_trial(trials / "001", 3e-4, 0.03, 0.40)
+    fake_trial(trials / "001", 3e-4, 0.03, 0.45)
     (trials / "002" / "round-0").mkdir(parents=True)  # still running: not archived
-    assert tuned.sync_tuning(out, archive, ["dpo best-vs-worst"]) == 2
+    assert tuned.sync_tuning(out, archive, ["dpo best-vs-worst"]) == 1  # design points done: 001 is outside it
     kept = archive / "tuning" / "dpo_best-vs-worst"
-    assert sorted(p.name for p in kept.iterdir()) == ["000", "001"]
-    assert sorted(str(p.relative_to(kept / "000")) for p in (kept / "000").rglob("*") if p.is_file()) == [
+    assert sorted(p.name for p in kept.iterdir()) == ["lr-000", "lr-001"]
+    assert sorted(str(p.relative_to(kept / "lr-000")) for p in (kept / "lr-000").rglob("*") if p.is_file()) == [
         "config.yaml", "manifest.json", "round-0/eval.json", "round-0/train_log.json", "trial.json"]
     records = tuned.archived_trials(archive, "dpo best-vs-worst")
     assert records[0]["params"] == {"train.learning_rate": 3e-5, "train.beta": 0.1}
     assert records[0]["value"] == 0.42 and records[0]["ci"] == [0.1, 0.9] and records[0]["loss"] == "dpo"
-    # no choice before the whole grid is in; the curve shows what is there
+    # no choice before the design is in; the curve shows what is there, points outside it marked
     assert tuned.chosen(archive, "dpo best-vs-worst") is None
     table = tuned.curve_table(records, "dpo best-vs-worst")
     assert "| 3e-05 | – | 0.420 [0.100, 0.900] |" in table and "★" not in table
-    # a full grid: the choice and the star
+    assert "| 0.0003 | 0.450 [0.100, 0.900] † |" in table
+    # the design complete (two rates here): the choice and the star; the higher point outside the
+    # design (a trial of the full grid) is never chosen
     monkeypatch.setattr(tuned, "LEARNING_RATES", (3e-5, 3e-4))
-    monkeypatch.setattr(tuned, "BETAS", {**tuned.BETAS, "dpo": (0.03, 0.1)})
-    fake_trial(trials / "002", 3e-5, 0.03, 0.30)
-    fake_trial(trials / "003", 3e-4, 0.1, 0.20)
-    assert tuned.sync_tuning(out, archive, ["dpo best-vs-worst"]) == 4
+    fake_trial(trials / "002", 3e-4, 0.1, 0.20)
+    assert tuned.sync_tuning(out, archive, ["dpo best-vs-worst"]) == 2 and tuned.chosen(archive, "dpo best-vs-worst") is None
+    # stage 2's point, found in the full grid's folder (as dpo's were): it counts
+    fake_trial(tuned.sweep_dir(out, "dpo best-vs-worst", "grid") / "trials" / "000", 3e-5, 0.03, 0.30)
+    assert tuned.sync_tuning(out, archive, ["dpo best-vs-worst"]) == 3
+    assert "000" in {p.name for p in kept.iterdir()}
     assert tuned.chosen(archive, "dpo best-vs-worst")["params"] == {"train.learning_rate": 3e-5, "train.beta": 0.1}
     assert "**0.420 [0.100, 0.900]** ★" in tuned.report(archive, ["dpo best-vs-worst"])
     assert (archive / "tuning.md").is_file()
