@@ -133,3 +133,36 @@ def test_generation_key_records_the_resolved_dtype():
 
     assert generation_dtype("auto") in ("float32", "bfloat16")
     assert generation_dtype("float32") == "float32" and generation_dtype("bfloat16") == "bfloat16"
+
+
+def test_evaluation_keys_carry_the_sampling_dtype_only_when_it_is_not_float32(monkeypatch):
+    """Baseline, eval and benchmark stages sample in `generate.dtype`: a run switched to bf16
+    sampling re-evaluates; fp32 keys are the ones made before the dtype was keyed."""
+    from ampo import stage_keys
+    from ampo.config import load_config
+    from ampo.stage_keys import RunKeys
+
+    monkeypatch.setattr(stage_keys, "generation_dtype", lambda requested: "float32" if requested == "auto" else requested)
+
+    def keys(*extra):
+        k = RunKeys(load_config(overrides=["out=/nonexistent", "eval.benchmarks=[ifeval]", *extra]))
+        return k.baseline(), k.evaluate(0), k.benchmark("ifeval", -1)
+
+    auto, fp32, bf16 = keys(), keys("generate.dtype=float32"), keys("generate.dtype=bfloat16")
+    assert auto == fp32
+    assert all(a != b for a, b in zip(fp32, bf16))
+    assert "dtype" not in stage_keys.eval_options(load_config(overrides=["out=/x"]))
+
+
+def test_the_held_out_evaluation_samples_in_the_generation_dtype(tiny_policy, tmp_path, monkeypatch):
+    import ampo.evaluation
+
+    seen, real = [], ampo.evaluation.sample_and_score
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("dtype"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(ampo.evaluation, "sample_and_score", spy)
+    run(tiny_policy, tmp_path / "run", "generate.dtype=float32")
+    assert seen == ["float32", "float32"]  # the baseline, then round 0

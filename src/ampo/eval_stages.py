@@ -48,6 +48,7 @@ class EvalStages:
                                     seed=self.c.seed, max_new_tokens=e.benchmark_max_new_tokens,
                                     prompts_per_batch=e.benchmark_prompts_per_batch,
                                     shard_prompts=self.c.generate.shard_prompts, progress=self.progress,
+                                    dtype=self.c.generate.dtype,
                                     info={"policy": "initial" if r < 0 else f"after round {r}"})
                 log.info("%s %s: average prompt/inst (strict) %.3f [%.3f, %.3f]", name,
                          "initial" if r < 0 else f"round {r}", m["avg_prompt_inst_strict_acc"],
@@ -66,7 +67,8 @@ class EvalStages:
 
             held = self.keys.split().heldout
             rows = sample_and_score(self.policy(0), self.reward_fn(), held, self.c.eval,
-                                    seed=seed_from("eval", self.c.seed), progress=self.progress)
+                                    seed=seed_from("eval", self.c.seed), progress=self.progress,
+                                    dtype=self.c.generate.dtype)
             write_rows(out, rows)
             write_json(summary, baseline_summary(self.policy(0), self.embedder(round_idx=0), rows))
 
@@ -91,7 +93,8 @@ class EvalStages:
         from .evaluation import compare, judge_against, sample_and_score
 
         rows = sample_and_score(self.policy(r + 1), self.reward_fn(), self.keys.split().heldout, self.c.eval,
-                                seed=seed_from("eval", self.c.seed), progress=self.progress)
+                                seed=seed_from("eval", self.c.seed), progress=self.progress,
+                                dtype=self.c.generate.dtype)
         base_rows = pq.read_table(self.dir / "baseline" / "samples.parquet").to_pylist()
         pairwise = judge_against(self.reward_fn(), rows, base_rows)  # a pairwise scorer judges new vs baseline
         write_rows(self.round_dir(r) / "eval_samples.parquet", rows)

@@ -186,7 +186,9 @@ def evaluate_policies(policy: str, against: str, base: str, prompts: list[dict],
 
     import dataclasses
 
-    options = dataclasses.asdict(eval_cfg)
+    from .stage_keys import sampling_dtype_option
+
+    options = {**dataclasses.asdict(eval_cfg), **sampling_dtype_option("auto")}  # the samplers' dtype, as a run's
     ids = [[p["id"], p["prompt"]] for p in prompts]
     from .sampling import SAMPLER
 

@@ -115,11 +115,12 @@ def baseline_key(policy: str, split: str, reward: str, embedder: str, eval_optio
     return config_key("baseline", policy, split, reward, embedder, eval_options, seed, SAMPLER)
 
 
-def benchmark_key(name: str, policy: str, eval_config, seed: int) -> str:
-    """Benchmark `name` (greedy) on a policy (the initial one's key, or a round's train key)."""
+def benchmark_key(name: str, policy: str, eval_config, seed: int, dtype: dict | None = None) -> str:
+    """Benchmark `name` (greedy) on a policy (the initial one's key, or a round's train key);
+    `dtype` is `sampling_dtype_option` of `generate.dtype`."""
     e = eval_config
     return config_key("benchmark", name, policy, e.benchmark_max_new_tokens, e.benchmark_limit,
-                      e.benchmark_prompts_per_batch, seed)
+                      e.benchmark_prompts_per_batch, seed, *([dtype] if dtype else []))
 
 
 def eval_key(trained: str, baseline: str, eval_options: dict, benchmarks: list[str]) -> str:
@@ -180,8 +181,17 @@ def generation_dtype(requested: str) -> str:
 
 
 def eval_options(c) -> dict:
-    """The `eval` options of the held-out evaluation (the benchmark ones key their own stages)."""
-    return {k: v for k, v in dataclasses.asdict(c.eval).items() if not k.startswith("benchmark")}
+    """The `eval` options of the held-out evaluation (the benchmark ones key their own stages),
+    with the sampling dtype (`generate.dtype` resolved here) only when it is not float32."""
+    options = {k: v for k, v in dataclasses.asdict(c.eval).items() if not k.startswith("benchmark")}
+    return {**options, **sampling_dtype_option(c.generate.dtype)}
+
+
+def sampling_dtype_option(requested: str) -> dict:
+    """{"dtype": resolved} for a key, or {} when `requested` resolves to float32 here (so the keys
+    of fp32 machines, made before evaluation sampled in `generate.dtype`, hold)."""
+    dtype = generation_dtype(requested)
+    return {} if dtype == "float32" else {"dtype": dtype}
 
 
 def aggregate(c) -> str:
@@ -318,7 +328,8 @@ class RunKeys:
     @_memoised
     def benchmark(self, name: str, r: int) -> str:
         """Benchmark `name` on the policy after round r (the initial policy for r = -1)."""
-        return benchmark_key(name, self.policy(r + 1), self.c.eval, self.c.seed)
+        return benchmark_key(name, self.policy(r + 1), self.c.eval, self.c.seed,
+                             sampling_dtype_option(self.c.generate.dtype))
 
     @_memoised
     def evaluate(self, r: int) -> str:

@@ -170,19 +170,20 @@ def finished_responses(out_dir: Path, items: Sequence[Item], gen_key: str) -> li
 
 def evaluate_policy(benchmark: str, policy, out_dir: str | Path, *, key: str, limit: int = 0, seed: int = 0,
                     max_new_tokens: int = 256, prompts_per_batch: int = 16, shard_prompts: int = 64,
-                    n_boot: int = 1000, progress: bool = True, info: dict | None = None) -> dict:
+                    n_boot: int = 1000, progress: bool = True, info: dict | None = None,
+                    dtype: str = "auto") -> dict:
     """Generate greedy responses to the benchmark (or its fixed `limit` subset), score them and
     write `responses.jsonl`, `results.jsonl` and `metrics.json` into `out_dir`. `key` identifies
     the policy: the generation resumes from finished shards, and a finished run with the same key
-    and settings is rescored without generating again. Generation runs in the dtype "auto" resolves
-    to here (bf16 on CPUs with native bf16 matmuls, else fp32), which is part of the key: a run
+    and settings is rescored without generating again. Generation runs in `dtype` as resolved here
+    ("auto": bf16 on CPUs with native bf16 matmuls, else fp32), which is part of the key: a run
     resumed on a machine that resolves it differently regenerates instead of mixing dtypes."""
     from ampo.hashing import config_key
     from ampo.generation import resolve_dtype
 
     out_dir = Path(out_dir)
     items = subset(load_items(benchmark), limit, seed)
-    dtype = resolve_dtype("auto", policy[0].device)
+    dtype = resolve_dtype(dtype, policy[0].device)
     gen_key = config_key("benchmark-generate", benchmark, key, [it.key for it in items], max_new_tokens,
                          prompts_per_batch, dtype)
     rows = finished_responses(out_dir, items, gen_key)  # the same responses exist: rescore them
