@@ -69,3 +69,35 @@ def test_a_bad_meta_field_names_the_row(tmp_path):
     path.write_text('{"prompt": "p", "responses": ["r"], "meta": [1, 2]}\n')
     with pytest.raises(ValueError, match="row 1: field 'meta': must be a JSON object"):
         read_pool(path)
+
+
+def test_an_unfinished_response_gets_the_non_stop_reward(tmp_path):
+    """score.unfinished_reward: a response cut at the token limit gets that reward, whatever it
+    satisfies (open-instruct's non-stop penalty); unset, it is scored like any other."""
+    pool = [PoolRecord(prompt="p1", responses=["there are no commas in this lowercase sentence",
+                                                "there is a comma, in this lowercase sentence",
+                                                "there are no commas in this lowercase sentence either"], id="a",
+                       meta=META, finished=[True, True, False])]
+    assert score_records(IFEvalReward(), pool)[0]["rewards"] == [1.0, 0.5, 1.0]
+    assert score_records(IFEvalReward(), pool, unfinished_reward=-0.5)[0]["rewards"] == [1.0, 0.5, -0.5]
+    matrix = score_records(IFEvalReward(), pool, "win_rate", unfinished_reward=-0.5)[0]["pref_logits"]
+    assert matrix[0][2] == 1.5  # the aggregates see the replaced reward
+    path, out = tmp_path / "pool.jsonl", tmp_path / "scored.jsonl"
+    write_pool(path, pool)
+    assert main(["-q", "score", "--input", str(path), "--output", str(out), "--reward", "ifeval",
+                 "--unfinished-reward", "0"]) == 0
+    assert read_pool(out)[0][0].rewards == [1.0, 0.5, 0.0]
+    pool[0].finished = None
+    with pytest.raises(ValueError, match="prompt 'a': score.unfinished_reward needs each response's 'finished'"):
+        score_records(IFEvalReward(), pool, unfinished_reward=0.0)
+
+
+def test_unfinished_reward_is_keyed_only_when_set_and_refused_for_pairwise_scorers():
+    from ampo.config import ConfigError, load_config
+    from ampo.stage_keys import RunKeys
+
+    base = ["out=/nonexistent", "score.reward=ifeval", "data.prompts=builtin-ifeval"]
+    plain, penal = RunKeys(load_config(overrides=base)), RunKeys(load_config(overrides=[*base, "score.unfinished_reward=0"]))
+    assert plain.generate(0) == penal.generate(0) and plain.score(0) != penal.score(0)
+    with pytest.raises(ConfigError, match="score.unfinished_reward"):
+        load_config(overrides=["out=/x", "score.reward=pairwise:tests.helpers:counting_pairs", "score.unfinished_reward=0"])

@@ -119,6 +119,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--aggregate", default="auto", choices=["auto", *AGGREGATES],
                    help="what 'rewards' holds: auto = the reward (scalar scorers) or win_rate (pairwise ones); "
                         "any other choice also writes the preference matrix 'pref_logits' (docs/preferences.md)")
+    s.add_argument("--unfinished-reward", type=float, default=None,
+                   help="the reward of a response cut at the token limit (finished false): open-instruct's "
+                        "non-stop penalty (scalar rewards only)")
     s.set_defaults(fn=cmd_score)
 
     s = sub.add_parser("embed", help="add response embeddings to a pool file")

@@ -157,7 +157,8 @@ class Pipeline(CurryStages, EvalStages, Runner):
 
             pool, _ = read_pool(self.round_dir(r) / "pool.parquet")
             work = lambda s, shard: [{"id": rec.id, **row}
-                                     for rec, row in zip(shard, score_records(self.reward_fn(), shard, aggregate(self.c)))]
+                                     for rec, row in zip(shard, score_records(self.reward_fn(), shard, aggregate(self.c),
+                                                                       self.c.score.unfinished_reward))]
             rows, info = sharded_map(pool, self.c.generate.shard_prompts, work,
                                      self.round_dir(r) / "score.parts", key, self.dist)
             if self.dist.main:

@@ -57,9 +57,11 @@ def generate_key(policy: str, prompts: list[dict], generate: dict, seed: int, r:
     return config_key("generate", policy, [p["id"] for p in prompts], generate, seed, r, SAMPLER, *gold)
 
 
-def score_key(pool: str, reward: str, aggregate: str) -> str:
-    """Rewards of a pool (its generation key) by `score.reward`, aggregated by `aggregate`."""
-    return config_key("score", pool, reward, *([aggregate] if aggregate != "reward" else []))
+def score_key(pool: str, reward: str, aggregate: str, unfinished_reward: float | None = None) -> str:
+    """Rewards of a pool (its generation key) by `score.reward`, aggregated by `aggregate`, with
+    `score.unfinished_reward` only when it is set."""
+    return config_key("score", pool, reward, *([aggregate] if aggregate != "reward" else []),
+                      *([{"unfinished_reward": unfinished_reward}] if unfinished_reward is not None else []))
 
 
 def embed_key(pool: str, embedder: str, policy: str | None) -> str:
@@ -272,7 +274,7 @@ class RunKeys:
 
     @_memoised
     def score(self, r: int) -> str:
-        return score_key(self.generate(r), self.c.score.reward, aggregate(self.c))
+        return score_key(self.generate(r), self.c.score.reward, aggregate(self.c), self.c.score.unfinished_reward)
 
     @_memoised
     def embed(self, r: int) -> str:

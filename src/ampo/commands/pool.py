@@ -31,7 +31,7 @@ def cmd_score(args) -> None:
     output_format(args.output)
     how = resolve_aggregate(args.aggregate, reward_kind(args.reward))
     pool, layout = read_pool(args.input)
-    for rec, row in zip(pool, score_records(load_reward(args.reward), pool, how)):
+    for rec, row in zip(pool, score_records(load_reward(args.reward), pool, how, args.unfinished_reward)):
         rec.rewards = row["rewards"]
         if "pref_logits" in row:
             rec.extra["pref_logits"] = row["pref_logits"]

@@ -52,6 +52,8 @@ class ScoreConfig:
     reward: str = "builtin"  # builtin | ifeval[:loose=W,degeneracy=W] | module:function | pairwise:module:function
     # | local reward-model folder (one logit, or a GPM folder: preference matrices)
     aggregate: str = "auto"  # what `rewards` holds: auto (reward for scalar scorers, win_rate for pairwise ones)
+    unfinished_reward: float | None = None  # the reward of a response that hit generate.max_new_tokens without
+    # ending (open-instruct's non-stop penalty); null = score it like any other (scalar scorers only)
 
 
 @dataclass

@@ -188,6 +188,9 @@ def validate(c: RunConfig, self_play: bool = True) -> None:
     if c.score.aggregate == "reward" and reward_kind(c.score.reward) in PAIRWISE_KINDS:
         raise ConfigError(f"config 'score.aggregate': the pairwise scorer {short(c.score.reward)} has no scalar "
                           f"reward; choose one of {', '.join(AGGREGATES[1:])} (or auto = win_rate)")
+    if c.score.unfinished_reward is not None and reward_kind(c.score.reward) in PAIRWISE_KINDS:
+        raise ConfigError(f"config 'score.unfinished_reward': the pairwise scorer {short(c.score.reward)} compares "
+                          "responses and gives no reward to replace; leave it unset")
     if c.data.gold_field is not None and c.data.gold_field in ("id", "prompt", "meta", ""):
         raise ConfigError(f"config 'data.gold_field': {short(c.data.gold_field)} is not a response column")
 

@@ -22,9 +22,14 @@ def _pool_texts(pool: Sequence[Any]) -> tuple[list[str], list[list[str]], list[A
     return [prompt_text(rec.prompt) for rec in pool], [list(rec.responses) for rec in pool], [rec.meta for rec in pool]
 
 
-def score_records(scorer: Any, pool: Sequence[Any], aggregate: str = "reward") -> list[dict[str, Any]]:
+def score_records(scorer: Any, pool: Sequence[Any], aggregate: str = "reward",
+                  unfinished_reward: float | None = None) -> list[dict[str, Any]]:
     """Score pool records: per record `{"rewards": [N]}`, plus `"pref_logits": [N][N]` whenever a
     preference matrix exists.
+
+    `unfinished_reward` (scalar scorers): the reward of every response that did not end (`finished`
+    False: it hit the token limit), whatever the scorer says (open-instruct's non-stop penalty), set
+    before any aggregate is taken.
 
     A pairwise scorer gives the matrix; a scalar reward gives it as `S_ij = r_i - r_j` when
     `aggregate` is not "reward". `rewards` is then the matrix's `aggregate`
@@ -43,6 +48,8 @@ def score_records(scorer: Any, pool: Sequence[Any], aggregate: str = "reward") -
         flat = score_texts(scorer, [p for p, rs in zip(prompts, pools) for _ in rs], [r for rs in pools for r in rs],
                            [m for m, rs in zip(metas, pools) for _ in rs])
         flat = np.asarray(flat, dtype=np.float64)
+        if unfinished_reward is not None:
+            flat[~_finished_flags(pool)] = unfinished_reward
         rewards = np.split(flat, np.cumsum([len(rs) for rs in pools])[:-1])
         if aggregate == "reward":
             return [{"rewards": r.tolist()} for r in rewards]
@@ -51,6 +58,17 @@ def score_records(scorer: Any, pool: Sequence[Any], aggregate: str = "reward") -
         if len(S) < 2:
             raise ValueError(f"prompt {rec.id!r}: a preference aggregate needs >= 2 responses, got {len(S)}")
     return [{"rewards": aggregate_matrix(S, aggregate).tolist(), "pref_logits": S.tolist()} for S in matrices]
+
+
+def _finished_flags(pool: Sequence[Any]) -> np.ndarray:
+    """Every response's `finished` flag, flat; a record without them is refused (one line)."""
+    flags = []
+    for rec in pool:
+        if rec.finished is None or len(rec.finished) != len(rec.responses):
+            raise ValueError(f"prompt {rec.id!r}: score.unfinished_reward needs each response's 'finished' flag "
+                             f"(ended or cut at the token limit), and this pool has none")
+        flags += [bool(f) for f in rec.finished]
+    return np.asarray(flags, dtype=bool)
 
 
 PAIRWISE_KINDS = ("pairwise", "gpm")
