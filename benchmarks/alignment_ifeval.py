@@ -102,7 +102,11 @@ class Sizes:
                 f"generate.max_new_tokens={self.gen_tokens}", f"eval.max_new_tokens={self.gen_tokens}",
                 "eval.samples_per_prompt=1", "eval.benchmarks=[]", "train.prompts_per_step=4",
                 "train.shared_prefix=true",  # the prompt forwarded once per group: same values, less time
-                "train.save_steps=4"]  # a killed unit resumes its training from the last 4 steps (same values)
+                "train.save_steps=4",  # a killed unit resumes its training from the last 4 steps (same values)
+                # the recipe file's options that this benchmark predates (issue 28 changed them), pinned
+                # to the values its archived units were made with
+                "score.unfinished_reward=null", "select.min_margin=null", "eval.temperature=0.8",
+                "eval.benchmark_max_new_tokens=256"]
 
 
 def sizes_from(args) -> Sizes:

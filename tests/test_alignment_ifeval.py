@@ -201,3 +201,18 @@ def test_units_whose_pool_is_there_need_not_wait(tmp_path):
     assert ai.has_round0(out, archive, "seed0:dpo sweet-spot", arms)
     assert not ai.has_round0(out, archive, "seed0:ampo+coreset+policy-emb", arms)  # its embeddings are not there
     assert not ai.has_round0(out, None, "seed0:dpo sweet-spot", arms)
+
+
+@pytest.mark.parametrize("arm", list(ai.ARMS))
+def test_the_benchmark_makes_the_configs_it_made_before_the_recipe_changed(arm, tmp_path):
+    """The ifeval recipe file changed for issue 28; the alignment benchmarks (fixed-lr and tuned)
+    pin what they depend on, so their configs (and so their keys and archives) stay the same."""
+    import dataclasses
+
+    from ampo.config import load_config
+
+    old = Path(__file__).parent / "data" / "ifeval_recipe_before_issue28.yaml"
+    sizes = ai.Sizes(seeds=(0,), train_prompts=64, heldout=32, n=16, k=7, gen_tokens=128, eval_tokens=128, limit=0,
+                     rounds=1)
+    overrides = [*sizes.overrides(0), *ai.ARMS[arm], f"out={tmp_path}"]
+    assert dataclasses.asdict(ai.arm_config(arm, sizes, 0, tmp_path)) == dataclasses.asdict(load_config(old, overrides))

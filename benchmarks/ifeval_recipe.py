@@ -1,0 +1,569 @@
+"""Issue 28: the multi-round IFEval recipe on 3 seeds, and what it does to IFEval and IFBench.
+
+Each seed runs the recipe (`src/ampo/recipes/ifeval.yaml` with the settings the tuned study chose,
+`--settings`) one round at a time as an ordinary `ampo run` folder (resumable; each round trains on
+a fresh window of the bundled training prompts, its reference at the round start, groups without
+reward spread dropped, unfinished training answers scored as failures). After every round the
+round's policy is measured greedily on the full IFEval (541 prompts) and IFBench (300) at 128 new
+tokens, and the initial policy once, on this machine. Every finished unit's small files (answers,
+scores, config, held-out eval, train log) go to the archive as it finishes, in the layout
+
+    results/ifeval_recipe/initial/{ifeval,ifbench}/{responses,results}.jsonl, metrics.json
+    results/ifeval_recipe/<variant>/seed{S}/round-{R}/{ifeval,ifbench}/...   (+ eval.json, train_log.json)
+    results/ifeval_recipe/<variant>/seed{S}/config.yaml
+
+(`main` is the recipe; `ampo` the AMPO loss with its tuned settings, seed 0 only, as the issue
+asks). `--long` measures the initial and each seed's final policy at the model card's 1280 new
+tokens on a seeded 128-prompt subset of IFEval. `--report` writes results/ifeval_recipe/report.md
+and recipe.png from the archive alone.
+
+    python benchmarks/ifeval_recipe.py --estimate
+    HF_HUB_OFFLINE=1 python benchmarks/ifeval_recipe.py --run --jobs 2            # seeds 0, 1, 2 (+ initial)
+    HF_HUB_OFFLINE=1 python benchmarks/ifeval_recipe.py --run --variant ampo --seeds 0
+    HF_HUB_OFFLINE=1 python benchmarks/ifeval_recipe.py --long --jobs 2
+    python benchmarks/ifeval_recipe.py --report
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+import alignment_ifeval as ai  # noqa: E402
+
+ROOT = HERE.parent
+OUT = ROOT / "runs" / "ifeval_recipe"
+ARCHIVE = ROOT / "results" / "ifeval_recipe"
+RECIPE = ROOT / "src" / "ampo" / "recipes" / "ifeval.yaml"
+SEEDS = (0, 1, 2)
+BENCH_TOKENS = 128  # the harness length every figure of the issue is at
+LONG = ai.Sizes(seeds=(0,), train_prompts=0, heldout=0, n=0, k=0, gen_tokens=0, eval_tokens=1280, limit=128,
+                rounds=0)  # the model card's answer budget, on a seeded 128-prompt subset
+ROUND_FILES = ("eval.json", "train_log.json")
+
+
+def sizes() -> ai.Sizes:
+    """What `ai.evaluate` reads: greedy, 128 new tokens, every prompt."""
+    return ai.Sizes(seeds=SEEDS, train_prompts=0, heldout=0, n=0, k=0, gen_tokens=0, eval_tokens=BENCH_TOKENS,
+                    limit=0, rounds=0)
+
+
+def load_recipe(seed: int, settings: list[str], folder: Path, rounds: int | None = None):
+    """The recipe config of one seed: the recipe file, then `settings` (the variant's tuned
+    options), then the seed, the folder and (to run one round at a time) the number of rounds."""
+    from ampo.config import load_config
+
+    extra = [f"rounds={rounds}"] if rounds is not None else []
+    return load_config(str(RECIPE), [*settings, f"seed={seed}", f"out={folder}", *extra])
+
+
+def run_dir(out: Path, variant: str, seed: int) -> Path:
+    return out / variant / f"seed{seed}"
+
+
+def round_bench_dir(folder: Path, r: int, name: str) -> Path:
+    return folder / f"round-{r}" / name
+
+
+def round_finished(folder: Path, r: int) -> bool:
+    """Round r trained and evaluated (held-out), and measured on both benchmarks."""
+    return (folder / f"round-{r}" / "eval.json").is_file() and all(
+        (round_bench_dir(folder, r, name) / "done.json").is_file() for name in ai.BENCHMARKS)
+
+
+def run_seed(out: Path, archive: Path, variant: str, seed: int, settings: list[str]) -> None:
+    """The recipe on one seed, one round at a time: the pipeline runs (or resumes) rounds 0..r,
+    then round r's policy is measured on IFEval and IFBench and archived; rounds already archived
+    are not redone (a fresh machine continues from the archive's next round only if the run folder
+    is there: the pool and checkpoints are not archived)."""
+    from ampo.config import config_key
+    from ampo.pipeline import Pipeline
+    from ampo.stages import load_round_policy
+
+    folder = run_dir(out, variant, seed)
+    total = load_recipe(seed, settings, folder).rounds
+    for r in range(total):
+        if round_finished(folder, r):
+            archive_round(folder, archive, variant, seed, r)
+            continue
+        config = load_recipe(seed, settings, folder, rounds=r + 1)
+        with Pipeline(config, progress=False) as pipe:
+            pipe.run()
+        key = json.loads((folder / "manifest.json").read_text())["stages"][f"round-{r}/train"]["key"]
+        checkpoints = [folder / f"round-{i}" / "checkpoint" for i in range(r + 1)]
+        for name in ai.BENCHMARKS:
+            ai.evaluate(name, lambda: load_round_policy(config, checkpoints), config_key("recipe-round", key),
+                        round_bench_dir(folder, r, name), sizes())
+        archive_round(folder, archive, variant, seed, r)
+        print(f"{variant} seed {seed}: round {r} done and archived", flush=True)
+
+
+# ------------------------------------------------------------------ the archive
+
+
+def archive_round(folder: Path, archive: Path, variant: str, seed: int, r: int) -> None:
+    """Copy round r's benchmark files, held-out eval and train log (and the seed's config) into
+    the archive, through a temporary folder renamed when complete."""
+    dest = archive / variant / f"seed{seed}" / f"round-{r}"
+    if round_finished(dest.parent, r):
+        return
+    tmp = dest.with_name(dest.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    for name in ai.BENCHMARKS:
+        (tmp / name).mkdir(parents=True)
+        for file in ai.BENCH_FILES:
+            shutil.copy2(round_bench_dir(folder, r, name) / file, tmp / name / file)
+    for file in ROUND_FILES:
+        if (folder / f"round-{r}" / file).is_file():
+            shutil.copy2(folder / f"round-{r}" / file, tmp / file)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(folder / "config.yaml", dest.parent / "config.yaml")
+    shutil.rmtree(dest, ignore_errors=True)
+    os.replace(tmp, dest)
+
+
+def archive_initial(out: Path, archive: Path) -> None:
+    if ai.is_finished(archive, "initial"):
+        return
+    ai.archive_unit(out, archive, "initial")
+
+
+def archived_rounds(archive: Path, variant: str, seed: int) -> list[int]:
+    folder = archive / variant / f"seed{seed}"
+    rounds = []
+    while round_finished(folder, len(rounds)):
+        rounds.append(len(rounds))
+    return rounds
+
+
+# ------------------------------------------------------------------ the 1280-token comparison
+
+
+def long_dir(out: Path, unit: str) -> Path:
+    """`initial` or `<variant>:seed<S>` (that seed's final policy)."""
+    if unit == "initial":
+        return out / "long" / "initial" / "ifeval"
+    variant, seed = unit.split(":")
+    return out / "long" / variant / seed / "ifeval"
+
+
+def run_long(out: Path, archive: Path, unit: str, settings: list[str]) -> None:
+    """IFEval at 1280 new tokens on the seeded 128-prompt subset: the initial policy, or one seed's
+    final policy (its last archived round); archived beside the round folders."""
+    from ampo.config import config_key
+    from ampo.models import DEFAULT_POLICY, load_policy
+    from ampo.stages import load_round_policy
+
+    dest = long_dir(out, unit)
+    if unit == "initial":
+        ai.evaluate("ifeval", lambda: load_policy(DEFAULT_POLICY), config_key("initial", DEFAULT_POLICY), dest, LONG)
+    else:
+        variant, seed = unit.split(":")
+        s = int(seed.removeprefix("seed"))
+        rounds = archived_rounds(archive, variant, s)
+        folder = run_dir(out, variant, s)
+        config = load_recipe(s, settings, folder, rounds=len(rounds))
+        key = json.loads((folder / "manifest.json").read_text())["stages"][f"round-{rounds[-1]}/train"]["key"]
+        checkpoints = [folder / f"round-{i}" / "checkpoint" for i in rounds]
+        ai.evaluate("ifeval", lambda: load_round_policy(config, checkpoints), config_key("recipe-round", key),
+                    dest, LONG)
+    target = long_dir(archive, unit)
+    target.mkdir(parents=True, exist_ok=True)
+    for file in ai.BENCH_FILES:
+        shutil.copy2(dest / file, target / file)
+
+
+# ------------------------------------------------------------------ several processes
+
+
+def spawn(units: list[str], jobs: int, argv: list[str], log_dir: Path) -> None:
+    """Run `units` (each `this script ... --unit U`) `jobs` at a time as single-threaded processes."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
+           "HF_HUB_OFFLINE": "1"}
+    log_dir.mkdir(parents=True, exist_ok=True)
+    todo, running = list(units), {}
+    while todo or running:
+        while todo and len(running) < jobs:
+            u = todo.pop(0)
+            log = open(log_dir / f"{u.replace(':', '_')}.log", "a")
+            cmd = [sys.executable, str(Path(__file__).resolve()), *argv, "--unit", u]
+            running[u] = (subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT), log)
+            print(f"{time.strftime('%H:%M:%S')} {u}: started (log {log.name})", flush=True)
+        time.sleep(5)
+        for u, (proc, log) in list(running.items()):
+            if proc.poll() is not None:
+                log.close()
+                del running[u]
+                print(f"{time.strftime('%H:%M:%S')} {u}: {'done' if proc.returncode == 0 else f'FAILED (exit {proc.returncode})'}",
+                      flush=True)
+
+
+# ------------------------------------------------------------------ the settings: the tuned study's choice
+
+
+VARIANTS = ("main", "ampo")
+
+
+def tuned_settings(variant: str, tuned_archive: Path | None = None) -> dict:
+    """The variant's settings from the tuned IFEval study (results/alignment_ifeval_tuned): `main`
+    takes the arm whose chosen settings score highest on the held-out training-style split among
+    all arms, `ampo` among the AMPO-loss arms (ties: the study's arm order, baselines first). Refuses
+    (one line) while an arm has no choice yet."""
+    import alignment_ifeval_tuned as tuned
+
+    archive = tuned_archive or tuned.ARCHIVE
+    arms = [a for a in tuned.TUNED_ARMS if variant == "main" or tuned.loss_of(a) == "ampo"]
+    choices = {a: tuned.chosen(archive, a) for a in arms}
+    missing = [a for a, c in choices.items() if c is None]
+    if missing:
+        raise SystemExit(f"ifeval_recipe: the tuned study has not chosen settings for {', '.join(missing)} yet; "
+                         "finish it (alignment_ifeval_tuned.py --tune) or pass --arm and --lr")
+    arm = max(arms, key=lambda a: choices[a]["value"])  # max keeps the first of equal values
+    return explicit_settings(arm, choices[arm]["params"], f"the tuned study's choice (held-out metric "
+                                                           f"{choices[arm]['value']:.4f})")
+
+
+def explicit_settings(arm: str, params: dict, source: str) -> dict:
+    """An arm of the tuned study (its selector and loss) at `params` (learning rate, beta)."""
+    import alignment_ifeval_tuned as tuned
+
+    if arm not in tuned.TUNED_ARMS:
+        raise SystemExit(f"ifeval_recipe: unknown arm {arm!r}; known: {', '.join(tuned.TUNED_ARMS)}")
+    return {"arm": arm, "params": params, "source": source,
+            "overrides": [*ai.ARMS[arm], *tuned.setting_overrides(params)]}
+
+
+def settings_of(archive: Path, variant: str) -> dict:
+    """The settings a variant runs with, recorded in the archive the first time it runs."""
+    return json.loads((archive / variant / "settings.json").read_text())
+
+
+def record_settings(archive: Path, variant: str, settings: dict) -> dict:
+    """Write `settings.json` once; refuse other settings for an archive that has them."""
+    path = archive / variant / "settings.json"
+    if path.is_file():
+        have = json.loads(path.read_text())
+        if have["overrides"] != settings["overrides"]:
+            raise SystemExit(f"ifeval_recipe: {path} records other settings ({have['arm']}, {have['params']}); "
+                             "give another --archive and --out")
+        return have
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(settings, indent=1) + "\n")
+    return settings
+
+
+# ------------------------------------------------------------------ the report
+
+
+def read_unit(folder: Path) -> dict | None:
+    """A finished benchmark folder's metrics, per-prompt counts (strict), answers and
+    instructions, or None."""
+    import alignment_stats as st
+
+    if not (folder / "done.json").is_file():
+        return None
+    results = [json.loads(line) for line in (folder / "results.jsonl").read_text().splitlines() if line.strip()]
+    responses = [json.loads(line) for line in (folder / "responses.jsonl").read_text().splitlines() if line.strip()]
+    return {"metrics": json.loads((folder / "metrics.json").read_text()), "counts": st.prompt_counts(results),
+            "results": results, "answers": {row["key"]: row["response"] for row in responses},
+            "prompts": {row["key"]: row.get("prompt", "") for row in responses}}
+
+
+def instruction_rates(results: list[dict]) -> dict[str, tuple[int, int]]:
+    """Per instruction id: (followed, scored), strict."""
+    out: dict[str, list[int]] = {}
+    for row in results:
+        for iid, ok in zip(row["instruction_id_list"], row["follow_instruction_list_strict"]):
+            if ok is not None:
+                c = out.setdefault(iid, [0, 0])
+                c[0] += bool(ok)
+                c[1] += 1
+    return {k: (v[0], v[1]) for k, v in out.items()}
+
+
+def gaming(unit: dict) -> dict:
+    """Among the answers that follow every instruction (prompt-level strict), the share that loop
+    (`alignment_stats.is_looping`) or are filler (under 5 words), and how many pass."""
+    import alignment_stats as st
+
+    passing = [k for k, c in unit["counts"].items() if c[0] == 1.0]
+    texts = [unit["answers"][k] for k in passing]
+    looping = sum(st.is_looping(t) for t in texts)
+    filler = sum(len(t.split()) < 5 for t in texts)
+    return {"passing": len(passing), "looping": looping, "filler": filler,
+            "gaming_share": (looping + filler) / len(passing) if passing else 0.0}
+
+
+def curve_rows(archive: Path, variant: str, seed: int, initial: dict) -> list[dict]:
+    """One row per archived round (and the initial policy as round -1): both benchmarks' average
+    (strict) with its interval, the held-out reward, answer length and ended share."""
+    rows = [{"round": -1, **{name: initial[name]["metrics"] for name in ai.BENCHMARKS}, "heldout": None}]
+    for r in archived_rounds(archive, variant, seed):
+        folder = archive / variant / f"seed{seed}" / f"round-{r}"
+        held = json.loads((folder / "eval.json").read_text()) if (folder / "eval.json").is_file() else None
+        rows.append({"round": r, **{name: json.loads((folder / name / "metrics.json").read_text())
+                                    for name in ai.BENCHMARKS},
+                     "heldout": held and [held["mean_reward"], held.get("mean_reward_ci"), held.get("baseline_mean_reward")]})
+    return rows
+
+
+def _avg(m: dict) -> str:
+    lo, hi = m["avg_prompt_inst_strict_acc_ci"]
+    return f"{100 * m['avg_prompt_inst_strict_acc']:.1f} [{100 * lo:.1f}, {100 * hi:.1f}]"
+
+
+def report(archive: Path) -> str:
+    """report.md (and recipe.png) from the archive alone."""
+    import alignment_stats as st
+
+    initial = {name: read_unit(archive / "initial" / name) for name in ai.BENCHMARKS}
+    if any(u is None for u in initial.values()):
+        return "The initial policy's evaluation is not archived yet.\n"
+    md = ["# The IFEval recipe (issue 28)\n",
+          "Greedy, 128 new tokens, the full IFEval (541) and IFBench (300; 288 scored offline); average = "
+          "(prompt-level + instruction-level strict accuracy) / 2, in %, with its 95% bootstrap interval over "
+          f"prompts. Initial policy: IFEval {_avg(initial['ifeval']['metrics'])}, IFBench "
+          f"{_avg(initial['ifbench']['metrics'])}.\n"]
+    curves = {}
+    for variant in VARIANTS:
+        if not (archive / variant / "settings.json").is_file():
+            continue
+        s = settings_of(archive, variant)
+        md += [f"## {variant}: {s['arm']}, " + ", ".join(f"{k.split('.')[-1]} {v:g}" for k, v in s["params"].items())
+               + f" ({s['source']})\n"]
+        finals = {}
+        for seed in SEEDS:
+            rows = curve_rows(archive, variant, seed, initial)
+            if len(rows) == 1:
+                continue
+            curves[(variant, seed)] = rows
+            md += [f"### seed {seed}\n", "| after round | IFEval | IFBench | held-out reward [95% CI] | "
+                   "IFEval new tokens | IFEval answers ended (%) |", "|---|---|---|---|---|---|"]
+            for row in rows:
+                held = row["heldout"]
+                held_cell = (f"{held[0]:.3f}" + (f" [{held[1][0]:.3f}, {held[1][1]:.3f}]" if held[1] else "")
+                             if held else "–")
+                md.append(f"| {'initial' if row['round'] < 0 else row['round']} | {_avg(row['ifeval'])} | "
+                          f"{_avg(row['ifbench'])} | {held_cell} | {row['ifeval']['mean_new_tokens']:.1f} | "
+                          f"{100 * row['ifeval']['finished_rate']:.1f} |")
+            md.append("")
+            last = rows[-1]["round"]
+            finals[seed] = {name: read_unit(archive / variant / f"seed{seed}" / f"round-{last}" / name)
+                            for name in ai.BENCHMARKS}
+        if finals:
+            md += difference_section(finals, initial)
+    if curves:
+        plot(archive, curves)
+        md.append("![per-round curves](recipe.png)\n")
+    long_md = long_section(archive)
+    md += long_md
+    text = "\n".join(md) + "\n"
+    (archive / "report.md").write_text(text)
+    return text
+
+
+def difference_section(finals: dict, initial: dict) -> list[str]:
+    """The final round against the initial policy: per seed the paired difference with its interval
+    over prompts, then the mean over seeds with an interval over prompts and one over seeds and
+    prompts; per instruction type; and the gaming audit."""
+    import alignment_stats as st
+
+    seeds = sorted(finals)
+    md = ["### The final round against the initial policy\n",
+          "| benchmark | " + " | ".join(f"seed {s}" for s in seeds) + " | mean over seeds [prompts] | [seeds and prompts] |",
+          "|---|" + "---|" * (len(seeds) + 2)]
+    for name in ai.BENCHMARKS:
+        a = [finals[s][name]["counts"] for s in seeds]
+        b = [initial[name]["counts"]] * len(seeds)
+        d = st.paired_difference(a, b)
+        cells = [f"{100 * v:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}]" for v, (lo, hi) in zip(d["per_seed"], d["per_seed_ci"])]
+        both = st.seed_and_prompt_interval(a, b) if len(seeds) > 1 else None
+        md.append(f"| {name} | " + " | ".join(cells) + f" | {100 * d['mean']:+.1f} [{100 * d['mean_ci'][0]:+.1f}, "
+                  f"{100 * d['mean_ci'][1]:+.1f}] | " + (f"[{100 * both[0]:+.1f}, {100 * both[1]:+.1f}]" if both else "–")
+                  + " |")
+    md += ["", "Per instruction type (IFEval, strict, followed / scored, all seeds' final rounds pooled; the ten "
+           "largest changes):\n", "| instruction | initial (%) | final (%) | change |", "|---|---|---|---|"]
+    before = instruction_rates(initial["ifeval"]["results"])
+    after: dict[str, list[int]] = {}
+    for s in seeds:
+        for iid, (f, n) in instruction_rates(finals[s]["ifeval"]["results"]).items():
+            c = after.setdefault(iid, [0, 0])
+            c[0] += f
+            c[1] += n
+    changes = {iid: (before[iid][0] / before[iid][1], after[iid][0] / after[iid][1]) for iid in before if iid in after}
+    for iid, (x, y) in sorted(changes.items(), key=lambda kv: -abs(kv[1][1] - kv[1][0]))[:10]:
+        md.append(f"| {iid} | {100 * x:.1f} | {100 * y:.1f} | {100 * (y - x):+.1f} |")
+    md += ["", "Gaming audit (IFEval): among the answers that follow every instruction, those that loop (half "
+           "their word bigrams repeat) or are filler (under 5 words):\n",
+           "| policy | passing answers | looping | filler | share |", "|---|---|---|---|---|"]
+    for label, unit in [("initial", initial["ifeval"])] + [(f"seed {s} final", finals[s]["ifeval"]) for s in seeds]:
+        g = gaming(unit)
+        md.append(f"| {label} | {g['passing']} | {g['looping']} | {g['filler']} | {100 * g['gaming_share']:.1f}% |")
+    prompts = initial["ifeval"]["prompts"]
+    if prompts:
+        s0 = seeds[0]
+        md += ["", f"Answers side by side (IFEval, seed {s0}: the first prompts in key order where the two "
+               "follow different numbers of instructions):\n",
+               st.side_by_side(prompts, {"initial": initial["ifeval"]["answers"], "final": finals[s0]["ifeval"]["answers"]},
+                               {"initial": initial["ifeval"]["counts"], "final": finals[s0]["ifeval"]["counts"]}, shown=4)]
+    return md + [""]
+
+
+def long_section(archive: Path) -> list[str]:
+    """The 1280-token comparison, where archived: each final policy against the initial one on
+    the same 128 prompts, paired."""
+    import alignment_stats as st
+
+    initial = read_unit(long_dir(archive, "initial"))
+    if initial is None:
+        return []
+    md = ["## At the model card's 1280 new tokens (IFEval, seeded 128-prompt subset)\n",
+          f"Initial policy: {_avg(initial['metrics'])} (ended within the budget: "
+          f"{100 * initial['metrics']['finished_rate']:.1f}%).\n",
+          "| policy | average | paired difference [95% CI] | ended (%) | new tokens |", "|---|---|---|---|---|"]
+    for variant in VARIANTS:
+        for seed in SEEDS:
+            unit = read_unit(long_dir(archive, f"{variant}:seed{seed}"))
+            if unit is None:
+                continue
+            d = st.paired_difference([unit["counts"]], [initial["counts"]])
+            lo, hi = d["per_seed_ci"][0]
+            md.append(f"| {variant} seed {seed} final | {_avg(unit['metrics'])} | {100 * d['mean']:+.1f} "
+                      f"[{100 * lo:+.1f}, {100 * hi:+.1f}] | {100 * unit['metrics']['finished_rate']:.1f} | "
+                      f"{unit['metrics']['mean_new_tokens']:.1f} |")
+    return md + [""]
+
+
+def plot(archive: Path, curves: dict) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    for (variant, seed), rows in curves.items():
+        x = [row["round"] + 1 for row in rows]  # 0 = initial
+        style = "-o" if variant == "main" else "--s"
+        for ax, name in zip(axes[:2], ai.BENCHMARKS):
+            ax.plot(x, [100 * row[name]["avg_prompt_inst_strict_acc"] for row in rows], style,
+                    label=f"{variant} seed {seed}")
+        held = [(row["round"] + 1, row["heldout"][0]) for row in rows if row["heldout"]]
+        if held:
+            base = rows[1]["heldout"][2]
+            axes[2].plot([0] + [h[0] for h in held], [base] + [h[1] for h in held], style, label=f"{variant} seed {seed}")
+    for ax, title in zip(axes, ("IFEval average (strict, %)", "IFBench average (strict, %)", "held-out reward")):
+        ax.set_title(title)
+        ax.set_xlabel("rounds trained")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(archive / "recipe.png", dpi=110)
+    plt.close(fig)
+
+
+# ------------------------------------------------------------------ the cost estimate
+
+
+def estimate(settings: dict, seeds: int, rounds: int, tuned_archive: Path | None = None) -> list[tuple[str, float]]:
+    """(part, single-thread hours) of running the recipe: training from the tuned study's trial of
+    the same arm on this kind of machine (its training seconds per prompt, `manifest.json`), the
+    rest from `alignment_ifeval.RATES` (provisional per-token rates) at the recipe's sizes."""
+    import alignment_ifeval_tuned as tuned
+    from ampo.config import load_config
+
+    c = load_config(str(RECIPE), settings["overrides"])
+    per_prompt = None
+    for m in sorted(((tuned_archive or tuned.ARCHIVE) / "tuning" / tuned.slug(settings["arm"])).glob("*/manifest.json")):
+        train = json.loads(m.read_text())["stages"].get("round-0/train", {}).get("seconds")
+        if train:
+            per_prompt = train / 64  # the tuning's 64 training prompts
+            break
+    r = ai.RATES
+    tokens = c.generate.max_new_tokens * 0.8  # sampled answers end before the cap about a fifth of the time
+    units = seeds * rounds
+    parts = [("generation", units * c.data.train_prompts * c.generate.n * tokens * r["sample_token"]),
+             ("training", units * c.data.train_prompts * (per_prompt or 0.0)),
+             ("held-out evaluation", units * c.data.heldout * c.eval.samples_per_prompt * c.eval.max_new_tokens
+              * r["greedy_token"]),
+             ("IFEval + IFBench after every round (+ the initial policy once)",
+              (units + 1) * sum(ai.BENCH_PROMPTS.values()) * BENCH_TOKENS * 0.75 * r["greedy_token"])]
+    return [(name, sec / 3600) for name, sec in parts]
+
+
+# ------------------------------------------------------------------ command line
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--run", action="store_true", help="run (or continue) the recipe on --seeds")
+    ap.add_argument("--long", action="store_true", help="IFEval at 1280 new tokens: initial and each final policy")
+    ap.add_argument("--report", action="store_true", help="report.md and recipe.png from the archive")
+    ap.add_argument("--estimate", action="store_true", help="print the cost in single-thread hours")
+    ap.add_argument("--variant", choices=VARIANTS, default="main")
+    ap.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS))
+    ap.add_argument("--jobs", type=int, default=2)
+    ap.add_argument("--arm", help="run this arm of the tuned study instead of its choice (a pilot)")
+    ap.add_argument("--lr", type=float, help="with --arm: the learning rate")
+    ap.add_argument("--beta", type=float, help="with --arm: beta, for a loss that has one")
+    ap.add_argument("--unit", help=argparse.SUPPRESS)
+    ap.add_argument("--out", default=str(OUT))
+    ap.add_argument("--archive", default=str(ARCHIVE))
+    args = ap.parse_args(argv)
+    out, archive = Path(args.out), Path(args.archive)
+    if args.report:
+        print(report(archive))
+        return
+
+    def settings() -> dict:
+        if (archive / args.variant / "settings.json").is_file() and not args.arm:
+            return settings_of(archive, args.variant)
+        if args.arm:
+            if args.lr is None:
+                raise SystemExit("ifeval_recipe: --arm needs --lr")
+            params = {"train.learning_rate": args.lr, **({"train.beta": args.beta} if args.beta is not None else {})}
+            return explicit_settings(args.arm, params, "given on the command line (a pilot, not the tuned choice)")
+        return tuned_settings(args.variant)
+
+    if args.estimate:
+        s = settings()
+        parts = estimate(s, len(args.seeds), load_recipe(0, s["overrides"], out).rounds)
+        print(f"{s['arm']} {s['params']}: {len(args.seeds)} seeds; single-thread hours")
+        for name, hours in parts:
+            print(f"  {name}: {hours:.1f}")
+        total = sum(h for _, h in parts)
+        print(f"  total: {total:.1f} (about {total / args.jobs:.1f} h on {args.jobs} free cores)")
+        return
+    if args.unit:
+        if args.long:
+            run_long(out, archive, args.unit, [] if args.unit == "initial" else
+                     settings_of(archive, args.unit.split(":")[0])["overrides"])
+        elif args.unit == "initial":
+            ai.run_initial(out, sizes())
+            archive_initial(out, archive)
+        else:
+            variant, seed = args.unit.split(":")
+            run_seed(out, archive, variant, int(seed.removeprefix("seed")), settings_of(archive, variant)["overrides"])
+        return
+    if args.run:
+        ai.check_archive(archive, sizes())
+        record_settings(archive, args.variant, settings())
+        units = ([] if ai.is_finished(archive, "initial") else ["initial"]) + [f"{args.variant}:seed{s}" for s in args.seeds]
+        spawn(units, args.jobs, ["--out", str(out), "--archive", str(archive)], out / "logs")
+    elif args.long:
+        units = ["initial"] + [f"{v}:seed{s}" for v in VARIANTS for s in SEEDS
+                               if (archive / v / "settings.json").is_file() and archived_rounds(archive, v, s)]
+        spawn(units, args.jobs, ["--long", "--out", str(out), "--archive", str(archive)], out / "logs")
+    else:
+        ap.print_help()
+
+
+if __name__ == "__main__":
+    main()
