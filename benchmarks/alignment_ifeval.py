@@ -210,8 +210,16 @@ def evaluate(name: str, load_policy, key: str, out: Path, sizes: Sizes) -> dict:
                                   max_new_tokens=sizes.eval_tokens, prompts_per_batch=16, shard_prompts=32,
                                   progress=False)
         write_json(done, {"key": done_key, "seconds": round(time.perf_counter() - t0, 1),
-                          "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S")})
+                          "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"), "machine": machine()})
     return metrics
+
+
+def machine() -> str:
+    """The CPU model and its bf16 instructions: greedy bf16 answers can differ between CPU kinds."""
+    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
+    model = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), "?")
+    flags = next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), [])
+    return " ".join([model, *sorted(f for f in flags if f in ("avx512_bf16", "amx_bf16"))])
 
 
 def run_initial(out: Path, sizes: Sizes) -> None:
@@ -268,6 +276,24 @@ def check_archive(archive: Path, sizes: Sizes) -> None:
     else:
         archive.mkdir(parents=True, exist_ok=True)
         record.write_text(json.dumps(want, indent=1) + "\n")
+
+
+def copy_initial(source: Path, archive: Path) -> bool:
+    """Take the initial policy's evaluation from another archive (the tuned study's or the recipe's:
+    the same policy, greedy) when this one lacks it and both measured at the same length, on the
+    same prompts, in the same generation dtype (their `sizes.json`), on this kind of CPU (greedy
+    bf16 answers can differ between CPU kinds; `done.json`'s `machine`); True when it was copied."""
+    keys = ("eval_tokens", "limit", "generation_dtype")
+    if is_finished(archive, "initial") or not is_finished(source, "initial"):
+        return False
+    if any(json.loads((bench_dir(source, "initial", name) / "done.json").read_text()).get("machine") != machine()
+           for name in BENCHMARKS):
+        return False
+    have, want = (json.loads((a / "sizes.json").read_text()) for a in (source, archive))
+    if any(have.get(k) != want.get(k) for k in keys):
+        return False
+    shutil.copytree(source / "initial", archive / "initial", dirs_exist_ok=True)
+    return True
 
 
 def archive_unit(out: Path, archive: Path, unit: str) -> None:

@@ -421,6 +421,10 @@ def final(out: Path, archive: Path, arms: list[str], jobs: int, unit: str | None
         run_final_unit(out, archive, seed, arm, chosen(archive, arm)["params"])
         return
     ai.check_archive(archive, sizes())
+    import ifeval_recipe
+
+    if ai.copy_initial(ifeval_recipe.ARCHIVE, archive):
+        print("the initial policy's evaluation: taken from the IFEval recipe's archive", flush=True)
     # the initial policy is evaluated again here (not copied from the fixed-lr archive): greedy bf16
     # answers need not be identical on another CPU (the fixed-lr study ran on a Xeon with AMX)
     todo = ["initial"] + [f"seed{s}:{a}" for s in sizes().seeds for a in arms if chosen(archive, a)]

@@ -554,6 +554,10 @@ def main(argv=None) -> None:
         return
     if args.run:
         ai.check_archive(archive, sizes())
+        import alignment_ifeval_tuned as tuned
+
+        if ai.copy_initial(tuned.ARCHIVE, archive):
+            print("the initial policy's evaluation: taken from the tuned study's archive", flush=True)
         record_settings(archive, args.variant, settings())
         units = ([] if ai.is_finished(archive, "initial") else ["initial"]) + [f"{args.variant}:seed{s}" for s in args.seeds]
         spawn(units, args.jobs, ["--out", str(out), "--archive", str(archive)], out / "logs")

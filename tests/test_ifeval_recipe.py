@@ -1,0 +1,125 @@
+"""The IFEval recipe's driver (benchmarks/ifeval_recipe.py, issue 28): its pure parts. The recipe
+config, the settings taken from the tuned study, the archive layout and the report, with the
+fixed-lr study's archived benchmark answers standing in for rounds. Fast: no model loads."""
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
+import alignment_ifeval_tuned as tuned  # noqa: E402
+import ifeval_recipe as recipe  # noqa: E402
+
+FIXED = tuned.FIXED_ARCHIVE
+
+
+def test_the_recipe_is_the_plans(tmp_path):
+    s = recipe.explicit_settings("dpo best-vs-worst", {"train.learning_rate": 3e-4, "train.beta": 0.1}, "test")
+    c = recipe.load_recipe(1, s["overrides"], tmp_path)
+    assert c.rounds == 3 and c.data.train_prompts == 128 and c.data.heldout == 32 and c.seed == 1
+    assert c.generate.n == 16 and c.generate.max_new_tokens == 128 and c.score.unfinished_reward == 0
+    assert c.select.min_margin == 1e-6 and c.select.strategy == "best_worst" and c.train.loss == "dpo"
+    assert c.train.learning_rate == 3e-4 and c.train.hparams["beta"] == 0.1 and c.train.reference == "round_start"
+    assert c.eval.temperature == 0 and c.eval.benchmark_max_new_tokens == 128
+    assert recipe.load_recipe(1, s["overrides"], tmp_path, rounds=1).rounds == 1  # one round at a time
+
+
+def fake_tuned(archive: Path, values: dict) -> None:
+    """A tuned archive whose every arm's design is complete, each point scoring values[arm]."""
+    for arm in tuned.TUNED_ARMS:
+        done = []
+        for i, point in enumerate(tuned.lr_points(arm)):
+            done.append({"params": point, "value": values.get(arm, 0.1) - i * 1e-3})
+        for point in tuned.beta_points(arm, tuned.choose(done, tuned.default_beta(arm))["params"]["train.learning_rate"]):
+            done.append({"params": point, "value": 0.0})
+        for i, t in enumerate(done):
+            folder = archive / "tuning" / tuned.slug(arm) / f"lr-{i:03d}"
+            folder.mkdir(parents=True)
+            (folder / "trial.json").write_text(json.dumps(t))
+
+
+def test_the_settings_are_the_tuned_studys_choice(tmp_path):
+    with pytest.raises(SystemExit, match="has not chosen settings for"):
+        recipe.tuned_settings("main", tmp_path)
+    fake_tuned(tmp_path, {"swepo all": 0.5, "ampo+bottomk": 0.4, "ampo+random": 0.3})
+    main = recipe.tuned_settings("main", tmp_path)
+    assert main["arm"] == "swepo all" and main["params"] == {"train.learning_rate": 3e-6, "train.beta": 0.1}
+    assert "select.strategy=all" in main["overrides"] and "train.learning_rate=3e-06" in main["overrides"]
+    assert recipe.tuned_settings("ampo", tmp_path)["arm"] == "ampo+bottomk"
+    recorded = recipe.record_settings(tmp_path / "a", "main", main)
+    assert recipe.settings_of(tmp_path / "a", "main") == recorded
+    with pytest.raises(SystemExit, match="records other settings"):
+        recipe.record_settings(tmp_path / "a", "main", recipe.tuned_settings("ampo", tmp_path))
+
+
+def fake_round(folder: Path, r: int, source: Path) -> None:
+    """Round r of a run folder, its benchmark files copied from a fixed-lr unit."""
+    for name in ("ifeval", "ifbench"):
+        shutil.copytree(source / name, recipe.round_bench_dir(folder, r, name))
+    (folder / f"round-{r}" / "eval.json").write_text(json.dumps(
+        {"mean_reward": 0.3 + r / 10, "mean_reward_ci": [0.2, 0.5], "baseline_mean_reward": 0.36}))
+    (folder / f"round-{r}" / "train_log.json").write_text("[]")
+    (folder / f"round-{r}" / "checkpoint").mkdir()  # big files stay out of the archive
+    (folder / "config.yaml").write_text("seed: 0\n")
+
+
+def test_rounds_are_archived_in_the_issues_layout_and_reported(tmp_path):
+    if not (FIXED / "seed0" / "dpo_best-vs-worst" / "bench" / "ifeval" / "done.json").is_file():
+        pytest.skip("the fixed-lr study's archive is not here")
+    out, archive = tmp_path / "runs", tmp_path / "archive"
+    shutil.copytree(FIXED / "initial", archive / "initial")
+    recipe.record_settings(archive, "main", recipe.explicit_settings("dpo best-vs-worst", {"train.learning_rate": 3e-4,
+                                                                                            "train.beta": 0.1}, "test"))
+    for seed, arm in ((0, "dpo_best-vs-worst"), (1, "swepo_all")):
+        folder = recipe.run_dir(out, "main", seed)
+        for r in (0, 1):
+            fake_round(folder, r, FIXED / f"seed{seed}" / arm / "bench")
+            recipe.archive_round(folder, archive, "main", seed, r)
+    kept = archive / "main" / "seed0" / "round-1"
+    assert (kept / "ifeval" / "responses.jsonl").is_file() and (kept / "ifbench" / "metrics.json").is_file()
+    assert (kept / "eval.json").is_file() and not (kept / "checkpoint").exists()
+    assert (archive / "main" / "seed0" / "config.yaml").is_file()
+    assert recipe.archived_rounds(archive, "main", 0) == [0, 1] and recipe.archived_rounds(archive, "main", 2) == []
+    text = recipe.report(archive)
+    assert "### seed 0" in text and "### seed 1" in text and "| initial |" in text
+    assert "### The final round against the initial policy" in text and "Gaming audit" in text
+    assert "Per instruction type" in text and "Answers side by side" in text
+    assert (archive / "report.md").read_text() == text and (archive / "recipe.png").is_file()
+    # the paired difference the report shows is the one computed from the same files
+    import alignment_stats as st
+
+    final = recipe.read_unit(kept / "ifeval")
+    initial = recipe.read_unit(archive / "initial" / "ifeval")
+    d = st.paired_difference([final["counts"]], [initial["counts"]])
+    assert f"{100 * d['per_seed'][0]:+.1f} [" in text
+
+
+def test_the_gaming_audit_counts_looping_and_filler_answers_among_the_passing():
+    unit = {"counts": {1: (1.0, 1.0, 1.0), 2: (1.0, 2.0, 2.0), 3: (0.0, 0.0, 1.0), 4: (1.0, 1.0, 1.0)},
+            "answers": {1: "ok", 2: "the cat sat on the mat " * 20, 3: "the cat sat on the mat " * 20,
+                        4: "A real answer with several distinct words in it."}}
+    assert recipe.gaming(unit) == {"passing": 3, "looping": 1, "filler": 1, "gaming_share": 2 / 3}
+
+
+def test_the_initial_evaluation_is_shared_only_at_the_same_length_dtype_and_cpu(tmp_path):
+    import alignment_ifeval as ai
+
+    source, archive = tmp_path / "tuned", tmp_path / "recipe"
+    for a, tokens in ((source, 128), (archive, 128)):
+        a.mkdir()
+        (a / "sizes.json").write_text(json.dumps({"eval_tokens": tokens, "limit": 0, "generation_dtype": "bfloat16",
+                                                  "n": 16}))
+    for name in ai.BENCHMARKS:
+        (source / "initial" / name).mkdir(parents=True)
+        (source / "initial" / name / "done.json").write_text(json.dumps({"machine": "another CPU"}))
+    assert not ai.copy_initial(source, archive)  # made on another kind of CPU
+    for name in ai.BENCHMARKS:
+        (source / "initial" / name / "done.json").write_text(json.dumps({"machine": ai.machine()}))
+    (archive / "sizes.json").write_text(json.dumps({"eval_tokens": 256, "limit": 0, "generation_dtype": "bfloat16"}))
+    assert not ai.copy_initial(source, archive)  # another length
+    (archive / "sizes.json").write_text(json.dumps({"eval_tokens": 128, "limit": 0, "generation_dtype": "bfloat16"}))
+    assert ai.copy_initial(source, archive) and ai.is_finished(archive, "initial")
+    assert not ai.copy_initial(source, archive)  # already there
