@@ -9,11 +9,11 @@ tokens, and the initial policy once, on this machine. Every finished unit's smal
 scores, config, held-out eval, train log) go to the archive as it finishes, in the layout
 
     results/ifeval_recipe/initial/{ifeval,ifbench}/{responses,results}.jsonl, metrics.json
-    results/ifeval_recipe/<variant>/seed{S}/round-{R}/{ifeval,ifbench}/...   (+ eval.json, train_log.json)
-    results/ifeval_recipe/<variant>/seed{S}/config.yaml
+    results/ifeval_recipe/seed{S}/round-{R}/{ifeval,ifbench}/...   (+ eval.json, train_log.json)
+    results/ifeval_recipe/seed{S}/config.yaml, results/ifeval_recipe/settings.json
 
-(`main` is the recipe; `ampo` the AMPO loss with its tuned settings, seed 0 only, as the issue
-asks). `--long` measures the initial and each seed's final policy at the model card's 1280 new
+(the recipe, variant `main`); the AMPO loss with its tuned settings (variant `ampo`, seed 0 only,
+as the issue asks) in results/ifeval_recipe/ampo/ in the same layout. `--long` measures the initial and each seed's final policy at the model card's 1280 new
 tokens on a seeded 128-prompt subset of IFEval. `--report` writes results/ifeval_recipe/report.md
 and recipe.png from the archive alone.
 
@@ -65,8 +65,13 @@ def load_recipe(seed: int, settings: list[str], folder: Path, rounds: int | None
     return load_config(str(RECIPE), [*settings, f"seed={seed}", f"out={folder}", *extra])
 
 
+def root(folder: Path, variant: str) -> Path:
+    """Where a variant's seeds live: the recipe's (`main`) at the top, the others in a subfolder."""
+    return folder if variant == "main" else folder / variant
+
+
 def run_dir(out: Path, variant: str, seed: int) -> Path:
-    return out / variant / f"seed{seed}"
+    return root(out, variant) / f"seed{seed}"
 
 
 def round_bench_dir(folder: Path, r: int, name: str) -> Path:
@@ -112,7 +117,7 @@ def run_seed(out: Path, archive: Path, variant: str, seed: int, settings: list[s
 def archive_round(folder: Path, archive: Path, variant: str, seed: int, r: int) -> None:
     """Copy round r's benchmark files, held-out eval and train log (and the seed's config) into
     the archive, through a temporary folder renamed when complete."""
-    dest = archive / variant / f"seed{seed}" / f"round-{r}"
+    dest = root(archive, variant) / f"seed{seed}" / f"round-{r}"
     if round_finished(dest.parent, r):
         return
     tmp = dest.with_name(dest.name + ".partial")
@@ -137,7 +142,7 @@ def archive_initial(out: Path, archive: Path) -> None:
 
 
 def archived_rounds(archive: Path, variant: str, seed: int) -> list[int]:
-    folder = archive / variant / f"seed{seed}"
+    folder = root(archive, variant) / f"seed{seed}"
     rounds = []
     while round_finished(folder, len(rounds)):
         rounds.append(len(rounds))
@@ -152,7 +157,7 @@ def long_dir(out: Path, unit: str) -> Path:
     if unit == "initial":
         return out / "long" / "initial" / "ifeval"
     variant, seed = unit.split(":")
-    return out / "long" / variant / seed / "ifeval"
+    return root(out / "long", variant) / seed / "ifeval"
 
 
 def run_long(out: Path, archive: Path, unit: str, settings: list[str]) -> None:
@@ -243,12 +248,12 @@ def explicit_settings(arm: str, params: dict, source: str) -> dict:
 
 def settings_of(archive: Path, variant: str) -> dict:
     """The settings a variant runs with, recorded in the archive the first time it runs."""
-    return json.loads((archive / variant / "settings.json").read_text())
+    return json.loads((root(archive, variant) / "settings.json").read_text())
 
 
 def record_settings(archive: Path, variant: str, settings: dict) -> dict:
     """Write `settings.json` once; refuse other settings for an archive that has them."""
-    path = archive / variant / "settings.json"
+    path = root(archive, variant) / "settings.json"
     if path.is_file():
         have = json.loads(path.read_text())
         if have["overrides"] != settings["overrides"]:
@@ -307,7 +312,7 @@ def curve_rows(archive: Path, variant: str, seed: int, initial: dict) -> list[di
     (strict) with its interval, the held-out reward, answer length and ended share."""
     rows = [{"round": -1, **{name: initial[name]["metrics"] for name in ai.BENCHMARKS}, "heldout": None}]
     for r in archived_rounds(archive, variant, seed):
-        folder = archive / variant / f"seed{seed}" / f"round-{r}"
+        folder = root(archive, variant) / f"seed{seed}" / f"round-{r}"
         held = json.loads((folder / "eval.json").read_text()) if (folder / "eval.json").is_file() else None
         rows.append({"round": r, **{name: json.loads((folder / name / "metrics.json").read_text())
                                     for name in ai.BENCHMARKS},
@@ -334,7 +339,7 @@ def report(archive: Path) -> str:
           f"{_avg(initial['ifbench']['metrics'])}.\n"]
     curves = {}
     for variant in VARIANTS:
-        if not (archive / variant / "settings.json").is_file():
+        if not (root(archive, variant) / "settings.json").is_file():
             continue
         s = settings_of(archive, variant)
         md += [f"## {variant}: {s['arm']}, " + ", ".join(f"{k.split('.')[-1]} {v:g}" for k, v in s["params"].items())
@@ -356,7 +361,7 @@ def report(archive: Path) -> str:
                           f"{100 * row['ifeval']['finished_rate']:.1f} |")
             md.append("")
             last = rows[-1]["round"]
-            finals[seed] = {name: read_unit(archive / variant / f"seed{seed}" / f"round-{last}" / name)
+            finals[seed] = {name: read_unit(root(archive, variant) / f"seed{seed}" / f"round-{last}" / name)
                             for name in ai.BENCHMARKS}
         if finals:
             md += difference_section(finals, initial)
@@ -523,7 +528,7 @@ def main(argv=None) -> None:
         return
 
     def settings() -> dict:
-        if (archive / args.variant / "settings.json").is_file() and not args.arm:
+        if (root(archive, args.variant) / "settings.json").is_file() and not args.arm:
             return settings_of(archive, args.variant)
         if args.arm:
             if args.lr is None:
@@ -563,7 +568,7 @@ def main(argv=None) -> None:
         spawn(units, args.jobs, ["--out", str(out), "--archive", str(archive)], out / "logs")
     elif args.long:
         units = ["initial"] + [f"{v}:seed{s}" for v in VARIANTS for s in SEEDS
-                               if (archive / v / "settings.json").is_file() and archived_rounds(archive, v, s)]
+                               if (root(archive, v) / "settings.json").is_file() and archived_rounds(archive, v, s)]
         spawn(units, args.jobs, ["--long", "--out", str(out), "--archive", str(archive)], out / "logs")
     else:
         ap.print_help()

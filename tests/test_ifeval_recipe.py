@@ -78,10 +78,10 @@ def test_rounds_are_archived_in_the_issues_layout_and_reported(tmp_path):
         for r in (0, 1):
             fake_round(folder, r, FIXED / f"seed{seed}" / arm / "bench")
             recipe.archive_round(folder, archive, "main", seed, r)
-    kept = archive / "main" / "seed0" / "round-1"
+    kept = archive / "seed0" / "round-1"
     assert (kept / "ifeval" / "responses.jsonl").is_file() and (kept / "ifbench" / "metrics.json").is_file()
     assert (kept / "eval.json").is_file() and not (kept / "checkpoint").exists()
-    assert (archive / "main" / "seed0" / "config.yaml").is_file()
+    assert (archive / "seed0" / "config.yaml").is_file()
     assert recipe.archived_rounds(archive, "main", 0) == [0, 1] and recipe.archived_rounds(archive, "main", 2) == []
     text = recipe.report(archive)
     assert "### seed 0" in text and "### seed 1" in text and "| initial |" in text
