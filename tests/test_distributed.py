@@ -185,3 +185,38 @@ def test_metrics_are_reduced_over_ranks_like_the_loss():
     out, tps = reduce_metrics({"margin": [1.0, 3.0], "zero_signal_groups": [1.0, 2.0]}, {"zero_signal_groups"},
                               tokens=100, elapsed=2.0, device=torch.device("cpu"))
     assert out == {"margin": 2.0, "zero_signal_groups": 3.0} and tps == 50.0
+
+
+def checkpoint_files(work_dir: Path) -> dict[str, float]:
+    """Every file of the Trainer's checkpoints in `work_dir` and its modification time."""
+    return {str(p.relative_to(work_dir)): p.stat().st_mtime_ns for p in work_dir.glob("checkpoint-*/**/*") if p.is_file()}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["ddp", pytest.param("fsdp", marks=pytest.mark.ci), pytest.param("zero2", marks=DEEPSPEED),
+                                  pytest.param("zero3", marks=DEEPSPEED)])
+def test_an_interrupted_two_process_run_resumes_from_its_checkpoint(kind, tiny_policy, single_runs, tmp_path):
+    """A two-process `ampo train` (4 steps, a checkpoint every 2) is cut back to what a kill after
+    step 2 leaves (its outputs and the step-4 checkpoint removed), then the same command runs
+    again: it resumes from the step-2 checkpoint (whose files are not written again, the wrapper's
+    own optimizer and model shards included) and ends where one process does. (A real kill -9 of
+    this tiny model's 0.2-second training cannot be timed reliably; the pipeline's kill tests
+    cover the kill itself.)"""
+    import shutil
+
+    out = tmp_path / kind
+    args = train_args(tiny_policy, "full", out, "train.prompts_per_step=1", "train.save_steps=2")
+    launch(CONFIGS[kind], args)
+    work = out / "train"
+    assert (work / "checkpoint-4").is_dir()
+    shutil.rmtree(work / "checkpoint-4")
+    shutil.rmtree(out / "checkpoint")
+    (out / "train_log.json").unlink()
+    before = checkpoint_files(work)
+    assert before and all(name.startswith("checkpoint-2/") for name in before)
+    launch(CONFIGS[kind], args)
+    after = checkpoint_files(work)
+    rewritten = [name for name, t in before.items() if after.get(name) != t]
+    assert not rewritten, f"training started over: {rewritten[:5]}"
+    assert (work / "checkpoint-4").is_dir()
+    assert_same_training(out, single_runs["full"])

@@ -220,3 +220,12 @@ def test_resume_skips_incomplete_checkpoints(tmp_path):
     make(10, ["trainer_state.json", "adapter_model.safetensors", "optimizer.pt", "scheduler.pt"])
     make(20, ["trainer_state.json"])  # killed while saving
     assert last_complete_checkpoint(tmp_path) == tmp_path / "checkpoint-10"
+    make(30, ["trainer_state.json", "scheduler.pt", "optimizer.bin", "pytorch_model_fsdp.bin"])  # FSDP, full state
+    assert last_complete_checkpoint(tmp_path) == tmp_path / "checkpoint-30"
+    make(40, ["trainer_state.json", "scheduler.pt", "latest"])  # DeepSpeed: `latest` names a folder not there
+    (tmp_path / "checkpoint-40" / "latest").write_text("global_step40")
+    assert last_complete_checkpoint(tmp_path) == tmp_path / "checkpoint-30"
+    (tmp_path / "checkpoint-40" / "global_step40").mkdir()
+    assert last_complete_checkpoint(tmp_path) == tmp_path / "checkpoint-40"
+    make(50, ["trainer_state.json", "scheduler.pt", "model.safetensors"])  # no optimizer state of any kind
+    assert last_complete_checkpoint(tmp_path) == tmp_path / "checkpoint-40"

@@ -254,8 +254,22 @@ def training_args(c, output_dir: Path, progress: bool = True):
     )
 
 
-CHECKPOINT_FILES = ("trainer_state.json", "optimizer.pt", "scheduler.pt")
-WEIGHT_FILES = ("model.safetensors", "adapter_model.safetensors")
+CHECKPOINT_FILES = ("trainer_state.json", "scheduler.pt")
+# A checkpoint's optimizer state and weights, as each way of training writes them: one process or
+# DDP (optimizer.pt; model / adapter safetensors), FSDP with a full or a sharded state dict
+# (optimizer.bin or optimizer_0/; pytorch_model_fsdp.bin or pytorch_model_fsdp_0/). DeepSpeed keeps
+# both in the engine's folder that the file `latest` names.
+OPTIMIZER_STATES = ("optimizer.pt", "optimizer.bin", "optimizer_0")
+WEIGHT_FILES = ("model.safetensors", "adapter_model.safetensors", "pytorch_model_fsdp.bin", "pytorch_model_fsdp_0")
+
+
+def is_complete_checkpoint(path: Path) -> bool:
+    """Whether a Trainer checkpoint folder holds everything a resume reads."""
+    if not all((path / f).exists() for f in CHECKPOINT_FILES):
+        return False
+    if (path / "latest").is_file():  # DeepSpeed
+        return (path / (path / "latest").read_text().strip()).is_dir()
+    return any((path / f).exists() for f in OPTIMIZER_STATES) and any((path / f).exists() for f in WEIGHT_FILES)
 
 
 def last_complete_checkpoint(work_dir: Path) -> Path | None:
@@ -269,7 +283,7 @@ def last_complete_checkpoint(work_dir: Path) -> Path | None:
 
     candidates = sorted((p for p in work_dir.glob("checkpoint-*") if p.is_dir()), key=step, reverse=True)
     for path in candidates:
-        if all((path / f).exists() for f in CHECKPOINT_FILES) and any((path / f).exists() for f in WEIGHT_FILES):
+        if is_complete_checkpoint(path):
             return path
     return None
 
