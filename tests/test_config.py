@@ -4,6 +4,7 @@ import pytest
 
 from ampo.cli import DEMO_RECIPE, RECIPES
 from ampo.config import ConfigError, config_key, load_config, parse_overrides
+from ampo.losses import LOSSES
 
 
 def test_defaults_and_demo_recipe_validate():
@@ -131,17 +132,33 @@ def test_curriculum_keeps_its_yes_no_form():
 
 
 def test_a_full_finetune_does_not_inherit_the_lora_learning_rate(tmp_path, caplog):
-    """`model.lora: false` with no `train.learning_rate` anywhere gets the full fine-tune default
-    (logged); a rate set in the YAML, a flag or an override is kept; LoRA keeps its own default."""
+    """`model.lora: false` with no `train.learning_rate` anywhere gets its loss's full fine-tune
+    default (logged, with its source); a rate set in the YAML, a flag or an override is kept; LoRA
+    has its own defaults."""
     import logging
 
-    from ampo.config.loading import FULL_FINETUNE_LEARNING_RATE
+    from ampo.losses.rates import FULL_FINETUNE, LORA
 
     caplog.set_level(logging.INFO, logger="ampo")
-    assert load_config(overrides=["model.lora=false"]).train.learning_rate == FULL_FINETUNE_LEARNING_RATE == 1e-6
-    assert "model.lora is false and train.learning_rate is not set: using 1e-06" in caplog.text
+    assert load_config(overrides=["model.lora=false", "train.loss=dpo"]).train.learning_rate == 1e-6
+    assert "train.learning_rate is not set: using 1e-06, the full fine-tune default for dpo (DPO (Rafailov" in caplog.text
+    assert load_config(overrides=["model.lora=false", "train.loss=simpo"]).train.learning_rate == 5e-7
+    assert load_config(overrides=["model.lora=false", "train.loss=pro"]).train.learning_rate == 5e-6
+    assert set(FULL_FINETUNE) == set(LORA) == set(LOSSES)
+    for name, rate in FULL_FINETUNE.items():  # full fine-tunes train 1e-7..1e-5; every default says where it is from
+        assert 1e-7 <= rate.value <= 1e-5 and rate.source and LORA[name].source, name
     assert load_config(overrides=["model.lora=false", "train.learning_rate=5e-4"]).train.learning_rate == 5e-4
     yaml_file = tmp_path / "c.yaml"
     yaml_file.write_text("model: {lora: false}\ntrain: {learning_rate: 2.0e-6}\n")
     assert load_config(yaml_file).train.learning_rate == 2e-6
     assert load_config().train.learning_rate == 5e-4  # LoRA
+
+
+def test_the_docs_print_the_default_learning_rates_the_code_uses():
+    from pathlib import Path
+
+    from ampo.losses.rates import FULL_FINETUNE, LORA
+
+    text = (Path(__file__).parents[1] / "docs" / "losses.md").read_text()
+    for name, rate in FULL_FINETUNE.items():
+        assert f"| `{name}` | {rate.value:g} | {rate.source} | {LORA[name].value:g} |" in text, name

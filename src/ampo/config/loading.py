@@ -183,28 +183,24 @@ def load_config(path: str | Path | None = None, overrides: list[str] = (), base:
     return config
 
 
-# `train.learning_rate` when `model.lora` is false and nothing set the rate: the DPO paper's rate for
-# full fine-tunes (Rafailov et al. 2023, arXiv 2305.18290, section 6 and appendix B: 1e-6) and TRL's
-# `DPOConfig` default. Published full fine-tunes of DPO-family losses use 3e-7 to 5e-6 (Zephyr's DPO
-# stage 5e-7, SimPO's sweep 3e-7 to 1e-6); the dataclass default, 5e-4, is a LoRA rate and moves a
-# full model hundreds of times too far per step.
-FULL_FINETUNE_LEARNING_RATE = 1e-6
-
-
 def _mode_defaults(config: RunConfig, data: dict) -> None:
-    """Defaults that depend on another option: a full fine-tune (`model.lora: false`) whose YAML,
-    recipe, flags and overrides leave `train.learning_rate` unset gets `FULL_FINETUNE_LEARNING_RATE`
-    instead of the LoRA default, and the log says so."""
-    if not config.model.lora and "learning_rate" not in (data.get("train") or {}):
-        import logging
-        import os
+    """Defaults that depend on other options: a run whose YAML, recipe, flags and overrides leave
+    `train.learning_rate` unset trains at its loss's default rate for a full fine-tune or for LoRA
+    (`ampo.losses.rates`, with sources; the dataclass's 5e-4 is a LoRA rate, hundreds of times
+    too large for a full fine-tune), and the log says which."""
+    from ..losses.rates import FULL_FINETUNE, default_learning_rate
 
-        config.train.learning_rate = FULL_FINETUNE_LEARNING_RATE
-        if os.environ.get("RANK", "0") == "0":
-            logging.getLogger("ampo").info(
-                "model.lora is false and train.learning_rate is not set: using %g, a full fine-tune's rate "
-                "(the LoRA default is %g; set train.learning_rate to choose)", FULL_FINETUNE_LEARNING_RATE,
-                type(config.train)().learning_rate)
+    if "learning_rate" in (data.get("train") or {}) or config.train.loss not in FULL_FINETUNE:
+        return  # set by the user, or an unknown loss (refused by validation)
+    import logging
+    import os
+
+    rate = default_learning_rate(config.train.loss, config.model.lora)
+    config.train.learning_rate = rate.value
+    if os.environ.get("RANK", "0") == "0":
+        logging.getLogger("ampo").info(
+            "train.learning_rate is not set: using %g, the %s default for %s (%s); set train.learning_rate to choose",
+            rate.value, "LoRA" if config.model.lora else "full fine-tune", config.train.loss, rate.source)
 
 
 def dump_config(c: RunConfig) -> str:
