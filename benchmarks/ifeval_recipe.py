@@ -478,19 +478,20 @@ def plot(archive: Path, curves: dict) -> None:
 
 
 def estimate(settings: dict, seeds: int, rounds: int, tuned_archive: Path | None = None) -> list[tuple[str, float]]:
-    """(part, single-thread hours) of running the recipe: training from the tuned study's trial of
-    the same arm on this kind of machine (its training seconds per prompt, `manifest.json`), the
-    rest from `alignment_ifeval.RATES` (provisional per-token rates) at the recipe's sizes."""
+    """(part, single-thread hours) of running the recipe: training from the tuned study's trials of
+    the same arm on this kind of machine (the median of their training seconds per prompt,
+    `manifest.json`; none: 0), the rest from `alignment_ifeval.RATES` (provisional per-token
+    rates) at the recipe's sizes."""
     import alignment_ifeval_tuned as tuned
     from ampo.config import load_config
 
     c = load_config(str(RECIPE), settings["overrides"])
-    per_prompt = None
-    for m in sorted(((tuned_archive or tuned.ARCHIVE) / "tuning" / tuned.slug(settings["arm"])).glob("*/manifest.json")):
-        train = json.loads(m.read_text())["stages"].get("round-0/train", {}).get("seconds")
-        if train:
-            per_prompt = train / 64  # the tuning's 64 training prompts
-            break
+    import statistics
+
+    found = [json.loads(m.read_text())["stages"].get("round-0/train", {}).get("seconds")
+             for m in ((tuned_archive or tuned.ARCHIVE) / "tuning" / tuned.slug(settings["arm"])).glob("*/manifest.json")]
+    found = [x for x in found if x]  # trials whose training came from the store record none
+    per_prompt = statistics.median(found) / 64 if found else None  # the tuning's 64 training prompts
     r = ai.RATES
     tokens = c.generate.max_new_tokens * 0.8  # sampled answers end before the cap about a fifth of the time
     units = seeds * rounds
