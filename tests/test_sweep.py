@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -86,6 +87,26 @@ def test_store_gives_a_finished_stage_to_another_run_folder(tmp_path):
     with Runner(tmp_path / "b", store=store) as run:
         run.stage("round-0/generate", "k1", _write_stage(tmp_path / "b", calls), _outputs(tmp_path / "b"))
     assert calls == ["a", "split", "split"]
+
+
+def test_ampo_store_lists_entries_and_prunes_those_no_kept_run_records(tmp_path, capsys):
+    store, calls = tmp_path / "store", []
+    for name, key in (("a", "k1"), ("b", "k2")):
+        folder = tmp_path / "runs" / name
+        with Runner(folder, store=store) as run:
+            run.stage("round-0/generate", key, _write_stage(folder, calls), _outputs(folder))
+    assert main(["store", str(store)]) == 0
+    listed = capsys.readouterr().out
+    assert "k1" in listed and "k2" in listed and "2 entries" in listed
+    shutil.rmtree(tmp_path / "runs" / "b")  # the user deleted a run folder: its entry is held only by the store
+    assert main(["store", str(store), "--prune", "--keep", str(tmp_path / "runs"), "--dry-run"]) == 0
+    assert "would delete 1 of 2 entries" in capsys.readouterr().out and (store / "k2").is_dir()
+    assert main(["store", str(store), "--prune", "--keep", str(tmp_path / "runs")]) == 0
+    assert "deleted 1 of 2 entries" in capsys.readouterr().out
+    assert (store / "k1" / "entry.json").is_file() and not (store / "k2").exists()
+    assert (tmp_path / "runs" / "a" / "round-0" / "pool.txt").read_text() == "pool"  # the kept run is whole
+    assert main(["store", str(store), "--prune"]) == 2  # nothing named to keep: refused, nothing deleted
+    assert "name the run or sweep folders" in capsys.readouterr().err and (store / "k1").is_dir()
 
 
 def test_a_damaged_store_entry_is_dropped_and_the_stage_runs(tmp_path):

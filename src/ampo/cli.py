@@ -18,6 +18,7 @@ import sys
 from .commands.evaluate import cmd_evaluate, cmd_make_prompts
 from .commands.pool import cmd_embed, cmd_generate, cmd_score, cmd_select
 from .commands.run import DEMO_RECIPE, RECIPES, cmd_demo, cmd_report, cmd_run
+from .commands.store import cmd_store
 from .commands.sweep import cmd_sweep, cmd_sweep_worker
 from .commands.train import TRAIN_FLAGS, cmd_train, cmd_train_rm, train_config
 from .config import AGGREGATES, CLI_RANGES, Range, short
@@ -268,6 +269,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("folder", help="the sweep folder (holding sweep.json)")
     s.add_argument("--parent", type=int, help="the coordinator's pid: this worker dies with it")
     s.set_defaults(fn=cmd_sweep_worker)
+
+    s = sub.add_parser("store", help="list a stage store's entries, or prune those no run folder records",
+                       description="A stage store (`store:` in a config; SWEEP/store for `ampo sweep`) keeps every "
+                                   "finished stage by key. Without options: one line per entry. With --prune: "
+                                   "delete the entries that no run folder under the --keep folders records in its "
+                                   "manifest (their files stay in the run folders that hold them).")
+    s.add_argument("store", help="the store folder")
+    s.add_argument("--prune", action="store_true", help="delete the entries no --keep folder records")
+    s.add_argument("--keep", nargs="+", metavar="DIR", help="run or sweep folders (searched recursively)")
+    s.add_argument("--dry-run", action="store_true", help="with --prune: say what would go, delete nothing")
+    s.set_defaults(fn=cmd_store)
 
     s = sub.add_parser("report", help="rewrite report.md and plots of a finished run folder")
     s.add_argument("run")

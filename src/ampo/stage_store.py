@@ -151,9 +151,46 @@ class StageStore:
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
 
+    # -- listing and pruning --------------------------------------------------------------------
+
+    def entries(self) -> list[dict]:
+        """Every whole entry: its `entry.json` plus `bytes` (the size of its files) and `freed`
+        (the bytes deleting it frees now: files no run folder links to as well)."""
+        out = []
+        for entry_dir in sorted(p for p in self.root.iterdir() if p.is_dir() and not p.name.startswith(".")) \
+                if self.root.is_dir() else []:
+            try:
+                entry = json.loads((entry_dir / "entry.json").read_text())
+            except (OSError, ValueError):
+                continue
+            files = [p for p in (entry_dir / "files").rglob("*") if p.is_file()]
+            stats = [p.stat() for p in files]
+            out.append({**entry, "key": entry_dir.name, "bytes": sum(s.st_size for s in stats),
+                        "freed": sum(s.st_size for s in stats if s.st_nlink == 1)})
+        return out
+
+    def remove(self, key: str) -> None:
+        """Delete one entry (its run folders keep their own links or copies of the files)."""
+        with self.claim(key):
+            shutil.rmtree(self.entry_dir(key), ignore_errors=True)
+
     def _drop(self, key: str, why: str) -> None:
         log.warning("stage store: %s %s: dropping it", self.entry_dir(key), why)
         shutil.rmtree(self.entry_dir(key), ignore_errors=True)
+
+
+def keys_in(folders: list[Path]) -> set[str]:
+    """Every stage key recorded by a run folder's `manifest.json` under `folders` (run folders,
+    sweep folders, or folders holding them)."""
+    keys: set[str] = set()
+    for folder in folders:
+        for manifest in [folder / "manifest.json", *folder.rglob("manifest.json")]:
+            try:
+                stages = json.loads(manifest.read_text())["stages"]
+            except (OSError, ValueError, KeyError, TypeError):
+                continue
+            keys |= {entry["key"] for entry in stages.values() if isinstance(entry, dict) and entry.get("key")}
+    return keys
 
 
 def _remove(path: Path) -> None:
