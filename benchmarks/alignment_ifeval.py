@@ -30,6 +30,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Callable
 
 from seed_run import copy_stages
 
@@ -421,6 +422,34 @@ def run_all(args, sizes: Sizes, arms: list[str]) -> None:
     if failed:
         raise SystemExit(f"bench_alignment: {len(failed)} unit(s) failed or skipped: {', '.join(sorted(failed))} "
                          f"(logs in {out / 'logs'}); rerun the same command to continue")
+
+
+def spawn(units: list[str], jobs: int, command: Callable[[str], list[str]], log_dir: Path,
+          on_exit: Callable[[str, int], None] = lambda unit, code: None) -> list[str]:
+    """Run each unit's `command(unit)` as a single-threaded process, `jobs` at a time, in order,
+    logging to `log_dir/<unit>.log`; `on_exit(unit, exit code)` as each ends. Returns the failed units."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
+           "HF_HUB_OFFLINE": "1"}
+    log_dir.mkdir(parents=True, exist_ok=True)
+    todo, running, failed = list(units), {}, []
+    while todo or running:
+        while todo and len(running) < jobs:
+            unit = todo.pop(0)
+            log = open(log_dir / f"{unit.replace(':', '_').replace(' ', '_')}.log", "a")
+            running[unit] = (subprocess.Popen(command(unit), stdout=log, stderr=subprocess.STDOUT, env=env,
+                                              cwd=HERE.parent), log)
+            print(f"{time.strftime('%H:%M:%S')} {unit}: started (log {log.name})", flush=True)
+        time.sleep(5)
+        for unit, (proc, log) in list(running.items()):
+            if proc.poll() is not None:
+                log.close()
+                del running[unit]
+                on_exit(unit, proc.returncode)
+                if proc.returncode:
+                    failed.append(unit)
+                print(f"{time.strftime('%H:%M:%S')} {unit}: "
+                      + ("done" if proc.returncode == 0 else f"FAILED (exit {proc.returncode})"), flush=True)
+    return failed
 
 
 def worker_argv(args, sizes: Sizes, arms: list[str]) -> list[str]:

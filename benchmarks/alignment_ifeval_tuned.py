@@ -441,26 +441,12 @@ def final(out: Path, archive: Path, arms: list[str], jobs: int, unit: str | None
             ai.archive_unit(out / "final", archive, u)
             print(f"{u}: done (archived)", flush=True)
         return
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
-    (out / "logs").mkdir(parents=True, exist_ok=True)
-    running: dict[str, tuple] = {}
-    while todo or running:
-        while todo and len(running) < jobs:
-            u = todo.pop(0)
-            log = open(out / "logs" / f"final_{u.replace(':', '_').replace(' ', '_')}.log", "a")
-            cmd = [sys.executable, str(Path(__file__).resolve()), "--final", "--unit", u, "--out", str(out),
-                   "--archive", str(archive)]
-            running[u] = (subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT), log)
-            print(f"{u}: started", flush=True)
-        time.sleep(5)
-        for u, (proc, log) in list(running.items()):
-            if proc.poll() is not None:
-                log.close()
-                del running[u]
-                if proc.returncode == 0:
-                    ai.archive_unit(out / "final", archive, u)
-                print(f"{u}: {'done (archived)' if proc.returncode == 0 else f'FAILED (exit {proc.returncode})'}",
-                      flush=True)
+    def archive_if_done(unit: str, code: int) -> None:
+        if code == 0:
+            ai.archive_unit(out / "final", archive, unit)
+
+    ai.spawn(todo, jobs, lambda u: [sys.executable, str(Path(__file__).resolve()), "--final", "--unit", u, "--out",
+                                    str(out), "--archive", str(archive)], out / "logs" / "final", archive_if_done)
 
 
 # ------------------------------------------------------------------ cost estimate and report

@@ -29,9 +29,7 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -186,31 +184,6 @@ def run_long(out: Path, archive: Path, unit: str, settings: list[str]) -> None:
         shutil.copy2(dest / file, target / file)
 
 
-# ------------------------------------------------------------------ several processes
-
-
-def spawn(units: list[str], jobs: int, argv: list[str], log_dir: Path) -> None:
-    """Run `units` (each `this script ... --unit U`) `jobs` at a time as single-threaded processes."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
-           "HF_HUB_OFFLINE": "1"}
-    log_dir.mkdir(parents=True, exist_ok=True)
-    todo, running = list(units), {}
-    while todo or running:
-        while todo and len(running) < jobs:
-            u = todo.pop(0)
-            log = open(log_dir / f"{u.replace(':', '_')}.log", "a")
-            cmd = [sys.executable, str(Path(__file__).resolve()), *argv, "--unit", u]
-            running[u] = (subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT), log)
-            print(f"{time.strftime('%H:%M:%S')} {u}: started (log {log.name})", flush=True)
-        time.sleep(5)
-        for u, (proc, log) in list(running.items()):
-            if proc.poll() is not None:
-                log.close()
-                del running[u]
-                print(f"{time.strftime('%H:%M:%S')} {u}: {'done' if proc.returncode == 0 else f'FAILED (exit {proc.returncode})'}",
-                      flush=True)
-
-
 # ------------------------------------------------------------------ the settings: the tuned study's choice
 
 
@@ -327,7 +300,6 @@ def _avg(m: dict) -> str:
 
 def report(archive: Path) -> str:
     """report.md (and recipe.png) from the archive alone."""
-    import alignment_stats as st
 
     initial = {name: read_unit(archive / "initial" / name) for name in ai.BENCHMARKS}
     if any(u is None for u in initial.values()):
@@ -507,6 +479,10 @@ def estimate(settings: dict, seeds: int, rounds: int, tuned_archive: Path | None
 # ------------------------------------------------------------------ command line
 
 
+def worker(argv: list[str]) -> list[str]:
+    return [sys.executable, str(Path(__file__).resolve()), *argv]
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--run", action="store_true", help="run (or continue) the recipe on --seeds")
@@ -566,11 +542,13 @@ def main(argv=None) -> None:
             print("the initial policy's evaluation: taken from the tuned study's archive", flush=True)
         record_settings(archive, args.variant, settings())
         units = ([] if ai.is_finished(archive, "initial") else ["initial"]) + [f"{args.variant}:seed{s}" for s in args.seeds]
-        spawn(units, args.jobs, ["--out", str(out), "--archive", str(archive)], out / "logs")
+        ai.spawn(units, args.jobs, lambda u: worker(["--out", str(out), "--archive", str(archive), "--unit", u]),
+                 out / "logs")
     elif args.long:
         units = ["initial"] + [f"{v}:seed{s}" for v in VARIANTS for s in SEEDS
                                if (root(archive, v) / "settings.json").is_file() and archived_rounds(archive, v, s)]
-        spawn(units, args.jobs, ["--long", "--out", str(out), "--archive", str(archive)], out / "logs")
+        ai.spawn(units, args.jobs, lambda u: worker(["--long", "--out", str(out), "--archive", str(archive),
+                                                     "--unit", u]), out / "logs")
     else:
         ap.print_help()
 
