@@ -216,3 +216,12 @@ def test_the_benchmark_makes_the_configs_it_made_before_the_recipe_changed(arm, 
                      rounds=1)
     overrides = [*sizes.overrides(0), *ai.ARMS[arm], f"out={tmp_path}"]
     assert dataclasses.asdict(ai.arm_config(arm, sizes, 0, tmp_path)) == dataclasses.asdict(load_config(old, overrides))
+
+
+def test_spawn_runs_units_as_processes_and_reports_each_exit(tmp_path, monkeypatch):
+    monkeypatch.setattr(ai.time, "sleep", lambda s: None)
+    seen = {}
+    command = lambda unit: [sys.executable, "-c", f"import sys; print('{unit}'); sys.exit({0 if unit == 'a' else 3})"]
+    failed = ai.spawn(["a", "b:c"], 2, command, tmp_path / "logs", lambda unit, code: seen.update({unit: code}))
+    assert seen == {"a": 0, "b:c": 3} and failed == ["b:c"]
+    assert (tmp_path / "logs" / "a.log").read_text() == "a\n" and (tmp_path / "logs" / "b_c.log").is_file()
