@@ -56,11 +56,13 @@ def sizes() -> ai.Sizes:
 
 def load_recipe(seed: int, settings: list[str], folder: Path, rounds: int | None = None):
     """The recipe config of one seed: the recipe file, then `settings` (the variant's tuned
-    options), then the seed, the folder and (to run one round at a time) the number of rounds."""
+    options), then the seed, the folder and (to run one round at a time) the number of rounds.
+    The benchmarks are measured by this driver (`ai.evaluate`, IFEval and IFBench, the initial
+    policy once for every seed), not inside the run."""
     from ampo.config import load_config
 
     extra = [f"rounds={rounds}"] if rounds is not None else []
-    return load_config(str(RECIPE), [*settings, f"seed={seed}", f"out={folder}", *extra])
+    return load_config(str(RECIPE), [*settings, f"seed={seed}", f"out={folder}", "eval.benchmarks=[]", *extra])
 
 
 def root(folder: Path, variant: str) -> Path:

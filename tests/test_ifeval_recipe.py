@@ -24,6 +24,7 @@ def test_the_recipe_is_the_plans(tmp_path):
     assert c.select.min_margin == 1e-6 and c.select.strategy == "best_worst" and c.train.loss == "dpo"
     assert c.train.learning_rate == 3e-4 and c.train.hparams["beta"] == 0.1 and c.train.reference == "round_start"
     assert c.eval.temperature == 0 and c.eval.benchmark_max_new_tokens == 128
+    assert c.eval.benchmarks == []  # measured by the driver, the initial policy once
     assert recipe.load_recipe(1, s["overrides"], tmp_path, rounds=1).rounds == 1  # one round at a time
 
 

@@ -166,3 +166,19 @@ def test_the_held_out_evaluation_samples_in_the_generation_dtype(tiny_policy, tm
     monkeypatch.setattr(ampo.evaluation, "sample_and_score", spy)
     run(tiny_policy, tmp_path / "run", "generate.dtype=float32")
     assert seen == ["float32", "float32"]  # the baseline, then round 0
+
+
+def test_a_run_given_more_rounds_keeps_the_rounds_it_finished(tiny_policy, tmp_path):
+    """`rounds=1`, then the same command with `rounds=2` on the same folder: round 0's stages are
+    not made again (the IFEval recipe's driver runs a seed one round at a time this way)."""
+    out = tmp_path / "run"
+    first = run(tiny_policy, out)
+    done = {name: dict(entry) for name, entry in stages_of(out).items() if name.startswith("round-0/")}
+    both = run(tiny_policy, out, "rounds=2")
+    assert both[0] == first[0] and len(both) == 2
+    for name, entry in done.items():
+        assert stages_of(out)[name]["finished_at"] == entry["finished_at"], name
+
+
+def stages_of(out):
+    return json.loads((out / "manifest.json").read_text())["stages"]
