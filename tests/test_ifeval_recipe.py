@@ -124,3 +124,41 @@ def test_the_initial_evaluation_is_shared_only_at_the_same_length_dtype_and_cpu(
     (archive / "sizes.json").write_text(json.dumps({"eval_tokens": 128, "limit": 0, "generation_dtype": "bfloat16"}))
     assert ai.copy_initial(source, archive) and ai.is_finished(archive, "initial")
     assert not ai.copy_initial(source, archive)  # already there
+
+
+def test_a_seed_runs_round_by_round_and_is_archived_and_measured_long(tiny_policy, tmp_path, monkeypatch):
+    """The driver end to end on a tiny policy: two rounds, each measured on 3 IFEval and IFBench
+    prompts and archived in the issue's layout, then the long measurement of the final policy."""
+    import alignment_ifeval as ai
+
+    from ampo.cli import main
+
+    prompts = tmp_path / "if_prompts.jsonl"
+    assert main(["-q", "make-prompts", "--task", "ifeval", "--output", str(prompts), "--n", "8", "--seed", "1",
+                 "--base", str(Path(__file__).parents[1] / "examples" / "tiny_prompts.jsonl")]) == 0
+    tiny = [f"model.policy={tiny_policy}", "model.lora=false", f"data.prompts={prompts}", "data.heldout=2",
+            "data.train_prompts=2", "generate.n=4", "generate.max_new_tokens=6", "generate.shard_prompts=2",
+            "select.k=2", "embed.embedder=policy", "eval.max_new_tokens=6", "eval.bootstrap=50",
+            "train.prompts_per_step=2", "train.learning_rate=0.01", "train.save_steps=1", "rounds=2",
+            "select.min_margin=null"]  # a random tiny policy's answers often tie
+    small = ai.Sizes(seeds=(0,), train_prompts=0, heldout=0, n=0, k=0, gen_tokens=0, eval_tokens=4, limit=3, rounds=0)
+    monkeypatch.setattr(recipe, "sizes", lambda: small)
+    monkeypatch.setattr(recipe, "LONG", small)
+    out, archive = tmp_path / "runs", tmp_path / "archive"
+    recipe.run_seed(out, archive, "main", 0, tiny)
+    assert recipe.archived_rounds(archive, "main", 0) == [0, 1]
+    for r in (0, 1):
+        kept = archive / "seed0" / f"round-{r}"
+        assert json.loads((kept / "ifeval" / "metrics.json").read_text())["n_prompts"] == 3
+        assert len((kept / "ifbench" / "responses.jsonl").read_text().splitlines()) == 3
+        assert (kept / "eval.json").is_file() and (kept / "train_log.json").is_file()
+    config = (archive / "seed0" / "config.yaml").read_text()
+    assert "rounds: 2" in config and "unfinished_reward: 0" in config
+    # the in-run benchmarks are off: the driver measures each round once
+    manifest = json.loads((out / "seed0" / "manifest.json").read_text())["stages"]
+    assert not any(name.endswith("/ifeval") or name.startswith("baseline/") for name in manifest)
+    first = json.loads((archive / "seed0" / "round-0" / "ifeval" / "done.json").read_text())
+    recipe.run_seed(out, archive, "main", 0, tiny)  # a rerun makes and measures nothing again
+    assert json.loads((archive / "seed0" / "round-0" / "ifeval" / "done.json").read_text()) == first
+    recipe.run_long(out, archive, "main:seed0", tiny)
+    assert (archive / "long" / "seed0" / "ifeval" / "responses.jsonl").is_file()
