@@ -192,6 +192,13 @@ def arm_order(arms: list[str]) -> list[str]:
     return [a for a in ARMS if a in arms]
 
 
+# Prompts per benchmark generation shard: a shard's prompts share the continuous batch, so this
+# sets which answers decode together, and bf16 greedy answers depend on that (docs/models_generation.md,
+# "bf16 greedy answers depend on the batch"); every policy of a study must be measured with the same
+# value. 32 for the fixed-lr study (results/alignment_ifeval); 128 since (1.3x faster).
+EVAL_SHARD = 128
+
+
 def evaluate(name: str, load_policy, key: str, out: Path, sizes: Sizes) -> dict:
     """The policy's greedy evaluation on benchmark `name` into `out` (metrics.json, results.jsonl,
     responses.jsonl), unless `out/done.json` records the same policy and settings. Resumes from
@@ -200,7 +207,8 @@ def evaluate(name: str, load_policy, key: str, out: Path, sizes: Sizes) -> dict:
     from ampo.data import write_json
     from ampo.ifeval.evaluate import evaluate_policy, output_lock
 
-    done_key = config_key("alignment-eval", name, key, sizes.eval_tokens, sizes.limit)
+    done_key = config_key("alignment-eval", name, key, sizes.eval_tokens, sizes.limit,
+                          *([EVAL_SHARD] if EVAL_SHARD != 32 else []))
     done = out / "done.json"
     if done.is_file() and (out / "metrics.json").is_file() and json.loads(done.read_text()).get("key") == done_key:
         return json.loads((out / "metrics.json").read_text())
@@ -208,10 +216,11 @@ def evaluate(name: str, load_policy, key: str, out: Path, sizes: Sizes) -> dict:
     policy = load_policy()
     with output_lock(out):
         metrics = evaluate_policy(name, policy, out, key=key, limit=sizes.limit, seed=0,
-                                  max_new_tokens=sizes.eval_tokens, prompts_per_batch=16, shard_prompts=32,
+                                  max_new_tokens=sizes.eval_tokens, prompts_per_batch=16, shard_prompts=EVAL_SHARD,
                                   progress=False)
         write_json(done, {"key": done_key, "seconds": round(time.perf_counter() - t0, 1),
-                          "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"), "machine": machine()})
+                          "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"), "machine": machine(),
+                          "shard": EVAL_SHARD})
     return metrics
 
 
@@ -282,10 +291,14 @@ def check_archive(archive: Path, sizes: Sizes) -> None:
 def copy_initial(source: Path, archive: Path) -> bool:
     """Take the initial policy's evaluation from another archive (the tuned study's or the recipe's:
     the same policy, greedy) when this one lacks it and both measured at the same length, on the
-    same prompts, in the same generation dtype (their `sizes.json`), on this kind of CPU (greedy
-    bf16 answers can differ between CPU kinds; `done.json`'s `machine`); True when it was copied."""
+    same prompts, in the same generation dtype (their `sizes.json`), on this kind of CPU and in
+    shards of `EVAL_SHARD` prompts (greedy bf16 answers can differ between CPU kinds and batch
+    layouts; `done.json`'s `machine` and `shard`); True when it was copied."""
     keys = ("eval_tokens", "limit", "generation_dtype")
     if is_finished(archive, "initial") or not is_finished(source, "initial"):
+        return False
+    if any(json.loads((bench_dir(source, "initial", name) / "done.json").read_text()).get("shard") != EVAL_SHARD
+           for name in BENCHMARKS):
         return False
     if any(json.loads((bench_dir(source, "initial", name) / "done.json").read_text()).get("machine") != machine()
            for name in BENCHMARKS):

@@ -118,7 +118,8 @@ def test_the_initial_evaluation_is_shared_only_at_the_same_length_dtype_and_cpu(
         (source / "initial" / name / "done.json").write_text(json.dumps({"machine": "another CPU"}))
     assert not ai.copy_initial(source, archive)  # made on another kind of CPU
     for name in ai.BENCHMARKS:
-        (source / "initial" / name / "done.json").write_text(json.dumps({"machine": ai.machine()}))
+        (source / "initial" / name / "done.json").write_text(json.dumps({"machine": ai.machine(),
+                                                                       "shard": ai.EVAL_SHARD}))
     (archive / "sizes.json").write_text(json.dumps({"eval_tokens": 256, "limit": 0, "generation_dtype": "bfloat16"}))
     assert not ai.copy_initial(source, archive)  # another length
     (archive / "sizes.json").write_text(json.dumps({"eval_tokens": 128, "limit": 0, "generation_dtype": "bfloat16"}))
