@@ -142,6 +142,9 @@ def test_a_full_finetune_does_not_inherit_the_lora_learning_rate(tmp_path, caplo
     caplog.set_level(logging.INFO, logger="ampo")
     assert load_config(overrides=["model.lora=false", "train.loss=dpo"]).train.learning_rate == 1e-6
     assert "train.learning_rate is not set: using 1e-06, the full fine-tune default for dpo (DPO (Rafailov" in caplog.text
+    caplog.clear()
+    assert load_config(overrides=["train.loss=dpo"]).train.learning_rate == LORA["dpo"].value
+    assert "learning_rate" not in caplog.text  # LoRA runs: no line
     assert load_config(overrides=["model.lora=false", "train.loss=simpo"]).train.learning_rate == 5e-7
     assert load_config(overrides=["model.lora=false", "train.loss=pro"]).train.learning_rate == 5e-6
     assert set(FULL_FINETUNE) == set(LORA) == set(LOSSES)
