@@ -164,4 +164,4 @@ def test_the_docs_print_the_default_learning_rates_the_code_uses():
 
     text = (Path(__file__).parents[1] / "docs" / "losses.md").read_text()
     for name, rate in FULL_FINETUNE.items():
-        assert f"| `{name}` | {rate.value:g} | {rate.source} | {LORA[name].value:g} |" in text, name
+        assert f"| {name} | {rate.value:g} | {rate.source} | {LORA[name].value:g} |" in text, name
