@@ -547,6 +547,16 @@ def beside_fixed(fixed: dict, tuned_results: dict, choices: dict[str, dict | Non
     return "\n".join(lines)
 
 
+def initial_heldout(archive: Path) -> float | None:
+    """The initial policy's held-out metric (`baseline_mean_reward` of any archived trial: every
+    trial compares against the same greedy baseline)."""
+    for path in sorted((archive / "tuning").glob("*/*/round-0/eval.json")):
+        value = json.loads(path.read_text()).get("baseline_mean_reward")
+        if value is not None:
+            return value
+    return None
+
+
 def report(archive: Path, arms: list[str]) -> str:
     md = ["# Tuned IFEval study: tuning (seed 0)\n",
           "Metric: `mean_reward`, the `ifeval` reward of one greedy answer per held-out training-style prompt "
@@ -554,12 +564,15 @@ def report(archive: Path, arms: list[str]) -> str:
           f"{TIE} to the lower learning rate (★), among the coordinate design's points (PLAN.md, second trim): "
           "every rate at the loss's default beta, then the other beta at that stage's chosen rate. † marks "
           "points of the full grid run before the second trim: shown, never chosen.\n"]
+    initial = initial_heldout(archive)
+    if initial is not None:
+        md.append(f"The initial policy's greedy answers score {initial:.3f} on this metric (the same 32 prompts).\n")
     for arm in arms:
         trials = archived_trials(archive, arm)
         c = chosen(archive, arm)
         md += [f"## {arm}\n", f"{n_done(archive, arm)} of {n_design(arm)} design trials finished; chosen: "
                + (", ".join(f"{k}={v:g}" for k, v in c["params"].items()) + f" ({c['value']:.3f})" if c else
-                  "not yet (every trial of the grid must finish first)") + "\n", curve_table(trials, arm), ""]
+                  "not yet (every trial of the design must finish first)") + "\n", curve_table(trials, arm), ""]
     text = "\n".join(md) + "\n"
     (archive / "tuning.md").write_text(text)
     finals = [f"seed{s}:{a}" for s in sizes().seeds for a in arms if ai.is_finished(archive, f"seed{s}:{a}")]
