@@ -567,6 +567,12 @@ def report(archive: Path, arms: list[str]) -> str:
     initial = initial_heldout(archive)
     if initial is not None:
         md.append(f"The initial policy's greedy answers score {initial:.3f} on this metric (the same 32 prompts).\n")
+    noise = archive / "heldout_noise.json"
+    if noise.is_file():
+        draws = [v["mean_reward"] for k, v in json.loads(noise.read_text()).items() if k.startswith("weights")]
+        md.append(f"The metric's floor (PLAN.md; `benchmarks/heldout_noise.py`): the initial policy with its weights "
+                  f"perturbed by a relative 1e-4 scores {sum(draws) / len(draws):.3f} on average over {len(draws)} "
+                  f"draws (range {min(draws):.3f} to {max(draws):.3f}): differences of a few hundredths are noise.\n")
     for arm in arms:
         trials = archived_trials(archive, arm)
         c = chosen(archive, arm)
