@@ -289,7 +289,10 @@ def archive_trial(run_dir: Path, dest: Path) -> bool:
         if (run_dir / rel).is_file():
             (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(run_dir / rel, tmp / rel)
-    (tmp / "trial.json").write_text(json.dumps({**record, "folder": run_dir.name}, indent=1) + "\n")
+    # the machine that archives a trial is the one that ran it (the driver archives as trials finish);
+    # greedy bf16 answers differ between CPU kinds, so trials from two kinds are not quite comparable
+    (tmp / "trial.json").write_text(json.dumps({**record, "folder": run_dir.name, "machine": ai.machine()},
+                                               indent=1) + "\n")
     shutil.rmtree(dest, ignore_errors=True)
     os.replace(tmp, dest)
     return True
