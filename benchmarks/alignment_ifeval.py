@@ -131,13 +131,18 @@ def embedder_of(arm: str) -> str:
 # ------------------------------------------------------------------ one arm
 
 
+# The fixed-lr study's one learning rate and LoRA size for every arm (the ifeval recipe's when it ran;
+# spelled out so that the recipe can take the tuned study's choice; the tuned study sweeps the rate)
+FIXED_LR = ["train.learning_rate=3e-4", "model.lora_r=16", "model.lora_alpha=32"]
+
+
 def arm_config(arm: str, sizes: Sizes, seed: int, folder: Path):
-    """The arm's run config: the ifeval recipe, the benchmark's sizes, then the arm's own options
-    (last, so that a pair arm's select.k=1 wins)."""
+    """The arm's run config: the ifeval recipe, the benchmark's sizes and `FIXED_LR`, then the
+    arm's own options (last, so that a pair arm's select.k=1 wins)."""
     from ampo.cli import RECIPES
     from ampo.config import load_config
 
-    return load_config(RECIPES["ifeval"], [*sizes.overrides(seed), *ARMS[arm], f"out={folder}"])
+    return load_config(RECIPES["ifeval"], [*sizes.overrides(seed), *FIXED_LR, *ARMS[arm], f"out={folder}"])
 
 
 def seed_round0(folder: Path, source: Path, with_embedder: bool) -> None:
