@@ -1,7 +1,7 @@
 """Issue 28: the multi-round IFEval recipe on 3 seeds, and what it does to IFEval and IFBench.
 
-Each seed runs the recipe (`src/ampo/recipes/ifeval.yaml` with the settings the tuned study chose,
-`--settings`) one round at a time as an ordinary `ampo run` folder (resumable; each round trains on
+Each seed runs the recipe (`src/ampo/recipes/ifeval.yaml` with the loss, selector and rates the
+tuned study chose, recorded in `settings.json`; `--arm/--lr/--beta` for a pilot) one round at a time as an ordinary `ampo run` folder (resumable; each round trains on
 a fresh window of the bundled training prompts, its reference at the round start, groups without
 reward spread dropped, unfinished training answers scored as failures). After every round the
 round's policy is measured greedily on the full IFEval (541 prompts) and IFBench (300) at 128 new
@@ -13,9 +13,11 @@ scores, config, held-out eval, train log) go to the archive as it finishes, in t
     results/ifeval_recipe/seed{S}/config.yaml, results/ifeval_recipe/settings.json
 
 (the recipe, variant `main`); the AMPO loss with its tuned settings (variant `ampo`, seed 0 only,
-as the issue asks) in results/ifeval_recipe/ampo/ in the same layout. `--long` measures the initial and each seed's final policy at the model card's 1280 new
-tokens on a seeded 128-prompt subset of IFEval. `--report` writes results/ifeval_recipe/report.md
-and recipe.png from the archive alone.
+as the issue asks) in results/ifeval_recipe/ampo/ in the same layout. `--long` measures the
+initial and each seed's final policy at the model card's 1280 new tokens on a seeded 128-prompt
+subset of IFEval (results/ifeval_recipe/long/). `--report` writes results/ifeval_recipe/report.md
+and recipe.png from the archive alone. Each `--run` uses `--jobs` cores; run the `ampo` variant
+after the main one or give each invocation one job.
 
     python benchmarks/ifeval_recipe.py --estimate
     HF_HUB_OFFLINE=1 python benchmarks/ifeval_recipe.py --run --jobs 2            # seeds 0, 1, 2 (+ initial)
