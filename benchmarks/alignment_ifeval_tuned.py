@@ -550,6 +550,22 @@ def beside_fixed(fixed: dict, tuned_results: dict, choices: dict[str, dict | Non
     return "\n".join(lines)
 
 
+# Defaults from evidence (issue 27): the arm whose chosen rate becomes each studied loss's LoRA default
+# (`ampo.losses.rates.LORA`): the loss with the grouping its paper trains on (PLAN.md)
+DEFAULT_ARMS = {"dpo": "dpo best-vs-worst", "simpo": "simpo best-vs-worst", "ampo": "ampo+optselect",
+                "swepo": "swepo all", "grpo": "grpo all"}
+
+
+def defaults_text(archive: Path) -> str:
+    """Each studied loss's LoRA rate as the study chose it (or that it has not yet)."""
+    lines = ["| loss | arm | chosen LoRA rate | held-out metric |", "|---|---|---|---|"]
+    for loss, arm in DEFAULT_ARMS.items():
+        c = chosen(archive, arm)
+        lines.append(f"| {loss} | {arm} | " + (f"{c['params']['train.learning_rate']:g} | {c['value']:.3f} |" if c
+                                               else "not chosen yet | – |"))
+    return "\n".join(lines)
+
+
 def initial_heldout(archive: Path) -> float | None:
     """The initial policy's held-out metric (`baseline_mean_reward` of any archived trial: every
     trial compares against the same greedy baseline)."""
@@ -608,6 +624,8 @@ def main(argv=None) -> None:
     ap.add_argument("--sync", action="store_true", help="archive the finished trials")
     ap.add_argument("--final", action="store_true", help="chosen settings x seeds 0,1,2, with IFEval and IFBench")
     ap.add_argument("--report", action="store_true", help="tuning.md (and alignment.md from finished final units)")
+    ap.add_argument("--defaults", action="store_true",
+                    help="each studied loss's LoRA rate as chosen (for ampo.losses.rates.LORA)")
     ap.add_argument("--unit", help=argparse.SUPPRESS)
     ap.add_argument("--arms", nargs="+", help="a subset of the arms")
     ap.add_argument("--jobs", type=int, default=2)
@@ -633,6 +651,8 @@ def main(argv=None) -> None:
         final(out, archive, arms, args.jobs, args.unit)
     elif args.report:
         print(report(archive, arms))
+    elif args.defaults:
+        print(defaults_text(archive))
     else:
         ap.print_help()
 
