@@ -299,17 +299,13 @@ def copy_initial(source: Path, archive: Path) -> bool:
     same prompts, in the same generation dtype (their `sizes.json`), on this kind of CPU and in
     shards of `EVAL_SHARD` prompts (greedy bf16 answers can differ between CPU kinds and batch
     layouts; `done.json`'s `machine` and `shard`); True when it was copied."""
-    keys = ("eval_tokens", "limit", "generation_dtype")
     if is_finished(archive, "initial") or not is_finished(source, "initial"):
         return False
-    if any(json.loads((bench_dir(source, "initial", name) / "done.json").read_text()).get("shard") != EVAL_SHARD
-           for name in BENCHMARKS):
-        return False
-    if any(json.loads((bench_dir(source, "initial", name) / "done.json").read_text()).get("machine") != machine()
-           for name in BENCHMARKS):
+    done = [json.loads((bench_dir(source, "initial", name) / "done.json").read_text()) for name in BENCHMARKS]
+    if any((d.get("shard"), d.get("machine")) != (EVAL_SHARD, machine()) for d in done):
         return False
     have, want = (json.loads((a / "sizes.json").read_text()) for a in (source, archive))
-    if any(have.get(k) != want.get(k) for k in keys):
+    if any(have.get(k) != want.get(k) for k in ("eval_tokens", "limit", "generation_dtype")):
         return False
     shutil.copytree(source / "initial", archive / "initial", dirs_exist_ok=True)
     return True
@@ -409,7 +405,7 @@ def run_all(args, sizes: Sizes, arms: list[str]) -> None:
                     archive_unit(out, archive, unit)
         return
     (out / "logs").mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
+    env = single_thread_env()
     waiting, running, done, failed = [u for u in todo if u not in archived], {}, set(archived), set()
     while waiting or running:
         for unit in [u for u in waiting if set(todo[u]) & failed]:
@@ -442,12 +438,17 @@ def run_all(args, sizes: Sizes, arms: list[str]) -> None:
                          f"(logs in {out / 'logs'}); rerun the same command to continue")
 
 
+def single_thread_env() -> dict:
+    """The environment of a worker process: one thread for every math library, offline."""
+    return {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
+            "HF_HUB_OFFLINE": "1"}
+
+
 def spawn(units: list[str], jobs: int, command: Callable[[str], list[str]], log_dir: Path,
           on_exit: Callable[[str, int], None] = lambda unit, code: None) -> list[str]:
     """Run each unit's `command(unit)` as a single-threaded process, `jobs` at a time, in order,
     logging to `log_dir/<unit>.log`; `on_exit(unit, exit code)` as each ends. Returns the failed units."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
-           "HF_HUB_OFFLINE": "1"}
+    env = single_thread_env()
     log_dir.mkdir(parents=True, exist_ok=True)
     todo, running, failed = list(units), {}, []
     while todo or running:

@@ -342,8 +342,7 @@ def tune(out: Path, archive: Path, arms: list[str], jobs: int, min_free_gb: floa
     status = seed_store(out / "store", ai.archive_round0(FIXED_ARCHIVE, SEED_TUNE, "minilm"))
     print("round-0 stages from the fixed-lr archive:", json.dumps(status), flush=True)
     (out / "logs").mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
-           "HF_HUB_OFFLINE": "1"}
+    env = ai.single_thread_env()
     waiting = [a for a in arms if next_sweep(archive, a)]
     running: dict[str, tuple] = {}
     last_sync = last_start = 0.0

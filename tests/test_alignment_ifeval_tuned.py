@@ -116,7 +116,8 @@ def fake_trial(folder: Path, lr: float, beta: float, value: float) -> Path:
     (folder / "round-0").mkdir(parents=True, exist_ok=True)
     (folder / "config.yaml").write_text(dump_config(c))
     (folder / "manifest.json").write_text(json.dumps({"stages": {}}))
-    (folder / "round-0" / "eval.json").write_text(json.dumps({"mean_reward": value, "mean_reward_ci": [0.1, 0.9]}))
+    (folder / "round-0" / "eval.json").write_text(json.dumps({"mean_reward": value, "mean_reward_ci": [0.1, 0.9],
+                                                               "baseline_mean_reward": 0.363}))
     (folder / "round-0" / "train_log.json").write_text("[]")
     (folder / "round-0" / "checkpoint").mkdir()  # big files stay out of the archive
     return folder
@@ -151,7 +152,15 @@ def test_a_finished_trial_is_archived_once_with_its_metric_and_params(tmp_path, 
     assert tuned.sync_tuning(out, archive, ["dpo best-vs-worst"]) == 3
     assert "000" in {p.name for p in kept.iterdir()}
     assert tuned.chosen(archive, "dpo best-vs-worst")["params"] == {"train.learning_rate": 3e-5, "train.beta": 0.1}
-    assert "**0.420 [0.100, 0.900]** ★" in tuned.report(archive, ["dpo best-vs-worst"])
+    (archive / "heldout_noise.json").write_text(json.dumps({"fp32": {"mean_reward": 0.5},
+                                                            "weights draw 1": {"mean_reward": 0.30},
+                                                            "weights draw 2": {"mean_reward": 0.34}}))
+    text = tuned.report(archive, ["dpo best-vs-worst"])
+    assert "**0.420 [0.100, 0.900]** ★" in text
+    assert "initial policy's greedy answers score 0.363" in text
+    assert "scores 0.320 on average over 2 draws (range 0.300 to 0.340)" in text  # fp32 is not a draw
+    defaults = tuned.defaults_text(archive)
+    assert "| dpo | dpo best-vs-worst | 3e-05 | 0.420 |" in defaults and "| grpo | grpo all | not chosen yet |" in defaults
     assert (archive / "tuning.md").is_file()
 
 

@@ -156,9 +156,10 @@ class StageStore:
     def entries(self) -> list[dict]:
         """Every whole entry: its `entry.json` plus `bytes` (the size of its files) and `freed`
         (the bytes deleting it frees now: files no run folder links to as well)."""
+        if not self.root.is_dir():
+            return []
         out = []
-        for entry_dir in sorted(p for p in self.root.iterdir() if p.is_dir() and not p.name.startswith(".")) \
-                if self.root.is_dir() else []:
+        for entry_dir in sorted(p for p in self.root.iterdir() if p.is_dir() and not p.name.startswith(".")):
             try:
                 entry = json.loads((entry_dir / "entry.json").read_text())
             except (OSError, ValueError):
@@ -184,7 +185,7 @@ def keys_in(folders: list[Path]) -> set[str]:
     sweep folders, or folders holding them)."""
     keys: set[str] = set()
     for folder in folders:
-        for manifest in [folder / "manifest.json", *folder.rglob("manifest.json")]:
+        for manifest in folder.rglob("manifest.json"):  # the folder's own too
             try:
                 stages = json.loads(manifest.read_text())["stages"]
             except (OSError, ValueError, KeyError, TypeError):

@@ -197,7 +197,7 @@ def _mode_defaults(config: RunConfig, data: dict) -> None:
 
     rate = default_learning_rate(config.train.loss, config.model.lora)
     config.train.learning_rate = rate.value
-    if not config.model.lora and os.environ.get("RANK", "0") == "0":  # the LoRA rate it would have been is logged
+    if not config.model.lora and os.environ.get("RANK", "0") == "0":  # LoRA's default is the one users expect
         logging.getLogger("ampo").info(
             "model.lora is false and train.learning_rate is not set: using %g, the full fine-tune default for %s "
             "(%s; docs/losses.md); set train.learning_rate to choose", rate.value, config.train.loss, rate.source)

@@ -22,6 +22,8 @@ class Rate:
     source: str
 
 
+_NCA = ("a tenth of InfoNCA/NCA's official QLoRA rate, 5e-6 (Chen et al. 2024, arXiv 2402.05369; "
+        "thu-ml/Noise-Contrastive-Alignment yamls)")
 _SIMPO = "SimPO's (Meng et al. 2024, arXiv 2405.14734: official configs 3e-7 to 1e-6 per model, 5e-7 for Mistral-7B-Instruct)"
 
 FULL_FINETUNE: dict[str, Rate] = {
@@ -29,10 +31,8 @@ FULL_FINETUNE: dict[str, Rate] = {
     "ipo": Rate(5e-7, "none from the IPO authors; Hugging Face's DPO/IPO/KTO comparison "
                       "(alignment-handbook recipes/pref_align_scan) trains IPO at 5e-7"),
     "simpo": Rate(5e-7, _SIMPO),
-    "infonca": Rate(5e-7, "a tenth of InfoNCA/NCA's official QLoRA rate, 5e-6 (Chen et al. 2024, arXiv 2402.05369; "
-                          "thu-ml/Noise-Contrastive-Alignment yamls)"),
-    "nca": Rate(5e-7, "a tenth of InfoNCA/NCA's official QLoRA rate, 5e-6 (Chen et al. 2024, arXiv 2402.05369; "
-                      "thu-ml/Noise-Contrastive-Alignment yamls)"),
+    "infonca": Rate(5e-7, _NCA),
+    "nca": Rate(5e-7, _NCA),
     "pro": Rate(5e-6, "PRO (Song et al. 2023, arXiv 2306.17492), LLaMA-7B, and its training scripts"),
     "lipo": Rate(1e-6, "none published (no official code); DPO's, the pairwise loss LiPO generalises"),
     "mmpo": Rate(5e-7, "MMPO (Kim et al. 2024, arXiv 2410.03145) official recipes: Gemma-7B and Llama-3-8B"),
