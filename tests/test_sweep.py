@@ -189,6 +189,47 @@ def test_a_folder_holding_another_sweep_is_refused(tiny_policy, tmp_path, capsys
     assert sorted(os.listdir(out)) == ["sweep.json"]
 
 
+def _written_by_an_earlier_ampo(policy, out: Path, *flags) -> dict:
+    """Write the sweep.json that an ampo without `score.unfinished_reward` (added later, default
+    None) would have written for the same command: its base config and default study name."""
+    from ampo.cli import build_parser
+    from ampo.commands.sweep import build_sweep
+    from ampo.sweep import default_study_name
+
+    args = build_parser().parse_args(["sweep", *tiny(policy), "--out", str(out), *flags])
+    new, _ = build_sweep(args)
+    old = new.to_json()
+    del old["base"]["score"]["unfinished_reward"]
+    old["study"] = default_study_name(new.identity(old["base"], new.space, new.metric, new.direction))
+    out.mkdir(parents=True)
+    (out / "sweep.json").write_text(json.dumps(old))
+    return old
+
+
+def test_a_sweep_written_by_an_earlier_ampo_resumes_under_its_own_study(tiny_policy, tmp_path):
+    """Upgrading ampo mid-sweep adds options at their defaults: the folder's study is the same one."""
+    from ampo.cli import build_parser
+    from ampo.commands.sweep import build_sweep
+    from ampo.sweep import check_folder
+
+    out = tmp_path / "s"
+    old = _written_by_an_earlier_ampo(tiny_policy, out, "--grid", "train.learning_rate=1e-3,1e-2")
+    new, _ = build_sweep(build_parser().parse_args(["sweep", *tiny(tiny_policy), "--out", str(out), "--grid",
+                                                    "train.learning_rate=1e-3,1e-2"]))
+    assert new.study_name != old["study"]
+    resumed = check_folder(new)
+    assert resumed.study_name == old["study"] and resumed.base == old["base"]
+    assert resumed.trial_config({}, out / "t").to_dict() == new.trial_config({}, out / "t").to_dict()
+
+
+def test_an_earlier_sweep_that_differs_beyond_new_defaults_is_still_refused(tiny_policy, tmp_path, capsys):
+    out = tmp_path / "s"
+    _written_by_an_earlier_ampo(tiny_policy, out, "--grid", "train.learning_rate=1e-3,1e-2")
+    assert sweep(tiny_policy, out, "--grid", "train.learning_rate=1e-3,1e-2", "--estimate",
+                 extra=["score.unfinished_reward=0"]) == 2
+    assert "base config differ: score.unfinished_reward was None, now 0" in capsys.readouterr().err
+
+
 # -- --estimate ---------------------------------------------------------------------------------
 
 def test_estimate_counts_trials_and_shared_stages_without_running(tiny_policy, tmp_path, capsys):

@@ -17,6 +17,7 @@ A failed trial is retried once per `ampo sweep` command, in its own folder.
 
 from __future__ import annotations
 
+import copy
 import fcntl
 import json
 import logging
@@ -25,11 +26,11 @@ import os
 import socket
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
-from .config import ConfigError, RunConfig, short
+from .config import ConfigError, RunConfig, load_config, short
 from .hashing import config_key, seed_from
 from .sweep_space import SweepParam, SweepSpace, trial_config
 
@@ -96,35 +97,58 @@ def default_study_name(identity: dict) -> str:
     return f"ampo-sweep-{config_key(identity)[:12]}"
 
 
-def save(sweep: Sweep) -> None:
-    """Write `DIR/sweep.json`, refusing a folder that holds another sweep (one line)."""
+def save(sweep: Sweep) -> Sweep:
+    """Write `DIR/sweep.json` and return the sweep to run there (see `check_folder`)."""
     from .data import write_json
 
-    check_folder(sweep)
+    sweep = check_folder(sweep)
     sweep.dir.mkdir(parents=True, exist_ok=True)
     write_json(sweep.dir / SPEC, sweep.to_json())
+    return sweep
 
 
-def check_folder(sweep: Sweep) -> None:
-    """Refuse (one line) a sweep folder that holds another sweep."""
+def check_folder(sweep: Sweep) -> Sweep:
+    """The sweep to run in `sweep.dir`: `sweep` itself, or, where the folder holds the same study
+    written by an earlier ampo (whose configs lacked options that are now at their defaults), that
+    study under its own base config and name, so an upgrade does not orphan a half-done sweep. A
+    folder that holds any other sweep is refused in one line."""
     path = sweep.dir / SPEC
-    if path.exists():
-        try:
-            old = json.loads(path.read_text())
-        except ValueError:
-            old = None
-        if isinstance(old, dict):
-            new = sweep.identity(sweep.base, sweep.space, sweep.metric, sweep.direction)
-            for name, what in (("params", "swept options"), ("sampler", "sampler"), ("metric", "metric"),
-                               ("direction", "direction"), ("base", "base config")):
-                if old.get(name) != new[name]:
-                    detail = _first_difference(old.get(name), new[name]) if name == "base" else ""
-                    raise ConfigError(f"--out {sweep.dir} holds another sweep (its {what} differ{detail}); "
-                                      f"repeat its command to resume it, or choose another --out (with "
-                                      f"store={sweep.store} to reuse its stages)")
-            if old.get("storage") != sweep.storage or old.get("study") != sweep.study_name:
-                raise ConfigError(f"--out {sweep.dir}: its study is in {old.get('storage') or 'study.journal'} "
-                                  f"(study {old.get('study')}); pass the same --storage / --study to resume it")
+    if not path.exists():
+        return sweep
+    try:
+        old = json.loads(path.read_text())
+    except ValueError:
+        return sweep
+    if not isinstance(old, dict):
+        return sweep
+    new = sweep.identity(sweep.base, sweep.space, sweep.metric, sweep.direction)
+    upgraded = old.get("base") != new["base"] and _with_defaults(old.get("base")) == new["base"]
+    for name, what in (("params", "swept options"), ("sampler", "sampler"), ("metric", "metric"),
+                       ("direction", "direction"), ("base", "base config")):
+        if old.get(name) != new[name] and not (name == "base" and upgraded):
+            detail = _first_difference(old.get(name), new[name]) if name == "base" else ""
+            raise ConfigError(f"--out {sweep.dir} holds another sweep (its {what} differ{detail}); "
+                              f"repeat its command to resume it, or choose another --out (with "
+                              f"store={sweep.store} to reuse its stages)")
+    named_by_default = sweep.study_name == default_study_name(new)
+    if old.get("storage") != sweep.storage or (
+            old.get("study") != sweep.study_name and not (upgraded and named_by_default)):
+        raise ConfigError(f"--out {sweep.dir}: its study is in {old.get('storage') or 'study.journal'} "
+                          f"(study {old.get('study')}); pass the same --storage / --study to resume it")
+    return replace(sweep, base=old["base"], study_name=old["study"]) if upgraded else sweep
+
+
+def _with_defaults(base: Any) -> dict | None:
+    """`base` as the current ampo spells it: every option it leaves out at its default (None
+    where it is not a valid config any more)."""
+    from .sweep_space import base_data
+
+    if not isinstance(base, dict):
+        return None
+    try:
+        return base_data(load_config(base={**copy.deepcopy(base), "out": "sweep", "store": None}))
+    except ConfigError:
+        return None
 
 
 def _first_difference(old: Any, new: Any, prefix: str = "") -> str:

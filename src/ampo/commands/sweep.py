@@ -54,10 +54,10 @@ def cmd_sweep(args) -> None:
         from ..sweep import check_folder
         from ..sweep_estimate import estimate
 
-        check_folder(sweep)
+        sweep = check_folder(sweep)
         print(estimate(sweep, args.jobs, base_out=config.out))
         return
-    save(sweep)
+    sweep = save(sweep)
     st = open_study(sweep)
     retry_failed(st)
     from tqdm.auto import tqdm
