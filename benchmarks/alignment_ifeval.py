@@ -404,35 +404,18 @@ def run_all(args, sizes: Sizes, arms: list[str]) -> None:
                 if archive:
                     archive_unit(out, archive, unit)
         return
-    (out / "logs").mkdir(parents=True, exist_ok=True)
-    env = single_thread_env()
-    waiting, running, done, failed = [u for u in todo if u not in archived], {}, set(archived), set()
-    while waiting or running:
-        for unit in [u for u in waiting if set(todo[u]) & failed]:
-            waiting.remove(unit)
-            failed.add(unit)
-            print(f"{unit}: skipped (waits for a failed unit)", flush=True)
-        ready = [u for u in waiting if set(todo[u]) <= done or has_round0(out, archive, u, arms)]
-        while ready and len(running) < args.jobs:
-            unit = ready.pop(0)
-            waiting.remove(unit)
-            log_path = out / "logs" / f"{unit.replace(':', '_').replace(' ', '_')}.log"
-            log = open(log_path, "a")
-            cmd = [sys.executable, str(HERE / "bench_alignment.py"), *worker_argv(args, sizes, arms), "--unit", unit]
-            running[unit] = (subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env), log)
-            print(f"{unit}: started (log {log_path})", flush=True)
-        time.sleep(1)
-        for unit, (proc, log) in list(running.items()):
-            if proc.poll() is not None:
-                log.close()
-                del running[unit]
-                (done if proc.returncode == 0 else failed).add(unit)
-                if proc.returncode:
-                    print(f"{unit}: FAILED (exit {proc.returncode})", flush=True)
-                else:
-                    if archive:
-                        archive_unit(out, archive, unit)
-                    print(f"{unit}: done" + (" (archived)" if archive else ""), flush=True)
+
+    def waits_for(unit: str) -> list[str]:  # nothing once its seed's pool is there to copy
+        return [] if has_round0(out, archive, unit, arms) else [u for u in todo[unit] if u not in archived]
+
+    def finished(unit: str, code: int) -> None:
+        if code == 0 and archive:
+            archive_unit(out, archive, unit)
+
+    def command(unit: str) -> list[str]:
+        return [sys.executable, str(HERE / "bench_alignment.py"), *worker_argv(args, sizes, arms), "--unit", unit]
+
+    failed = spawn([u for u in todo if u not in archived], args.jobs, command, out / "logs", finished, waits_for)
     if failed:
         raise SystemExit(f"bench_alignment: {len(failed)} unit(s) failed or skipped: {', '.join(sorted(failed))} "
                          f"(logs in {out / 'logs'}); rerun the same command to continue")
@@ -445,18 +428,28 @@ def single_thread_env() -> dict:
 
 
 def spawn(units: list[str], jobs: int, command: Callable[[str], list[str]], log_dir: Path,
-          on_exit: Callable[[str, int], None] = lambda unit, code: None) -> list[str]:
+          on_exit: Callable[[str, int], None] = lambda unit, code: None,
+          waits_for: Callable[[str], list[str]] = lambda unit: []) -> list[str]:
     """Run each unit's `command(unit)` as a single-threaded process, `jobs` at a time, in order,
-    logging to `log_dir/<unit>.log`; `on_exit(unit, exit code)` as each ends. Returns the failed units."""
+    logging to `log_dir/<unit>.log`; `on_exit(unit, exit code)` as each ends. A unit starts once
+    the units of this call it `waits_for` (asked again each time) have succeeded, and is skipped
+    if one of them failed. Returns the failed and skipped units."""
     env = single_thread_env()
     log_dir.mkdir(parents=True, exist_ok=True)
-    todo, running, failed = list(units), {}, []
+    todo, running, done, failed = list(units), {}, set(), []
     while todo or running:
-        while todo and len(running) < jobs:
-            unit = todo.pop(0)
+        for unit in [u for u in todo if set(waits_for(u)) & set(failed)]:
+            todo.remove(unit)
+            failed.append(unit)
+            print(f"{time.strftime('%H:%M:%S')} {unit}: skipped (waits for a failed unit)", flush=True)
+        ready = [u for u in todo if set(waits_for(u)) <= done]
+        if todo and not ready and not running:
+            raise ValueError(f"spawn: {', '.join(todo)} wait for units that are not run")
+        while ready and len(running) < jobs:
+            unit = ready.pop(0)
+            todo.remove(unit)
             log = open(log_dir / f"{unit.replace(':', '_').replace(' ', '_')}.log", "a")
-            running[unit] = (subprocess.Popen(command(unit), stdout=log, stderr=subprocess.STDOUT, env=env,
-                                              cwd=HERE.parent), log)
+            running[unit] = (subprocess.Popen(command(unit), stdout=log, stderr=subprocess.STDOUT, env=env), log)
             print(f"{time.strftime('%H:%M:%S')} {unit}: started (log {log.name})", flush=True)
         time.sleep(5)
         for unit, (proc, log) in list(running.items()):
@@ -464,8 +457,7 @@ def spawn(units: list[str], jobs: int, command: Callable[[str], list[str]], log_
                 log.close()
                 del running[unit]
                 on_exit(unit, proc.returncode)
-                if proc.returncode:
-                    failed.append(unit)
+                (done.add(unit) if proc.returncode == 0 else failed.append(unit))
                 print(f"{time.strftime('%H:%M:%S')} {unit}: "
                       + ("done" if proc.returncode == 0 else f"FAILED (exit {proc.returncode})"), flush=True)
     return failed

@@ -443,6 +443,7 @@ def final(out: Path, archive: Path, arms: list[str], jobs: int, unit: str | None
             ai.archive_unit(out / "final", archive, u)
             print(f"{u}: done (archived)", flush=True)
         return
+
     def archive_if_done(unit: str, code: int) -> None:
         if code == 0:
             ai.archive_unit(out / "final", archive, unit)

@@ -225,3 +225,16 @@ def test_spawn_runs_units_as_processes_and_reports_each_exit(tmp_path, monkeypat
     failed = ai.spawn(["a", "b:c"], 2, command, tmp_path / "logs", lambda unit, code: seen.update({unit: code}))
     assert seen == {"a": 0, "b:c": 3} and failed == ["b:c"]
     assert (tmp_path / "logs" / "a.log").read_text() == "a\n" and (tmp_path / "logs" / "b_c.log").is_file()
+
+
+def test_spawn_starts_a_unit_after_those_it_waits_for_and_skips_it_when_one_failed(tmp_path, monkeypatch):
+    monkeypatch.setattr(ai.time, "sleep", lambda s: None)
+    order = tmp_path / "order"
+    command = lambda unit: [sys.executable, "-c", f"open({str(order)!r}, 'a').write('{unit} ');"
+                                                  f"raise SystemExit({3 if unit == 'bad' else 0})"]
+    failed = ai.spawn(["late", "bad", "never", "first"], 2, command, tmp_path / "logs",
+                      waits_for=lambda unit: {"late": ["first"], "never": ["bad"]}.get(unit, []))
+    assert sorted(failed) == ["bad", "never"]
+    assert order.read_text().split() in (["bad", "first", "late"], ["first", "bad", "late"])
+    with pytest.raises(ValueError, match="wait for units that are not run"):
+        ai.spawn(["a"], 1, command, tmp_path / "logs", waits_for=lambda unit: ["elsewhere"])
