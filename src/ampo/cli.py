@@ -1,6 +1,7 @@
-"""The `ampo` command: `run` and `demo` for whole self-play runs, one command per stage
-(`generate`, `score`, `embed`, `select`, `train-rm`, `report`) for files a user already has, and
-the IFEval task's `evaluate` and `make-prompts`.
+"""The `ampo` command: `run` and `demo` for whole self-play runs (`export` writes a round's
+policy as one model folder), one command per stage (`generate`, `score`, `embed`, `select`,
+`train-rm`, `report`) for files a user already has, and the IFEval task's `evaluate` and
+`make-prompts`.
 
 Bad input exits with status 2 and one line naming the file, row and field; outputs are written
 atomically, so a failed command leaves no partial file.
@@ -16,6 +17,7 @@ import logging
 import sys
 
 from .commands.evaluate import cmd_evaluate, cmd_make_prompts
+from .commands.export import cmd_export
 from .commands.pool import cmd_embed, cmd_generate, cmd_score, cmd_select
 from .commands.run import DEMO_RECIPE, RECIPES, cmd_demo, cmd_report, cmd_run
 from .commands.store import cmd_store
@@ -280,6 +282,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--keep", nargs="+", metavar="DIR", help="run or sweep folders (searched recursively)")
     s.add_argument("--dry-run", action="store_true", help="with --prune: say what would go, delete nothing")
     s.set_defaults(fn=cmd_store)
+
+    s = sub.add_parser("export", help="the policy after a round of a run, as one model folder",
+                       description="Write the policy after a finished round of RUN (default: the last) as a "
+                                   "plain model folder (safetensors and tokenizer; a LoRA run's adapters merged "
+                                   "in order), for transformers, vLLM or `ampo evaluate --policy`.")
+    s.add_argument("run", help="a run folder (`out` of `ampo run` / `ampo demo`)")
+    s.add_argument("--out", required=True, help="new or empty folder for the model")
+    s.add_argument("--round", type=_ranged(int, Range(0)), help="0-based round (default: the last finished one)")
+    s.set_defaults(fn=cmd_export)
 
     s = sub.add_parser("report", help="rewrite report.md and plots of a finished run folder")
     s.add_argument("run")
