@@ -337,34 +337,48 @@ def mem_available_gb() -> float:
 
 def tune(out: Path, archive: Path, arms: list[str], jobs: int, min_free_gb: float = 11.0) -> None:
     """One `ampo sweep` per arm, `jobs` arms at a time (each one single-threaded process), archiving
-    finished trials every minute. Rerun to continue: finished trials are kept, killed ones resume."""
+    finished trials every minute; once no arm is waiting, a free slot joins a running sweep that
+    has trials no process has taken (`ampo sweep-worker` on its folder), so the last, longest arm
+    does not run on one core alone. Rerun to continue: finished trials are kept, killed ones resume."""
     ai.check_archive(archive, sizes())
     status = seed_store(out / "store", ai.archive_round0(FIXED_ARCHIVE, SEED_TUNE, "minilm"))
     print("round-0 stages from the fixed-lr archive:", json.dumps(status), flush=True)
     (out / "logs").mkdir(parents=True, exist_ok=True)
     env = ai.single_thread_env()
     waiting = [a for a in arms if next_sweep(archive, a)]
-    running: dict[str, tuple] = {}
+    running: dict[str, tuple] = {}  # tag ("ARM", or "ARM +N" for a helper) -> (process, log, arm, stage, points)
     last_sync = last_start = 0.0
     while waiting or running:
-        # a second sweep starts only with room for its training process (~9-10 GB) on a shared machine
+        # a second process starts only with room for its training process (~9-10 GB) on a shared machine
         # (measured 3 minutes after the last start, when that one's training has its memory)
-        while waiting and len(running) < jobs and (not running or (
+        while len(running) < jobs and (not running or (
                 time.time() - last_start > 180 and mem_available_gb() >= min_free_gb)):
-            arm = waiting.pop(0)
-            stage, points = next_sweep(archive, arm)
+            if waiting:
+                arm = waiting.pop(0)
+                (stage, points), tag = next_sweep(archive, arm), arm
+                cmd = sweep_command(arm, out, stage, points)
+            else:
+                helped = next((entry for entry in running.values() if untaken(archive, running, *entry[2:])), None)
+                if helped is None:
+                    break
+                arm, stage, points = helped[2:]
+                tag = f"{arm} +{sum(e[2] == arm for e in running.values())}"
+                cmd = [sys.executable, "-m", "ampo.cli", "-q", "sweep-worker", str(sweep_dir(out, arm, stage))]
             last_start = time.time()
             log = open(out / "logs" / f"{slug(arm)}{STAGES[stage]}.log", "a")
-            running[arm] = (subprocess.Popen(sweep_command(arm, out, stage, points), stdout=log,
-                                             stderr=subprocess.STDOUT, env=env, cwd=ROOT), log, stage)
-            print(f"{arm}: {stage} sweep started (log {log.name})", flush=True)
+            running[tag] = (subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT), log,
+                            arm, stage, points)
+            print(f"{tag}: {stage} sweep " + ("joined" if tag != arm else "started") + f" (log {log.name})",
+                  flush=True)
         time.sleep(5)
-        for arm, (proc, log, stage) in list(running.items()):
+        for tag, (proc, log, arm, stage, points) in list(running.items()):
             if proc.poll() is not None:
                 log.close()
-                del running[arm]
-                print(f"{arm}: {stage} sweep ended (exit {proc.returncode})", flush=True)
+                del running[tag]
+                print(f"{tag}: {stage} sweep ended (exit {proc.returncode})", flush=True)
                 sync_tuning(out, archive, [arm])
+                if any(entry[2] == arm for entry in running.values()):
+                    continue  # the arm's last process to end moves it on
                 following = next_sweep(archive, arm)
                 if proc.returncode == 0 and following and following[0] != stage:
                     waiting.insert(0, arm)  # stage 2 right after stage 1
@@ -372,6 +386,13 @@ def tune(out: Path, archive: Path, arms: list[str], jobs: int, min_free_gb: floa
             n = sync_tuning(out, archive, arms)
             last_sync = time.time()
             print(f"{time.strftime('%H:%M:%S')}: {n} of {n_trials(arms)} trials archived", flush=True)
+
+
+def untaken(archive: Path, running: dict, arm: str, stage: str, points: list[dict]) -> bool:
+    """Whether the arm's running sweep has more points left than processes working on it."""
+    trials = archived_trials(archive, arm)
+    left = sum(find(trials, p) is None for p in points)
+    return left > sum(entry[2] == arm for entry in running.values())
 
 
 # ------------------------------------------------------------------ the final runs

@@ -258,3 +258,64 @@ def test_the_final_phase_archives_its_units_and_reports_them(tmp_path, monkeypat
     assert "## Beside the fixed-lr study" in text and "| dpo best-vs-worst | learning_rate 3e-05, beta 0.03 |" in text
     md = (archive / "alignment.md").read_text()
     assert "over seeds and prompts" in md and "punctuation:no_comma" in md
+
+
+class FakeSweeps:
+    """Stand-ins for the sweep processes of `tuned.tune`: each poll of a running process finishes
+    (archives) the first point of its stage that no trial has yet, a value that makes 3e-5 the
+    chosen rate; it exits once its stage has none left."""
+
+    def __init__(self, archive: Path):
+        self.archive, self.commands, self.clock = archive, [], 0.0
+
+    def popen(self, cmd, **kw):
+        self.commands.append(cmd)
+        fake, points = self, self.points(cmd)
+
+        class Proc:
+            returncode = None
+
+            def poll(self):
+                trials = tuned.archived_trials(fake.archive, fake.arm)
+                left = [p for p in points if tuned.find(trials, p) is None]
+                if not left:
+                    self.returncode = 0
+                    return 0
+                folder = fake.archive / "tuning" / tuned.slug(fake.arm) / f"{len(trials):03d}"
+                folder.mkdir(parents=True)
+                value = 0.4 if left[0]["train.learning_rate"] == 3e-5 else 0.3
+                (folder / "trial.json").write_text(json.dumps({"params": left[0], "value": value}))
+                return None
+        return Proc()
+
+    def points(self, cmd) -> list[dict]:
+        folder = Path(cmd[cmd.index("--out") + 1] if "--out" in cmd else cmd[-1])
+        stage = "beta" if folder.name.endswith("-beta") else "lr"
+        return tuned.next_sweep_points(self.arm, tuned.archived_trials(self.archive, self.arm))[1] \
+            if stage == "beta" else tuned.lr_points(self.arm)
+
+    def time(self):
+        self.clock += 100.0
+        return self.clock
+
+
+def test_tune_moves_each_arm_through_its_stages_and_lets_a_free_slot_join_the_last_sweep(tmp_path, monkeypatch):
+    out, archive = tmp_path / "out", tmp_path / "archive"
+    fake = FakeSweeps(archive)
+    fake.arm = "dpo best-vs-worst"
+    monkeypatch.setattr(tuned.subprocess, "Popen", fake.popen)
+    monkeypatch.setattr(tuned.time, "time", fake.time)
+    monkeypatch.setattr(tuned.time, "sleep", lambda s: None)
+    monkeypatch.setattr(tuned, "mem_available_gb", lambda: 20.0)
+    monkeypatch.setattr(tuned, "seed_store", lambda store, source: {})
+    monkeypatch.setattr(tuned.ai, "check_archive", lambda archive, sizes: None)
+    monkeypatch.setattr(tuned.ai, "archive_round0", lambda *a: None)
+    monkeypatch.setattr(tuned, "sync_tuning", lambda out, archive, arms: len(list(archive.rglob("trial.json"))))
+    tuned.tune(out, archive, [fake.arm], jobs=2)
+    kinds = [("worker" if "sweep-worker" in c else "sweep", Path(c[-1] if "sweep-worker" in c else
+                                                                  c[c.index("--out") + 1]).name) for c in fake.commands]
+    # stage 1 (four rates) by its sweep and a helper that joined it, stage 2 (one beta) alone
+    assert kinds == [("sweep", "dpo_best-vs-worst-lr"), ("worker", "dpo_best-vs-worst-lr"),
+                     ("sweep", "dpo_best-vs-worst-beta")]
+    chosen = tuned.chosen(archive, fake.arm)
+    assert chosen["params"]["train.learning_rate"] == 3e-5 and tuned.n_done(archive, fake.arm) == 5
