@@ -597,6 +597,25 @@ def initial_heldout(archive: Path) -> float | None:
     return None
 
 
+def summary_table(archive: Path, arms: list[str], initial: float | None) -> str:
+    """One row per arm: the chosen settings and metric, whether its interval excludes the initial
+    policy's score, and whether the chosen rate is an end of the grid (the grid cannot say
+    whether a rate beyond it would be better still)."""
+    lines = ["| arm | chosen rate | beta | held-out [95% CI] | interval excludes the initial policy | rate at the "
+             "grid's end |", "|---|---|---|---|---|---|"]
+    for arm in arms:
+        c = chosen(archive, arm)
+        if c is None:
+            lines.append(f"| {arm} | not chosen yet | | | | |")
+            continue
+        lr, beta, ci = c["params"]["train.learning_rate"], c["params"].get("train.beta"), c.get("ci")
+        excludes = "–" if initial is None or not ci else "yes" if not ci[0] <= initial <= ci[1] else "no"
+        edge = "highest" if lr == max(LEARNING_RATES) else "lowest" if lr == min(LEARNING_RATES) else "no"
+        shown = f"{c['value']:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
+        lines.append(f"| {arm} | {lr:g} | {'–' if beta is None else f'{beta:g}'} | {shown} | {excludes} | {edge} |")
+    return "## Summary\n\n" + "\n".join(lines) + "\n"
+
+
 def report(archive: Path, arms: list[str]) -> str:
     md = ["# Tuned IFEval study: tuning (seed 0)\n",
           "Metric: `mean_reward`, the `ifeval` reward of one greedy answer per held-out training-style prompt "
@@ -613,6 +632,7 @@ def report(archive: Path, arms: list[str]) -> str:
         md.append(f"The metric's floor (PLAN.md; `benchmarks/heldout_noise.py`): the initial policy with its weights "
                   f"perturbed by a relative 1e-4 scores {sum(draws) / len(draws):.3f} on average over {len(draws)} "
                   f"draws (range {min(draws):.3f} to {max(draws):.3f}): differences of a few hundredths are noise.\n")
+    md.append(summary_table(archive, arms, initial))
     for arm in arms:
         trials = archived_trials(archive, arm)
         c = chosen(archive, arm)

@@ -157,6 +157,7 @@ def test_a_finished_trial_is_archived_once_with_its_metric_and_params(tmp_path, 
                                                             "weights draw 2": {"mean_reward": 0.34}}))
     text = tuned.report(archive, ["dpo best-vs-worst"])
     assert "**0.420 [0.100, 0.900]** ★" in text
+    assert "| dpo best-vs-worst | 3e-05 | 0.1 | 0.420 [0.100, 0.900] | no | lowest |" in text  # of the patched grid
     assert "initial policy's greedy answers score 0.363" in text
     assert "scores 0.320 on average over 2 draws (range 0.300 to 0.340)" in text  # fp32 is not a draw
     defaults = tuned.defaults_text(archive)
