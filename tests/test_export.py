@@ -87,9 +87,11 @@ def test_export_refusals_are_one_line(lora_run, tmp_path, capsys, case, message)
     assert case == "out not empty" and (out / "keep.txt").read_text() == "mine" or not out.exists()
 
 
-def test_a_full_fine_tune_round_exports_its_weights(tiny_policy, tmp_path):
-    run(tiny_policy, tmp_path / "run")
-    assert main(["export", str(tmp_path / "run"), "--out", str(tmp_path / "model")]) == 0
+def test_a_full_fine_tune_round_exports_its_weights_as_ampo_run_says(tiny_policy, tmp_path, capsys):
+    assert main(["-q", "run", *tiny_overrides(tiny_policy, tmp_path / "run")]) == 0
+    hint = capsys.readouterr().out.strip().splitlines()[-1]
+    assert hint == f"the trained policy as one model folder: ampo export {tmp_path / 'run'} --out MODEL_DIR"
+    assert main(hint.split(": ampo ")[1].replace("MODEL_DIR", str(tmp_path / "model")).split()) == 0
     exported = AutoModelForCausalLM.from_pretrained(tmp_path / "model")
     trained = AutoModelForCausalLM.from_pretrained(tmp_path / "run" / "round-0" / "checkpoint")
     torch.testing.assert_close(logits(exported), logits(trained), rtol=0, atol=0)

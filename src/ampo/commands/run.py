@@ -49,6 +49,7 @@ def _print_results(out: str, results: list[dict]) -> None:
             print(f"    {name} avg prompt/inst (strict): {100 * m['avg_prompt_inst_strict_acc']:.1f} "
                   f"(initial {100 * m['initial']['avg_prompt_inst_strict_acc']:.1f})")
     print(f"report: {Path(out) / 'report.md'}")
+    print(f"the trained policy as one model folder: ampo export {out} --out MODEL_DIR")
 
 
 def cmd_report(args) -> None:
