@@ -4,8 +4,8 @@ resumable stage of the manifest (`round-R/train-s{t}`); the references of stage 
 recomputed under the policy after stage t - 1 (`round-R/refs-s{t}`), and a LoRA round trains one
 adapter on through its stages.
 
-`CurryStages` is part of `ampo.pipeline.Pipeline` (a mixin): it uses the pipeline's config,
-stages, round folders, pool and policies.
+`CurryStages` is part of `ampo.pipeline.Pipeline` (a mixin over `Runner`): it uses the
+pipeline's config, keys, round folders, pool and policies, declared below.
 """
 
 from __future__ import annotations
@@ -13,15 +13,30 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
 
 from .stage_keys import lora_seed, n_refs
 from .data import PoolRecord, atomic_dir, write_json, write_rows
+from .runner import Runner
 from .stages import load_round_policy
 
+if TYPE_CHECKING:
+    from .config import RunConfig
+    from .stage_keys import RunKeys
 
-class CurryStages:
+
+class CurryStages(Runner):
     """The Curry-DPO part of `Pipeline`: `_train_pair_stages` is round r's train stage when
     `train.curriculum` is `pairs`."""
+
+    # what `Pipeline` provides
+    c: RunConfig
+    keys: RunKeys
+    _loaded: dict[str, Any]  # the policy in memory (cleared before loading another)
+    policy: Callable[[int], tuple]  # (model, tokenizer) that round r starts from
+    round_dir: Callable[[int], Path]
+    training_pool: Callable[[int], list[PoolRecord]]
+    selected_logprobs: Callable[..., list]
 
     def _train_pair_stages(self, r: int, key: str, out: Path) -> dict:
         """Train round r in stages 1..n (n = the most negatives of any group), each a resumable

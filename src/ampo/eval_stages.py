@@ -3,8 +3,8 @@ once per run), the benchmarks (IFEval, IFBench) on the initial policy and after 
 each round's `eval.json` (`ampo.evaluation.compare` against the baseline); their keys are
 `ampo.stage_keys.RunKeys`'.
 
-`EvalStages` is part of `ampo.pipeline.Pipeline` (a mixin): it uses the pipeline's config,
-stages, keys, reward function, embedder and policies.
+`EvalStages` is part of `ampo.pipeline.Pipeline` (a mixin over `Runner`): it uses the
+pipeline's config, keys, reward function, embedder and policies, declared below.
 """
 
 from __future__ import annotations
@@ -12,16 +12,29 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
 
 from .hashing import seed_from
 from .data import write_json, write_rows
-from .runner import fingerprints
+from .runner import Runner, fingerprints
+
+if TYPE_CHECKING:
+    from .config import RunConfig
+    from .stage_keys import RunKeys
 
 log = logging.getLogger("ampo")
 
 
-class EvalStages:
+class EvalStages(Runner):
     """The held-out evaluation and benchmark stages of `Pipeline`."""
+
+    # what `Pipeline` provides
+    c: RunConfig
+    keys: RunKeys
+    policy: Callable[[int], tuple]  # (model, tokenizer) that round r starts from
+    reward_fn: Callable[[], Any]
+    embedder: Callable[..., Any]
+    round_dir: Callable[[int], Path]
 
     def benchmark_dir(self, name: str, r: int) -> Path:
         return (self.dir / "baseline" if r < 0 else self.round_dir(r)) / name
