@@ -151,8 +151,11 @@ def seed_round0(folder: Path, source: Path, with_embedder: bool) -> None:
     manifest entries, so that the pipeline finds those stages done."""
     files, stages = POOL_FILES + (EMBEDDER_FILES if with_embedder else ()), POOL_STAGES + (
         EMBEDDER_STAGES if with_embedder else ())
-    folder.mkdir(parents=True)
-    copy_stages(source, folder, files, stages)
+    tmp = folder.with_name(folder.name + ".partial")  # renamed when complete: a kill mid-copy leaves no
+    shutil.rmtree(tmp, ignore_errors=True)           # half folder that the pipeline would fill by regenerating
+    tmp.mkdir(parents=True)
+    copy_stages(source, tmp, files, stages)
+    os.replace(tmp, folder)
 
 
 def round0_source(out: Path, archive: Path | None, seed: int, arm: str, arms: list[str]) -> tuple[Path, bool] | None:
@@ -217,6 +220,7 @@ def evaluate(name: str, load_policy, key: str, out: Path, sizes: Sizes) -> dict:
     done = out / "done.json"
     if done.is_file() and (out / "metrics.json").is_file() and json.loads(done.read_text()).get("key") == done_key:
         return json.loads((out / "metrics.json").read_text())
+    done.unlink(missing_ok=True)  # another policy's or settings' record: until this one is done, none
     t0 = time.perf_counter()
     policy = load_policy()
     with output_lock(out):
@@ -307,7 +311,11 @@ def copy_initial(source: Path, archive: Path) -> bool:
     have, want = (json.loads((a / "sizes.json").read_text()) for a in (source, archive))
     if any(have.get(k) != want.get(k) for k in ("eval_tokens", "limit", "generation_dtype")):
         return False
-    shutil.copytree(source / "initial", archive / "initial", dirs_exist_ok=True)
+    tmp = archive / "initial.partial"  # renamed when complete, as `archive_unit` does
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(source / "initial", tmp)
+    shutil.rmtree(archive / "initial", ignore_errors=True)
+    os.replace(tmp, archive / "initial")
     return True
 
 

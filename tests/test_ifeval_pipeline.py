@@ -114,3 +114,16 @@ def test_benchmark_answers_are_regenerated_where_generation_would_run_in_another
     monkeypatch.setattr(ampo.generation, "resolve_dtype", lambda requested, device: other)
     moved = evaluate_policy("ifeval", policy, out, key="k", limit=2, max_new_tokens=2, n_boot=10, progress=False)
     assert moved["generation_dtype"] == other and moved["generation_key"] != first["generation_key"]
+
+
+def test_benchmark_answers_made_in_shards_of_another_size_are_regenerated(tiny_policy, tmp_path):
+    """A shard's prompts decode in one batch (bf16 greedy answers depend on it), and finished shards
+    of one size cannot be resumed as shards of another: the shard size is part of the key."""
+    from ampo.ifeval.evaluate import evaluate_policy
+    from ampo.models import load_policy
+
+    policy, out = load_policy(str(tiny_policy)), tmp_path / "eval"
+    run = lambda shard: evaluate_policy("ifeval", policy, out, key="k", limit=3, max_new_tokens=2, n_boot=10,
+                                        shard_prompts=shard, progress=False)["generation_key"]
+    first = run(2)
+    assert run(2) == first and run(3) != first

@@ -177,7 +177,9 @@ def evaluate_policy(benchmark: str, policy, out_dir: str | Path, *, key: str, li
     the policy: the generation resumes from finished shards, and a finished run with the same key
     and settings is rescored without generating again. Generation runs in `dtype` as resolved here
     ("auto": bf16 on CPUs with native bf16 matmuls, else fp32), which is part of the key: a run
-    resumed on a machine that resolves it differently regenerates instead of mixing dtypes."""
+    resumed on a machine that resolves it differently regenerates instead of mixing dtypes. So is
+    `shard_prompts`: a shard's prompts decode in one batch, and bf16 greedy answers depend on the
+    batch (docs/models_generation.md), and finished shards of another size would not line up."""
     from ampo.hashing import config_key
     from ampo.generation import resolve_dtype
 
@@ -185,7 +187,7 @@ def evaluate_policy(benchmark: str, policy, out_dir: str | Path, *, key: str, li
     items = subset(load_items(benchmark), limit, seed)
     dtype = resolve_dtype(dtype, policy[0].device)
     gen_key = config_key("benchmark-generate", benchmark, key, [it.key for it in items], max_new_tokens,
-                         prompts_per_batch, dtype)
+                         prompts_per_batch, dtype, shard_prompts)
     rows = finished_responses(out_dir, items, gen_key)  # the same responses exist: rescore them
     if rows is None:
         rows = generate(policy, items, out_dir / "responses.parts", gen_key, max_new_tokens, prompts_per_batch,
