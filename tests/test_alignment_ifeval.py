@@ -88,6 +88,29 @@ def test_seed_round0_copies_the_pool_and_its_manifest_entries(tmp_path):
     ai.seed_round0(tmp_path / "b", src, with_embedder=True)
     assert (tmp_path / "b" / "round-0" / "embeddings.npy").read_text() == "round-0/embeddings.npy"
     assert "round-0/train" not in json.loads((tmp_path / "b" / "manifest.json").read_text())["stages"]
+    # a copy killed half way leaves only a partial folder, which the next copy replaces
+    (src / ai.POOL_FILES[-1]).unlink()
+    with pytest.raises(FileNotFoundError):
+        ai.seed_round0(tmp_path / "c", src, with_embedder=False)
+    assert not (tmp_path / "c").exists() and (tmp_path / "c.partial").is_dir()
+    (src / ai.POOL_FILES[-1]).write_text(ai.POOL_FILES[-1])
+    ai.seed_round0(tmp_path / "c", src, with_embedder=False)
+    assert (tmp_path / "c" / "manifest.json").is_file() and not (tmp_path / "c.partial").exists()
+
+
+def test_an_evaluation_under_another_key_drops_the_old_record_before_it_runs(tmp_path):
+    sizes = ai.Sizes(seeds=(0,), train_prompts=1, heldout=1, n=2, k=1, gen_tokens=1, eval_tokens=8, limit=2, rounds=1)
+    out = tmp_path / "ifeval"
+    out.mkdir()
+    (out / "done.json").write_text(json.dumps({"key": "another policy's"}))
+    (out / "metrics.json").write_text("{}")
+
+    def killed():
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        ai.evaluate("ifeval", killed, "this policy", out, sizes)
+    assert not (out / "done.json").exists()  # the old files no longer look like this policy's
 
 
 def test_timings_count_shared_stages_once(tmp_path):

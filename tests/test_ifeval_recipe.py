@@ -123,7 +123,12 @@ def test_the_initial_evaluation_is_shared_only_at_the_same_length_dtype_and_cpu(
     (archive / "sizes.json").write_text(json.dumps({"eval_tokens": 256, "limit": 0, "generation_dtype": "bfloat16"}))
     assert not ai.copy_initial(source, archive)  # another length
     (archive / "sizes.json").write_text(json.dumps({"eval_tokens": 128, "limit": 0, "generation_dtype": "bfloat16"}))
+    (archive / "initial" / "ifeval").mkdir(parents=True)  # what a copy killed half way would have left before
+    (archive / "initial" / "ifeval" / "done.json").write_text("{}")
     assert ai.copy_initial(source, archive) and ai.is_finished(archive, "initial")
+    assert not (archive / "initial.partial").exists()
+    assert all(json.loads((archive / "initial" / n / "done.json").read_text()).get("shard") == ai.EVAL_SHARD
+               for n in ai.BENCHMARKS)
     assert not ai.copy_initial(source, archive)  # already there
 
 
