@@ -6,10 +6,10 @@ a fresh window of the bundled training prompts, its reference at the round start
 reward spread dropped, unfinished training answers scored as failures). After every round the
 round's policy is measured greedily on the full IFEval (541 prompts) and IFBench (300) at 128 new
 tokens, and the initial policy once, on this machine. Every finished unit's small files (answers,
-scores, config, held-out eval, train log) go to the archive as it finishes, in the layout
+scores, config, held-out eval and its samples, train log) go to the archive as it finishes, in the layout
 
     results/ifeval_recipe/initial/{ifeval,ifbench}/{responses,results}.jsonl, metrics.json
-    results/ifeval_recipe/seed{S}/round-{R}/{ifeval,ifbench}/...   (+ eval.json, train_log.json)
+    results/ifeval_recipe/seed{S}/round-{R}/{ifeval,ifbench}/...   (+ eval.json, eval_samples.parquet, train_log.json)
     results/ifeval_recipe/seed{S}/config.yaml, results/ifeval_recipe/settings.json
 
 (the recipe, variant `main`); the AMPO loss with its tuned settings (variant `ampo`, seed 0 only,
@@ -47,7 +47,7 @@ SEEDS = (0, 1, 2)
 BENCH_TOKENS = 128  # the harness length every figure of the issue is at
 LONG = ai.Sizes(seeds=(0,), train_prompts=0, heldout=0, n=0, k=0, gen_tokens=0, eval_tokens=1280, limit=128,
                 rounds=0)  # the model card's answer budget, on a seeded 128-prompt subset
-ROUND_FILES = ("eval.json", "train_log.json")
+ROUND_FILES = ("eval.json", "eval_samples.parquet", "train_log.json")  # besides the benchmarks' files
 
 
 def sizes() -> ai.Sizes:
@@ -88,9 +88,11 @@ def round_finished(folder: Path, r: int) -> bool:
 
 def run_seed(out: Path, archive: Path, variant: str, seed: int, settings: list[str]) -> None:
     """The recipe on one seed, one round at a time: the pipeline runs (or resumes) rounds 0..r,
-    then round r's policy is measured on IFEval and IFBench and archived; rounds already archived
-    are not redone (a fresh machine continues from the archive's next round only if the run folder
-    is there: the pool and checkpoints are not archived)."""
+    then round r's policy is measured on IFEval and IFBench and archived. Every round goes through
+    the pipeline and the evaluations, which only check their keys when they are up to date, so a
+    changed recipe, setting or code redoes exactly what it changes; a round the archive already
+    holds must be this run folder's (`archive_round` compares the evaluations' keys). The pool and
+    checkpoints are not archived: a fresh machine continues only with the run folder."""
     from ampo.config import config_key
     from ampo.pipeline import Pipeline
     from ampo.stages import load_round_policy
@@ -98,9 +100,11 @@ def run_seed(out: Path, archive: Path, variant: str, seed: int, settings: list[s
     folder = run_dir(out, variant, seed)
     total = load_recipe(seed, settings, folder).rounds
     for r in range(total):
-        if round_finished(folder, r):
-            archive_round(folder, archive, variant, seed, r)
-            continue
+        kept = root(archive, variant) / f"seed{seed}"
+        if round_finished(kept, r) and not (folder / f"round-{r}" / "eval.json").is_file():
+            raise SystemExit(f"ifeval_recipe: {kept / f'round-{r}'} is archived but the run folder {folder} does not "
+                             "hold that round (its pool and checkpoints are not archived): restore the run folder, "
+                             "or give another --archive and --out")
         config = load_recipe(seed, settings, folder, rounds=r + 1)
         with Pipeline(config, progress=False) as pipe:
             pipe.run()
@@ -109,19 +113,26 @@ def run_seed(out: Path, archive: Path, variant: str, seed: int, settings: list[s
         for name in ai.BENCHMARKS:
             ai.evaluate(name, lambda: load_round_policy(config, checkpoints), config_key("recipe-round", key),
                         round_bench_dir(folder, r, name), sizes())
-        archive_round(folder, archive, variant, seed, r)
-        print(f"{variant} seed {seed}: round {r} done and archived", flush=True)
+        if archive_round(folder, archive, variant, seed, r):
+            print(f"{variant} seed {seed}: round {r} done and archived", flush=True)
 
 
 # ------------------------------------------------------------------ the archive
 
 
-def archive_round(folder: Path, archive: Path, variant: str, seed: int, r: int) -> None:
-    """Copy round r's benchmark files, held-out eval and train log (and the seed's config) into
-    the archive, through a temporary folder renamed when complete."""
+def archive_round(folder: Path, archive: Path, variant: str, seed: int, r: int) -> bool:
+    """Copy round r's benchmark files, held-out evaluation (its samples too) and train log (and the
+    seed's config) into the archive, through a temporary folder renamed when complete; True when
+    copied. A round already archived is kept if its evaluations are the run folder's (the same
+    keys), and refused otherwise: it was measured on another policy or setting."""
     dest = root(archive, variant) / f"seed{seed}" / f"round-{r}"
     if round_finished(dest.parent, r):
-        return
+        for name in ai.BENCHMARKS:
+            have, here = (json.loads((d / name / "done.json").read_text())["key"] for d in (dest, folder / f"round-{r}"))
+            if have != here:
+                raise SystemExit(f"ifeval_recipe: {dest / name} was measured on another policy or setting than "
+                                 f"{folder / f'round-{r}' / name} (key {have}, not {here}); give another --archive")
+        return False
     tmp = dest.with_name(dest.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     for name in ai.BENCHMARKS:
@@ -135,6 +146,7 @@ def archive_round(folder: Path, archive: Path, variant: str, seed: int, r: int) 
     shutil.copy2(folder / "config.yaml", dest.parent / "config.yaml")
     shutil.rmtree(dest, ignore_errors=True)
     os.replace(tmp, dest)
+    return True
 
 
 def archive_initial(out: Path, archive: Path) -> None:
@@ -162,19 +174,29 @@ def long_dir(out: Path, unit: str) -> Path:
     return root(out / "long", variant) / seed / "ifeval"
 
 
+def complete_seeds(archive: Path, variant: str, settings: list[str]) -> list[int]:
+    """The seeds with every round of the recipe archived (the only ones with a final policy)."""
+    total = load_recipe(0, settings, archive).rounds
+    return [s for s in SEEDS if len(archived_rounds(archive, variant, s)) == total]
+
+
 def run_long(out: Path, archive: Path, unit: str, settings: list[str]) -> None:
     """IFEval at 1280 new tokens on the seeded 128-prompt subset: the initial policy, or one seed's
-    final policy (its last archived round); archived beside the round folders."""
+    final policy (refused unless every round is archived); archived beside the round folders
+    (through a temporary folder renamed when complete), with `policy.json` naming the round."""
     from ampo.config import config_key
     from ampo.models import DEFAULT_POLICY, load_policy
     from ampo.stages import load_round_policy
 
-    dest = long_dir(out, unit)
+    dest, policy = long_dir(out, unit), {"policy": "initial"}
     if unit == "initial":
         ai.evaluate("ifeval", lambda: load_policy(DEFAULT_POLICY), config_key("initial", DEFAULT_POLICY), dest, LONG)
     else:
         variant, seed = unit.split(":")
         s = int(seed.removeprefix("seed"))
+        if s not in complete_seeds(archive, variant, settings):
+            raise SystemExit(f"ifeval_recipe: {variant} seed {s} has not archived every round; its final policy "
+                             "is not there yet (run --run first)")
         rounds = archived_rounds(archive, variant, s)
         folder = run_dir(out, variant, s)
         config = load_recipe(s, settings, folder, rounds=len(rounds))
@@ -182,10 +204,16 @@ def run_long(out: Path, archive: Path, unit: str, settings: list[str]) -> None:
         checkpoints = [folder / f"round-{i}" / "checkpoint" for i in rounds]
         ai.evaluate("ifeval", lambda: load_round_policy(config, checkpoints), config_key("recipe-round", key),
                     dest, LONG)
+        policy = {"policy": f"after round {rounds[-1]}", "round": rounds[-1], "train_key": key}
     target = long_dir(archive, unit)
-    target.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(target.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
     for file in ai.BENCH_FILES:
-        shutil.copy2(dest / file, target / file)
+        shutil.copy2(dest / file, tmp / file)
+    (tmp / "policy.json").write_text(json.dumps(policy) + "\n")
+    shutil.rmtree(target, ignore_errors=True)
+    os.replace(tmp, target)
 
 
 # ------------------------------------------------------------------ the settings: the tuned study's choice
@@ -272,16 +300,18 @@ def instruction_rates(results: list[dict]) -> dict[str, tuple[int, int]]:
 
 
 def gaming(unit: dict) -> dict:
-    """Among the answers that follow every instruction (prompt-level strict), the share that loop
-    (`alignment_stats.is_looping`) or are filler (under 5 words), and how many pass."""
+    """Among the answers that follow every instruction (prompt-level strict), how many loop
+    (`alignment_stats.is_looping`), how many are filler (under 5 words), and the share that is
+    either (an answer that is both counts once)."""
     import alignment_stats as st
 
     passing = [k for k, c in unit["counts"].items() if c[0] == 1.0]
     texts = [unit["answers"][k] for k in passing]
-    looping = sum(st.is_looping(t) for t in texts)
-    filler = sum(len(t.split()) < 5 for t in texts)
-    return {"passing": len(passing), "looping": looping, "filler": filler,
-            "gaming_share": (looping + filler) / len(passing) if passing else 0.0}
+    looping = [st.is_looping(t) for t in texts]
+    filler = [len(t.split()) < 5 for t in texts]
+    either = sum(a or b for a, b in zip(looping, filler))
+    return {"passing": len(passing), "looping": sum(looping), "filler": sum(filler),
+            "gaming_share": either / len(passing) if passing else 0.0}
 
 
 def curve_rows(archive: Path, variant: str, seed: int, initial: dict) -> list[dict]:
@@ -290,11 +320,29 @@ def curve_rows(archive: Path, variant: str, seed: int, initial: dict) -> list[di
     rows = [{"round": -1, **{name: initial[name]["metrics"] for name in ai.BENCHMARKS}, "heldout": None}]
     for r in archived_rounds(archive, variant, seed):
         folder = root(archive, variant) / f"seed{seed}" / f"round-{r}"
-        held = json.loads((folder / "eval.json").read_text()) if (folder / "eval.json").is_file() else None
         rows.append({"round": r, **{name: json.loads((folder / name / "metrics.json").read_text())
-                                    for name in ai.BENCHMARKS},
-                     "heldout": held and [held["mean_reward"], held.get("mean_reward_ci"), held.get("baseline_mean_reward")]})
+                                    for name in ai.BENCHMARKS}, "heldout": heldout(folder)})
     return rows
+
+
+def heldout(folder: Path) -> list | None:
+    """[held-out reward, its 95% interval over prompts or None, the initial policy's] of an archived
+    round: the interval from its `eval_samples.parquet` with the run's bootstrap size and seed (as
+    `ampo sweep` computes it; eval.json holds none)."""
+    if not (folder / "eval.json").is_file():
+        return None
+    held = json.loads((folder / "eval.json").read_text())
+    ci = held.get("mean_reward_ci")
+    if ci is None and (folder / "eval_samples.parquet").is_file():
+        import numpy as np
+        import pyarrow.parquet as pq
+        from ampo.config import load_config
+        from ampo.evaluation import mean_with_ci
+
+        config = load_config(str(folder.parent / "config.yaml"), [])
+        rows = pq.read_table(folder / "eval_samples.parquet", columns=["rewards"]).to_pylist()
+        _, ci = mean_with_ci(np.array([np.mean(row["rewards"]) for row in rows]), config.eval.bootstrap, config.seed)
+    return [held["mean_reward"], ci, held.get("baseline_mean_reward")]
 
 
 def _avg(m: dict) -> str:
@@ -320,7 +368,7 @@ def report(archive: Path) -> str:
         s = settings_of(archive, variant)
         md += [f"## {variant}: {s['arm']}, " + ", ".join(f"{k.split('.')[-1]} {v:g}" for k, v in s["params"].items())
                + f" ({s['source']})\n"]
-        finals = {}
+        finals, complete = {}, complete_seeds(archive, variant, s["overrides"])
         for seed in SEEDS:
             rows = curve_rows(archive, variant, seed, initial)
             if len(rows) == 1:
@@ -336,6 +384,9 @@ def report(archive: Path) -> str:
                           f"{_avg(row['ifbench'])} | {held_cell} | {row['ifeval']['mean_new_tokens']:.1f} | "
                           f"{100 * row['ifeval']['finished_rate']:.1f} |")
             md.append("")
+            if seed not in complete:
+                md.append(f"(seed {seed}: {len(rows) - 1} round(s) archived so far; not in the final comparison)\n")
+                continue
             last = rows[-1]["round"]
             finals[seed] = {name: read_unit(root(archive, variant) / f"seed{seed}" / f"round-{last}" / name)
                             for name in ai.BENCHMARKS}
@@ -361,10 +412,11 @@ def difference_section(finals: dict, initial: dict) -> list[str]:
     md = ["### The final round against the initial policy\n",
           "| benchmark | " + " | ".join(f"seed {s}" for s in seeds) + " | mean over seeds [prompts] | [seeds and prompts] |",
           "|---|" + "---|" * (len(seeds) + 2)]
+    diffs = {}
     for name in ai.BENCHMARKS:
         a = [finals[s][name]["counts"] for s in seeds]
         b = [initial[name]["counts"]] * len(seeds)
-        d = st.paired_difference(a, b)
+        d = diffs[name] = st.paired_difference(a, b)
         cells = [f"{100 * v:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}]" for v, (lo, hi) in zip(d["per_seed"], d["per_seed_ci"])]
         both = st.seed_and_prompt_interval(a, b) if len(seeds) > 1 else None
         md.append(f"| {name} | " + " | ".join(cells) + f" | {100 * d['mean']:+.1f} [{100 * d['mean_ci'][0]:+.1f}, "
@@ -380,9 +432,12 @@ def difference_section(finals: dict, initial: dict) -> list[str]:
     md += ["", "Gaming audit (IFEval): among the answers that follow every instruction, those that loop (half "
            "their word bigrams repeat) or are filler (under 5 words):\n",
            "| policy | passing answers | looping | filler | share |", "|---|---|---|---|---|"]
+    shares = {}
     for label, unit in [("initial", initial["ifeval"])] + [(f"seed {s} final", finals[s]["ifeval"]) for s in seeds]:
         g = gaming(unit)
+        shares[label] = g["gaming_share"]
         md.append(f"| {label} | {g['passing']} | {g['looping']} | {g['filler']} | {100 * g['gaming_share']:.1f}% |")
+    md += ["", target_verdict(diffs, shares, len(seeds))]
     prompts = initial["ifeval"]["prompts"]
     if prompts:
         s0 = seeds[0]
@@ -391,6 +446,25 @@ def difference_section(finals: dict, initial: dict) -> list[str]:
                st.side_by_side(prompts, {"initial": initial["ifeval"]["answers"], "final": finals[s0]["ifeval"]["answers"]},
                                {"initial": initial["ifeval"]["counts"], "final": finals[s0]["ifeval"]["counts"]}, shown=4)]
     return md + [""]
+
+
+TARGET_POINTS = 5.0  # the issue's target on IFEval, in points of the average (PLAN.md)
+
+
+def target_verdict(diffs: dict, shares: dict[str, float], n_seeds: int) -> str:
+    """PLAN.md's target, criterion by criterion, from the figures above: IFEval +5 points or more
+    (mean over seeds), each seed's interval over prompts above 0, IFBench not lower (mean over
+    seeds), no seed's final policy with a larger gaming share than the initial policy's, 3 seeds."""
+    ifeval, ifbench = diffs["ifeval"], diffs["ifbench"]
+    checks = [(f"IFEval {100 * ifeval['mean']:+.1f} points (mean over seeds; target +{TARGET_POINTS:g})",
+               100 * ifeval["mean"] >= TARGET_POINTS),
+              ("each seed's IFEval interval over prompts above 0", all(lo > 0 for lo, _ in ifeval["per_seed_ci"])),
+              (f"IFBench not lower ({100 * ifbench['mean']:+.1f} points)", ifbench["mean"] >= 0),
+              ("no more gaming than the initial policy", all(v <= shares["initial"] for k, v in shares.items())),
+              (f"3 seeds ({n_seeds} finished)", n_seeds >= 3)]
+    met = all(ok for _, ok in checks)
+    return ("**Target " + ("reached" if met else "not reached") + "**: " +
+            "; ".join(f"{text}: {'yes' if ok else 'no'}" for text, ok in checks) + ".\n")
 
 
 def long_section(archive: Path) -> list[str]:
@@ -541,15 +615,19 @@ def main(argv=None) -> None:
             print("the initial policy's evaluation: taken from the tuned study's archive", flush=True)
         record_settings(archive, args.variant, settings())
         units = ([] if ai.is_finished(archive, "initial") else ["initial"]) + [f"{args.variant}:seed{s}" for s in args.seeds]
-        ai.spawn(units, args.jobs, lambda u: worker(["--out", str(out), "--archive", str(archive), "--unit", u]),
-                 out / "logs")
+        failed = ai.spawn(units, args.jobs, lambda u: worker(["--out", str(out), "--archive", str(archive), "--unit", u]),
+                          out / "logs")
     elif args.long:
-        units = ["initial"] + [f"{v}:seed{s}" for v in VARIANTS for s in SEEDS
-                               if (root(archive, v) / "settings.json").is_file() and archived_rounds(archive, v, s)]
-        ai.spawn(units, args.jobs, lambda u: worker(["--long", "--out", str(out), "--archive", str(archive),
-                                                     "--unit", u]), out / "logs")
+        units = ["initial"] + [f"{v}:seed{s}" for v in VARIANTS if (root(archive, v) / "settings.json").is_file()
+                               for s in complete_seeds(archive, v, settings_of(archive, v)["overrides"])]
+        failed = ai.spawn(units, args.jobs, lambda u: worker(["--long", "--out", str(out), "--archive", str(archive),
+                                                              "--unit", u]), out / "logs")
     else:
         ap.print_help()
+        return
+    if failed:
+        raise SystemExit(f"ifeval_recipe: {len(failed)} unit(s) failed: {', '.join(failed)} (logs in {out / 'logs'}); "
+                         "rerun the same command to continue")
 
 
 if __name__ == "__main__":

@@ -57,14 +57,18 @@ def test_the_settings_are_the_tuned_studys_choice(tmp_path):
 
 
 def fake_round(folder: Path, r: int, source: Path) -> None:
-    """Round r of a run folder, its benchmark files copied from a fixed-lr unit."""
+    """Round r of a run folder, its benchmark files copied from a fixed-lr unit; its held-out
+    evaluation as a run writes it (eval.json without an interval, the samples beside it)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     for name in ("ifeval", "ifbench"):
         shutil.copytree(source / name, recipe.round_bench_dir(folder, r, name))
-    (folder / f"round-{r}" / "eval.json").write_text(json.dumps(
-        {"mean_reward": 0.3 + r / 10, "mean_reward_ci": [0.2, 0.5], "baseline_mean_reward": 0.36}))
+    (folder / f"round-{r}" / "eval.json").write_text(json.dumps({"mean_reward": 0.25, "baseline_mean_reward": 0.36}))
+    pq.write_table(pa.table({"rewards": [[0.0], [0.5], [0.5], [0.0]]}), folder / f"round-{r}" / "eval_samples.parquet")
     (folder / f"round-{r}" / "train_log.json").write_text("[]")
     (folder / f"round-{r}" / "checkpoint").mkdir()  # big files stay out of the archive
-    (folder / "config.yaml").write_text("seed: 0\n")
+    (folder / "config.yaml").write_text("seed: 0\neval: {bootstrap: 200}\n")
 
 
 def test_rounds_are_archived_in_the_issues_layout_and_reported(tmp_path):
@@ -74,19 +78,28 @@ def test_rounds_are_archived_in_the_issues_layout_and_reported(tmp_path):
     shutil.copytree(FIXED / "initial", archive / "initial")
     recipe.record_settings(archive, "main", recipe.explicit_settings("dpo best-vs-worst", {"train.learning_rate": 3e-4,
                                                                                             "train.beta": 0.1}, "test"))
-    for seed, arm in ((0, "dpo_best-vs-worst"), (1, "swepo_all")):
+    for seed, arm, rounds in ((0, "dpo_best-vs-worst", 3), (1, "swepo_all", 2)):
         folder = recipe.run_dir(out, "main", seed)
-        for r in (0, 1):
+        for r in range(rounds):
             fake_round(folder, r, FIXED / f"seed{seed}" / arm / "bench")
-            recipe.archive_round(folder, archive, "main", seed, r)
-    kept = archive / "seed0" / "round-1"
+            assert recipe.archive_round(folder, archive, "main", seed, r)
+    assert not recipe.archive_round(folder, archive, "main", 1, 1)  # already there, the same evaluations
+    done = recipe.round_bench_dir(folder, 1, "ifeval") / "done.json"
+    done.write_text(json.dumps({**json.loads(done.read_text()), "key": "another policy"}))
+    with pytest.raises(SystemExit, match="measured on another policy or setting"):
+        recipe.archive_round(folder, archive, "main", 1, 1)
+    kept = archive / "seed0" / "round-2"
     assert (kept / "ifeval" / "responses.jsonl").is_file() and (kept / "ifbench" / "metrics.json").is_file()
-    assert (kept / "eval.json").is_file() and not (kept / "checkpoint").exists()
-    assert (archive / "seed0" / "config.yaml").is_file()
-    assert recipe.archived_rounds(archive, "main", 0) == [0, 1] and recipe.archived_rounds(archive, "main", 2) == []
+    assert (kept / "eval.json").is_file() and (kept / "eval_samples.parquet").is_file()
+    assert not (kept / "checkpoint").exists() and (archive / "seed0" / "config.yaml").is_file()
+    assert recipe.archived_rounds(archive, "main", 0) == [0, 1, 2] and recipe.archived_rounds(archive, "main", 2) == []
+    assert recipe.complete_seeds(archive, "main", recipe.settings_of(archive, "main")["overrides"]) == [0]
     text = recipe.report(archive)
     assert "### seed 0" in text and "### seed 1" in text and "| initial |" in text
+    assert "| 0.250 [0.000, 0.500] |" in text  # the held-out interval, from the archived samples
+    assert "(seed 1: 2 round(s) archived so far; not in the final comparison)" in text
     assert "### The final round against the initial policy" in text and "Gaming audit" in text
+    assert "**Target not reached**" in text and "3 seeds (1 finished): no" in text
     assert "Per instruction type" in text and "Answers side by side" in text
     assert (archive / "report.md").read_text() == text and (archive / "recipe.png").is_file()
     # the paired difference the report shows is the one computed from the same files
@@ -103,6 +116,19 @@ def test_the_gaming_audit_counts_looping_and_filler_answers_among_the_passing():
             "answers": {1: "ok", 2: "the cat sat on the mat " * 20, 3: "the cat sat on the mat " * 20,
                         4: "A real answer with several distinct words in it."}}
     assert recipe.gaming(unit) == {"passing": 3, "looping": 1, "filler": 1, "gaming_share": 2 / 3}
+    unit["answers"][1] = "yes yes yes"  # looping and filler at once: one gaming answer, not two
+    assert recipe.gaming(unit) == {"passing": 3, "looping": 2, "filler": 1, "gaming_share": 2 / 3}
+
+
+def test_the_verdict_names_each_criterion_of_the_target():
+    diffs = {"ifeval": {"mean": 0.061, "per_seed_ci": [(0.01, 0.1), (0.02, 0.1), (0.005, 0.09)]},
+             "ifbench": {"mean": 0.0}}
+    shares = {"initial": 0.1, "seed 0 final": 0.1, "seed 1 final": 0.05, "seed 2 final": 0.0}
+    assert recipe.target_verdict(diffs, shares, 3).startswith("**Target reached**: IFEval +6.1 points")
+    diffs["ifeval"]["per_seed_ci"][1] = (-0.01, 0.1)
+    text = recipe.target_verdict(diffs, {**shares, "seed 2 final": 0.2}, 3)
+    assert text.startswith("**Target not reached**") and "above 0: no" in text and "initial policy: no" in text
+    assert "3 seeds (2 finished): no" in recipe.target_verdict(diffs, shares, 2)
 
 
 def test_the_initial_evaluation_is_shared_only_at_the_same_length_dtype_and_cpu(tmp_path):
@@ -168,3 +194,7 @@ def test_a_seed_runs_round_by_round_and_is_archived_and_measured_long(tiny_polic
     assert json.loads((archive / "seed0" / "round-0" / "ifeval" / "done.json").read_text()) == first
     recipe.run_long(out, archive, "main:seed0", tiny)
     assert (archive / "long" / "seed0" / "ifeval" / "responses.jsonl").is_file()
+    assert json.loads((archive / "long" / "seed0" / "ifeval" / "policy.json").read_text())["round"] == 1
+    shutil.move(out, tmp_path / "elsewhere")  # the run folder lost: archived rounds cannot be continued from
+    with pytest.raises(SystemExit, match="does not hold that round"):
+        recipe.run_seed(out, archive, "main", 0, tiny)
