@@ -469,8 +469,12 @@ def final(out: Path, archive: Path, arms: list[str], jobs: int, unit: str | None
         if code == 0:
             ai.archive_unit(out / "final", archive, unit)
 
-    ai.spawn(todo, jobs, lambda u: [sys.executable, str(Path(__file__).resolve()), "--final", "--unit", u, "--out",
-                                    str(out), "--archive", str(archive)], out / "logs" / "final", archive_if_done)
+    failed = ai.spawn(todo, jobs, lambda u: [sys.executable, str(Path(__file__).resolve()), "--final", "--unit", u,
+                                             "--out", str(out), "--archive", str(archive)], out / "logs" / "final",
+                      archive_if_done)
+    if failed:
+        raise SystemExit(f"alignment_ifeval_tuned: {len(failed)} final unit(s) failed: {', '.join(failed)} (logs in "
+                         f"{out / 'logs' / 'final'}); rerun the same command to continue")
 
 
 # ------------------------------------------------------------------ cost estimate and report
