@@ -166,6 +166,27 @@ def test_atomic_dir_keeps_previous_folder_on_error(tmp_path):
     assert (target / "w").read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["ckpt"]
 
 
+def test_atomic_dir_replaces_a_folder_whole_even_if_deleting_the_old_one_is_cut_short(tmp_path, monkeypatch):
+    import shutil
+
+    target = tmp_path / "ckpt"
+    target.mkdir()
+    for name in ("a", "b"):
+        (target / name).write_text("old")
+
+    def killed_mid_delete(path, ignore_errors=False):  # deleting the old folder dies after one file
+        if Path(path).is_dir():
+            next(iter(sorted(Path(path).iterdir()))).unlink()
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        with atomic_dir(target) as tmp:
+            (tmp / "a").write_text("new")
+            monkeypatch.setattr(shutil, "rmtree", killed_mid_delete)
+    monkeypatch.undo()
+    assert sorted(p.name for p in target.iterdir()) == ["a"] and (target / "a").read_text() == "new"
+
+
 def test_write_under_a_file_names_the_output(tmp_path):
     (tmp_path / "file").write_text("x")
     with pytest.raises(OSError, match=f"cannot write {tmp_path / 'file' / 'out.jsonl'}: "):

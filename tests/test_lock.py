@@ -91,3 +91,12 @@ def test_lock_is_released_when_a_pipeline_closes(tmp_path):
         RunLock(tmp_path)  # another handle, even in the same process, is refused
     first.release()
     RunLock(tmp_path).release()
+
+
+def test_a_runner_that_fails_to_open_its_folder_does_not_keep_it_locked(tmp_path):
+    from ampo.runner import Runner
+
+    (tmp_path / "run" / "config.yaml").mkdir(parents=True)  # not a file: writing the config fails
+    with pytest.raises(OSError):
+        Runner(tmp_path / "run", config_text="seed: 0\n")
+    RunLock(tmp_path / "run").release()  # free for the next process

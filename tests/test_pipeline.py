@@ -182,3 +182,22 @@ def test_a_run_given_more_rounds_keeps_the_rounds_it_finished(tiny_policy, tmp_p
 
 def stages_of(out):
     return json.loads((out / "manifest.json").read_text())["stages"]
+
+
+def test_the_merged_policy_folder_for_disk_loading_engines_follows_the_policy_key(tiny_policy, tmp_path):
+    """vLLM loads round r's policy from `round-r/policy/`: saved once, and made again when an earlier
+    round changed (its key), never taken from a stale copy."""
+    from ampo.config import load_config
+    from ampo.pipeline import Pipeline
+
+    out = tmp_path / "run"
+    run(tiny_policy, out, "rounds=2")
+    with Pipeline(load_config(overrides=tiny_overrides(tiny_policy, out, "rounds=2")), progress=False) as pipe:
+        folder = Path(pipe.policy_folder(1))
+        stamp = folder / "policy_key.txt"
+        assert stamp.read_text() == pipe.keys.policy(1) and (folder / "config.json").is_file()
+        made = (folder / "config.json").stat().st_mtime_ns
+        assert pipe.policy_folder(1) == str(folder) and (folder / "config.json").stat().st_mtime_ns == made
+        stamp.write_text("the policy of an earlier config")
+        pipe.policy_folder(1)
+        assert stamp.read_text() == pipe.keys.policy(1)

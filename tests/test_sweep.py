@@ -124,6 +124,39 @@ def test_a_damaged_store_entry_is_dropped_and_the_stage_runs(tmp_path):
     assert (store / "k1" / "files" / "round-0" / "pool.txt").read_text() == "pool"  # stored again, intact
 
 
+def test_a_store_entry_with_a_missing_file_is_dropped_and_stored_again(tmp_path):
+    """What a deletion cut short (or a user) leaves: entry.json kept, a file gone. The entry must
+    not make every later run redo the stage without ever healing."""
+    store, calls = tmp_path / "store", []
+    with Runner(tmp_path / "a", store=store) as run:
+        run.stage("round-0/generate", "k1", _write_stage(tmp_path / "a", calls), _outputs(tmp_path / "a"))
+    (store / "k1" / "files" / "round-0" / "pool.txt").unlink()
+    for name in ("b", "c"):
+        with Runner(tmp_path / name, store=store) as run:
+            run.stage("round-0/generate", "k1", _write_stage(tmp_path / name, calls), _outputs(tmp_path / name))
+    assert calls == ["a", "b"]  # b remade it and stored it again; c took it from the store
+    assert stages(tmp_path / "c")["round-0/generate"]["from_store"]
+
+
+def test_store_deletions_and_killed_writes_leave_only_hidden_folders_that_prune_removes(tmp_path, capsys):
+    import os
+
+    from ampo.stage_store import StageStore
+
+    store, calls = tmp_path / "store", []
+    with Runner(tmp_path / "a", store=store) as run:
+        run.stage("round-0/generate", "k1", _write_stage(tmp_path / "a", calls), _outputs(tmp_path / "a"))
+    StageStore(store).remove("k1")
+    assert not (store / "k1").exists() and not StageStore(store).leftovers()
+    for name in (".k2.123-ab.tmp", ".k3.123-cd.del", ".k4.123-ef.tmp"):  # killed put, killed delete, a put running
+        (store / name / "files").mkdir(parents=True)
+    os.utime(store / ".k2.123-ab.tmp", (0, 0))
+    assert [p.name for p in StageStore(store).leftovers()] == [".k2.123-ab.tmp", ".k3.123-cd.del"]
+    assert main(["store", str(store), "--prune", "--keep", str(tmp_path / "a")]) == 0
+    assert "and 2 folder(s) left by killed processes" in capsys.readouterr().out
+    assert sorted(p.name for p in store.iterdir() if p.name != ".claims") == [".k4.123-ef.tmp"]
+
+
 def test_ampo_run_with_a_store_reuses_the_pool_of_a_run_that_differs_in_train(tiny_policy, tmp_path):
     store = tmp_path / "store"
     make = lambda out, *extra: load_config(overrides=[*tiny(tiny_policy, *extra), f"out={tmp_path / out}",
@@ -408,3 +441,85 @@ def test_two_processes_share_one_study_storage_and_one_store(tiny_policy, tmp_pa
         # rerunning its command (nothing left to run) brings its sweep.md up to date
         assert main(["-q", "sweep", *tiny(tiny_policy, f"store={store}"), "--out", str(tmp_path / name), *flags]) == 0
         assert (tmp_path / name / "sweep.md").read_text().count("| done |") == 6
+
+
+# -- races between processes, driven step by step -----------------------------------------------
+
+def _opened(tiny_policy, out: Path, *flags):
+    from ampo.cli import build_parser
+    from ampo.commands.sweep import build_sweep
+    from ampo.sweep import open_study, save
+
+    sweep, _ = build_sweep(build_parser().parse_args(["sweep", *tiny(tiny_policy), "--out", str(out),
+                                                      "--grid", "train.learning_rate=1e-3,1e-2", *flags]))
+    return open_study(save(sweep))
+
+
+def test_a_trial_that_finishes_after_anothers_snapshot_is_not_adopted(tiny_policy, tmp_path):
+    """Worker Y reads the trials while X's trial runs; X finishes, tells the study and releases
+    its lock; Y must not take the finished trial over (it crashed the worker before)."""
+    from ampo.sweep import _adopt, next_trial
+
+    st = _opened(tiny_policy, tmp_path / "s")
+    claim = next_trial(st)
+    snapshot = st.study.get_trials(deepcopy=False)
+    assert snapshot[0].state.name == "RUNNING"
+    st.study.tell(claim.number, 0.5)
+    os.close(claim.fd)
+    assert _adopt(st, snapshot) is None
+
+
+def test_a_trial_asked_by_another_machine_between_count_and_ask_makes_ours_surplus(tiny_policy, tmp_path):
+    """Two machines (two --out on one storage) with one grid slot left: the machine whose ask comes
+    second gets no trial, even though the slot looked free when it counted."""
+    from ampo.sweep import next_trial
+
+    flags = ["--storage", f"sqlite:///{tmp_path / 'study.db'}"]
+    a, b = _opened(tiny_policy, tmp_path / "a", *flags), _opened(tiny_policy, tmp_path / "b", *flags)
+    first = next_trial(a)
+    a.study.tell(first.number, 0.5)
+    ask = b.study.ask
+
+    def late_ask(*args, **kw):  # machine A asks the last slot just before B's ask goes through
+        taken = next_trial(a)
+        assert taken is not None
+        return ask(*args, **kw)
+
+    b.study.ask = late_ask
+    assert next_trial(b) is None
+    trials = b.study.get_trials(deepcopy=False)
+    assert [t.user_attrs.get("surplus", False) for t in trials] == [False, False, True]
+
+
+def test_a_failing_progress_update_does_not_stop_the_workers(tmp_path, monkeypatch):
+    """The --jobs coordinator rewrites sweep.md every poll; a storage hiccup or a full disk there
+    must not terminate the workers in the middle of their trials."""
+    import ampo.commands.sweep as cs
+    from ampo.sweep import Sweep
+
+    class Worker:
+        polls, returncode, terminated = 0, None, False
+
+        def poll(self):
+            self.polls += 1
+            if self.polls > 3:
+                self.returncode = 0
+            return self.returncode
+
+        def terminate(self):
+            self.terminated = True
+
+        def wait(self):
+            return self.returncode
+
+    workers = []
+    monkeypatch.setattr(cs.subprocess, "Popen", lambda *a, **kw: workers.append(Worker()) or workers[-1])
+    monkeypatch.setattr(cs, "POLL_S", 0)
+
+    def refresh():
+        raise OSError(28, "No space left on device")
+
+    sweep = Sweep.__new__(Sweep)
+    sweep.dir = tmp_path
+    cs._run_workers(sweep, 2, refresh)
+    assert len(workers) == 2 and not any(w.terminated for w in workers)

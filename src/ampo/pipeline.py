@@ -82,17 +82,22 @@ class Pipeline(CurryStages, EvalStages, Runner):
 
     def policy_folder(self, r: int) -> str:
         """A model folder holding round r's starting policy, for engines that load from disk
-        (vLLM): the initial policy's own folder, or the merged policy saved once per round."""
+        (vLLM): the initial policy's own folder, or the merged policy, saved by the main process
+        (the others wait) and reused only while its `policy_key.txt` is this round's policy key
+        (a changed earlier round makes it again). Every process calls it."""
         from .models import resolve_policy
 
         if r == 0:
             return resolve_policy(self.c.model.policy)
-        folder = self.round_dir(r) / "policy"
-        if not (folder / "config.json").exists():
+        folder, key = self.round_dir(r) / "policy", self.keys.policy(r)
+        stamp = folder / "policy_key.txt"
+        if self.dist.main and not (stamp.is_file() and stamp.read_text() == key):
             model, tok = self.policy(r)
             with atomic_dir(folder) as tmp:
                 model.save_pretrained(str(tmp))
                 tok.save_pretrained(str(tmp))
+                (tmp / "policy_key.txt").write_text(key)
+        self.dist.wait()
         return str(folder)
 
     def round_dir(self, r: int) -> Path:
@@ -122,6 +127,7 @@ class Pipeline(CurryStages, EvalStages, Runner):
         g = self.c.generate
 
         from_disk = BACKENDS[g.backend].loads_from_disk
+        source = self.policy_folder(r) if from_disk else self.c.model.policy  # no merged copy for in-memory
 
         def work(s: int, shard: list[dict]) -> list[dict]:
             model, tok = (None, None) if from_disk else self.policy(r)
@@ -129,7 +135,6 @@ class Pipeline(CurryStages, EvalStages, Runner):
                                    prompts_per_batch=g.prompts_per_batch, share_prefill=g.share_prefill,
                                    batching=g.batching, batch_rows=g.batch_rows, dtype=g.dtype,
                                    seed=seed_from("generate", self.c.seed, r))
-            source = self.policy_folder(r) if from_disk else self.c.model.policy  # no merged copy for in-memory
             gen = make_generator(g.backend, source, model=model, tokenizer=tok, config=cfg)
             rows = sample_rows(gen, shard, progress=self.progress)
             if self.c.data.gold_field:  # DNO's gold response: off-policy, scored and selectable with the rest

@@ -179,11 +179,15 @@ class Runner:
             if not self.dir.is_dir():
                 self.dir.mkdir(parents=True)
             self._lock = _HELD.get(self.dir.resolve()) or RunLock(self.dir)
-            if config_text is not None:
+        try:
+            if self.dist.main and config_text is not None:
                 _write_if_changed(self.dir / "config.yaml", config_text)
-        self.dist.wait()
-        self.manifest = Manifest(self.dir / "manifest.json", write=self.dist.main)
-        self.dist.wait()  # every process reads the manifest before any stage changes it
+            self.dist.wait()
+            self.manifest = Manifest(self.dir / "manifest.json", write=self.dist.main)
+            self.dist.wait()  # every process reads the manifest before any stage changes it
+        except BaseException:  # a full disk, an unreadable manifest: the folder is not left locked
+            self.close()
+            raise
 
     def close(self) -> None:
         """Release the folder for the next process."""

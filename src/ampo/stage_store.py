@@ -33,6 +33,8 @@ import time
 from pathlib import Path
 from typing import Iterator
 
+ABANDONED_AFTER_S = 3600.0  # a hidden `.KEY.*.tmp` folder untouched this long was left by a killed `put`
+
 log = logging.getLogger("ampo")
 
 UNSHARED = ("split",)  # stages whose outputs hold more than their key says (split.json names the prompt file)
@@ -105,6 +107,11 @@ class StageStore:
             for out in outputs:
                 _remove(out)
             for rel in recorded:
+                if not (entry_dir / "files" / rel).is_file():  # a deletion cut short, or a user's
+                    for out in outputs:
+                        _remove(out)
+                    self._drop(key, f"its file {rel} is missing")
+                    return None
                 _link_or_copy(entry_dir / "files" / rel, run_dir / rel)
         except OSError as e:
             log.warning("stage store: could not take %s from %s (%s): running the stage", name, entry_dir,
@@ -170,14 +177,33 @@ class StageStore:
                         "freed": sum(s.st_size for s in stats if s.st_nlink == 1)})
         return out
 
+    def leftovers(self, older_than_s: float = ABANDONED_AFTER_S) -> list[Path]:
+        """Hidden folders that a killed process left: an entry being stored (`.KEY.*.tmp`, untouched
+        for `older_than_s`) or being deleted (`.KEY.*.del`)."""
+        if not self.root.is_dir():
+            return []
+        now = time.time()
+        return sorted(p for p in self.root.iterdir() if p.is_dir() and p.name.startswith(".") and (
+            p.name.endswith(".del") or (p.name.endswith(".tmp") and now - p.stat().st_mtime > older_than_s)))
+
     def remove(self, key: str) -> None:
         """Delete one entry (its run folders keep their own links or copies of the files)."""
         with self.claim(key):
-            shutil.rmtree(self.entry_dir(key), ignore_errors=True)
+            self._delete(key)
 
     def _drop(self, key: str, why: str) -> None:
         log.warning("stage store: %s %s: dropping it", self.entry_dir(key), why)
-        shutil.rmtree(self.entry_dir(key), ignore_errors=True)
+        self._delete(key)
+
+    def _delete(self, key: str) -> None:
+        """Rename the entry out of sight first, so a deletion cut short never leaves an entry that
+        looks whole (its entry.json kept, files gone); the hidden leftover is pruned later."""
+        doomed = self.root / f".{key}.{os.getpid()}-{secrets.token_hex(4)}.del"
+        try:
+            os.rename(self.entry_dir(key), doomed)
+        except FileNotFoundError:
+            return
+        shutil.rmtree(doomed, ignore_errors=True)
 
 
 def keys_in(folders: list[Path]) -> set[str]:

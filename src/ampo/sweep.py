@@ -311,9 +311,11 @@ def next_trial(st: Study) -> Claim | None:
             st.study.sampler = make_sampler(sweep, seed_from("sweep", sweep.seed, len(trials)))
             trial = st.study.ask({p.name: p.distribution() for p in sweep.space.params})
             attrs = dict(trial.user_attrs)
-            if "retry_of" not in attrs and sum(t.number < trial.number for t in fresh) >= sweep.space.n_trials:
-                # another machine took the last slot between our count and our ask
-                _set_attrs(st, trial._trial_id, surplus=True)
+            earlier = [t for t in st.study.get_trials(deepcopy=False) if t.number < trial.number and _is_fresh(t)]
+            if "retry_of" not in attrs and len(earlier) >= sweep.space.n_trials:
+                # another machine (another --out on the same storage) took the last slot between our
+                # count and our ask: read after the ask, so a trial asked in between counts
+                _set_attrs(st, trial._trial_id, surplus=True)  # first: a kill between leaves it ignored, not counted
                 st.study.tell(trial, state=TrialState.FAIL)
                 continue
             folder = attrs.get("folder") or f"{trial.number:03d}"
@@ -331,12 +333,15 @@ def next_trial(st: Study) -> Claim | None:
 
 
 def _start(st: Study, trial_id: int, folder: str, run_dir: Path, lock: Path) -> None:
-    _set_attrs(st, trial_id, folder=folder, run_dir=str(run_dir), folder_host=HOST, lock=str(lock), host=HOST,
-               pid=os.getpid(), heartbeat=time.time())
+    """Record this process as the trial's: the heartbeat first and the host last, so another machine
+    never sees the new host beside no heartbeat, or beside the last owner's stale one."""
+    _set_attrs(st, trial_id, heartbeat=time.time(), folder=folder, run_dir=str(run_dir), folder_host=HOST,
+               lock=str(lock), pid=os.getpid(), host=HOST)
 
 
 def _adopt(st: Study, trials) -> Claim | None:
     """Take over a trial recorded as running whose process is gone (see the module's doc)."""
+    import optuna
     from optuna.trial import TrialState
 
     sweep, now = st.sweep, time.time()
@@ -348,7 +353,7 @@ def _adopt(st: Study, trials) -> Claim | None:
         if a.get("host") == HOST and a.get("lock"):
             lock, run_dir = Path(a["lock"]), Path(a["run_dir"])
         elif a.get("host"):  # another machine's: only once its heartbeat stopped
-            if now - float(a.get("heartbeat", 0)) < STALE_AFTER_S:
+            if now - float(a.get("heartbeat", now)) < STALE_AFTER_S:
                 continue
             lock, run_dir = sweep.dir / "locks" / f"{folder}.lock", sweep.run_dir(folder)
         else:  # asked, then killed before recording its process
@@ -358,8 +363,17 @@ def _adopt(st: Study, trials) -> Claim | None:
         fd = _lock(lock, block=False)
         if fd is None:
             continue  # its process is alive
+        now_state = st.storage.get_trial(t._trial_id)
+        if now_state.state != TrialState.RUNNING or now_state.user_attrs.get("host") != a.get("host") \
+                or now_state.user_attrs.get("heartbeat") != a.get("heartbeat"):
+            os.close(fd)  # it finished, or another process took it, after our snapshot
+            continue
+        try:
+            _start(st, t._trial_id, folder, run_dir, lock)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            os.close(fd)  # it finished between the check and the claim
+            continue
         log.info("trial %d (%s) was interrupted: resuming it in %s", t.number, _params_text(t.params), run_dir)
-        _start(st, t._trial_id, folder, run_dir, lock)
         return Claim(t.number, t._trial_id, dict(t.params), folder, run_dir, fd, float(a.get("seconds", 0.0)),
                      resumed=True)
     return None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 
@@ -31,9 +32,13 @@ def cmd_store(args) -> None:
         raise ConfigError(f"ampo store --prune: --keep {missing[0]} is not a folder")
     kept = keys_in([Path(d) for d in args.keep])
     drop = [e for e in entries if e["key"] not in kept]
+    leftovers = store.leftovers()
     for e in drop:
         if not args.dry_run:
             store.remove(e["key"])
+    for folder in leftovers if not args.dry_run else []:
+        shutil.rmtree(folder, ignore_errors=True)
     verb = "would delete" if args.dry_run else "deleted"
     print(f"{verb} {len(drop)} of {len(entries)} entries ({sum(e['freed'] for e in drop) / 2**20:.1f} MiB freed; "
-          f"{len(entries) - len(drop)} recorded by a run folder under --keep stay)")
+          f"{len(entries) - len(drop)} recorded by a run folder under --keep stay)"
+          + (f" and {len(leftovers)} folder(s) left by killed processes" if leftovers else ""))

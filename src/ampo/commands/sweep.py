@@ -123,7 +123,10 @@ def _run_workers(sweep, jobs: int, refresh) -> None:
     try:
         while any(p.poll() is None for p in procs):
             time.sleep(POLL_S)
-            refresh()
+            try:
+                refresh()
+            except Exception as e:  # a storage hiccup or a full disk must not stop the workers' trials
+                log.warning("sweep: could not update %s (%s); the workers go on", sweep.dir / "sweep.md", e)
     finally:
         for p in procs:
             if p.poll() is None:

@@ -164,8 +164,14 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
         with naming_write_errors(path, tmp_path):  # safetensors' full disk too: one line naming the file
             yield tmp_path
         widen_permissions(tmp_path)
-        shutil.rmtree(path, ignore_errors=True)
+        old = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.old")
+        try:  # the previous folder out of the way whole (a kill in its deletion must not leave half of it at `path`)
+            os.rename(path, old)
+        except FileNotFoundError:
+            old = None
         os.rename(tmp_path, path)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
     except WriteError:
         raise
     except OSError as e:
