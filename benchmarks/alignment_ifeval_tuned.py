@@ -347,6 +347,7 @@ def tune(out: Path, archive: Path, arms: list[str], jobs: int, min_free_gb: floa
     env = ai.single_thread_env()
     waiting = [a for a in arms if next_sweep(archive, a)]
     running: dict[str, tuple] = {}  # tag ("ARM", or "ARM +N" for a helper) -> (process, log, arm, stage, points)
+    helpers, helped_out = itertools.count(1), set()  # (arm, stage) whose helper ended: no more helpers for it
     last_sync = last_start = 0.0
     while waiting or running:
         # a second process starts only with room for its training process (~9-10 GB) on a shared machine
@@ -358,11 +359,12 @@ def tune(out: Path, archive: Path, arms: list[str], jobs: int, min_free_gb: floa
                 (stage, points), tag = next_sweep(archive, arm), arm
                 cmd = sweep_command(arm, out, stage, points)
             else:
-                helped = next((entry for entry in running.values() if untaken(archive, running, *entry[2:])), None)
+                helped = next((entry for entry in running.values() if (entry[2], entry[3]) not in helped_out
+                               and untaken(archive, running, *entry[2:])), None)
                 if helped is None:
                     break
                 arm, stage, points = helped[2:]
-                tag = f"{arm} +{sum(e[2] == arm for e in running.values())}"
+                tag = f"{arm} +{next(helpers)}"  # never reused while another is running
                 cmd = [sys.executable, "-m", "ampo.cli", "-q", "sweep-worker", str(sweep_dir(out, arm, stage))]
             last_start = time.time()
             log = open(out / "logs" / f"{slug(arm)}{STAGES[stage]}.log", "a")
@@ -376,6 +378,8 @@ def tune(out: Path, archive: Path, arms: list[str], jobs: int, min_free_gb: floa
                 log.close()
                 del running[tag]
                 print(f"{tag}: {stage} sweep ended (exit {proc.returncode})", flush=True)
+                if tag != arm:  # a helper ends when no trial is left that it can take (a failed one is not)
+                    helped_out.add((arm, stage))
                 sync_tuning(out, archive, [arm])
                 if any(entry[2] == arm for entry in running.values()):
                     continue  # the arm's last process to end moves it on
@@ -682,7 +686,7 @@ def main(argv=None) -> None:
     arms = [a for a in TUNED_ARMS if a in (args.arms or TUNED_ARMS)]
     if set(args.arms or []) - set(TUNED_ARMS):
         raise SystemExit(f"unknown arm(s) {sorted(set(args.arms) - set(TUNED_ARMS))}; known: {TUNED_ARMS}")
-    out, archive = Path(args.out), Path(args.archive)
+    out, archive = Path(args.out).resolve(), Path(args.archive).resolve()  # the sweeps run from the repository root
     if args.plan:
         print(plan_table(arms))
     elif args.estimate:

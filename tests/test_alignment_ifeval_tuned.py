@@ -266,19 +266,31 @@ class FakeSweeps:
     (archives) the first point of its stage that no trial has yet, a value that makes 3e-5 the
     chosen rate; it exits once its stage has none left."""
 
-    def __init__(self, archive: Path):
+    def __init__(self, archive: Path, failing: float | None = None):
         self.archive, self.commands, self.clock = archive, [], 0.0
+        self.failing = failing  # a learning rate whose trial failed first: never archived; the arm's own
+        # sweep then runs the other points slowly (one every 4 polls) while a helper finds nothing to
+        # take (the failed trial is not retried, the others are taken) and exits at once
 
     def popen(self, cmd, **kw):
         self.commands.append(cmd)
         fake, points = self, self.points(cmd)
+        helper = "sweep-worker" in cmd
 
         class Proc:
-            returncode = None
+            returncode, polls = None, 0
 
             def poll(self):
                 trials = tuned.archived_trials(fake.archive, fake.arm)
-                left = [p for p in points if tuned.find(trials, p) is None]
+                left = [p for p in points if tuned.find(trials, p) is None
+                        and p["train.learning_rate"] != fake.failing]
+                self.polls += 1
+                if fake.failing is not None:
+                    if helper or not left:
+                        self.returncode = 0 if helper else 1
+                        return self.returncode
+                    if self.polls % 4:
+                        return None
                 if not left:
                     self.returncode = 0
                     return 0
@@ -320,3 +332,19 @@ def test_tune_moves_each_arm_through_its_stages_and_lets_a_free_slot_join_the_la
                      ("sweep", "dpo_best-vs-worst-beta")]
     chosen = tuned.chosen(archive, fake.arm)
     assert chosen["params"]["train.learning_rate"] == 3e-5 and tuned.n_done(archive, fake.arm) == 5
+
+
+def test_a_sweep_with_a_failed_point_gets_one_helper_not_one_every_few_minutes(tmp_path, monkeypatch):
+    out, archive = tmp_path / "out", tmp_path / "archive"
+    fake = FakeSweeps(archive, failing=3e-4)
+    fake.arm = "grpo all"
+    monkeypatch.setattr(tuned.subprocess, "Popen", fake.popen)
+    monkeypatch.setattr(tuned.time, "time", fake.time)
+    monkeypatch.setattr(tuned.time, "sleep", lambda s: None)
+    monkeypatch.setattr(tuned, "mem_available_gb", lambda: 20.0)
+    monkeypatch.setattr(tuned, "seed_store", lambda store, source: {})
+    monkeypatch.setattr(tuned.ai, "check_archive", lambda archive, sizes: None)
+    monkeypatch.setattr(tuned.ai, "archive_round0", lambda *a: None)
+    monkeypatch.setattr(tuned, "sync_tuning", lambda out, archive, arms: len(list(archive.rglob("trial.json"))))
+    tuned.tune(out, archive, [fake.arm], jobs=2)
+    assert sum("sweep-worker" in c for c in fake.commands) == 1 and tuned.n_done(archive, fake.arm) == 3
