@@ -207,16 +207,22 @@ def arm_order(arms: list[str]) -> list[str]:
 EVAL_SHARD = 128
 
 
+def evaluation_key(name: str, key: str, sizes: Sizes) -> str:
+    """What `done.json` records for benchmark `name` of the policy `key` at these sizes."""
+    from ampo.config import config_key
+
+    return config_key("alignment-eval", name, key, sizes.eval_tokens, sizes.limit,
+                      *([EVAL_SHARD] if EVAL_SHARD != 32 else []))
+
+
 def evaluate(name: str, load_policy, key: str, out: Path, sizes: Sizes) -> dict:
     """The policy's greedy evaluation on benchmark `name` into `out` (metrics.json, results.jsonl,
     responses.jsonl), unless `out/done.json` records the same policy and settings. Resumes from
     finished generation shards. Records the seconds it took in done.json."""
-    from ampo.config import config_key
     from ampo.data import write_json
     from ampo.ifeval.evaluate import evaluate_policy, output_lock
 
-    done_key = config_key("alignment-eval", name, key, sizes.eval_tokens, sizes.limit,
-                          *([EVAL_SHARD] if EVAL_SHARD != 32 else []))
+    done_key = evaluation_key(name, key, sizes)
     done = out / "done.json"
     if done.is_file() and (out / "metrics.json").is_file() and json.loads(done.read_text()).get("key") == done_key:
         return json.loads((out / "metrics.json").read_text())

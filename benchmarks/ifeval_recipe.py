@@ -95,17 +95,24 @@ def run_seed(out: Path, archive: Path, variant: str, seed: int, settings: list[s
     checkpoints are not archived: a fresh machine continues only with the run folder."""
     from ampo.config import config_key
     from ampo.pipeline import Pipeline
+    from ampo.stage_keys import RunKeys
     from ampo.stages import load_round_policy
 
     folder = run_dir(out, variant, seed)
     total = load_recipe(seed, settings, folder).rounds
     for r in range(total):
         kept = root(archive, variant) / f"seed{seed}"
-        if round_finished(kept, r) and not (folder / f"round-{r}" / "eval.json").is_file():
-            raise SystemExit(f"ifeval_recipe: {kept / f'round-{r}'} is archived but the run folder {folder} does not "
-                             "hold that round (its pool and checkpoints are not archived): restore the run folder, "
-                             "or give another --archive and --out")
         config = load_recipe(seed, settings, folder, rounds=r + 1)
+        if round_finished(kept, r):  # checked before anything runs: a retrained round would cost hours
+            policy = config_key("recipe-round", RunKeys(config).train(r))
+            if any(json.loads((kept / f"round-{r}" / name / "done.json").read_text())["key"]
+                   != ai.evaluation_key(name, policy, sizes()) for name in ai.BENCHMARKS):
+                raise SystemExit(f"ifeval_recipe: {kept / f'round-{r}'} was measured on another policy than this "
+                                 "recipe's (its file, settings or ampo changed since); give another --archive and --out")
+            if not (folder / f"round-{r}" / "eval.json").is_file():
+                raise SystemExit(f"ifeval_recipe: {kept / f'round-{r}'} is archived but the run folder {folder} does "
+                                 "not hold that round (its pool and checkpoints are not archived): restore the run "
+                                 "folder, or give another --archive and --out")
         with Pipeline(config, progress=False) as pipe:
             pipe.run()
         key = json.loads((folder / "manifest.json").read_text())["stages"][f"round-{r}/train"]["key"]
@@ -391,7 +398,7 @@ def report(archive: Path) -> str:
             finals[seed] = {name: read_unit(root(archive, variant) / f"seed{seed}" / f"round-{last}" / name)
                             for name in ai.BENCHMARKS}
         if finals:
-            md += difference_section(finals, initial)
+            md += difference_section(finals, initial, verdict=variant == "main")
     if curves:
         plot(archive, curves)
         md.append("![per-round curves](recipe.png)\n")
@@ -402,7 +409,7 @@ def report(archive: Path) -> str:
     return text
 
 
-def difference_section(finals: dict, initial: dict) -> list[str]:
+def difference_section(finals: dict, initial: dict, verdict: bool = True) -> list[str]:
     """The final round against the initial policy: per seed the paired difference with its interval
     over prompts, then the mean over seeds with an interval over prompts and one over seeds and
     prompts; per instruction type; and the gaming audit."""
@@ -437,7 +444,8 @@ def difference_section(finals: dict, initial: dict) -> list[str]:
         g = gaming(unit)
         shares[label] = g["gaming_share"]
         md.append(f"| {label} | {g['passing']} | {g['looping']} | {g['filler']} | {100 * g['gaming_share']:.1f}% |")
-    md += ["", target_verdict(diffs, shares, len(seeds))]
+    md += ["", target_verdict(diffs, shares, len(seeds)) if verdict else
+           "(The target is the recipe's, judged above; this variant runs on seed 0 only, as PLAN.md says.)\n"]
     prompts = initial["ifeval"]["prompts"]
     if prompts:
         s0 = seeds[0]

@@ -232,3 +232,23 @@ def test_a_save_to_disk_folder_reads_like_a_file(tmp_path):
     (tmp_path / "plain").mkdir()
     with pytest.raises(PoolError, match="not one written by datasets' save_to_disk"):
         read_pool(tmp_path / "plain")
+
+
+def test_atomic_dir_puts_the_previous_folder_back_when_the_new_one_cannot_take_its_place(tmp_path, monkeypatch):
+    import ampo.data.atomic as atomic
+
+    target = tmp_path / "ckpt"
+    target.mkdir()
+    (target / "w").write_text("old")
+    rename = atomic.os.rename
+
+    def refuse_the_new(src, dst):
+        if Path(src).name.endswith(".tmp"):
+            raise OSError(18, "Invalid cross-device link")
+        return rename(src, dst)
+
+    monkeypatch.setattr(atomic.os, "rename", refuse_the_new)
+    with pytest.raises(OSError):
+        with atomic_dir(target) as tmp:
+            (tmp / "w").write_text("new")
+    assert (target / "w").read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["ckpt"]

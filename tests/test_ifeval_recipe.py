@@ -192,6 +192,10 @@ def test_a_seed_runs_round_by_round_and_is_archived_and_measured_long(tiny_polic
     first = json.loads((archive / "seed0" / "round-0" / "ifeval" / "done.json").read_text())
     recipe.run_seed(out, archive, "main", 0, tiny)  # a rerun makes and measures nothing again
     assert json.loads((archive / "seed0" / "round-0" / "ifeval" / "done.json").read_text()) == first
+    manifest_before = (out / "seed0" / "manifest.json").read_text()
+    with pytest.raises(SystemExit, match="measured on another policy"):  # other settings: refused before training
+        recipe.run_seed(out, archive, "main", 0, [*tiny, "train.learning_rate=0.02"])
+    assert (out / "seed0" / "manifest.json").read_text() == manifest_before
     recipe.run_long(out, archive, "main:seed0", tiny)
     assert (archive / "long" / "seed0" / "ifeval" / "responses.jsonl").is_file()
     assert json.loads((archive / "long" / "seed0" / "ifeval" / "policy.json").read_text())["round"] == 1

@@ -150,7 +150,11 @@ def test_store_deletions_and_killed_writes_leave_only_hidden_folders_that_prune_
     assert not (store / "k1").exists() and not StageStore(store).leftovers()
     for name in (".k2.123-ab.tmp", ".k3.123-cd.del", ".k4.123-ef.tmp"):  # killed put, killed delete, a put running
         (store / name / "files").mkdir(parents=True)
-    os.utime(store / ".k2.123-ab.tmp", (0, 0))
+    for p in (store / ".k2.123-ab.tmp", store / ".k2.123-ab.tmp" / "files"):  # untouched for long, inside too
+        os.utime(p, (0, 0))
+    os.utime(store / ".k4.123-ef.tmp", (0, 0))  # its top folder old, but a file being copied inside is new
+    (store / ".k4.123-ef.tmp" / "files" / "weights").write_text("copying")
+    os.utime(store / ".k4.123-ef.tmp", (0, 0))
     assert [p.name for p in StageStore(store).leftovers()] == [".k2.123-ab.tmp", ".k3.123-cd.del"]
     assert main(["store", str(store), "--prune", "--keep", str(tmp_path / "a")]) == 0
     assert "and 2 folder(s) left by killed processes" in capsys.readouterr().out
@@ -495,35 +499,58 @@ def test_a_trial_asked_by_another_machine_between_count_and_ask_makes_ours_surpl
     assert [t.user_attrs.get("surplus", False) for t in trials] == [False, False, True]
 
 
-def test_a_failing_progress_update_does_not_stop_the_workers(tmp_path, monkeypatch):
-    """The --jobs coordinator rewrites sweep.md every poll; a storage hiccup or a full disk there
-    must not terminate the workers in the middle of their trials."""
-    import ampo.commands.sweep as cs
-    from ampo.sweep import Sweep
+def test_a_failing_progress_update_does_not_stop_the_trials(tiny_policy, tmp_path, monkeypatch):
+    """sweep.md is rewritten as trials finish; a storage hiccup or a full disk there must not end
+    the sweep (nor, with --jobs, terminate its workers) in the middle of its trials."""
+    import ampo.sweep_report as sr
 
-    class Worker:
-        polls, returncode, terminated = 0, None, False
+    write, calls = sr.write_outputs, []
 
-        def poll(self):
-            self.polls += 1
-            if self.polls > 3:
-                self.returncode = 0
-            return self.returncode
+    def hiccup(*args, **kw):  # the update after the first trial fails, the others work
+        calls.append(1)
+        if len(calls) == 2:
+            raise OSError(28, "No space left on device")
+        return write(*args, **kw)
 
-        def terminate(self):
-            self.terminated = True
+    monkeypatch.setattr(sr, "write_outputs", hiccup)
+    assert sweep(tiny_policy, tmp_path / "s", "--grid", "train.learning_rate=1e-3,1e-2") == 0
+    assert (tmp_path / "s" / "sweep.md").read_text().count("| done |") == 2
 
-        def wait(self):
-            return self.returncode
 
-    workers = []
-    monkeypatch.setattr(cs.subprocess, "Popen", lambda *a, **kw: workers.append(Worker()) or workers[-1])
-    monkeypatch.setattr(cs, "POLL_S", 0)
+def test_another_machines_trial_with_no_heartbeat_is_adopted_once_stale_since_its_start(tiny_policy, tmp_path,
+                                                                                      monkeypatch):
+    """An older ampo wrote the host before the heartbeat: a kill between left a host and no beat."""
+    import ampo.sweep as sw
 
-    def refresh():
-        raise OSError(28, "No space left on device")
+    st = _opened(tiny_policy, tmp_path / "s")
+    trial = st.study.ask({p.name: p.distribution() for p in st.sweep.space.params})
+    st.storage.set_trial_user_attr(trial._trial_id, "host", "another-machine")
+    trials = st.study.get_trials(deepcopy=False)
+    assert sw._adopt(st, trials) is None  # just started: its owner may be writing its heartbeat now
+    start = time.time()
+    monkeypatch.setattr(sw.time, "time", lambda: start + sw.STALE_AFTER_S + 5)
+    claim = sw._adopt(st, trials)
+    assert claim is not None and claim.number == trial.number
+    os.close(claim.fd)
 
-    sweep = Sweep.__new__(Sweep)
-    sweep.dir = tmp_path
-    cs._run_workers(sweep, 2, refresh)
-    assert len(workers) == 2 and not any(w.terminated for w in workers)
+
+def test_a_store_that_cannot_be_written_does_not_stop_a_run_at_a_damaged_entry(tmp_path, monkeypatch):
+    import ampo.stage_store as ss
+
+    store, calls = tmp_path / "store", []
+    with Runner(tmp_path / "a", store=store) as run:
+        run.stage("round-0/generate", "k1", _write_stage(tmp_path / "a", calls), _outputs(tmp_path / "a"))
+    stored = store / "k1" / "files" / "round-0" / "pool.txt"
+    stored.unlink()
+    stored.write_text("tampered")  # damaged: its sha256 is not the recorded one
+    rename = ss.os.rename
+
+    def read_only(src, dst):
+        if str(dst).endswith(".del"):
+            raise PermissionError(13, "Read-only file system")
+        return rename(src, dst)
+
+    monkeypatch.setattr(ss.os, "rename", read_only)
+    with Runner(tmp_path / "b", store=store) as run:
+        run.stage("round-0/generate", "k1", _write_stage(tmp_path / "b", calls), _outputs(tmp_path / "b"))
+    assert calls == ["a", "b"] and (tmp_path / "b" / "round-0" / "pool.txt").read_text() == "pool"

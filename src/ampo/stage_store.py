@@ -184,7 +184,7 @@ class StageStore:
             return []
         now = time.time()
         return sorted(p for p in self.root.iterdir() if p.is_dir() and p.name.startswith(".") and (
-            p.name.endswith(".del") or (p.name.endswith(".tmp") and now - p.stat().st_mtime > older_than_s)))
+            p.name.endswith(".del") or (p.name.endswith(".tmp") and now - _newest_change(p) > older_than_s)))
 
     def remove(self, key: str) -> None:
         """Delete one entry (its run folders keep their own links or copies of the files)."""
@@ -203,6 +203,9 @@ class StageStore:
             os.rename(self.entry_dir(key), doomed)
         except FileNotFoundError:
             return
+        except OSError as e:  # a store we cannot write (read-only): leave it, the stage runs anyway
+            log.warning("stage store %s: cannot delete %s (%s)", self.root, key, e.strerror or e)
+            return
         shutil.rmtree(doomed, ignore_errors=True)
 
 
@@ -218,6 +221,15 @@ def keys_in(folders: list[Path]) -> set[str]:
                 continue
             keys |= {entry["key"] for entry in stages.values() if isinstance(entry, dict) and entry.get("key")}
     return keys
+
+
+def _newest_change(folder: Path) -> float:
+    """The latest modification time in `folder` (a `put` still copying keeps it recent); a folder
+    that vanished meanwhile (its `put` finished) counts as just changed."""
+    try:
+        return max([folder.stat().st_mtime, *(p.stat().st_mtime for p in folder.rglob("*"))])
+    except FileNotFoundError:
+        return time.time()
 
 
 def _remove(path: Path) -> None:

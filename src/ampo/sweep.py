@@ -352,8 +352,9 @@ def _adopt(st: Study, trials) -> Claim | None:
         folder = a.get("folder") or f"{t.number:03d}"
         if a.get("host") == HOST and a.get("lock"):
             lock, run_dir = Path(a["lock"]), Path(a["run_dir"])
-        elif a.get("host"):  # another machine's: only once its heartbeat stopped
-            if now - float(a.get("heartbeat", now)) < STALE_AFTER_S:
+        elif a.get("host"):  # another machine's: only once its heartbeat stopped (none recorded: since its start)
+            beat = a.get("heartbeat", t.datetime_start.timestamp() if t.datetime_start else now)
+            if now - float(beat) < STALE_AFTER_S:
                 continue
             lock, run_dir = sweep.dir / "locks" / f"{folder}.lock", sweep.run_dir(folder)
         else:  # asked, then killed before recording its process

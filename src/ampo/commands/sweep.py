@@ -75,12 +75,19 @@ def cmd_sweep(args) -> None:
             write_outputs(sweep, rows)
         return rows
 
+    def refresh_while_running() -> None:
+        try:
+            refresh()
+        except Exception as e:  # a storage hiccup or a full disk must not stop the trials
+            state["seen"] = None  # try again next time
+            log.warning("sweep: could not update %s (%s); the trials go on", sweep.dir / "sweep.md", e)
+
     refresh()
     try:
         if args.jobs == 1:
-            work(st, progress=False, on_done=refresh)
+            work(st, progress=False, on_done=refresh_while_running)
         else:
-            _run_workers(sweep, args.jobs, refresh)
+            _run_workers(sweep, args.jobs, refresh_while_running)
     finally:
         rows = refresh()
         bar.close()
@@ -123,10 +130,7 @@ def _run_workers(sweep, jobs: int, refresh) -> None:
     try:
         while any(p.poll() is None for p in procs):
             time.sleep(POLL_S)
-            try:
-                refresh()
-            except Exception as e:  # a storage hiccup or a full disk must not stop the workers' trials
-                log.warning("sweep: could not update %s (%s); the workers go on", sweep.dir / "sweep.md", e)
+            refresh()
     finally:
         for p in procs:
             if p.poll() is None:

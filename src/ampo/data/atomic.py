@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import glob
 import json
 import os
 import re
@@ -169,9 +170,14 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
             os.rename(path, old)
         except FileNotFoundError:
             old = None
-        os.rename(tmp_path, path)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        try:
+            os.rename(tmp_path, path)
+        except OSError:
+            if old is not None:
+                os.rename(old, path)  # the previous folder back
+            raise
+        for leftover in path.parent.glob(f".{glob.escape(path.name)}.*.old"):  # this one's, and a killed earlier one's
+            shutil.rmtree(leftover, ignore_errors=True)
     except WriteError:
         raise
     except OSError as e:
