@@ -311,19 +311,23 @@ class FakeSweeps:
         self.clock += 100.0
         return self.clock
 
+    def install(self, monkeypatch) -> None:
+        """`tuned.tune` with these processes, this clock, and no store or archive work."""
+        monkeypatch.setattr(tuned.subprocess, "Popen", self.popen)
+        monkeypatch.setattr(tuned.time, "time", self.time)
+        monkeypatch.setattr(tuned.time, "sleep", lambda s: None)
+        monkeypatch.setattr(tuned, "mem_available_gb", lambda: 20.0)
+        monkeypatch.setattr(tuned, "seed_store", lambda store, source: {})
+        monkeypatch.setattr(tuned.ai, "check_archive", lambda archive, sizes: None)
+        monkeypatch.setattr(tuned.ai, "archive_round0", lambda *a: None)
+        monkeypatch.setattr(tuned, "sync_tuning", lambda out, archive, arms: len(list(archive.rglob("trial.json"))))
+
 
 def test_tune_moves_each_arm_through_its_stages_and_lets_a_free_slot_join_the_last_sweep(tmp_path, monkeypatch):
     out, archive = tmp_path / "out", tmp_path / "archive"
     fake = FakeSweeps(archive)
     fake.arm = "dpo best-vs-worst"
-    monkeypatch.setattr(tuned.subprocess, "Popen", fake.popen)
-    monkeypatch.setattr(tuned.time, "time", fake.time)
-    monkeypatch.setattr(tuned.time, "sleep", lambda s: None)
-    monkeypatch.setattr(tuned, "mem_available_gb", lambda: 20.0)
-    monkeypatch.setattr(tuned, "seed_store", lambda store, source: {})
-    monkeypatch.setattr(tuned.ai, "check_archive", lambda archive, sizes: None)
-    monkeypatch.setattr(tuned.ai, "archive_round0", lambda *a: None)
-    monkeypatch.setattr(tuned, "sync_tuning", lambda out, archive, arms: len(list(archive.rglob("trial.json"))))
+    fake.install(monkeypatch)
     tuned.tune(out, archive, [fake.arm], jobs=2)
     kinds = [("worker" if "sweep-worker" in c else "sweep", Path(c[-1] if "sweep-worker" in c else
                                                                   c[c.index("--out") + 1]).name) for c in fake.commands]
@@ -338,13 +342,6 @@ def test_a_sweep_with_a_failed_point_gets_one_helper_not_one_every_few_minutes(t
     out, archive = tmp_path / "out", tmp_path / "archive"
     fake = FakeSweeps(archive, failing=3e-4)
     fake.arm = "grpo all"
-    monkeypatch.setattr(tuned.subprocess, "Popen", fake.popen)
-    monkeypatch.setattr(tuned.time, "time", fake.time)
-    monkeypatch.setattr(tuned.time, "sleep", lambda s: None)
-    monkeypatch.setattr(tuned, "mem_available_gb", lambda: 20.0)
-    monkeypatch.setattr(tuned, "seed_store", lambda store, source: {})
-    monkeypatch.setattr(tuned.ai, "check_archive", lambda archive, sizes: None)
-    monkeypatch.setattr(tuned.ai, "archive_round0", lambda *a: None)
-    monkeypatch.setattr(tuned, "sync_tuning", lambda out, archive, arms: len(list(archive.rglob("trial.json"))))
+    fake.install(monkeypatch)
     tuned.tune(out, archive, [fake.arm], jobs=2)
     assert sum("sweep-worker" in c for c in fake.commands) == 1 and tuned.n_done(archive, fake.arm) == 3
