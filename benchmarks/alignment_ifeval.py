@@ -471,7 +471,10 @@ def spawn(units: list[str], jobs: int, command: Callable[[str], list[str]], log_
                 log.close()
                 del running[unit]
                 on_exit(unit, proc.returncode)
-                (done.add(unit) if proc.returncode == 0 else failed.append(unit))
+                if proc.returncode == 0:
+                    done.add(unit)
+                else:
+                    failed.append(unit)
                 print(f"{time.strftime('%H:%M:%S')} {unit}: "
                       + ("done" if proc.returncode == 0 else f"FAILED (exit {proc.returncode})"), flush=True)
     return failed

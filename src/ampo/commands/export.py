@@ -26,14 +26,13 @@ def trained_rounds(run: Path, config) -> list[str]:
     keys = RunKeys(config)
     trained = []
     for r in range(config.rounds):
-        entry = stages.get(f"round-{r}/train") or {}
-        checkpoint = run / f"round-{r}" / "checkpoint"
+        entry, key = stages.get(f"round-{r}/train") or {}, keys.train(r)
         recorded = {rel: fp for rel, fp in (entry.get("outputs") or {}).items()
                     if rel.startswith(f"round-{r}/checkpoint/")}
-        if entry.get("status") != "done" or entry.get("key") != keys.train(r) or not recorded \
-                or fingerprints(run, [checkpoint]) != recorded:
+        if entry.get("status") != "done" or entry.get("key") != key or not recorded \
+                or fingerprints(run, [run / f"round-{r}" / "checkpoint"]) != recorded:
             break
-        trained.append(keys.train(r))
+        trained.append(key)
     return trained
 
 

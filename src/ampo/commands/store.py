@@ -33,11 +33,11 @@ def cmd_store(args) -> None:
     kept = keys_in([Path(d) for d in args.keep])
     drop = [e for e in entries if e["key"] not in kept]
     leftovers = store.leftovers()
-    for e in drop:
-        if not args.dry_run:
+    if not args.dry_run:
+        for e in drop:
             store.remove(e["key"])
-    for folder in leftovers if not args.dry_run else []:
-        shutil.rmtree(folder, ignore_errors=True)
+        for folder in leftovers:
+            shutil.rmtree(folder, ignore_errors=True)
     verb = "would delete" if args.dry_run else "deleted"
     print(f"{verb} {len(drop)} of {len(entries)} entries ({sum(e['freed'] for e in drop) / 2**20:.1f} MiB freed; "
           f"{len(entries) - len(drop)} recorded by a run folder under --keep stay)"
