@@ -90,9 +90,10 @@ def run_seed(out: Path, archive: Path, variant: str, seed: int, settings: list[s
     """The recipe on one seed, one round at a time: the pipeline runs (or resumes) rounds 0..r,
     then round r's policy is measured on IFEval and IFBench and archived. Every round goes through
     the pipeline and the evaluations, which only check their keys when they are up to date, so a
-    changed recipe, setting or code redoes exactly what it changes; a round the archive already
-    holds must be this run folder's (`archive_round` compares the evaluations' keys). The pool and
-    checkpoints are not archived: a fresh machine continues only with the run folder."""
+    changed recipe, setting or code redoes exactly what it changes. A round the archive already
+    holds must carry the evaluation keys this recipe gives it, checked before anything runs (and
+    again by `archive_round` against the run folder's). The pool and checkpoints are not archived:
+    a fresh machine continues only with the run folder."""
     from ampo.config import config_key
     from ampo.pipeline import Pipeline
     from ampo.stage_keys import RunKeys
