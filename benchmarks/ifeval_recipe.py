@@ -250,13 +250,14 @@ def tuned_settings(variant: str, tuned_archive: Path | None = None) -> dict:
 
 
 def explicit_settings(arm: str, params: dict, source: str) -> dict:
-    """An arm of the tuned study (its selector and loss) at `params` (learning rate, beta)."""
+    """An arm of the tuned study (its selector and loss) at `params` (learning rate, beta), with the
+    study's group size (`select.k`) unless the arm fixes its own, whatever the recipe file says."""
     import alignment_ifeval_tuned as tuned
 
     if arm not in tuned.TUNED_ARMS:
         raise SystemExit(f"ifeval_recipe: unknown arm {arm!r}; known: {', '.join(tuned.TUNED_ARMS)}")
     return {"arm": arm, "params": params, "source": source,
-            "overrides": [*ai.ARMS[arm], *tuned.setting_overrides(params)]}
+            "overrides": [f"select.k={tuned.sizes().k}", *ai.ARMS[arm], *tuned.setting_overrides(params)]}
 
 
 def settings_of(archive: Path, variant: str) -> dict:

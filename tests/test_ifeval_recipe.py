@@ -28,6 +28,17 @@ def test_the_recipe_is_the_plans(tmp_path):
     assert recipe.load_recipe(1, s["overrides"], tmp_path, rounds=1).rounds == 1  # one round at a time
 
 
+def test_an_arm_keeps_the_studys_group_size_whatever_the_recipe_file_says(tmp_path, monkeypatch):
+    """The recipe file carries the main arm's selection (best-vs-worst has k=1); the AMPO variant
+    still selects the 7 responses it was tuned with."""
+    yaml_file = tmp_path / "ifeval.yaml"
+    yaml_file.write_text(recipe.RECIPE.read_text().replace("  k: 7", "  k: 1"))
+    monkeypatch.setattr(recipe, "RECIPE", yaml_file)
+    for arm, k in (("ampo+optselect", 7), ("swepo all", 7), ("simpo best-vs-worst", 1)):
+        s = recipe.explicit_settings(arm, {"train.learning_rate": 1e-4, "train.beta": 2.0}, "test")
+        assert recipe.load_recipe(0, s["overrides"], tmp_path).select.k == k, arm
+
+
 def fake_tuned(archive: Path, values: dict) -> None:
     """A tuned archive whose every arm's design is complete, each point scoring values[arm]."""
     for arm in tuned.TUNED_ARMS:
