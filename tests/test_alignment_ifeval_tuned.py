@@ -345,3 +345,21 @@ def test_a_sweep_with_a_failed_point_gets_one_helper_not_one_every_few_minutes(t
     fake.install(monkeypatch)
     tuned.tune(out, archive, [fake.arm], jobs=2)
     assert sum("sweep-worker" in c for c in fake.commands) == 1 and tuned.n_done(archive, fake.arm) == 3
+
+
+def test_the_lora_default_rates_are_the_studys_choices():
+    """`ampo.losses.rates.LORA` carries the rate the archived study chose for each studied loss's arm
+    (PLAN.md, "defaults from evidence"), its metric in the source, and the studied loss nearest in
+    form's rate for the others."""
+    from ampo.losses.rates import LORA
+
+    for loss, arm in tuned.DEFAULT_ARMS.items():
+        c = tuned.chosen(tuned.ARCHIVE, arm)
+        assert c is not None, arm
+        assert LORA[loss].value == c["params"]["train.learning_rate"], loss
+        assert f"{arm} " in LORA[loss].source and f"{c['value']:.3f}" in LORA[loss].source, loss
+    nearest = {"ipo": "dpo", "mmpo": "dpo", "mrpo": "dpo", "infonca": "dpo", "nca": "dpo", "lipo": "dpo",
+               "gpo": "dpo", "refa": "ampo", "pro": "simpo", "tripo": "simpo"}
+    assert set(nearest) | set(tuned.DEFAULT_ARMS) == set(LORA)
+    for loss, studied in nearest.items():
+        assert LORA[loss].value == LORA[studied].value and LORA[studied].source in LORA[loss].source, loss

@@ -154,7 +154,7 @@ def test_a_full_finetune_does_not_inherit_the_lora_learning_rate(tmp_path, caplo
     yaml_file = tmp_path / "c.yaml"
     yaml_file.write_text("model: {lora: false}\ntrain: {learning_rate: 2.0e-6}\n")
     assert load_config(yaml_file).train.learning_rate == 2e-6
-    assert load_config().train.learning_rate == 5e-4  # LoRA
+    assert load_config().train.learning_rate == LORA["ampo"].value  # LoRA, the default loss
 
 
 def test_the_docs_print_the_default_learning_rates_the_code_uses():

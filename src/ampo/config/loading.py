@@ -186,8 +186,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] = (), base:
 def _mode_defaults(config: RunConfig, data: dict) -> None:
     """Defaults that depend on other options: a run whose YAML, recipe, flags and overrides leave
     `train.learning_rate` unset trains at its loss's default rate for a full fine-tune or for LoRA
-    (`ampo.losses.rates`, with sources; the dataclass's 5e-4 is a LoRA rate, hundreds of times
-    too large for a full fine-tune), and the log names a full fine-tune's."""
+    (`ampo.losses.rates`, with sources; a LoRA rate is hundreds of times too large for a full
+    fine-tune), and the log names a full fine-tune's."""
     from ..losses.rates import FULL_FINETUNE, default_learning_rate
 
     if "learning_rate" in (data.get("train") or {}) or config.train.loss not in FULL_FINETUNE:
