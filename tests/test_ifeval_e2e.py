@@ -33,7 +33,7 @@ def test_evaluate_smollm2_on_an_ifeval_subset(tmp_path, capsys):
 def test_ifeval_recipe_one_tiny_round(tmp_path, capsys):
     out = tmp_path / "run"
     args = ["-q", "demo", "--recipe", "ifeval", "--out", str(out), "rounds=1", "data.train_prompts=4",
-            "data.heldout=4", "generate.n=4", "generate.max_new_tokens=24", "select.k=2", "train.prompts_per_step=2",
+            "data.heldout=4", "generate.n=4", "generate.max_new_tokens=24", "train.prompts_per_step=2",
             "eval.samples_per_prompt=1", "eval.max_new_tokens=24", "eval.benchmark_limit=4",
             "eval.benchmark_max_new_tokens=24"]
     assert main(args) == 0
