@@ -186,8 +186,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] = (), base:
 def _mode_defaults(config: RunConfig, data: dict) -> None:
     """Defaults that depend on other options: a run whose YAML, recipe, flags and overrides leave
     `train.learning_rate` unset trains at its loss's default rate for a full fine-tune or for LoRA
-    (`ampo.losses.rates`, with sources; a LoRA rate is hundreds of times too large for a full
-    fine-tune), and the log names a full fine-tune's."""
+    (`ampo.losses.rates`, with sources; a LoRA rate is tens to hundreds of times too large for a
+    full fine-tune), and the log names the rate and where it comes from."""
     from ..losses.rates import FULL_FINETUNE, default_learning_rate
 
     if "learning_rate" in (data.get("train") or {}) or config.train.loss not in FULL_FINETUNE:
@@ -197,10 +197,11 @@ def _mode_defaults(config: RunConfig, data: dict) -> None:
 
     rate = default_learning_rate(config.train.loss, config.model.lora)
     config.train.learning_rate = rate.value
-    if not config.model.lora and os.environ.get("RANK", "0") == "0":  # LoRA's default is the one users expect
+    if os.environ.get("RANK", "0") == "0":
         logging.getLogger("ampo").info(
-            "model.lora is false and train.learning_rate is not set: using %g, the full fine-tune default for %s "
-            "(%s; docs/losses.md); set train.learning_rate to choose", rate.value, config.train.loss, rate.source)
+            "train.learning_rate is not set: using %g, the %s default for %s (%s; docs/losses.md); set "
+            "train.learning_rate to choose", rate.value, "LoRA" if config.model.lora else "full fine-tune",
+            config.train.loss, rate.source)
 
 
 def dump_config(c: RunConfig) -> str:
