@@ -554,3 +554,31 @@ def test_a_store_that_cannot_be_written_does_not_stop_a_run_at_a_damaged_entry(t
     with Runner(tmp_path / "b", store=store) as run:
         run.stage("round-0/generate", "k1", _write_stage(tmp_path / "b", calls), _outputs(tmp_path / "b"))
     assert calls == ["a", "b"] and (tmp_path / "b" / "round-0" / "pool.txt").read_text() == "pool"
+
+
+def test_folders_sharing_a_storage_do_not_ask_the_same_point(tmp_path, monkeypatch):
+    """Two folders on one `--storage` ask under their own locks, possibly at the same trial count:
+    their tpe samplers are seeded apart (by machine and folder), so they do not suggest the same
+    point; a sweep in its own journal asks as it did when rerun, wherever its folder is."""
+    import optuna
+
+    import ampo.sweep
+    from ampo.sweep import Sweep, ask_seed, make_sampler
+    from ampo.sweep_space import SweepParam, SweepSpace
+
+    space = SweepSpace((SweepParam("train.learning_rate", "float", low=1e-5, high=1e-2, log=True),), "tpe", 4)
+
+    def folder(name, storage):
+        return Sweep(tmp_path / name, {}, space, "mean_reward", "maximize", False, storage, "s", "", 0)
+
+    def first_ask(sweep):
+        study = optuna.create_study(sampler=make_sampler(sweep, ask_seed(sweep, 0)), direction="maximize")
+        return study.ask({p.name: p.distribution() for p in space.params}).params["train.learning_rate"]
+
+    shared = "sqlite:///" + str(tmp_path / "study.db")
+    a, b = folder("a", shared), folder("b", shared)
+    assert first_ask(a) != first_ask(b) and first_ask(a) == first_ask(a)
+    here = first_ask(a)
+    monkeypatch.setattr(ampo.sweep, "HOST", "another-machine")
+    assert first_ask(a) != here  # the same folder path on another machine
+    assert ask_seed(folder("c", None), 3) == ask_seed(folder("d", None), 3)

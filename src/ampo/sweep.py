@@ -197,6 +197,16 @@ def make_sampler(sweep: Sweep, seed: int):
     return optuna.samplers.RandomSampler(seed=seed)
 
 
+def ask_seed(sweep: Sweep, n_trials: int) -> int:
+    """The seed of the sampler for the study's next ask: the sweep's seed and the number of trials,
+    so a sweep asks the same way when rerun. Folders sharing a `--storage` ask under their own
+    locks, possibly at the same count: their machine and folder are mixed in so that a tpe or
+    random sampler does not suggest the same point to both."""
+    if sweep.storage is None:
+        return seed_from("sweep", sweep.seed, n_trials)
+    return seed_from("sweep", sweep.seed, n_trials, HOST, str(sweep.dir.resolve()))
+
+
 def open_study(sweep: Sweep) -> Study:
     import optuna
 
@@ -308,7 +318,7 @@ def next_trial(st: Study) -> Claim | None:
             fresh = [t for t in trials if _is_fresh(t)]
             if not waiting and len(fresh) >= sweep.space.n_trials:
                 return None
-            st.study.sampler = make_sampler(sweep, seed_from("sweep", sweep.seed, len(trials)))
+            st.study.sampler = make_sampler(sweep, ask_seed(sweep, len(trials)))
             trial = st.study.ask({p.name: p.distribution() for p in sweep.space.params})
             attrs = dict(trial.user_attrs)
             earlier = [t for t in st.study.get_trials(deepcopy=False) if t.number < trial.number and _is_fresh(t)]
