@@ -144,7 +144,7 @@ def test_a_full_finetune_does_not_inherit_the_lora_learning_rate(tmp_path, caplo
     assert "train.learning_rate is not set: using 1e-06, the full fine-tune default for dpo (DPO (Rafailov" in caplog.text
     caplog.clear()
     assert load_config(overrides=["train.loss=dpo"]).train.learning_rate == LORA["dpo"].value == 3e-4
-    assert "train.learning_rate is not set: using 0.0003, the LoRA default for dpo (the tuned IFEval" in caplog.text
+    assert "train.learning_rate is not set: using 0.0003, the LoRA default for dpo (docs/losses.md" in caplog.text
     caplog.clear()
     assert load_config(overrides=["train.loss=dpo", "train.learning_rate=1e-3"]).train.learning_rate == 1e-3
     assert "learning_rate" not in caplog.text  # a rate that is set: no line
