@@ -389,6 +389,8 @@ def report(archive: Path) -> str:
                 held = row["heldout"]
                 held_cell = (f"{held[0]:.3f}" + (f" [{held[1][0]:.3f}, {held[1][1]:.3f}]" if held[1] else "")
                              if held else "–")
+                if row["round"] < 0 and rows[1]["heldout"] and rows[1]["heldout"][2] is not None:
+                    held_cell = f"{rows[1]['heldout'][2]:.3f}"  # the initial policy's, measured in round 0
                 md.append(f"| {'initial' if row['round'] < 0 else row['round']} | {_avg(row['ifeval'])} | "
                           f"{_avg(row['ifbench'])} | {held_cell} | {row['ifeval']['mean_new_tokens']:.1f} | "
                           f"{100 * row['ifeval']['finished_rate']:.1f} |")

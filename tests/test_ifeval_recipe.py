@@ -108,6 +108,7 @@ def test_rounds_are_archived_in_the_issues_layout_and_reported(tmp_path):
     text = recipe.report(archive)
     assert "### seed 0" in text and "### seed 1" in text and "| initial |" in text
     assert "| 0.250 [0.000, 0.500] |" in text  # the held-out interval, from the archived samples
+    assert "| 0.360 | " in text  # the initial policy's held-out reward, from round 0's evaluation
     assert "(seed 1: 2 round(s) archived so far; not in the final comparison)" in text
     assert "### The final round against the initial policy" in text and "Gaming audit" in text
     assert "**Target not reached**" in text and "3 seeds (1 finished): no" in text
