@@ -13,7 +13,9 @@ scores, config, held-out eval and its samples, train log) go to the archive as i
     results/ifeval_recipe/seed{S}/config.yaml, results/ifeval_recipe/settings.json
 
 (the recipe, variant `main`); the AMPO loss with its tuned settings (variant `ampo`, seed 0 only,
-as the issue asks) in results/ifeval_recipe/ampo/ in the same layout. `--long` measures the
+as the issue asks) in results/ifeval_recipe/ampo/ in the same layout; the main recipe run on to 6
+rounds on seed 0 (variant `extended`, PLAN.md: a copy of the main run's folder once its 3 rounds are
+archived, so only rounds 3-5 train) in results/ifeval_recipe/extended/. `--long` measures the
 initial and each seed's final policy at the model card's 1280 new tokens on a seeded 128-prompt
 subset of IFEval (results/ifeval_recipe/long/). `--report` writes results/ifeval_recipe/report.md
 and recipe.png from the archive alone. Each `--run` uses `--jobs` cores; run the `ampo` variant
@@ -22,6 +24,7 @@ after the main one or give each invocation one job.
     python benchmarks/ifeval_recipe.py --estimate
     HF_HUB_OFFLINE=1 python benchmarks/ifeval_recipe.py --run --jobs 2            # seeds 0, 1, 2 (+ initial)
     HF_HUB_OFFLINE=1 python benchmarks/ifeval_recipe.py --run --variant ampo --seeds 0
+    HF_HUB_OFFLINE=1 python benchmarks/ifeval_recipe.py --run --variant extended --seeds 0
     HF_HUB_OFFLINE=1 python benchmarks/ifeval_recipe.py --long --jobs 2
     python benchmarks/ifeval_recipe.py --report
 """
@@ -99,6 +102,8 @@ def run_seed(out: Path, archive: Path, variant: str, seed: int, settings: list[s
     from ampo.stage_keys import RunKeys
     from ampo.stages import load_round_policy
 
+    if variant == "extended":
+        start_extended(out, archive, seed)
     folder = run_dir(out, variant, seed)
     total = load_recipe(seed, settings, folder).rounds
     for r in range(total):
@@ -227,7 +232,32 @@ def run_long(out: Path, archive: Path, unit: str, settings: list[str]) -> None:
 # ------------------------------------------------------------------ the settings: the tuned study's choice
 
 
-VARIANTS = ("main", "ampo")
+VARIANTS = ("main", "ampo", "extended")
+EXTENDED_ROUNDS = 6  # the longer run of the main recipe on seed 0 (PLAN.md, added in session 15)
+
+
+def extended_settings(archive: Path) -> dict:
+    """The `extended` variant: the main recipe's recorded settings, run to EXTENDED_ROUNDS rounds."""
+    main = settings_of(archive, "main")
+    return {**main, "source": f"{main['source']}; {EXTENDED_ROUNDS} rounds (PLAN.md, session 15)",
+            "overrides": [*main["overrides"], f"rounds={EXTENDED_ROUNDS}"]}
+
+
+def start_extended(out: Path, archive: Path, seed: int) -> None:
+    """The extended run's folder starts as a copy of the main run's, once that has every round of
+    the recipe archived: its rounds are the same stages (a round's keys do not depend on how many
+    follow), so the copy goes on from the main run's last policy and retrains nothing."""
+    folder = run_dir(out, "extended", seed)
+    if folder.exists():
+        return
+    main = settings_of(archive, "main")["overrides"]
+    if seed not in complete_seeds(archive, "main", main):
+        raise SystemExit(f"ifeval_recipe: the extended run of seed {seed} starts from the main run's last round; "
+                         f"finish that first (--run --seeds {seed})")
+    tmp = folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(run_dir(out, "main", seed), tmp, ignore=shutil.ignore_patterns(".lock"))
+    tmp.rename(folder)
 
 
 def tuned_settings(variant: str, tuned_archive: Path | None = None) -> dict:
@@ -592,6 +622,8 @@ def main(argv=None) -> None:
     def settings() -> dict:
         if (root(archive, args.variant) / "settings.json").is_file() and not args.arm:
             return settings_of(archive, args.variant)
+        if args.variant == "extended":
+            return extended_settings(archive)
         if args.arm:
             if args.lr is None:
                 raise SystemExit("ifeval_recipe: --arm needs --lr")
@@ -630,7 +662,7 @@ def main(argv=None) -> None:
         failed = ai.spawn(units, args.jobs, lambda u: worker(["--out", str(out), "--archive", str(archive), "--unit", u]),
                           out / "logs")
     elif args.long:
-        units = ["initial"] + [f"{v}:seed{s}" for v in VARIANTS if (root(archive, v) / "settings.json").is_file()
+        units = ["initial"] + [f"{v}:seed{s}" for v in ("main", "ampo") if (root(archive, v) / "settings.json").is_file()
                                for s in complete_seeds(archive, v, settings_of(archive, v)["overrides"])]
         failed = ai.spawn(units, args.jobs, lambda u: worker(["--long", "--out", str(out), "--archive", str(archive),
                                                               "--unit", u]), out / "logs")

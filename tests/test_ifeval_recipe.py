@@ -211,6 +211,21 @@ def test_a_seed_runs_round_by_round_and_is_archived_and_measured_long(tiny_polic
     recipe.run_long(out, archive, "main:seed0", tiny)
     assert (archive / "long" / "seed0" / "ifeval" / "responses.jsonl").is_file()
     assert json.loads((archive / "long" / "seed0" / "ifeval" / "policy.json").read_text())["round"] == 1
+    monkeypatch.setattr(recipe, "EXTENDED_ROUNDS", 3)
+    recipe.record_settings(archive, "main", {"arm": "tiny", "params": {}, "source": "test", "overrides": tiny})
+    with pytest.raises(SystemExit, match="finish that first"):  # the main run of seed 1 has no round yet
+        recipe.start_extended(out, archive, 1)
+    extended = recipe.extended_settings(archive)
+    assert extended["overrides"] == [*tiny, "rounds=3"]
+    trained = {r: (out / "seed0" / f"round-{r}" / "checkpoint").stat().st_mtime_ns for r in (0, 1)}
+    recipe.run_seed(out, archive, "extended", 0, extended["overrides"])  # goes on from the main run's round 1
+    assert recipe.archived_rounds(archive, "extended", 0) == [0, 1, 2]
+    assert recipe.archived_rounds(archive, "main", 0) == [0, 1]
+    for r in (0, 1):  # the main run's rounds, copied, neither retrained nor measured again
+        copied = out / "extended" / "seed0" / f"round-{r}"
+        assert (copied / "checkpoint").stat().st_mtime_ns == trained[r]
+        assert (json.loads((archive / "extended" / "seed0" / f"round-{r}" / "ifeval" / "done.json").read_text())
+                == json.loads((archive / "seed0" / f"round-{r}" / "ifeval" / "done.json").read_text()))
     shutil.move(out, tmp_path / "elsewhere")  # the run folder lost: archived rounds cannot be continued from
     with pytest.raises(SystemExit, match="does not hold that round"):
         recipe.run_seed(out, archive, "main", 0, tiny)
