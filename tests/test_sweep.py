@@ -582,3 +582,23 @@ def test_folders_sharing_a_storage_do_not_ask_the_same_point(tmp_path, monkeypat
     monkeypatch.setattr(ampo.sweep, "HOST", "another-machine")
     assert first_ask(a) != here  # the same folder path on another machine
     assert ask_seed(folder("c", None), 3) == ask_seed(folder("d", None), 3)
+
+
+def test_a_reused_pid_is_not_taken_for_the_trials_process(tmp_path):
+    """`sweep.md` marks a trial running while its lock's holder lives: the holder is its pid and its
+    start time, so another process given the same pid later does not count."""
+    import os
+
+    from ampo.sweep import _lock, holder_alive
+
+    lock = tmp_path / "locks" / "000.lock"
+    fd = _lock(lock, block=False)
+    os.close(fd)
+    pid, start = lock.read_text().split()
+    assert int(pid) == os.getpid() and holder_alive(lock)
+    lock.write_text(f"{pid} {int(start) + 1}")  # this pid, another process's start time
+    assert not holder_alive(lock)
+    lock.write_text(pid)  # written by an earlier ampo: the pid alone
+    assert holder_alive(lock)
+    lock.write_text("999999999 1")
+    assert not holder_alive(lock)

@@ -250,24 +250,38 @@ def _lock(path: Path, block: bool) -> int | None:
         os.close(fd)
         return None
     os.ftruncate(fd, 0)
-    os.write(fd, str(os.getpid()).encode())  # the holder, for `sweep.md` (see `holder_alive`)
+    holder = f"{os.getpid()} {_start_time(os.getpid()) or ''}".strip()
+    os.write(fd, holder.encode())  # the holder, for `sweep.md` (see `holder_alive`)
     return fd
+
+
+def _start_time(pid: int) -> str | None:
+    """When process `pid` started (clock ticks since boot, /proc/PID/stat field 22), or None where
+    /proc does not say: with the pid it names one process, even after the pid is reused."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat[stat.rindex(")") + 2:].split()[19]  # the fields after the command name, which may hold spaces
 
 
 def holder_alive(path: Path) -> bool:
     """Whether the process that last took the lock at `path` (on this machine) still exists; read
-    without taking the lock, so looking never gets in the way of a process resuming a trial."""
+    without taking the lock, so looking never gets in the way of a process resuming a trial. A
+    process that now has the holder's pid but started at another time is not the holder."""
     try:
-        pid = int(path.read_text().strip())
+        pid, *start = path.read_text().split()
+        pid = int(pid)
     except (OSError, ValueError):
         return False
     try:
         os.kill(pid, 0)
     except PermissionError:  # exists, owned by another user
-        return True
+        pass
     except OSError:
         return False
-    return True
+    now = _start_time(pid)
+    return not (start and now is not None and now != start[0])
 
 
 class _Held:
