@@ -356,11 +356,14 @@ def gaming(unit: dict) -> dict:
 def curve_rows(archive: Path, variant: str, seed: int, initial: dict) -> list[dict]:
     """One row per archived round (and the initial policy as round -1): both benchmarks' average
     (strict) with its interval, the held-out reward, answer length and ended share."""
-    rows = [{"round": -1, **{name: initial[name]["metrics"] for name in ai.BENCHMARKS}, "heldout": None}]
+    import alignment_stats as st
+
+    rows = [{"round": -1, **{name: initial[name]["metrics"] for name in ai.BENCHMARKS}, "heldout": None, "paired": None}]
     for r in archived_rounds(archive, variant, seed):
         folder = root(archive, variant) / f"seed{seed}" / f"round-{r}"
-        rows.append({"round": r, **{name: json.loads((folder / name / "metrics.json").read_text())
-                                    for name in ai.BENCHMARKS}, "heldout": heldout(folder)})
+        units = {name: read_unit(folder / name) for name in ai.BENCHMARKS}
+        rows.append({"round": r, **{name: unit["metrics"] for name, unit in units.items()}, "heldout": heldout(folder),
+                     "paired": st.paired_difference([units["ifeval"]["counts"]], [initial["ifeval"]["counts"]])})
     return rows
 
 
@@ -413,16 +416,21 @@ def report(archive: Path) -> str:
             if len(rows) == 1:
                 continue
             curves[(variant, seed)] = rows
-            md += [f"### seed {seed}\n", "| after round | IFEval | IFBench | held-out reward [95% CI] | "
-                   "IFEval new tokens | IFEval answers ended (%) |", "|---|---|---|---|---|---|"]
+            md += [f"### seed {seed}\n", "| after round | IFEval | IFEval − initial, paired [95% CI] | IFBench | "
+                   "held-out reward [95% CI] | IFEval new tokens | IFEval answers ended (%) |",
+                   "|---|---|---|---|---|---|---|"]
             for row in rows:
                 held = row["heldout"]
                 held_cell = (f"{held[0]:.3f}" + (f" [{held[1][0]:.3f}, {held[1][1]:.3f}]" if held[1] else "")
                              if held else "–")
                 if row["round"] < 0 and rows[1]["heldout"] and rows[1]["heldout"][2] is not None:
                     held_cell = f"{rows[1]['heldout'][2]:.3f}"  # the initial policy's, measured in round 0
+                paired = row["paired"]
+                paired_cell = (f"{100 * paired['mean']:+.1f} [{100 * paired['mean_ci'][0]:+.1f}, "
+                               f"{100 * paired['mean_ci'][1]:+.1f}]" if paired else "–")
                 md.append(f"| {'initial' if row['round'] < 0 else row['round']} | {_avg(row['ifeval'])} | "
-                          f"{_avg(row['ifbench'])} | {held_cell} | {row['ifeval']['mean_new_tokens']:.1f} | "
+                          f"{paired_cell} | {_avg(row['ifbench'])} | {held_cell} | "
+                          f"{row['ifeval']['mean_new_tokens']:.1f} | "
                           f"{100 * row['ifeval']['finished_rate']:.1f} |")
             md.append("")
             if seed not in complete:

@@ -121,6 +121,8 @@ def test_rounds_are_archived_in_the_issues_layout_and_reported(tmp_path):
     initial = recipe.read_unit(archive / "initial" / "ifeval")
     d = st.paired_difference([final["counts"]], [initial["counts"]])
     assert f"{100 * d['per_seed'][0]:+.1f} [" in text
+    row = next(line for line in text.splitlines() if line.startswith("| 2 | "))  # seed 0's curve, round 2
+    assert row.split(" | ")[2] == f"{100 * d['mean']:+.1f} [{100 * d['mean_ci'][0]:+.1f}, {100 * d['mean_ci'][1]:+.1f}]"
 
 
 def test_the_gaming_audit_counts_looping_and_filler_answers_among_the_passing():
