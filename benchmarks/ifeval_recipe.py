@@ -238,6 +238,8 @@ EXTENDED_ROUNDS = 6  # the longer run of the main recipe on seed 0 (PLAN.md, add
 
 def extended_settings(archive: Path) -> dict:
     """The `extended` variant: the main recipe's recorded settings, run to EXTENDED_ROUNDS rounds."""
+    if not (root(archive, "main") / "settings.json").is_file():
+        raise SystemExit("ifeval_recipe: the extended run goes on from the main recipe's; run that first (--run)")
     main = settings_of(archive, "main")
     return {**main, "source": f"{main['source']}; {EXTENDED_ROUNDS} rounds (PLAN.md, session 15)",
             "overrides": [*main["overrides"], f"rounds={EXTENDED_ROUNDS}"]}
@@ -247,6 +249,8 @@ def start_extended(out: Path, archive: Path, seed: int) -> None:
     """The extended run's folder starts as a copy of the main run's, once that has every round of
     the recipe archived: its rounds are the same stages (a round's keys do not depend on how many
     follow), so the copy goes on from the main run's last policy and retrains nothing."""
+    from ampo.runner import RunLock
+
     folder = run_dir(out, "extended", seed)
     if folder.exists():
         return
@@ -254,10 +258,23 @@ def start_extended(out: Path, archive: Path, seed: int) -> None:
     if seed not in complete_seeds(archive, "main", main):
         raise SystemExit(f"ifeval_recipe: the extended run of seed {seed} starts from the main run's last round; "
                          f"finish that first (--run --seeds {seed})")
-    tmp = folder.with_name(folder.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(run_dir(out, "main", seed), tmp, ignore=shutil.ignore_patterns(".lock"))
-    tmp.rename(folder)
+    source, kept = run_dir(out, "main", seed), root(archive, "main") / f"seed{seed}"
+    for r in archived_rounds(archive, "main", seed):  # the folder must hold what the archive measured
+        done = [round_bench_dir(source, r, name) / "done.json" for name in ai.BENCHMARKS]
+        if not (source / f"round-{r}" / "checkpoint").is_dir() or any(
+                not d.is_file() or json.loads(d.read_text())["key"] != json.loads(
+                    (kept / f"round-{r}" / d.parent.name / "done.json").read_text())["key"] for d in done):
+            raise SystemExit(f"ifeval_recipe: the main run folder {source} does not hold the archived round {r}; "
+                             "the extended run needs it (restore it, or give another --archive and --out)")
+    copying = folder.with_name(f".{folder.name}.copying")
+    copying.mkdir(parents=True, exist_ok=True)
+    with RunLock(source), RunLock(copying, "the copy", "--out"):  # no run writes the source, no other copy runs
+        if folder.exists():
+            return  # another process copied it meanwhile
+        tmp = folder.with_name(folder.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(source, tmp, ignore=shutil.ignore_patterns(".lock"))
+        tmp.rename(folder)
 
 
 def tuned_settings(variant: str, tuned_archive: Path | None = None) -> dict:
@@ -355,13 +372,16 @@ def gaming(unit: dict) -> dict:
 
 def curve_rows(archive: Path, variant: str, seed: int, initial: dict) -> list[dict]:
     """One row per archived round (and the initial policy as round -1): both benchmarks' average
-    (strict) with its interval, the held-out reward, answer length and ended share."""
+    (strict) with its interval, IFEval's paired difference against the initial policy, the
+    held-out reward, answer length and ended share."""
     import alignment_stats as st
 
     rows = [{"round": -1, **{name: initial[name]["metrics"] for name in ai.BENCHMARKS}, "heldout": None, "paired": None}]
     for r in archived_rounds(archive, variant, seed):
         folder = root(archive, variant) / f"seed{seed}" / f"round-{r}"
         units = {name: read_unit(folder / name) for name in ai.BENCHMARKS}
+        if None in units.values():  # archived rounds have both (archive_round renames them in whole)
+            raise SystemExit(f"ifeval_recipe: {folder} lacks a finished benchmark; archive it again")
         rows.append({"round": r, **{name: unit["metrics"] for name, unit in units.items()}, "heldout": heldout(folder),
                      "paired": st.paired_difference([units["ifeval"]["counts"]], [initial["ifeval"]["counts"]])})
     return rows
@@ -613,7 +633,8 @@ def main(argv=None) -> None:
     ap.add_argument("--report", action="store_true", help="report.md and recipe.png from the archive")
     ap.add_argument("--estimate", action="store_true", help="print the cost in single-thread hours")
     ap.add_argument("--variant", choices=VARIANTS, default="main")
-    ap.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS))
+    ap.add_argument("--seeds", type=int, nargs="+",
+                    help="default: 0 1 2 for the main recipe, 0 for the other variants (PLAN.md)")
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--arm", help="run this arm of the tuned study instead of its choice (a pilot)")
     ap.add_argument("--lr", type=float, help="with --arm: the learning rate")
@@ -623,6 +644,7 @@ def main(argv=None) -> None:
     ap.add_argument("--archive", default=str(ARCHIVE))
     args = ap.parse_args(argv)
     out, archive = Path(args.out), Path(args.archive)
+    args.seeds = args.seeds or (list(SEEDS) if args.variant == "main" else [0])
     if args.report:
         print(report(archive))
         return
@@ -631,6 +653,8 @@ def main(argv=None) -> None:
         if (root(archive, args.variant) / "settings.json").is_file() and not args.arm:
             return settings_of(archive, args.variant)
         if args.variant == "extended":
+            if args.arm:
+                raise SystemExit("ifeval_recipe: the extended run takes the main recipe's settings; no --arm")
             return extended_settings(archive)
         if args.arm:
             if args.lr is None:

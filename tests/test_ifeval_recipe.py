@@ -219,13 +219,22 @@ def test_a_seed_runs_round_by_round_and_is_archived_and_measured_long(tiny_polic
         recipe.start_extended(out, archive, 1)
     extended = recipe.extended_settings(archive)
     assert extended["overrides"] == [*tiny, "rounds=3"]
-    trained = {r: (out / "seed0" / f"round-{r}" / "checkpoint").stat().st_mtime_ns for r in (0, 1)}
+    def stage_records(folder):
+        stages = json.loads((folder / "manifest.json").read_text())["stages"]
+        return {name: stages[name] for name in ("round-0/train", "round-1/train")}
+
+    done = out / "seed0" / "round-1" / "ifeval" / "done.json"
+    record = done.read_text()
+    done.write_text(json.dumps({**json.loads(record), "key": "another policy"}))
+    with pytest.raises(SystemExit, match="does not hold the archived round 1"):  # not what the archive measured
+        recipe.start_extended(out, archive, 0)
+    done.write_text(record)
+    trained = stage_records(out / "seed0")
     recipe.run_seed(out, archive, "extended", 0, extended["overrides"])  # goes on from the main run's round 1
     assert recipe.archived_rounds(archive, "extended", 0) == [0, 1, 2]
     assert recipe.archived_rounds(archive, "main", 0) == [0, 1]
-    for r in (0, 1):  # the main run's rounds, copied, neither retrained nor measured again
-        copied = out / "extended" / "seed0" / f"round-{r}"
-        assert (copied / "checkpoint").stat().st_mtime_ns == trained[r]
+    assert stage_records(out / "extended" / "seed0") == trained  # the main run's rounds, copied, not retrained
+    for r in (0, 1):  # nor measured again
         assert (json.loads((archive / "extended" / "seed0" / f"round-{r}" / "ifeval" / "done.json").read_text())
                 == json.loads((archive / "seed0" / f"round-{r}" / "ifeval" / "done.json").read_text()))
     shutil.move(out, tmp_path / "elsewhere")  # the run folder lost: archived rounds cannot be continued from

@@ -197,7 +197,8 @@ def _mode_defaults(config: RunConfig, data: dict) -> None:
 
     rate = default_learning_rate(config.train.loss, config.model.lora)
     config.train.learning_rate = rate.value
-    if os.environ.get("RANK", "0") == "0":  # a full fine-tune's source in full: few expect a rate that small
+    if os.environ.get("RANK", "0") == "0":
+        # a full fine-tune's source in full (few expect a rate that small); LoRA's points to the docs
         source = "docs/losses.md says where it comes from" if config.model.lora else f"{rate.source}; docs/losses.md"
         logging.getLogger("ampo").info(
             "train.learning_rate is not set: using %g, the %s default for %s (%s); set train.learning_rate to choose",

@@ -74,7 +74,7 @@ class SelectConfig:
 class TrainConfig:
     loss: str = "ampo"
     hparams: dict[str, float | bool | str] = field(default_factory=dict)  # loss hyperparameters (beta, gamma, ...)
-    learning_rate: float = 1e-4  # when unset: the loss's default for LoRA or a full fine-tune (ampo.losses.rates)
+    learning_rate: float = 1e-4  # load_config replaces it, when unset, by the loss's default (ampo.losses.rates)
     epochs: float = 1.0
     max_steps: int = 0  # optimizer steps; 0 = as many as `epochs` make
     prompts_per_step: int = 2  # groups per device per optimizer micro-step
