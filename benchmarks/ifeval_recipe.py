@@ -665,7 +665,10 @@ def main(argv=None) -> None:
 
     if args.estimate:
         s = settings()
-        parts = estimate(s, len(args.seeds), load_recipe(0, s["overrides"], out).rounds)
+        rounds = load_recipe(0, s["overrides"], out).rounds
+        if args.variant == "extended":  # the main run's rounds are copied, not run again
+            rounds -= load_recipe(0, settings_of(archive, "main")["overrides"], out).rounds
+        parts = estimate(s, len(args.seeds), rounds)
         print(f"{s['arm']} {s['params']}: {len(args.seeds)} seeds; single-thread hours")
         for name, hours in parts:
             print(f"  {name}: {hours:.1f}")
