@@ -258,14 +258,12 @@ def start_extended(out: Path, archive: Path, seed: int) -> None:
     if seed not in complete_seeds(archive, "main", main):
         raise SystemExit(f"ifeval_recipe: the extended run of seed {seed} starts from the main run's last round; "
                          f"finish that first (--run --seeds {seed})")
-    source, kept = run_dir(out, "main", seed), root(archive, "main") / f"seed{seed}"
+    source = run_dir(out, "main", seed)
     for r in archived_rounds(archive, "main", seed):  # the folder must hold what the archive measured
-        done = [round_bench_dir(source, r, name) / "done.json" for name in ai.BENCHMARKS]
-        if not (source / f"round-{r}" / "checkpoint").is_dir() or any(
-                not d.is_file() or json.loads(d.read_text())["key"] != json.loads(
-                    (kept / f"round-{r}" / d.parent.name / "done.json").read_text())["key"] for d in done):
+        if not round_finished(source, r) or not (source / f"round-{r}" / "checkpoint").is_dir():
             raise SystemExit(f"ifeval_recipe: the main run folder {source} does not hold the archived round {r}; "
                              "the extended run needs it (restore it, or give another --archive and --out)")
+        archive_round(source, archive, "main", seed, r)  # refuses a round measured on another policy
     copying = folder.with_name(f".{folder.name}.copying")
     copying.mkdir(parents=True, exist_ok=True)
     with RunLock(source), RunLock(copying, "the copy", "--out"):  # no run writes the source, no other copy runs

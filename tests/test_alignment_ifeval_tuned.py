@@ -351,7 +351,7 @@ def test_the_lora_default_rates_are_the_studys_choices():
     """`ampo.losses.rates.LORA` carries the rate the archived study chose for each studied loss's arm
     (PLAN.md, "defaults from evidence"), its metric in the source, and the studied loss nearest in
     form's rate for the others."""
-    from ampo.losses.rates import LORA
+    from ampo.losses.rates import LORA, NEAREST
 
     for loss, arm in tuned.DEFAULT_ARMS.items():
         c = tuned.chosen(tuned.ARCHIVE, arm)
@@ -360,6 +360,6 @@ def test_the_lora_default_rates_are_the_studys_choices():
         assert f"{arm} " in LORA[loss].source and f"{c['value']:.3f}" in LORA[loss].source, loss
     nearest = {"ipo": "dpo", "mmpo": "dpo", "mrpo": "dpo", "infonca": "dpo", "nca": "dpo", "lipo": "dpo",
                "gpo": "dpo", "refa": "ampo", "pro": "simpo", "tripo": "simpo"}
-    assert set(nearest) | set(tuned.DEFAULT_ARMS) == set(LORA)
+    assert set(nearest) | set(tuned.DEFAULT_ARMS) == set(LORA) and nearest == NEAREST
     for loss, studied in nearest.items():
         assert LORA[loss].value == LORA[studied].value and LORA[studied].source in LORA[loss].source, loss

@@ -28,12 +28,10 @@ def test_the_recipe_is_the_plans(tmp_path):
     assert recipe.load_recipe(1, s["overrides"], tmp_path, rounds=1).rounds == 1  # one round at a time
 
 
-def test_an_arm_keeps_the_studys_group_size_whatever_the_recipe_file_says(tmp_path, monkeypatch):
-    """The recipe file carries the main arm's selection (best-vs-worst has k=1); the AMPO variant
+def test_an_arm_keeps_the_studys_group_size_whatever_the_recipe_file_says(tmp_path):
+    """The recipe file carries the main arm's selection (best-vs-worst, k=1); the AMPO variant
     still selects the 7 responses it was tuned with."""
-    yaml_file = tmp_path / "ifeval.yaml"
-    yaml_file.write_text(recipe.RECIPE.read_text().replace("  k: 7", "  k: 1"))
-    monkeypatch.setattr(recipe, "RECIPE", yaml_file)
+    assert recipe.load_recipe(0, [], tmp_path).select.k == 1
     for arm, k in (("ampo+optselect", 7), ("swepo all", 7), ("simpo best-vs-worst", 1)):
         s = recipe.explicit_settings(arm, {"train.learning_rate": 1e-4, "train.beta": 2.0}, "test")
         assert recipe.load_recipe(0, s["overrides"], tmp_path).select.k == k, arm
@@ -226,7 +224,10 @@ def test_a_seed_runs_round_by_round_and_is_archived_and_measured_long(tiny_polic
     done = out / "seed0" / "round-1" / "ifeval" / "done.json"
     record = done.read_text()
     done.write_text(json.dumps({**json.loads(record), "key": "another policy"}))
-    with pytest.raises(SystemExit, match="does not hold the archived round 1"):  # not what the archive measured
+    with pytest.raises(SystemExit, match="measured on another policy"):  # not what the archive measured
+        recipe.start_extended(out, archive, 0)
+    done.unlink()
+    with pytest.raises(SystemExit, match="does not hold the archived round 1"):
         recipe.start_extended(out, archive, 0)
     done.write_text(record)
     trained = stage_records(out / "seed0")
