@@ -50,7 +50,11 @@ SEEDS = (0, 1, 2)
 BENCH_TOKENS = 128  # the harness length every figure of the issue is at
 LONG = ai.Sizes(seeds=(0,), train_prompts=0, heldout=0, n=0, k=0, gen_tokens=0, eval_tokens=1280, limit=128,
                 rounds=0)  # the model card's answer budget, on a seeded 128-prompt subset
-ROUND_FILES = ("eval.json", "eval_samples.parquet", "train_log.json")  # besides the benchmarks' files
+# besides the benchmarks' files: the held-out evaluation, the train log, and the round's training
+# samples (drawn at its start), their rewards and the selection, so that what each policy was
+# trained on can be read and summed up from the archive alone
+ROUND_FILES = ("eval.json", "eval_samples.parquet", "train_log.json", "pool.parquet", "rewards.parquet",
+               "selection.parquet")
 
 
 def sizes() -> ai.Sizes:
@@ -137,7 +141,8 @@ def archive_round(folder: Path, archive: Path, variant: str, seed: int, r: int) 
     """Copy round r's benchmark files, held-out evaluation (its samples too) and train log (and the
     seed's config) into the archive, through a temporary folder renamed when complete; True when
     copied. A round already archived is kept if its evaluations are the run folder's (the same
-    keys), and refused otherwise: it was measured on another policy or setting."""
+    keys), and gets the round files it lacks; it is refused otherwise: it was measured on another
+    policy or setting."""
     dest = root(archive, variant) / f"seed{seed}" / f"round-{r}"
     if round_finished(dest.parent, r):
         for name in ai.BENCHMARKS:
@@ -145,6 +150,10 @@ def archive_round(folder: Path, archive: Path, variant: str, seed: int, r: int) 
             if have != here:
                 raise SystemExit(f"ifeval_recipe: {dest / name} was measured on another policy or setting than "
                                  f"{folder / f'round-{r}' / name} (key {have}, not {here}); give another --archive")
+        for file in ROUND_FILES:  # a round archived before a file joined ROUND_FILES gets it from its run
+            if not (dest / file).is_file() and (folder / f"round-{r}" / file).is_file():
+                shutil.copy2(folder / f"round-{r}" / file, dest / f".{file}.tmp")
+                os.replace(dest / f".{file}.tmp", dest / file)
         return False
     tmp = dest.with_name(dest.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -405,6 +414,42 @@ def heldout(folder: Path) -> list | None:
     return [held["mean_reward"], ci, held.get("baseline_mean_reward")]
 
 
+def training_samples(folder: Path) -> dict | None:
+    """An archived round's training samples (drawn at the round's start, so round 0's are the
+    initial policy's) summed up: prompts, groups trained on (those the selection kept), the mean
+    reward, the mean over prompts of the best of the group, the share of answers that ended and
+    their mean new tokens; None for a round archived without them."""
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    if not all((folder / file).is_file() for file in ("pool.parquet", "rewards.parquet", "selection.parquet")):
+        return None
+    pool = pq.read_table(folder / "pool.parquet", columns=["id", "finished", "n_tokens"]).to_pylist()
+    rewards = {row["id"]: row["rewards"] for row in pq.read_table(folder / "rewards.parquet").to_pylist()}
+    kept = sum(bool(row["selected"]) for row in pq.read_table(folder / "selection.parquet").to_pylist())
+    groups = [np.asarray(rewards[row["id"]], dtype=float) for row in pool]
+    return {"prompts": len(pool), "trained": kept, "mean_reward": float(np.mean(np.concatenate(groups))),
+            "best_of_group": float(np.mean([g.max() for g in groups])), "group_size": len(groups[0]),
+            "ended": float(np.mean([f for row in pool for f in row["finished"]])),
+            "new_tokens": float(np.mean([n for row in pool for n in row["n_tokens"]]))}
+
+
+def training_table(archive: Path, variant: str, seed: int) -> list[str]:
+    """The training samples of each archived round that has them, one row a round."""
+    rows = [(r, training_samples(root(archive, variant) / f"seed{seed}" / f"round-{r}"))
+            for r in archived_rounds(archive, variant, seed)]
+    rows = [(r, t) for r, t in rows if t]
+    if not rows:
+        return []
+    md = ["Training samples of each round (T=0.8, drawn by the policy at the round's start; the reward is the "
+          "recipe's, cut answers scoring 0):\n", "| round | groups trained / prompts | mean reward | best of group "
+          "(mean) | answers ended (%) | new tokens |", "|---|---|---|---|---|---|"]
+    for r, t in rows:
+        md.append(f"| {r} | {t['trained']} / {t['prompts']} | {t['mean_reward']:.3f} | {t['best_of_group']:.3f} "
+                  f"(of {t['group_size']}) | {100 * t['ended']:.1f} | {t['new_tokens']:.1f} |")
+    return md + [""]
+
+
 def _avg(m: dict) -> str:
     lo, hi = m["avg_prompt_inst_strict_acc_ci"]
     return f"{100 * m['avg_prompt_inst_strict_acc']:.1f} [{100 * lo:.1f}, {100 * hi:.1f}]"
@@ -451,6 +496,7 @@ def report(archive: Path) -> str:
                           f"{row['ifeval']['mean_new_tokens']:.1f} | "
                           f"{100 * row['ifeval']['finished_rate']:.1f} |")
             md.append("")
+            md += training_table(archive, variant, seed)
             if seed not in complete:
                 md.append(f"(seed {seed}: {len(rows) - 1} round(s) archived so far; not in the final comparison)\n")
                 continue

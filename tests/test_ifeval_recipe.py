@@ -80,6 +80,20 @@ def fake_round(folder: Path, r: int, source: Path) -> None:
     (folder / "config.yaml").write_text("seed: 0\neval: {bootstrap: 200}\n")
 
 
+def fake_training_samples(folder: Path, r: int) -> None:
+    """Round r's training samples: two prompts of two answers, one group without a spread (dropped)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    ids = ["a", "b"]
+    pq.write_table(pa.table({"id": ids, "prompt": ["p", "q"], "responses": [["x", "y"], ["z", "w"]],
+                             "finished": [[True, False], [True, True]], "n_tokens": [[10, 128], [20, 30]],
+                             "meta": ["{}", "{}"]}), folder / f"round-{r}" / "pool.parquet")
+    pq.write_table(pa.table({"id": ids, "rewards": [[1.0, 0.0], [0.5, 0.5]]}), folder / f"round-{r}" / "rewards.parquet")
+    pq.write_table(pa.table({"id": ids, "selected": [[0, 1], []], "short": [False, False]}),
+                   folder / f"round-{r}" / "selection.parquet")
+
+
 def test_rounds_are_archived_in_the_issues_layout_and_reported(tmp_path):
     if not (FIXED / "seed0" / "dpo_best-vs-worst" / "bench" / "ifeval" / "done.json").is_file():
         pytest.skip("the fixed-lr study's archive is not here")
@@ -93,6 +107,10 @@ def test_rounds_are_archived_in_the_issues_layout_and_reported(tmp_path):
             fake_round(folder, r, FIXED / f"seed{seed}" / arm / "bench")
             assert recipe.archive_round(folder, archive, "main", seed, r)
     assert not recipe.archive_round(folder, archive, "main", 1, 1)  # already there, the same evaluations
+    assert not (archive / "seed1" / "round-1" / "pool.parquet").exists()
+    fake_training_samples(folder, 1)  # files that joined the archive's round files after the round was archived
+    assert not recipe.archive_round(folder, archive, "main", 1, 1)
+    assert (archive / "seed1" / "round-1" / "rewards.parquet").is_file()
     done = recipe.round_bench_dir(folder, 1, "ifeval") / "done.json"
     done.write_text(json.dumps({**json.loads(done.read_text()), "key": "another policy"}))
     with pytest.raises(SystemExit, match="measured on another policy or setting"):
@@ -108,6 +126,9 @@ def test_rounds_are_archived_in_the_issues_layout_and_reported(tmp_path):
     assert "| 0.250 [0.000, 0.500] |" in text  # the held-out interval, from the archived samples
     assert "| 0.360 | " in text  # the initial policy's held-out reward, from round 0's evaluation
     assert "(seed 1: 2 round(s) archived so far; not in the final comparison)" in text
+    # seed 1's round 1 has its training samples: 1 of 2 groups trained, mean reward 0.5, best of group 0.75
+    assert "| 1 | 1 / 2 | 0.500 | 0.750 (of 2) | 75.0 | 47.0 |" in text
+    assert text.count("Training samples of each round") == 1  # seed 0's rounds have none
     assert "### The final round against the initial policy" in text and "Gaming audit" in text
     assert "**Target not reached**" in text and "3 seeds (1 finished): no" in text
     assert "Per instruction type" in text and "Answers side by side" in text
