@@ -22,6 +22,8 @@ CONTRASTS = (
     ("swepo all", "swepo+random", "the set: all N responses against a positive and k random negatives, under SWEPO"),
     ("swepo+optselect", "swepo+random", "active selection under SWEPO: opt-select's k negatives against random ones"),
     ("ampo+optselect", "ampo+random", "active selection under AMPO: opt-select's k negatives against random ones"),
+    ("ampo+coreset", "ampo+random", "active selection under AMPO: coreset's k negatives against random ones"),
+    ("ampo+bottomk", "ampo+random", "active selection under AMPO: bottom-k's k negatives against random ones"),
 )
 SHOWN = ("dpo best-vs-worst", "ampo+optselect", "ampo+coreset", "ampo+random")  # answers side by side
 # selector label in the pool statistics -> the arm whose round-0 selection it is (simpo best-vs-worst

@@ -85,9 +85,9 @@ def test_report_gives_each_arms_loops_and_drift_from_the_initial_answers(tmp_pat
 
 def test_report_gives_the_contrasts_of_the_arms_it_has(tmp_path, monkeypatch):
     out = tmp_path / "bench"
-    for arm, followed in (("ampo+random", (1,)), ("swepo+random", (1, 2)), ("swepo all", ())):
+    for arm, followed in (("ampo+random", (1,)), ("swepo+random", (1, 2)), ("swepo all", ()), ("ampo+bottomk", (1, 2))):
         finished_evaluation(ai.arm_dir(out, 0, arm) / "bench" / "ifeval", 0.5, None, followed=followed)
-    text = report(out, monkeypatch, arms=("ampo+random", "swepo+random", "swepo all", "swepo+optselect"))
+    text = report(out, monkeypatch, arms=("ampo+random", "swepo+random", "swepo all", "swepo+optselect", "ampo+bottomk"))
     # prompt-level and instruction-level strict coincide (one instruction per prompt): 1 of 2 vs 2 of 2
     loss = "| swepo+random − ampo+random | the loss: SWEPO against AMPO on the same selected responses | +50.0 ["
     assert loss in text
@@ -95,7 +95,8 @@ def test_report_gives_the_contrasts_of_the_arms_it_has(tmp_path, monkeypatch):
     assert "swepo+optselect − swepo+random" not in text  # not finished: no row
     contrasts = json.loads((out / "results.json").read_text())["benchmarks"]["ifeval"]["contrasts"]
     assert [(c["arm"], c["against"], c["seeds"]) for c in contrasts] == [
-        ("swepo+random", "ampo+random", [0]), ("swepo all", "swepo+random", [0])]
+        ("swepo+random", "ampo+random", [0]), ("swepo all", "swepo+random", [0]), ("ampo+bottomk", "ampo+random", [0])]
+    assert "| ampo+bottomk − ampo+random | active selection under AMPO: bottom-k's k negatives against random ones | +50.0 [" in text
 
 
 def test_the_pool_is_read_from_an_arm_or_from_the_archives_copy(tmp_path):
