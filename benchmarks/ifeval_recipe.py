@@ -109,6 +109,8 @@ def run_seed(out: Path, archive: Path, variant: str, seed: int, settings: list[s
     if variant == "extended":
         start_extended(out, archive, seed)
     folder = run_dir(out, variant, seed)
+    if variant == "ampo":
+        reuse_main_round0(out, seed, load_recipe(seed, settings, folder))
     total = load_recipe(seed, settings, folder).rounds
     for r in range(total):
         kept = root(archive, variant) / f"seed{seed}"
@@ -196,6 +198,12 @@ def long_dir(out: Path, unit: str) -> Path:
     return root(out / "long", variant) / seed / "ifeval"
 
 
+def archived_key(folder: Path) -> str | None:
+    """The evaluation key a finished benchmark folder records, or None."""
+    done = folder / "done.json"
+    return json.loads(done.read_text()).get("key") if done.is_file() else None
+
+
 def complete_seeds(archive: Path, variant: str, settings: list[str]) -> list[int]:
     """The seeds with every round of the recipe archived (the only ones with a final policy)."""
     total = load_recipe(0, settings, archive).rounds
@@ -210,9 +218,12 @@ def run_long(out: Path, archive: Path, unit: str, settings: list[str]) -> None:
     from ampo.models import DEFAULT_POLICY, load_policy
     from ampo.stages import load_round_policy
 
-    dest, policy = long_dir(out, unit), {"policy": "initial"}
+    dest, target, policy = long_dir(out, unit), long_dir(archive, unit), {"policy": "initial"}
     if unit == "initial":
-        ai.evaluate("ifeval", lambda: load_policy(DEFAULT_POLICY), config_key("initial", DEFAULT_POLICY), dest, LONG)
+        key = config_key("initial", DEFAULT_POLICY)
+        if archived_key(target) == ai.evaluation_key("ifeval", key, LONG):
+            return
+        ai.evaluate("ifeval", lambda: load_policy(DEFAULT_POLICY), key, dest, LONG)
     else:
         variant, seed = unit.split(":")
         s = int(seed.removeprefix("seed"))
@@ -220,14 +231,21 @@ def run_long(out: Path, archive: Path, unit: str, settings: list[str]) -> None:
             raise SystemExit(f"ifeval_recipe: {variant} seed {s} has not archived every round; its final policy "
                              "is not there yet (run --run first)")
         rounds = archived_rounds(archive, variant, s)
-        folder = run_dir(out, variant, s)
+        folder, last = run_dir(out, variant, s), root(archive, variant) / f"seed{s}" / f"round-{rounds[-1]}"
+        manifest = folder / "manifest.json"
+        stage = f"round-{rounds[-1]}/train"
+        key = manifest.is_file() and json.loads(manifest.read_text())["stages"].get(stage, {}).get("key")
+        if not key or archived_key(last / "ifeval") != ai.evaluation_key("ifeval", config_key("recipe-round", key),
+                                                                         sizes()):
+            raise SystemExit(f"ifeval_recipe: the run folder {folder} does not hold the policy {last} measured (its "
+                             f"{stage} stage is missing or another); restore it, or give another --archive and --out")
+        if archived_key(target) == ai.evaluation_key("ifeval", config_key("recipe-round", key), LONG):
+            return
         config = load_recipe(s, settings, folder, rounds=len(rounds))
-        key = json.loads((folder / "manifest.json").read_text())["stages"][f"round-{rounds[-1]}/train"]["key"]
         checkpoints = [folder / f"round-{i}" / "checkpoint" for i in rounds]
         ai.evaluate("ifeval", lambda: load_round_policy(config, checkpoints), config_key("recipe-round", key),
                     dest, LONG)
         policy = {"policy": f"after round {rounds[-1]}", "round": rounds[-1], "train_key": key}
-    target = long_dir(archive, unit)
     tmp = target.with_name(target.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -282,6 +300,29 @@ def start_extended(out: Path, archive: Path, seed: int) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
         shutil.copytree(source, tmp, ignore=shutil.ignore_patterns(".lock"))
         tmp.rename(folder)
+
+
+def reuse_main_round0(out: Path, seed: int, config) -> None:
+    """A new AMPO-variant run folder starts with the main run's split and round-0 pool (and its
+    embeddings and held-out baseline) where their stage keys are the ones this run computes: both
+    sample round 0 from the initial policy with the same options, so these are the same stages,
+    copied instead of made again (17 minutes of one core). Nothing is copied when a key differs."""
+    from ampo.runner import RunLock
+    from ampo.stage_keys import RunKeys
+
+    folder, source = run_dir(out, "ampo", seed), run_dir(out, "main", seed)
+    if folder.exists() or not (source / "manifest.json").is_file():
+        return
+    keys = RunKeys(config)
+    want = {"split": keys.split_key(), "round-0/generate": keys.generate(0), "round-0/score": keys.score(0),
+            "round-0/embed": keys.embed(0), "baseline": keys.baseline()}
+    with RunLock(source):  # no run writes the source meanwhile
+        have = json.loads((source / "manifest.json").read_text())["stages"]
+        same = {name for name, key in want.items()
+                if have.get(name, {}).get("status") == "done" and have[name].get("key") == key}
+        if set(ai.POOL_STAGES) <= same:
+            ai.seed_round0(folder, source, with_embedder=set(ai.EMBEDDER_STAGES) <= same)
+            print(f"ampo seed {seed}: round 0's pool taken from the main run (the same stage keys)", flush=True)
 
 
 def tuned_settings(variant: str, tuned_archive: Path | None = None) -> dict:
@@ -504,7 +545,7 @@ def report(archive: Path) -> str:
             finals[seed] = {name: read_unit(root(archive, variant) / f"seed{seed}" / f"round-{last}" / name)
                             for name in ai.BENCHMARKS}
         if finals:
-            md += difference_section(finals, initial, verdict=variant == "main")
+            md += difference_section(finals, initial, last, verdict=variant == "main")
     if curves:
         plot(archive, curves)
         md.append("![per-round curves](recipe.png)\n")
@@ -515,14 +556,14 @@ def report(archive: Path) -> str:
     return text
 
 
-def difference_section(finals: dict, initial: dict, verdict: bool = True) -> list[str]:
-    """The final round against the initial policy: per seed the paired difference with its interval
+def difference_section(finals: dict, initial: dict, last: int, verdict: bool = True) -> list[str]:
+    """The final round (`last`) against the initial policy: per seed the paired difference with its interval
     over prompts, then the mean over seeds with an interval over prompts and one over seeds and
     prompts; per instruction type; and the gaming audit."""
     import alignment_stats as st
 
     seeds = sorted(finals)
-    md = ["### The final round against the initial policy\n",
+    md = [f"### The final round (after round {last}) against the initial policy\n",
           "| benchmark | " + " | ".join(f"seed {s}" for s in seeds) + " | mean over seeds [prompts] | [seeds and prompts] |",
           "|---|" + "---|" * (len(seeds) + 2)]
     diffs = {}
@@ -594,15 +635,18 @@ def long_section(archive: Path) -> list[str]:
           f"{100 * initial['metrics']['finished_rate']:.1f}%).\n",
           "| policy | average | paired difference [95% CI] | ended (%) | new tokens |", "|---|---|---|---|---|"]
     for variant in VARIANTS:
-        for seed in SEEDS:
-            unit = read_unit(long_dir(archive, f"{variant}:seed{seed}"))
-            if unit is None:
-                continue
+        units = {seed: read_unit(long_dir(archive, f"{variant}:seed{seed}")) for seed in SEEDS}
+        units = {seed: unit for seed, unit in units.items() if unit is not None}
+        for seed, unit in units.items():
             d = st.paired_difference([unit["counts"]], [initial["counts"]])
             lo, hi = d["per_seed_ci"][0]
             md.append(f"| {variant} seed {seed} final | {_avg(unit['metrics'])} | {100 * d['mean']:+.1f} "
                       f"[{100 * lo:+.1f}, {100 * hi:+.1f}] | {100 * unit['metrics']['finished_rate']:.1f} | "
                       f"{unit['metrics']['mean_new_tokens']:.1f} |")
+        if len(units) > 1:
+            d = st.paired_difference([u["counts"] for u in units.values()], [initial["counts"]] * len(units))
+            md.append(f"| {variant}, mean over {len(units)} seeds | – | {100 * d['mean']:+.1f} [{100 * d['mean_ci'][0]:+.1f}, "
+                      f"{100 * d['mean_ci'][1]:+.1f}] | – | – |")
     return md + [""]
 
 
@@ -744,7 +788,7 @@ def main(argv=None) -> None:
         units = ["initial"] + [f"{v}:seed{s}" for v in ("main", "ampo") if (root(archive, v) / "settings.json").is_file()
                                for s in complete_seeds(archive, v, settings_of(archive, v)["overrides"])]
         failed = ai.spawn(units, args.jobs, lambda u: worker(["--long", "--out", str(out), "--archive", str(archive),
-                                                              "--unit", u]), out / "logs")
+                                                              "--unit", u]), out / "logs" / "long")
     else:
         ap.print_help()
         return

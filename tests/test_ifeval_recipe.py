@@ -121,7 +121,12 @@ def test_rounds_are_archived_in_the_issues_layout_and_reported(tmp_path):
     assert not (kept / "checkpoint").exists() and (archive / "seed0" / "config.yaml").is_file()
     assert recipe.archived_rounds(archive, "main", 0) == [0, 1, 2] and recipe.archived_rounds(archive, "main", 2) == []
     assert recipe.complete_seeds(archive, "main", recipe.settings_of(archive, "main")["overrides"]) == [0]
+    for unit, source in (("initial", FIXED / "initial" / "ifeval"), ("main:seed0", FIXED / "seed0" / "dpo_best-vs-worst"
+                         / "bench" / "ifeval"), ("main:seed1", FIXED / "seed1" / "swepo_all" / "bench" / "ifeval")):
+        shutil.copytree(source, recipe.long_dir(archive, unit))  # stand-ins for the 1280-token units
     text = recipe.report(archive)
+    assert "## At the model card's 1280 new tokens" in text and "| main seed 1 final |" in text
+    assert "| main, mean over 2 seeds | – | " in text
     assert "### seed 0" in text and "### seed 1" in text and "| initial |" in text
     assert "| 0.250 [0.000, 0.500] |" in text  # the held-out interval, from the archived samples
     assert "| 0.360 | " in text  # the initial policy's held-out reward, from round 0's evaluation
@@ -129,7 +134,7 @@ def test_rounds_are_archived_in_the_issues_layout_and_reported(tmp_path):
     # seed 1's round 1 has its training samples: 1 of 2 groups trained, mean reward 0.5, best of group 0.75
     assert "| 1 | 1 / 2 | 0.500 | 0.750 (of 2) | 75.0 | 47.0 |" in text
     assert text.count("Training samples of each round") == 1  # seed 0's rounds have none
-    assert "### The final round against the initial policy" in text and "Gaming audit" in text
+    assert "### The final round (after round 2) against the initial policy" in text and "Gaming audit" in text
     assert "**Target not reached**" in text and "3 seeds (1 finished): no" in text
     assert "Per instruction type" in text and "Answers side by side" in text
     assert (archive / "report.md").read_text() == text and (archive / "recipe.png").is_file()
@@ -230,8 +235,28 @@ def test_a_seed_runs_round_by_round_and_is_archived_and_measured_long(tiny_polic
         recipe.run_seed(out, archive, "main", 0, [*tiny, "train.learning_rate=0.02"])
     assert (out / "seed0" / "manifest.json").read_text() == manifest_before
     recipe.run_long(out, archive, "main:seed0", tiny)
+    long_done = archive / "long" / "seed0" / "ifeval" / "done.json"
     assert (archive / "long" / "seed0" / "ifeval" / "responses.jsonl").is_file()
     assert json.loads((archive / "long" / "seed0" / "ifeval" / "policy.json").read_text())["round"] == 1
+    shutil.rmtree(out / "long")  # the archived unit is kept: nothing is measured again
+    recipe.run_long(out, archive, "main:seed0", tiny)
+    assert not (out / "long").exists() and long_done.is_file()
+    manifest_file = out / "seed0" / "manifest.json"
+    manifest = json.loads(manifest_file.read_text())
+    manifest["stages"]["round-1/train"]["key"] = "another policy"
+    manifest_file.write_text(json.dumps(manifest))
+    long_done.unlink()
+    with pytest.raises(SystemExit, match="does not hold the policy"):  # not the policy the archive measured
+        recipe.run_long(out, archive, "main:seed0", tiny)
+    manifest_file.write_text(manifest_before)
+    # the AMPO variant's round 0 samples as the main run's: its pool is copied, not made again
+    recipe.run_seed(out, archive, "ampo", 0, [*tiny, "train.loss=ampo"])
+    main_stages = json.loads(manifest_before)["stages"]
+    ampo_stages = json.loads((out / "ampo" / "seed0" / "manifest.json").read_text())["stages"]
+    for name in ("split", "round-0/generate", "round-0/score", "round-0/embed", "baseline"):
+        assert ampo_stages[name] == main_stages[name], name  # the same record: copied
+    assert ampo_stages["round-0/train"]["key"] != main_stages["round-0/train"]["key"]
+    assert recipe.archived_rounds(archive, "ampo", 0) == [0, 1]
     monkeypatch.setattr(recipe, "EXTENDED_ROUNDS", 3)
     recipe.record_settings(archive, "main", {"arm": "tiny", "params": {}, "source": "test", "overrides": tiny})
     with pytest.raises(SystemExit, match="finish that first"):  # the main run of seed 1 has no round yet
