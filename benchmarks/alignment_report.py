@@ -61,7 +61,8 @@ def with_answer_stats(metrics: dict, rows: list[dict], answers: dict | None, ini
     the initial policy's answers, their drift from them."""
     if answers is None:
         return metrics
-    extra = stats.looping_statistics(stats.prompt_counts(rows), answers)
+    extra = {**stats.looping_statistics(stats.prompt_counts(rows), answers),
+             **stats.gaming_statistics(stats.prompt_counts(rows), answers)}
     if initial_answers is not None:
         extra.update(stats.drift(initial_answers, answers))
     return {**metrics, **extra}
@@ -209,14 +210,17 @@ def analyse(out: Path, sizes: Sizes, arms: list[str], n_boot: int = 2000, baseli
                 if leave_out:
                     kept_counts[arm] = {s: stats.prompt_counts(stats.leave_out_instruction(rows, leave_out))
                                         for s, (_, rows) in done.items()}
-        kept = ("seed",) + stats.FIGURES + stats.ANSWERS + stats.LOOPS + stats.DRIFT
+        kept = ("seed",) + stats.FIGURES + stats.ANSWERS + stats.LOOPS + stats.GAMING + stats.DRIFT
         bench = {"initial": initial and {f: initial[0][f] for f in kept if f in initial[0]},
                  "arms": {arm: [{f: m[f] for f in kept if f in m} for m in ms] for arm, ms in figures.items()},
                  "differences": {}}
         md += [f"## {name}\n", stats.arm_table(figures, initial and initial[0], name), "",
                stats.seed_table(figures, initial and initial[0], name, sizes.seeds), "",
                stats.answer_table(figures, initial and initial[0], name), "",
-               stats.looping_table(figures, initial and initial[0], name), ""]
+               stats.looping_table(figures, initial and initial[0], name), "",
+               "Gaming audit: the answers that follow every instruction (prompt-level strict), and how many "
+               "of them loop or are filler, which can pass a format check while saying nothing:\n",
+               stats.gaming_table(figures, initial and initial[0], name), ""]
         if initial_answers is not None:
             md += side_by_side(prompts, initial_answers, stats.prompt_counts(initial[1]),
                                answers, counts, sizes.seeds[0])

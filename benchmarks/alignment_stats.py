@@ -30,6 +30,8 @@ FIGURES = ("avg_prompt_inst_strict_acc", "prompt_level_strict_acc", "inst_level_
 ANSWERS = ("mean_new_tokens", "finished_rate")  # the evaluation's length figures, for `answer_table`
 DRIFT = ("identical_to_initial", "prefix_kept")  # from `drift`, for `answer_table`
 LOOPS = ("looping", "average_looping", "average_fluent")  # from `looping_statistics`, for `looping_table`
+GAMING = ("passing", "passing_looping", "passing_filler", "gaming_share")  # from `gaming_statistics`
+FILLER_WORDS = 5  # an answer of fewer words is filler: it can pass a format check while saying nothing
 
 
 # ------------------------------------------------------------------ benchmark figures
@@ -267,6 +269,19 @@ def looping_statistics(counts: Mapping, answers: Mapping[object, str]) -> dict:
     return out
 
 
+def gaming_statistics(counts: Mapping, answers: Mapping[object, str]) -> dict:
+    """The checker-gaming audit: among the answers that follow every instruction (prompt-level
+    strict; `counts` as `prompt_counts` gives them, keyed as `answers`), how many loop (`is_looping`),
+    how many are filler (under FILLER_WORDS words), and the share that is either (an answer that is
+    both counts once; 0 where none passes)."""
+    passing = [answers[key] for key, c in counts.items() if c[0] == 1.0]
+    looping = [is_looping(t) for t in passing]
+    filler = [len(t.split()) < FILLER_WORDS for t in passing]
+    either = sum(a or b for a, b in zip(looping, filler))
+    return {"passing": len(passing), "passing_looping": sum(looping), "passing_filler": sum(filler),
+            "gaming_share": either / len(passing) if passing else 0.0}
+
+
 def drift(initial: Mapping[object, str], answers: Mapping[object, str]) -> dict:
     """How far an arm's answers moved from the initial policy's on the same prompts (keys of
     `initial`): the share that are identical, and the mean share of the initial answer's characters
@@ -351,6 +366,23 @@ def looping_table(figures: Mapping[str, Sequence[Mapping]], initial: Mapping | N
     for arm, metrics in figures.items():
         cells = [cell(metrics, f) for f in LOOPS]
         lines.append(f"| {arm} | " + " | ".join(cells) + f" | {len(metrics)} |")
+    return "\n".join(lines)
+
+
+def gaming_table(figures: Mapping[str, Sequence[Mapping]], initial: Mapping | None, benchmark: str) -> str:
+    """Markdown: per arm, mean ± sd over seeds of the gaming audit (`gaming_statistics`): answers that
+    follow every instruction, how many of them loop or are filler, and the share that is either (%)."""
+    lines = [f"| {benchmark}: arm | answers following every instruction | of them looping | filler (under "
+             f"{FILLER_WORDS} words) | looping or filler (%) | seeds |", "|---|---|---|---|---|---|"]
+    if initial is not None and "passing" in initial:
+        lines.append(f"| initial policy | {initial['passing']} | {initial['passing_looping']} | "
+                     f"{initial['passing_filler']} | {100 * initial['gaming_share']:.1f} | – |")
+    for arm, metrics in figures.items():
+        if not all("passing" in m for m in metrics):
+            continue
+        cells = [_fmt(*over_seeds([m[f] for m in metrics]), scale=1.0) for f in GAMING[:3]]
+        lines.append(f"| {arm} | " + " | ".join(cells) + f" | {_fmt(*over_seeds([m['gaming_share'] for m in metrics]))}"
+                     f" | {len(metrics)} |")
     return "\n".join(lines)
 
 

@@ -404,18 +404,10 @@ def instruction_rates(results: list[dict]) -> dict[str, tuple[int, int]]:
 
 
 def gaming(unit: dict) -> dict:
-    """Among the answers that follow every instruction (prompt-level strict), how many loop
-    (`alignment_stats.is_looping`), how many are filler (under 5 words), and the share that is
-    either (an answer that is both counts once)."""
+    """The gaming audit of a benchmark unit (`alignment_stats.gaming_statistics`)."""
     import alignment_stats as st
 
-    passing = [k for k, c in unit["counts"].items() if c[0] == 1.0]
-    texts = [unit["answers"][k] for k in passing]
-    looping = [st.is_looping(t) for t in texts]
-    filler = [len(t.split()) < 5 for t in texts]
-    either = sum(a or b for a, b in zip(looping, filler))
-    return {"passing": len(passing), "looping": sum(looping), "filler": sum(filler),
-            "gaming_share": either / len(passing) if passing else 0.0}
+    return st.gaming_statistics(unit["counts"], unit["answers"])
 
 
 def curve_rows(archive: Path, variant: str, seed: int, initial: dict) -> list[dict]:
@@ -590,7 +582,8 @@ def difference_section(finals: dict, initial: dict, last: int, verdict: bool = T
     for label, unit in [("initial", initial["ifeval"])] + [(f"seed {s} final", finals[s]["ifeval"]) for s in seeds]:
         g = gaming(unit)
         shares[label] = g["gaming_share"]
-        md.append(f"| {label} | {g['passing']} | {g['looping']} | {g['filler']} | {100 * g['gaming_share']:.1f}% |")
+        md.append(f"| {label} | {g['passing']} | {g['passing_looping']} | {g['passing_filler']} | "
+                  f"{100 * g['gaming_share']:.1f}% |")
     md += ["", target_verdict(diffs, shares, len(seeds)) if verdict else
            "(The target is the recipe's, judged above; this variant runs on seed 0 only, as PLAN.md says.)\n"]
     prompts = initial["ifeval"]["prompts"]

@@ -73,6 +73,9 @@ def test_report_gives_each_arms_loops_and_drift_from_the_initial_answers(tmp_pat
     assert "| ampo+random | 84.0 (1 seed) | 50.0 (1 seed) | 50.0 (1 seed) | 72.2 (1 seed) | 1 |" in text
     assert "| initial policy | 50.0 | 0.0 | 100.0 | – |" in text  # loops: share, average on them, on the rest
     assert "| ampo+random | 0.0 (1 seed) | – | 100.0 (1 seed) | 1 |" in text
+    # the gaming audit: the answers that pass, of them looping and filler (all are under 5 words here)
+    assert "| initial policy | 1 | 0 | 1 | 100.0 | – |" in text
+    assert "| ampo+random | 2.0 (1 seed) | 0.0 (1 seed) | 2.0 (1 seed) | 100.0 (1 seed) | 1 |" in text
     arm = json.loads((out / "results.json").read_text())["benchmarks"]["ifeval"]["arms"]["ampo+random"][0]
     assert arm["identical_to_initial"] == 0.5 and arm["prefix_kept"] == pytest.approx((1 + 4 / 9) / 2)
     assert arm["seed"] == 0 and "| ampo+random | 50.0 (+25.0) |" in text  # the per-seed table

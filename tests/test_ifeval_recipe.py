@@ -153,9 +153,9 @@ def test_the_gaming_audit_counts_looping_and_filler_answers_among_the_passing():
     unit = {"counts": {1: (1.0, 1.0, 1.0), 2: (1.0, 2.0, 2.0), 3: (0.0, 0.0, 1.0), 4: (1.0, 1.0, 1.0)},
             "answers": {1: "ok", 2: "the cat sat on the mat " * 20, 3: "the cat sat on the mat " * 20,
                         4: "A real answer with several distinct words in it."}}
-    assert recipe.gaming(unit) == {"passing": 3, "looping": 1, "filler": 1, "gaming_share": 2 / 3}
+    assert recipe.gaming(unit) == {"passing": 3, "passing_looping": 1, "passing_filler": 1, "gaming_share": 2 / 3}
     unit["answers"][1] = "yes yes yes"  # looping and filler at once: one gaming answer, not two
-    assert recipe.gaming(unit) == {"passing": 3, "looping": 2, "filler": 1, "gaming_share": 2 / 3}
+    assert recipe.gaming(unit) == {"passing": 3, "passing_looping": 2, "passing_filler": 1, "gaming_share": 2 / 3}
 
 
 def test_the_verdict_names_each_criterion_of_the_target():
