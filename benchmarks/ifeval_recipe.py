@@ -413,18 +413,29 @@ def gaming(unit: dict) -> dict:
 def curve_rows(archive: Path, variant: str, seed: int, initial: dict) -> list[dict]:
     """One row per archived round (and the initial policy as round -1): both benchmarks' average
     (strict) with its interval, IFEval's paired difference against the initial policy, the
-    held-out reward, answer length and ended share."""
+    held-out reward, answer length, ended share and share of short answers."""
     import alignment_stats as st
 
-    rows = [{"round": -1, **{name: initial[name]["metrics"] for name in ai.BENCHMARKS}, "heldout": None, "paired": None}]
+    rows = [{"round": -1, **{name: initial[name]["metrics"] for name in ai.BENCHMARKS}, "heldout": None, "paired": None,
+             "short": short_share(initial["ifeval"])}]
     for r in archived_rounds(archive, variant, seed):
         folder = root(archive, variant) / f"seed{seed}" / f"round-{r}"
         units = {name: read_unit(folder / name) for name in ai.BENCHMARKS}
         if None in units.values():  # archived rounds have both (archive_round renames them in whole)
             raise SystemExit(f"ifeval_recipe: {folder} lacks a finished benchmark; archive it again")
         rows.append({"round": r, **{name: unit["metrics"] for name, unit in units.items()}, "heldout": heldout(folder),
-                     "paired": st.paired_difference([units["ifeval"]["counts"]], [initial["ifeval"]["counts"]])})
+                     "paired": st.paired_difference([units["ifeval"]["counts"]], [initial["ifeval"]["counts"]]),
+                     "short": short_share(units["ifeval"])})
     return rows
+
+
+SHORT_WORDS = 20  # an answer under this many words is short: too short for most IFEval tasks (an essay, a poem)
+
+
+def short_share(unit: dict) -> float:
+    """The share of a benchmark unit's answers under SHORT_WORDS words: what the length figures
+    (mean new tokens, ended share) do not show, whether answers shrink to a line."""
+    return sum(len(t.split()) < SHORT_WORDS for t in unit["answers"].values()) / len(unit["answers"])
 
 
 def heldout(folder: Path) -> list | None:
@@ -513,8 +524,8 @@ def report(archive: Path) -> str:
                 continue
             curves[(variant, seed)] = rows
             md += [f"### seed {seed}\n", "| after round | IFEval | IFEval − initial, paired [95% CI] | IFBench | "
-                   "held-out reward [95% CI] | IFEval new tokens | IFEval answers ended (%) |",
-                   "|---|---|---|---|---|---|---|"]
+                   f"held-out reward [95% CI] | IFEval new tokens | IFEval answers ended (%) | IFEval answers under "
+                   f"{SHORT_WORDS} words (%) |", "|---|---|---|---|---|---|---|---|"]
             for row in rows:
                 held = row["heldout"]
                 held_cell = (f"{held[0]:.3f}" + (f" [{held[1][0]:.3f}, {held[1][1]:.3f}]" if held[1] else "")
@@ -527,7 +538,7 @@ def report(archive: Path) -> str:
                 md.append(f"| {'initial' if row['round'] < 0 else row['round']} | {_avg(row['ifeval'])} | "
                           f"{paired_cell} | {_avg(row['ifbench'])} | {held_cell} | "
                           f"{row['ifeval']['mean_new_tokens']:.1f} | "
-                          f"{100 * row['ifeval']['finished_rate']:.1f} |")
+                          f"{100 * row['ifeval']['finished_rate']:.1f} | {100 * row['short']:.1f} |")
             md.append("")
             md += training_table(archive, variant, seed)
             if seed not in complete:

@@ -130,6 +130,9 @@ def test_rounds_are_archived_in_the_issues_layout_and_reported(tmp_path):
     assert "### seed 0" in text and "### seed 1" in text and "| initial |" in text
     assert "| 0.250 [0.000, 0.500] |" in text  # the held-out interval, from the archived samples
     assert "| 0.360 | " in text  # the initial policy's held-out reward, from round 0's evaluation
+    short = recipe.short_share(recipe.read_unit(archive / "initial" / "ifeval"))
+    initial_row = next(line for line in text.splitlines() if line.startswith("| initial | "))
+    assert 0 < short < 1 and initial_row.endswith(f"| {100 * short:.1f} |")
     assert "(seed 1: 2 round(s) archived so far; not in the final comparison)" in text
     # seed 1's round 1 has its training samples: 1 of 2 groups trained, mean reward 0.5, best of group 0.75
     assert "| 1 | 1 / 2 | 0.500 | 0.750 (of 2) | 75.0 | 47.0 |" in text
@@ -156,6 +159,11 @@ def test_the_gaming_audit_counts_looping_and_filler_answers_among_the_passing():
     assert recipe.gaming(unit) == {"passing": 3, "passing_looping": 1, "passing_filler": 1, "gaming_share": 2 / 3}
     unit["answers"][1] = "yes yes yes"  # looping and filler at once: one gaming answer, not two
     assert recipe.gaming(unit) == {"passing": 3, "passing_looping": 2, "passing_filler": 1, "gaming_share": 2 / 3}
+
+
+def test_a_short_answer_has_fewer_than_twenty_words():
+    unit = {"answers": {1: "P.S.", 2: " ".join(["word"] * 19), 3: " ".join(["word"] * 20), 4: ""}}
+    assert recipe.short_share(unit) == 3 / 4
 
 
 def test_the_verdict_names_each_criterion_of_the_target():
