@@ -154,8 +154,9 @@ def archive_round(folder: Path, archive: Path, variant: str, seed: int, r: int) 
                                  f"{folder / f'round-{r}' / name} (key {have}, not {here}); give another --archive")
         for file in ROUND_FILES:  # a round archived before a file joined ROUND_FILES gets it from its run
             if not (dest / file).is_file() and (folder / f"round-{r}" / file).is_file():
-                shutil.copy2(folder / f"round-{r}" / file, dest / f".{file}.tmp")
-                os.replace(dest / f".{file}.tmp", dest / file)
+                tmp = dest / f".{file}.{os.getpid()}.tmp"
+                shutil.copy2(folder / f"round-{r}" / file, tmp)
+                os.replace(tmp, dest / file)
         return False
     tmp = dest.with_name(dest.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -232,15 +233,22 @@ def run_long(out: Path, archive: Path, unit: str, settings: list[str]) -> None:
                              "is not there yet (run --run first)")
         rounds = archived_rounds(archive, variant, s)
         folder, last = run_dir(out, variant, s), root(archive, variant) / f"seed{s}" / f"round-{rounds[-1]}"
-        manifest = folder / "manifest.json"
-        stage = f"round-{rounds[-1]}/train"
-        key = manifest.is_file() and json.loads(manifest.read_text())["stages"].get(stage, {}).get("key")
-        if not key or archived_key(last / "ifeval") != ai.evaluation_key("ifeval", config_key("recipe-round", key),
-                                                                         sizes()):
+
+        def measured(key: str | None, sizes_: ai.Sizes) -> bool:
+            """Whether `key` is the policy the archived final round was measured on (at `sizes_`)."""
+            return key is not None and archived_key(last / "ifeval") == ai.evaluation_key(
+                "ifeval", config_key("recipe-round", key), sizes_)
+
+        kept = target / "policy.json"
+        kept_key = json.loads(kept.read_text()).get("train_key") if kept.is_file() else None
+        if measured(kept_key, sizes()) and archived_key(target) == ai.evaluation_key(
+                "ifeval", config_key("recipe-round", kept_key), LONG):
+            return  # archived already, of the archived final policy: the run folder is not needed
+        manifest, stage = folder / "manifest.json", f"round-{rounds[-1]}/train"
+        key = json.loads(manifest.read_text())["stages"].get(stage, {}).get("key") if manifest.is_file() else None
+        if not measured(key, sizes()):
             raise SystemExit(f"ifeval_recipe: the run folder {folder} does not hold the policy {last} measured (its "
                              f"{stage} stage is missing or another); restore it, or give another --archive and --out")
-        if archived_key(target) == ai.evaluation_key("ifeval", config_key("recipe-round", key), LONG):
-            return
         config = load_recipe(s, settings, folder, rounds=len(rounds))
         checkpoints = [folder / f"round-{i}" / "checkpoint" for i in rounds]
         ai.evaluate("ifeval", lambda: load_round_policy(config, checkpoints), config_key("recipe-round", key),
@@ -307,7 +315,7 @@ def reuse_main_round0(out: Path, seed: int, config) -> None:
     embeddings and held-out baseline) where their stage keys are the ones this run computes: both
     sample round 0 from the initial policy with the same options, so these are the same stages,
     copied instead of made again (17 minutes of one core). Nothing is copied when a key differs."""
-    from ampo.runner import RunLock
+    from ampo.runner import RunInUseError, RunLock
     from ampo.stage_keys import RunKeys
 
     folder, source = run_dir(out, "ampo", seed), run_dir(out, "main", seed)
@@ -316,13 +324,16 @@ def reuse_main_round0(out: Path, seed: int, config) -> None:
     keys = RunKeys(config)
     want = {"split": keys.split_key(), "round-0/generate": keys.generate(0), "round-0/score": keys.score(0),
             "round-0/embed": keys.embed(0), "baseline": keys.baseline()}
-    with RunLock(source):  # no run writes the source meanwhile
-        have = json.loads((source / "manifest.json").read_text())["stages"]
-        same = {name for name, key in want.items()
-                if have.get(name, {}).get("status") == "done" and have[name].get("key") == key}
-        if set(ai.POOL_STAGES) <= same:
-            ai.seed_round0(folder, source, with_embedder=set(ai.EMBEDDER_STAGES) <= same)
-            print(f"ampo seed {seed}: round 0's pool taken from the main run (the same stage keys)", flush=True)
+    try:
+        with RunLock(source):  # no run writes the source meanwhile
+            have = json.loads((source / "manifest.json").read_text())["stages"]
+            same = {name for name, key in want.items()
+                    if have.get(name, {}).get("status") == "done" and have[name].get("key") == key}
+            if set(ai.POOL_STAGES) <= same:
+                ai.seed_round0(folder, source, with_embedder=set(ai.EMBEDDER_STAGES) <= same)
+                print(f"ampo seed {seed}: round 0's pool taken from the main run (the same stage keys)", flush=True)
+    except RunInUseError:
+        print(f"ampo seed {seed}: the main run folder is in use; round 0 is sampled again", flush=True)
 
 
 def tuned_settings(variant: str, tuned_archive: Path | None = None) -> dict:
@@ -403,13 +414,6 @@ def instruction_rates(results: list[dict]) -> dict[str, tuple[int, int]]:
     return {k: (v[0], v[1]) for k, v in out.items()}
 
 
-def gaming(unit: dict) -> dict:
-    """The gaming audit of a benchmark unit (`alignment_stats.gaming_statistics`)."""
-    import alignment_stats as st
-
-    return st.gaming_statistics(unit["counts"], unit["answers"])
-
-
 def curve_rows(archive: Path, variant: str, seed: int, initial: dict) -> list[dict]:
     """One row per archived round (and the initial policy as round -1): both benchmarks' average
     (strict) with its interval, IFEval's paired difference against the initial policy, the
@@ -460,9 +464,10 @@ def heldout(folder: Path) -> list | None:
 
 def training_samples(folder: Path) -> dict | None:
     """An archived round's training samples (drawn at the round's start, so round 0's are the
-    initial policy's) summed up: prompts, groups trained on (those the selection kept), the mean
-    reward, the mean over prompts of the best of the group, the share of answers that ended and
-    their mean new tokens; None for a round archived without them."""
+    initial policy's) summed up: prompts, groups the selection kept (the pipeline trains on those
+    with enough responses for the loss: all of them for a pair loss), the mean reward, the mean over
+    prompts of the best of the group, the share of answers that ended and their mean new tokens;
+    None for a round archived without them (or with an empty pool)."""
     import numpy as np
     import pyarrow.parquet as pq
 
@@ -471,8 +476,10 @@ def training_samples(folder: Path) -> dict | None:
     pool = pq.read_table(folder / "pool.parquet", columns=["id", "finished", "n_tokens"]).to_pylist()
     rewards = {row["id"]: row["rewards"] for row in pq.read_table(folder / "rewards.parquet").to_pylist()}
     kept = sum(bool(row["selected"]) for row in pq.read_table(folder / "selection.parquet").to_pylist())
+    if not pool or any(row["id"] not in rewards for row in pool):
+        return None
     groups = [np.asarray(rewards[row["id"]], dtype=float) for row in pool]
-    return {"prompts": len(pool), "trained": kept, "mean_reward": float(np.mean(np.concatenate(groups))),
+    return {"prompts": len(pool), "selected": kept, "mean_reward": float(np.mean(np.concatenate(groups))),
             "best_of_group": float(np.mean([g.max() for g in groups])), "group_size": len(groups[0]),
             "ended": float(np.mean([f for row in pool for f in row["finished"]])),
             "new_tokens": float(np.mean([n for row in pool for n in row["n_tokens"]]))}
@@ -486,10 +493,10 @@ def training_table(archive: Path, variant: str, seed: int) -> list[str]:
     if not rows:
         return []
     md = ["Training samples of each round (T=0.8, drawn by the policy at the round's start; the reward is the "
-          "recipe's, cut answers scoring 0):\n", "| round | groups trained / prompts | mean reward | best of group "
+          "recipe's, cut answers scoring 0):\n", "| round | groups selected / prompts | mean reward | best of group "
           "(mean) | answers ended (%) | new tokens |", "|---|---|---|---|---|---|"]
     for r, t in rows:
-        md.append(f"| {r} | {t['trained']} / {t['prompts']} | {t['mean_reward']:.3f} | {t['best_of_group']:.3f} "
+        md.append(f"| {r} | {t['selected']} / {t['prompts']} | {t['mean_reward']:.3f} | {t['best_of_group']:.3f} "
                   f"(of {t['group_size']}) | {100 * t['ended']:.1f} | {t['new_tokens']:.1f} |")
     return md + [""]
 
@@ -587,11 +594,11 @@ def difference_section(finals: dict, initial: dict, last: int, verdict: bool = T
     for iid, (x, y) in sorted(changes.items(), key=lambda kv: -abs(kv[1][1] - kv[1][0]))[:10]:
         md.append(f"| {iid} | {100 * x:.1f} | {100 * y:.1f} | {100 * (y - x):+.1f} |")
     md += ["", "Gaming audit (IFEval): among the answers that follow every instruction, those that loop (half "
-           "their word bigrams repeat) or are filler (under 5 words):\n",
+           f"their word bigrams repeat) or are filler (under {st.FILLER_WORDS} words):\n",
            "| policy | passing answers | looping | filler | share |", "|---|---|---|---|---|"]
     shares = {}
     for label, unit in [("initial", initial["ifeval"])] + [(f"seed {s} final", finals[s]["ifeval"]) for s in seeds]:
-        g = gaming(unit)
+        g = st.gaming_statistics(unit["counts"], unit["answers"])
         shares[label] = g["gaming_share"]
         md.append(f"| {label} | {g['passing']} | {g['passing_looping']} | {g['passing_filler']} | "
                   f"{100 * g['gaming_share']:.1f}% |")
@@ -649,7 +656,7 @@ def long_section(archive: Path) -> list[str]:
                       f"{unit['metrics']['mean_new_tokens']:.1f} |")
         if len(units) > 1:
             d = st.paired_difference([u["counts"] for u in units.values()], [initial["counts"]] * len(units))
-            md.append(f"| {variant}, mean over {len(units)} seeds | – | {100 * d['mean']:+.1f} [{100 * d['mean_ci'][0]:+.1f}, "
+            md.append(f"| {variant}, mean over {len(units)} seeds [prompts] | – | {100 * d['mean']:+.1f} [{100 * d['mean_ci'][0]:+.1f}, "
                       f"{100 * d['mean_ci'][1]:+.1f}] | – | – |")
     return md + [""]
 

@@ -212,3 +212,19 @@ def test_arm_ranks_on_the_seeds_every_arm_finished():
     # an arm with one seed so far (a later addition) is left out instead of leaving one common seed
     r = st.arm_ranks({**figures, "d": [{f: 0.5, "seed": 2}]})
     assert r["seeds"] == [0, 1] and set(r["mean_rank"]) == {"a", "b", "c"}
+
+
+def test_the_gaming_audit_counts_looping_and_filler_answers_among_the_passing():
+    counts = {1: (1.0, 1.0, 1.0), 2: (1.0, 2.0, 2.0), 3: (0.0, 0.0, 1.0), 4: (1.0, 1.0, 1.0)}
+    answers = {1: "ok", 2: "the cat sat on the mat " * 20, 3: "the cat sat on the mat " * 20,
+               4: "A real answer with several distinct words in it."}
+    assert st.gaming_statistics(counts, answers) == {"passing": 3, "passing_looping": 1, "passing_filler": 1,
+                                                     "gaming_share": 2 / 3}
+    answers[1] = "yes yes yes"  # looping and filler at once: one gaming answer, not two
+    assert st.gaming_statistics(counts, answers) == {"passing": 3, "passing_looping": 2, "passing_filler": 1,
+                                                     "gaming_share": 2 / 3}
+    assert st.gaming_statistics({3: (0.0, 0.0, 1.0)}, answers)["gaming_share"] == 0.0  # none passes
+    table = st.gaming_table({"arm": [{"passing": 3, "passing_looping": 2, "passing_filler": 1, "gaming_share": 2 / 3}]},
+                            {"passing": 4, "passing_looping": 1, "passing_filler": 0, "gaming_share": 0.25}, "IFEval")
+    assert "| initial policy | 4 | 1 | 0 | 25.0 | – |" in table
+    assert "| arm | 3.0 (1 seed) | 2.0 (1 seed) | 1.0 (1 seed) | 66.7 (1 seed) | 1 |" in table

@@ -124,9 +124,14 @@ def test_rounds_are_archived_in_the_issues_layout_and_reported(tmp_path):
     for unit, source in (("initial", FIXED / "initial" / "ifeval"), ("main:seed0", FIXED / "seed0" / "dpo_best-vs-worst"
                          / "bench" / "ifeval"), ("main:seed1", FIXED / "seed1" / "swepo_all" / "bench" / "ifeval")):
         shutil.copytree(source, recipe.long_dir(archive, unit))  # stand-ins for the 1280-token units
+    import alignment_stats as st
+
     text = recipe.report(archive)
     assert "## At the model card's 1280 new tokens" in text and "| main seed 1 final |" in text
-    assert "| main, mean over 2 seeds | – | " in text
+    long = {s: recipe.read_unit(recipe.long_dir(archive, f"main:seed{s}"))["counts"] for s in (0, 1)}
+    d = st.paired_difference([long[0], long[1]], [recipe.read_unit(recipe.long_dir(archive, "initial"))["counts"]] * 2)
+    assert (f"| main, mean over 2 seeds [prompts] | – | {100 * d['mean']:+.1f} [{100 * d['mean_ci'][0]:+.1f}, "
+            f"{100 * d['mean_ci'][1]:+.1f}] | – | – |") in text
     assert "### seed 0" in text and "### seed 1" in text and "| initial |" in text
     assert "| 0.250 [0.000, 0.500] |" in text  # the held-out interval, from the archived samples
     assert "| 0.360 | " in text  # the initial policy's held-out reward, from round 0's evaluation
@@ -142,23 +147,12 @@ def test_rounds_are_archived_in_the_issues_layout_and_reported(tmp_path):
     assert "Per instruction type" in text and "Answers side by side" in text
     assert (archive / "report.md").read_text() == text and (archive / "recipe.png").is_file()
     # the paired difference the report shows is the one computed from the same files
-    import alignment_stats as st
-
     final = recipe.read_unit(kept / "ifeval")
     initial = recipe.read_unit(archive / "initial" / "ifeval")
     d = st.paired_difference([final["counts"]], [initial["counts"]])
     assert f"{100 * d['per_seed'][0]:+.1f} [" in text
     row = next(line for line in text.splitlines() if line.startswith("| 2 | "))  # seed 0's curve, round 2
     assert row.split(" | ")[2] == f"{100 * d['mean']:+.1f} [{100 * d['mean_ci'][0]:+.1f}, {100 * d['mean_ci'][1]:+.1f}]"
-
-
-def test_the_gaming_audit_counts_looping_and_filler_answers_among_the_passing():
-    unit = {"counts": {1: (1.0, 1.0, 1.0), 2: (1.0, 2.0, 2.0), 3: (0.0, 0.0, 1.0), 4: (1.0, 1.0, 1.0)},
-            "answers": {1: "ok", 2: "the cat sat on the mat " * 20, 3: "the cat sat on the mat " * 20,
-                        4: "A real answer with several distinct words in it."}}
-    assert recipe.gaming(unit) == {"passing": 3, "passing_looping": 1, "passing_filler": 1, "gaming_share": 2 / 3}
-    unit["answers"][1] = "yes yes yes"  # looping and filler at once: one gaming answer, not two
-    assert recipe.gaming(unit) == {"passing": 3, "passing_looping": 2, "passing_filler": 1, "gaming_share": 2 / 3}
 
 
 def test_a_short_answer_has_fewer_than_twenty_words():
@@ -257,6 +251,13 @@ def test_a_seed_runs_round_by_round_and_is_archived_and_measured_long(tiny_polic
     with pytest.raises(SystemExit, match="does not hold the policy"):  # not the policy the archive measured
         recipe.run_long(out, archive, "main:seed0", tiny)
     manifest_file.write_text(manifest_before)
+    recipe.run_long(out, archive, "main:seed0", tiny)  # measured again, of the archived final policy
+    shutil.move(out / "seed0", tmp_path / "kept")  # the run folder gone: the archived unit is still kept
+    recipe.run_long(out, archive, "main:seed0", tiny)
+    shutil.move(tmp_path / "kept", out / "seed0")
+    other = recipe.load_recipe(0, [*tiny, "generate.temperature=0.7"], recipe.run_dir(out, "ampo", 0))
+    recipe.reuse_main_round0(out, 0, other)  # sampled otherwise: nothing to take from the main run
+    assert not recipe.run_dir(out, "ampo", 0).exists()
     # the AMPO variant's round 0 samples as the main run's: its pool is copied, not made again
     recipe.run_seed(out, archive, "ampo", 0, [*tiny, "train.loss=ampo"])
     main_stages = json.loads(manifest_before)["stages"]
