@@ -296,3 +296,17 @@ def test_a_seed_runs_round_by_round_and_is_archived_and_measured_long(tiny_polic
     shutil.move(out, tmp_path / "elsewhere")  # the run folder lost: archived rounds cannot be continued from
     with pytest.raises(SystemExit, match="does not hold that round"):
         recipe.run_seed(out, archive, "main", 0, tiny)
+
+
+def test_training_samples_sum_up_a_round_and_skip_what_they_cannot(tmp_path):
+    (tmp_path / "round-0").mkdir()
+    assert recipe.training_samples(tmp_path / "round-0") is None  # archived before the files joined
+    fake_training_samples(tmp_path, 0)
+    t = recipe.training_samples(tmp_path / "round-0")
+    assert t == {"prompts": 2, "selected": 1, "mean_reward": 0.5, "best_of_group": 0.75, "group_size": 2,
+                 "ended": 0.75, "new_tokens": 47.0}
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"id": ["a"], "rewards": [[1.0, 0.0]]}), tmp_path / "round-0" / "rewards.parquet")
+    assert recipe.training_samples(tmp_path / "round-0") is None  # a prompt without rewards
