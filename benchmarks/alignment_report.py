@@ -62,7 +62,8 @@ def with_answer_stats(metrics: dict, rows: list[dict], answers: dict | None, ini
     if answers is None:
         return metrics
     extra = {**stats.looping_statistics(stats.prompt_counts(rows), answers),
-             **stats.gaming_statistics(stats.prompt_counts(rows), answers)}
+             **stats.gaming_statistics(stats.prompt_counts(rows), answers),
+             "short_answers": stats.short_answers(answers)}
     if initial_answers is not None:
         extra.update(stats.drift(initial_answers, answers))
     return {**metrics, **extra}
@@ -210,7 +211,7 @@ def analyse(out: Path, sizes: Sizes, arms: list[str], n_boot: int = 2000, baseli
                 if leave_out:
                     kept_counts[arm] = {s: stats.prompt_counts(stats.leave_out_instruction(rows, leave_out))
                                         for s, (_, rows) in done.items()}
-        kept = ("seed",) + stats.FIGURES + stats.ANSWERS + stats.LOOPS + stats.GAMING + stats.DRIFT
+        kept = ("seed",) + stats.FIGURES + stats.ANSWERS + stats.LOOPS + stats.GAMING + ("short_answers",) + stats.DRIFT
         bench = {"initial": initial and {f: initial[0][f] for f in kept if f in initial[0]},
                  "arms": {arm: [{f: m[f] for f in kept if f in m} for m in ms] for arm, ms in figures.items()},
                  "differences": {}}

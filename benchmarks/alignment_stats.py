@@ -32,6 +32,7 @@ DRIFT = ("identical_to_initial", "prefix_kept")  # from `drift`, for `answer_tab
 LOOPS = ("looping", "average_looping", "average_fluent")  # from `looping_statistics`, for `looping_table`
 GAMING = ("passing", "passing_looping", "passing_filler", "gaming_share")  # from `gaming_statistics`
 FILLER_WORDS = 5  # an answer of fewer words is filler: it can pass a format check while saying nothing
+SHORT_WORDS = 20  # an answer of fewer words is short: too short for most IFEval tasks (an essay, a poem)
 
 
 # ------------------------------------------------------------------ benchmark figures
@@ -269,6 +270,12 @@ def looping_statistics(counts: Mapping, answers: Mapping[object, str]) -> dict:
     return out
 
 
+def short_answers(answers: Mapping[object, str]) -> float:
+    """The share of answers under SHORT_WORDS words: what the length figures (mean new tokens, ended
+    share) do not show, whether answers shrink to a line."""
+    return sum(len(t.split()) < SHORT_WORDS for t in answers.values()) / len(answers) if answers else 0.0
+
+
 def gaming_statistics(counts: Mapping, answers: Mapping[object, str]) -> dict:
     """The checker-gaming audit: among the answers that follow every instruction (prompt-level
     strict; `counts` as `prompt_counts` gives them, keyed as `answers`), how many loop (`is_looping`),
@@ -333,19 +340,21 @@ def drift_correlation(figures: Mapping[str, Sequence[Mapping]], initial: Mapping
 
 def answer_table(figures: Mapping[str, Sequence[Mapping]], initial: Mapping | None, benchmark: str) -> str:
     """Markdown: per arm, mean ± sd over seeds (in % where a share) of the answers' new tokens and
-    ended share, from the evaluations' metrics (`mean_new_tokens`, `finished_rate`), and of their
-    drift from the initial policy's answers (`drift`; – where not computed)."""
-    lines = [f"| {benchmark}: arm | new tokens per answer | ended within the budget (%) | "
-             "identical to the initial answer (%) | initial answer's prefix kept (%) | seeds |",
-             "|---|---|---|---|---|---|"]
+    ended share, from the evaluations' metrics (`mean_new_tokens`, `finished_rate`), the share of
+    short answers (`short_answers`), and their drift from the initial policy's answers (`drift`; –
+    where not computed)."""
+    lines = [f"| {benchmark}: arm | new tokens per answer | ended within the budget (%) | under {SHORT_WORDS} "
+             "words (%) | identical to the initial answer (%) | initial answer's prefix kept (%) | seeds |",
+             "|---|---|---|---|---|---|---|"]
     if initial is not None:
+        short = f"{100 * initial['short_answers']:.1f}" if "short_answers" in initial else "–"
         lines.append(f"| initial policy | {initial['mean_new_tokens']:.1f} | {100 * initial['finished_rate']:.1f} "
-                     "| 100 | 100 | – |")
+                     f"| {short} | 100 | 100 | – |")
     for arm, metrics in figures.items():
         tokens = _fmt(*over_seeds([m["mean_new_tokens"] for m in metrics]), scale=1.0)
         ended = _fmt(*over_seeds([m["finished_rate"] for m in metrics]))
         shares = [_fmt(*over_seeds([m[f] for m in metrics])) if all(f in m for m in metrics) else "–"
-                  for f in DRIFT]
+                  for f in ("short_answers", *DRIFT)]
         lines.append(f"| {arm} | {tokens} | {ended} | " + " | ".join(shares) + f" | {len(metrics)} |")
     return "\n".join(lines)
 

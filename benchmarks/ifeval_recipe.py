@@ -421,7 +421,7 @@ def curve_rows(archive: Path, variant: str, seed: int, initial: dict) -> list[di
     import alignment_stats as st
 
     rows = [{"round": -1, **{name: initial[name]["metrics"] for name in ai.BENCHMARKS}, "heldout": None, "paired": None,
-             "short": short_share(initial["ifeval"])}]
+             "short": st.short_answers(initial["ifeval"]["answers"])}]
     for r in archived_rounds(archive, variant, seed):
         folder = root(archive, variant) / f"seed{seed}" / f"round-{r}"
         units = {name: read_unit(folder / name) for name in ai.BENCHMARKS}
@@ -429,17 +429,8 @@ def curve_rows(archive: Path, variant: str, seed: int, initial: dict) -> list[di
             raise SystemExit(f"ifeval_recipe: {folder} lacks a finished benchmark; archive it again")
         rows.append({"round": r, **{name: unit["metrics"] for name, unit in units.items()}, "heldout": heldout(folder),
                      "paired": st.paired_difference([units["ifeval"]["counts"]], [initial["ifeval"]["counts"]]),
-                     "short": short_share(units["ifeval"])})
+                     "short": st.short_answers(units["ifeval"]["answers"])})
     return rows
-
-
-SHORT_WORDS = 20  # an answer under this many words is short: too short for most IFEval tasks (an essay, a poem)
-
-
-def short_share(unit: dict) -> float:
-    """The share of a benchmark unit's answers under SHORT_WORDS words: what the length figures
-    (mean new tokens, ended share) do not show, whether answers shrink to a line."""
-    return sum(len(t.split()) < SHORT_WORDS for t in unit["answers"].values()) / len(unit["answers"])
 
 
 def heldout(folder: Path) -> list | None:
@@ -508,6 +499,7 @@ def _avg(m: dict) -> str:
 
 def report(archive: Path) -> str:
     """report.md (and recipe.png) from the archive alone."""
+    import alignment_stats as st
 
     initial = {name: read_unit(archive / "initial" / name) for name in ai.BENCHMARKS}
     if any(u is None for u in initial.values()):
@@ -532,7 +524,7 @@ def report(archive: Path) -> str:
             curves[(variant, seed)] = rows
             md += [f"### seed {seed}\n", "| after round | IFEval | IFEval − initial, paired [95% CI] | IFBench | "
                    f"held-out reward [95% CI] | IFEval new tokens | IFEval answers ended (%) | IFEval answers under "
-                   f"{SHORT_WORDS} words (%) |", "|---|---|---|---|---|---|---|---|"]
+                   f"{st.SHORT_WORDS} words (%) |", "|---|---|---|---|---|---|---|---|"]
             for row in rows:
                 held = row["heldout"]
                 held_cell = (f"{held[0]:.3f}" + (f" [{held[1][0]:.3f}, {held[1][1]:.3f}]" if held[1] else "")

@@ -59,7 +59,7 @@ def test_report_shows_a_finished_evaluation_with_its_answer_lengths(tmp_path, mo
     finished_evaluation(out / "initial" / "ifeval", 0.25, None)
     text = report(out, monkeypatch)
     assert "| initial policy | 25.0 | 25.0 | 25.0 | 25.0 | 25.0 | – |" in text
-    assert "| initial policy | 84.0 | 50.0 | 100 | 100 | – |" in text
+    assert "| initial policy | 84.0 | 50.0 | – | 100 | 100 | – |" in text  # no answers kept: no short share
 
 
 def test_report_gives_each_arms_loops_and_drift_from_the_initial_answers(tmp_path, monkeypatch):
@@ -69,8 +69,8 @@ def test_report_gives_each_arms_loops_and_drift_from_the_initial_answers(tmp_pat
     finished_evaluation(ai.arm_dir(out, 0, "ampo+random") / "bench" / "ifeval", 0.5, {1: "same answer", 2: "a b zz"},
                         followed=(1, 2))
     text = report(out, monkeypatch)
-    assert "| initial policy | 84.0 | 50.0 | 100 | 100 | – |" in text
-    assert "| ampo+random | 84.0 (1 seed) | 50.0 (1 seed) | 50.0 (1 seed) | 72.2 (1 seed) | 1 |" in text
+    assert "| initial policy | 84.0 | 50.0 | 100.0 | 100 | 100 | – |" in text  # both answers under 20 words
+    assert "| ampo+random | 84.0 (1 seed) | 50.0 (1 seed) | 100.0 (1 seed) | 50.0 (1 seed) | 72.2 (1 seed) | 1 |" in text
     assert "| initial policy | 50.0 | 0.0 | 100.0 | – |" in text  # loops: share, average on them, on the rest
     assert "| ampo+random | 0.0 (1 seed) | – | 100.0 (1 seed) | 1 |" in text
     # the gaming audit: the answers that pass, of them looping and filler (all are under 5 words here)

@@ -113,11 +113,11 @@ def test_pool_statistics_and_tables():
 def test_answer_table():
     arm = [{"mean_new_tokens": 20.0, "finished_rate": 0.5}, {"mean_new_tokens": 30.0, "finished_rate": 0.25}]
     table = st.answer_table({"arm": arm}, {"mean_new_tokens": 12.0, "finished_rate": 0.75}, "ifeval")
-    assert "| initial policy | 12.0 | 75.0 | 100 | 100 | – |" in table
-    assert f"| arm | 25.0 ± {np.sqrt(50):.1f} | 37.5 ± {100 * np.sqrt(0.03125):.1f} | – | – | 2 |" in table
-    moved = [{**m, "identical_to_initial": 0.5, "prefix_kept": 0.75} for m in arm]
+    assert "| initial policy | 12.0 | 75.0 | – | 100 | 100 | – |" in table
+    assert f"| arm | 25.0 ± {np.sqrt(50):.1f} | 37.5 ± {100 * np.sqrt(0.03125):.1f} | – | – | – | 2 |" in table
+    moved = [{**m, "identical_to_initial": 0.5, "prefix_kept": 0.75, "short_answers": 0.1} for m in arm]
     table = st.answer_table({"arm": moved}, None, "ifeval")
-    assert "| 50.0 ± 0.0 | 75.0 ± 0.0 | 2 |" in table and "initial policy" not in table
+    assert "| 10.0 ± 0.0 | 50.0 ± 0.0 | 75.0 ± 0.0 | 2 |" in table and "initial policy" not in table
 
 
 def test_drift_from_the_initial_answers():
@@ -228,3 +228,8 @@ def test_the_gaming_audit_counts_looping_and_filler_answers_among_the_passing():
                             {"passing": 4, "passing_looping": 1, "passing_filler": 0, "gaming_share": 0.25}, "IFEval")
     assert "| initial policy | 4 | 1 | 0 | 25.0 | – |" in table
     assert "| arm | 3.0 (1 seed) | 2.0 (1 seed) | 1.0 (1 seed) | 66.7 (1 seed) | 1 |" in table
+
+
+def test_a_short_answer_has_fewer_than_twenty_words():
+    answers = {1: "P.S.", 2: " ".join(["word"] * 19), 3: " ".join(["word"] * 20), 4: ""}
+    assert st.short_answers(answers) == 3 / 4 and st.short_answers({}) == 0.0

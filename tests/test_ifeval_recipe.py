@@ -135,7 +135,7 @@ def test_rounds_are_archived_in_the_issues_layout_and_reported(tmp_path):
     assert "### seed 0" in text and "### seed 1" in text and "| initial |" in text
     assert "| 0.250 [0.000, 0.500] |" in text  # the held-out interval, from the archived samples
     assert "| 0.360 | " in text  # the initial policy's held-out reward, from round 0's evaluation
-    short = recipe.short_share(recipe.read_unit(archive / "initial" / "ifeval"))
+    short = st.short_answers(recipe.read_unit(archive / "initial" / "ifeval")["answers"])
     initial_row = next(line for line in text.splitlines() if line.startswith("| initial | "))
     assert 0 < short < 1 and initial_row.endswith(f"| {100 * short:.1f} |")
     assert "(seed 1: 2 round(s) archived so far; not in the final comparison)" in text
@@ -153,11 +153,6 @@ def test_rounds_are_archived_in_the_issues_layout_and_reported(tmp_path):
     assert f"{100 * d['per_seed'][0]:+.1f} [" in text
     row = next(line for line in text.splitlines() if line.startswith("| 2 | "))  # seed 0's curve, round 2
     assert row.split(" | ")[2] == f"{100 * d['mean']:+.1f} [{100 * d['mean_ci'][0]:+.1f}, {100 * d['mean_ci'][1]:+.1f}]"
-
-
-def test_a_short_answer_has_fewer_than_twenty_words():
-    unit = {"answers": {1: "P.S.", 2: " ".join(["word"] * 19), 3: " ".join(["word"] * 20), 4: ""}}
-    assert recipe.short_share(unit) == 3 / 4
 
 
 def test_the_verdict_names_each_criterion_of_the_target():
