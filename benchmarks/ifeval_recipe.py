@@ -234,19 +234,19 @@ def run_long(out: Path, archive: Path, unit: str, settings: list[str]) -> None:
         rounds = archived_rounds(archive, variant, s)
         folder, last = run_dir(out, variant, s), root(archive, variant) / f"seed{s}" / f"round-{rounds[-1]}"
 
-        def measured(key: str | None, sizes_: ai.Sizes) -> bool:
-            """Whether `key` is the policy the archived final round was measured on (at `sizes_`)."""
+        def measured(key: str | None) -> bool:
+            """Whether the policy trained under stage key `key` is the one the archived final round measured."""
             return key is not None and archived_key(last / "ifeval") == ai.evaluation_key(
-                "ifeval", config_key("recipe-round", key), sizes_)
+                "ifeval", config_key("recipe-round", key), sizes())
 
         kept = target / "policy.json"
         kept_key = json.loads(kept.read_text()).get("train_key") if kept.is_file() else None
-        if measured(kept_key, sizes()) and archived_key(target) == ai.evaluation_key(
+        if measured(kept_key) and archived_key(target) == ai.evaluation_key(
                 "ifeval", config_key("recipe-round", kept_key), LONG):
             return  # archived already, of the archived final policy: the run folder is not needed
         manifest, stage = folder / "manifest.json", f"round-{rounds[-1]}/train"
         key = json.loads(manifest.read_text())["stages"].get(stage, {}).get("key") if manifest.is_file() else None
-        if not measured(key, sizes()):
+        if not measured(key):
             raise SystemExit(f"ifeval_recipe: the run folder {folder} does not hold the policy {last} measured (its "
                              f"{stage} stage is missing or another); restore it, or give another --archive and --out")
         config = load_recipe(s, settings, folder, rounds=len(rounds))
