@@ -25,7 +25,7 @@ CONTRASTS = (
     ("ampo+coreset", "ampo+random", "active selection under AMPO: coreset's k negatives against random ones"),
     ("ampo+bottomk", "ampo+random", "active selection under AMPO: bottom-k's k negatives against random ones"),
 )
-SHOWN = ("dpo best-vs-worst", "ampo+optselect", "ampo+coreset", "ampo+random")  # answers side by side
+SHOWN = ("dpo best-vs-worst", "grpo all", "ampo+optselect", "ampo+coreset", "ampo+random")  # answers side by side
 # selector label in the pool statistics -> the arm whose round-0 selection it is (simpo best-vs-worst
 # has the same selection as dpo best-vs-worst; `all` selects everything)
 SELECTIONS = {"bottomk": "ampo+bottomk", "random": "ampo+random", "coreset/minilm": "ampo+coreset",

@@ -115,3 +115,15 @@ def test_the_pool_is_read_from_an_arm_or_from_the_archives_copy(tmp_path):
     (arm / "round-0").mkdir(parents=True)
     (arm / "round-0" / "embeddings.npy").write_text("policy")
     assert ar.round0_folder(tmp_path, 0, arms, "policy") == arm
+
+
+def test_grpo_answers_are_shown_beside_the_initial_policys(tmp_path, monkeypatch):
+    """The tuned study's policy-gradient baseline is among the arms read side by side."""
+    out = tmp_path / "bench"
+    finished_evaluation(out / "initial" / "ifeval", 0.25, {1: "same answer", 2: "a b a b a"})
+    finished_evaluation(ai.arm_dir(out, 0, "grpo all") / "bench" / "ifeval", 0.5, {1: "same answer", 2: "a b zz"},
+                        followed=(1, 2))
+    ar.analyse(out, ai.Sizes(seeds=(0,), train_prompts=2, heldout=2, n=4, k=1, gen_tokens=8, eval_tokens=8, limit=2, rounds=1),
+               ["grpo all"], n_boot=50)
+    text = (out / "alignment.md").read_text()
+    assert "| initial policy | 0 of 1 | a b a b a |" in text and "| grpo all | 1 of 1 | a b zz |" in text
