@@ -399,7 +399,8 @@ def read_unit(folder: Path) -> dict | None:
     responses = [json.loads(line) for line in (folder / "responses.jsonl").read_text().splitlines() if line.strip()]
     return {"metrics": json.loads((folder / "metrics.json").read_text()), "counts": st.prompt_counts(results),
             "results": results, "answers": {row["key"]: row["response"] for row in responses},
-            "prompts": {row["key"]: row.get("prompt", "") for row in responses}}
+            "prompts": {row["key"]: row.get("prompt", "") for row in responses},
+            "ended": {row["key"]: row.get("finished") for row in responses}}
 
 
 def instruction_rates(results: list[dict]) -> dict[str, tuple[int, int]]:
@@ -585,7 +586,8 @@ def difference_section(finals: dict, initial: dict, last: int, verdict: bool = T
     changes = {iid: (before[iid][0] / before[iid][1], after[iid][0] / after[iid][1]) for iid in before if iid in after}
     for iid, (x, y) in sorted(changes.items(), key=lambda kv: -abs(kv[1][1] - kv[1][0]))[:10]:
         md.append(f"| {iid} | {100 * x:.1f} | {100 * y:.1f} | {100 * (y - x):+.1f} |")
-    md += ["", "Gaming audit (IFEval): among the answers that follow every instruction, those that loop (half "
+    md += ["", *by_initial_ending(finals, initial["ifeval"]),
+           "", "Gaming audit (IFEval): among the answers that follow every instruction, those that loop (half "
            f"their word bigrams repeat) or are filler (under {st.FILLER_WORDS} words):\n",
            "| policy | passing answers | looping | filler | share |", "|---|---|---|---|---|"]
     shares = {}
@@ -604,6 +606,32 @@ def difference_section(finals: dict, initial: dict, last: int, verdict: bool = T
                st.side_by_side(prompts, {"initial": initial["ifeval"]["answers"], "final": finals[s0]["ifeval"]["answers"]},
                                {"initial": initial["ifeval"]["counts"], "final": finals[s0]["ifeval"]["counts"]}, shown=4)]
     return md + [""]
+
+
+def by_initial_ending(finals: dict, initial: dict) -> list[str]:
+    """IFEval's average before and after, apart on the prompts whose initial answer was cut at the
+    budget and on those whose initial answer ended: where the change comes from (an answer that
+    learns to end can meet constraints on its end or shape). Empty where the answers do not say."""
+    import numpy as np
+
+    import alignment_stats as st
+
+    if None in initial["ended"].values():
+        return []
+    md = ["IFEval apart by how the initial policy's answer ended (average, strict, %):\n",
+          "| initial answer | prompts | initial | " + " | ".join(f"seed {s} final (change)" for s in finals) + " |",
+          "|---|---|---|" + "---|" * len(finals)]
+    for label, ended in (("cut at the budget", False), ("ended", True)):
+        keys = [k for k, e in initial["ended"].items() if bool(e) == ended and k in initial["counts"]]
+        if not keys:
+            continue
+        before = st.average(np.array([initial["counts"][k] for k in keys]))
+        cells = []
+        for unit in finals.values():
+            after = st.average(np.array([unit["ifeval"]["counts"][k] for k in keys]))
+            cells.append(f"{100 * after:.1f} ({100 * (after - before):+.1f})")
+        md.append(f"| {label} | {len(keys)} | {100 * before:.1f} | " + " | ".join(cells) + " |")
+    return md
 
 
 TARGET_POINTS = 5.0  # the issue's target on IFEval, in points of the average (PLAN.md)

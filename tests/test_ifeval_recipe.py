@@ -7,6 +7,7 @@ import shutil
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
@@ -145,6 +146,14 @@ def test_rounds_are_archived_in_the_issues_layout_and_reported(tmp_path):
     assert "### The final round (after round 2) against the initial policy" in text and "Gaming audit" in text
     assert "**Target not reached**" in text and "3 seeds (1 finished): no" in text
     assert "Per instruction type" in text and "Answers side by side" in text
+    # the change apart on the prompts whose initial answer was cut, and on those where it ended
+    cut = [k for k, e in recipe.read_unit(archive / "initial" / "ifeval")["ended"].items() if not e]
+    final_counts = recipe.read_unit(kept / "ifeval")["counts"]
+    initial_counts = recipe.read_unit(archive / "initial" / "ifeval")["counts"]
+    before = st.average(np.array([initial_counts[k] for k in cut]))
+    after = st.average(np.array([final_counts[k] for k in cut]))
+    assert (f"| cut at the budget | {len(cut)} | {100 * before:.1f} | {100 * after:.1f} ({100 * (after - before):+.1f}) |"
+            in text)
     assert (archive / "report.md").read_text() == text and (archive / "recipe.png").is_file()
     # the paired difference the report shows is the one computed from the same files
     final = recipe.read_unit(kept / "ifeval")
